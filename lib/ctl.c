@@ -1,0 +1,431 @@
+/*
+ * ctl.c: status/admin socket server on libev, and its blocking client.
+ */
+#include "config.h"
+
+#include "lib/ctl.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CTL_CLIENT_TIMEOUT 10.0	/* seconds a client may take to send its line */
+#define CTL_MAX_CLIENTS 64
+
+struct ctl_client {
+	ev_io io;		/* first, so the watcher gives back the client */
+	ev_timer timer;
+	struct st_ctl_server *srv;
+	struct ctl_client *next;
+	char line[ST_CTL_MAX_LINE + 1];
+	size_t line_len;
+	struct st_buf reply;
+	size_t reply_off;
+	bool writing;
+	bool draining;		/* reply sent early: discard input until EOF */
+};
+
+struct st_ctl_server {
+	ev_io io;
+	struct ev_loop *loop;
+	char *path;
+	const struct st_ctl_command *commands;
+	void *ctx;
+	struct ctl_client *clients;
+	unsigned n_clients;
+};
+
+static void
+client_free(struct ctl_client *c)
+{
+	struct st_ctl_server *srv = c->srv;
+
+	ev_io_stop(srv->loop, &c->io);
+	ev_timer_stop(srv->loop, &c->timer);
+	close(c->io.fd);
+	for (struct ctl_client **pp = &srv->clients; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	srv->n_clients--;
+	st_buf_free(&c->reply);
+	free(c);
+}
+
+static void
+builtin_help(struct st_ctl_server *srv, struct st_buf *reply)
+{
+	st_buf_puts(reply, "help: this list\n");
+	for (const struct st_ctl_command *cmd = srv->commands; cmd->name != NULL; cmd++)
+		st_buf_printf(reply, "%s: %s\n", cmd->name, cmd->help);
+}
+
+static void
+dispatch(struct ctl_client *c)
+{
+	struct st_ctl_server *srv = c->srv;
+	char *line = c->line, *args;
+
+	line[strcspn(line, "\r\n")] = '\0';
+	args = strchr(line, ' ');
+	if (args != NULL) {
+		*args++ = '\0';
+		while (*args == ' ')
+			args++;
+	} else {
+		args = line + strlen(line);
+	}
+	if (strcmp(line, "help") == 0) {
+		builtin_help(srv, &c->reply);
+		return;
+	}
+	for (const struct st_ctl_command *cmd = srv->commands; cmd->name != NULL; cmd++) {
+		if (strcmp(cmd->name, line) == 0) {
+			cmd->fn(srv->ctx, args, &c->reply);
+			return;
+		}
+	}
+	st_buf_printf(&c->reply, "{\"error\":\"unknown command; try help\"}\n");
+}
+
+static void
+client_write(struct ctl_client *c)
+{
+	while (c->reply_off < c->reply.len) {
+		ssize_t n = send(c->io.fd, c->reply.data + c->reply_off, c->reply.len - c->reply_off,
+				 MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n < 0) {
+			client_free(c);
+			return;
+		}
+		c->reply_off += (size_t)n;
+	}
+	if (!c->draining) {
+		client_free(c);
+		return;
+	}
+	/*
+	 * The client may still be sending (an over-long line): closing now
+	 * would reset the connection and lose the reply.  Half-close and read
+	 * what is left; the timer bounds it.
+	 */
+	shutdown(c->io.fd, SHUT_WR);
+	c->writing = false;
+	ev_io_stop(c->srv->loop, &c->io);
+	ev_io_set(&c->io, c->io.fd, EV_READ);
+	ev_io_start(c->srv->loop, &c->io);
+}
+
+static void
+client_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct ctl_client *c = (struct ctl_client *)w;
+	ssize_t n;
+
+	(void)revents;
+	if (c->writing) {
+		client_write(c);
+		return;
+	}
+	if (c->draining) {
+		char scratch[4096];
+		n = recv(w->fd, scratch, sizeof(scratch), 0);
+		if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0)
+			client_free(c);
+		return;
+	}
+	n = recv(w->fd, c->line + c->line_len, ST_CTL_MAX_LINE - c->line_len, 0);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+		return;
+	if (n <= 0 && c->line_len == 0) {
+		client_free(c);
+		return;
+	}
+	if (n > 0)
+		c->line_len += (size_t)n;
+	c->line[c->line_len] = '\0';
+	if (memchr(c->line, '\n', c->line_len) == NULL && n > 0) {
+		if (c->line_len < ST_CTL_MAX_LINE)
+			return;
+		st_buf_puts(&c->reply, "{\"error\":\"command line too long\"}\n");
+		c->draining = true;
+	} else if (memchr(c->line, '\0', c->line_len) != NULL) {
+		st_buf_puts(&c->reply, "{\"error\":\"NUL byte in command\"}\n");
+	} else {
+		dispatch(c);
+	}
+	/* Reply, then close. */
+	c->writing = true;
+	ev_io_stop(loop, &c->io);
+	ev_io_set(&c->io, c->io.fd, EV_WRITE);
+	ev_io_start(loop, &c->io);
+	client_write(c);
+}
+
+static void
+client_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct ctl_client *c = (struct ctl_client *)((char *)w - offsetof(struct ctl_client, timer));
+
+	(void)loop;
+	(void)revents;
+	st_debug("status socket client timed out path=%s", st_q(c->srv->path));
+	client_free(c);
+}
+
+static void
+accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct st_ctl_server *srv = (struct st_ctl_server *)w;
+	struct ctl_client *c;
+	int fd;
+
+	(void)revents;
+	for (;;) {
+		fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				st_warn("status socket accept failed path=%s error=%s", st_q(srv->path),
+					st_q(strerror(errno)));
+			return;
+		}
+		if (srv->n_clients >= CTL_MAX_CLIENTS) {
+			st_warn("status socket has too many clients, closing one path=%s max=%d",
+				st_q(srv->path), CTL_MAX_CLIENTS);
+			close(fd);
+			continue;
+		}
+		c = xcalloc(1, sizeof(*c));
+		c->srv = srv;
+		st_buf_init(&c->reply);
+		ev_io_init(&c->io, client_cb, fd, EV_READ);
+		ev_timer_init(&c->timer, client_timeout_cb, CTL_CLIENT_TIMEOUT, 0.);
+		ev_io_start(loop, &c->io);
+		ev_timer_start(loop, &c->timer);
+		c->next = srv->clients;
+		srv->clients = c;
+		srv->n_clients++;
+	}
+}
+
+static int
+fill_sockaddr(const char *path, struct sockaddr_un *sun, char **error_r)
+{
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun->sun_path)) {
+		st_set_error(error_r, "socket path %s is longer than %zu bytes", path,
+			     sizeof(sun->sun_path) - 1);
+		return -1;
+	}
+	memcpy(sun->sun_path, path, strlen(path) + 1);
+	return 0;
+}
+
+struct st_ctl_server *
+st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
+	      const struct st_ctl_command *commands, void *ctx, char **error_r)
+{
+	struct st_ctl_server *srv;
+	struct sockaddr_un sun;
+	mode_t old_umask;
+	int fd;
+
+	if (fill_sockaddr(path, &sun, error_r) < 0)
+		return NULL;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		st_set_error(error_r, "socket: %s", strerror(errno));
+		return NULL;
+	}
+	/* A socket file nobody answers on is stale: replace it.  A live one is not ours. */
+	int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0) {
+		if (connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+			close(probe);
+			close(fd);
+			st_set_error(error_r, "%s is in use by another running daemon", path);
+			return NULL;
+		}
+		close(probe);
+	}
+	struct stat sb;
+	if (lstat(path, &sb) == 0) {
+		if (!S_ISSOCK(sb.st_mode)) {
+			close(fd);
+			st_set_error(error_r, "%s exists and is not a socket", path);
+			return NULL;
+		}
+		unlink(path);
+	}
+	old_umask = umask(0117);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		umask(old_umask);
+		st_set_error(error_r, "bind %s: %s", path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	umask(old_umask);
+	if (chmod(path, 0660) < 0) {
+		st_set_error(error_r, "chmod %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (group != NULL) {
+		struct group *gr = getgrnam(group);
+		if (gr == NULL) {
+			st_set_error(error_r, "admin_group %s: no such group", group);
+			goto fail;
+		}
+		if (chown(path, (uid_t)-1, gr->gr_gid) < 0) {
+			st_set_error(error_r, "chown %s to group %s: %s", path, group, strerror(errno));
+			goto fail;
+		}
+	}
+	if (listen(fd, 16) < 0) {
+		st_set_error(error_r, "listen %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	srv = xcalloc(1, sizeof(*srv));
+	srv->loop = loop;
+	srv->path = xstrdup(path);
+	srv->commands = commands;
+	srv->ctx = ctx;
+	ev_io_init(&srv->io, accept_cb, fd, EV_READ);
+	ev_io_start(loop, &srv->io);
+	return srv;
+fail:
+	close(fd);
+	unlink(path);
+	return NULL;
+}
+
+void
+st_ctl_close(struct st_ctl_server **srvp)
+{
+	struct st_ctl_server *srv = *srvp;
+
+	if (srv == NULL)
+		return;
+	while (srv->clients != NULL)
+		client_free(srv->clients);
+	ev_io_stop(srv->loop, &srv->io);
+	close(srv->io.fd);
+	unlink(srv->path);
+	free(srv->path);
+	free(srv);
+	*srvp = NULL;
+}
+
+static int
+wait_fd(int fd, short events, long long deadline)
+{
+	struct pollfd pfd = { .fd = fd, .events = events };
+	long long left;
+	int n;
+
+	for (;;) {
+		left = deadline - st_monotonic_ms();
+		if (left <= 0)
+			return 0;
+		n = poll(&pfd, 1, (int)left);
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n;
+	}
+}
+
+int
+st_ctl_query(const char *path, const char *command, int timeout_ms, char **reply_r,
+	     char **error_r)
+{
+	long long deadline = st_monotonic_ms() + timeout_ms;
+	struct sockaddr_un sun;
+	struct st_buf reply;
+	char *line;
+	size_t off = 0;
+	int fd, ret = -1;
+
+	*reply_r = NULL;
+	if (fill_sockaddr(path, &sun, error_r) < 0)
+		return -1;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		st_set_error(error_r, "socket: %s", strerror(errno));
+		return -1;
+	}
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 && errno != EINPROGRESS) {
+		if (errno == ENOENT)
+			st_set_error(error_r, "no socket");
+		else if (errno == ECONNREFUSED)
+			st_set_error(error_r, "connection refused (stale socket)");
+		else
+			st_set_error(error_r, "%s", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	line = xasprintf("%s\n", command);
+	st_buf_init(&reply);
+	while (line[off] != '\0') {
+		if (wait_fd(fd, POLLOUT, deadline) <= 0) {
+			st_set_error(error_r, "timeout");
+			goto out;
+		}
+		ssize_t n = send(fd, line + off, strlen(line + off), MSG_NOSIGNAL);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0 && errno == EPIPE)
+			break;	/* the daemon answered early (an error): read it */
+		if (n < 0) {
+			st_set_error(error_r, "send: %s", strerror(errno));
+			goto out;
+		}
+		off += (size_t)n;
+	}
+	for (;;) {
+		char buf[4096];
+		int w = wait_fd(fd, POLLIN, deadline);
+
+		if (w <= 0) {
+			st_set_error(error_r, "timeout");
+			goto out;
+		}
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0) {
+			st_set_error(error_r, "recv: %s", strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		if (reply.len + (size_t)n > 16 * 1024 * 1024) {
+			st_set_error(error_r, "reply larger than 16 MiB");
+			goto out;
+		}
+		st_buf_append(&reply, buf, (size_t)n);
+	}
+	*reply_r = st_buf_steal(&reply);
+	ret = 0;
+out:
+	st_buf_free(&reply);
+	free(line);
+	close(fd);
+	return ret;
+}

@@ -1,0 +1,51 @@
+/*
+ * ctl.h: the status and admin socket of every daemon.
+ *
+ * A unix stream socket (mode 0660, optionally group-owned by admin_group).
+ * A client sends one command line ("status", "metrics", "help", or a
+ * command the daemon adds, with arguments after a space); the daemon writes
+ * the reply and closes the connection.  "status" answers one JSON line;
+ * "metrics" answers Prometheus text format.  Usable by hand:
+ *     echo status | socat - UNIX-CONNECT:/run/standin/standin-pgrepl.sock
+ */
+#ifndef STANDIN_CTL_H
+#define STANDIN_CTL_H
+
+#include <ev.h>
+#include <sys/types.h>
+
+#include "lib/util.h"
+
+#define ST_CTL_MAX_LINE 1024
+
+/* Fill REPLY (the handler adds the final newline).  ARGS is "" when none. */
+typedef void st_ctl_fn(void *ctx, const char *args, struct st_buf *reply);
+
+struct st_ctl_command {
+	const char *name;
+	st_ctl_fn *fn;
+	const char *help;
+};
+
+struct st_ctl_server;
+
+/*
+ * Listen on PATH.  A stale socket file (nobody listening) is replaced; a
+ * live one is an error (another daemon has it).  COMMANDS ends with a
+ * {NULL} entry; CTX is passed to every handler.
+ */
+struct st_ctl_server *st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
+				    const struct st_ctl_command *commands, void *ctx,
+				    char **error_r) ST_WARN_UNUSED;
+/* Stop listening, close client connections, remove the socket file. */
+void st_ctl_close(struct st_ctl_server **srv);
+
+/*
+ * Client: send COMMAND to the socket at PATH and read the whole reply, with
+ * one deadline of TIMEOUT_MS for everything.  Returns 0, or -1 with a short
+ * reason ("no socket", "connection refused", "timeout", ...).
+ */
+int st_ctl_query(const char *path, const char *command, int timeout_ms, char **reply_r,
+		 char **error_r) ST_WARN_UNUSED;
+
+#endif

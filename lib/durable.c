@@ -1,0 +1,165 @@
+/*
+ * durable.c: crash-safe file replacement.
+ */
+#include "config.h"
+
+#include "lib/durable.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int
+st_fsync_parent_dir(const char *path, char **error_r)
+{
+	char *copy = xstrdup(path);
+	const char *dir = dirname(copy);
+	int fd, ret = 0;
+
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0) {
+		st_set_error(error_r, "fsync of directory %s: %s", dir, strerror(errno));
+		ret = -1;
+	}
+	if (fd >= 0)
+		close(fd);
+	free(copy);
+	return ret;
+}
+
+int
+st_durable_write(const char *path, const void *data, size_t len, mode_t mode, char **error_r)
+{
+	char *tmp = xasprintf("%s.tmp.XXXXXX", path);
+	const char *p = data;
+	size_t done = 0;
+	int fd;
+
+	fd = mkstemp(tmp);
+	if (fd < 0) {
+		st_set_error(error_r, "cannot create temporary file for %s: %s", path,
+			     strerror(errno));
+		free(tmp);
+		return -1;
+	}
+	if (fchmod(fd, mode) < 0) {
+		st_set_error(error_r, "chmod %s: %s", tmp, strerror(errno));
+		goto fail;
+	}
+	while (done < len) {
+		ssize_t n = write(fd, p + done, len - done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			st_set_error(error_r, "write %s: %s", tmp, strerror(errno));
+			goto fail;
+		}
+		done += (size_t)n;
+	}
+	if (fsync(fd) < 0) {
+		st_set_error(error_r, "fsync %s: %s", tmp, strerror(errno));
+		goto fail;
+	}
+	if (close(fd) < 0) {
+		fd = -1;
+		st_set_error(error_r, "close %s: %s", tmp, strerror(errno));
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, path) < 0) {
+		st_set_error(error_r, "rename %s to %s: %s", tmp, path, strerror(errno));
+		goto fail;
+	}
+	free(tmp);
+	return st_fsync_parent_dir(path, error_r);
+
+fail:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	free(tmp);
+	return -1;
+}
+
+int
+st_read_file(const char *path, size_t max, char **data_r, size_t *len_r, char **error_r)
+{
+	struct stat sb;
+	char *buf;
+	size_t len = 0;
+	int fd;
+
+	*data_r = NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		st_set_error(error_r, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &sb) < 0) {
+		st_set_error(error_r, "%s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if ((size_t)sb.st_size > max) {
+		st_set_error(error_r, "%s: larger than %zu bytes", path, max);
+		close(fd);
+		return -1;
+	}
+	buf = xmalloc(max + 1);
+	for (;;) {
+		ssize_t n = read(fd, buf + len, max + 1 - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			st_set_error(error_r, "%s: %s", path, strerror(errno));
+			free(buf);
+			close(fd);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > max) {
+			st_set_error(error_r, "%s: larger than %zu bytes", path, max);
+			free(buf);
+			close(fd);
+			return -1;
+		}
+	}
+	close(fd);
+	buf[len] = '\0';
+	*data_r = buf;
+	if (len_r != NULL)
+		*len_r = len;
+	return 0;
+}
+
+int
+st_mkdir_p(const char *path, mode_t mode, char **error_r)
+{
+	char *copy = xstrdup(path);
+
+	for (char *p = copy + 1;; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char c = *p;
+		*p = '\0';
+		if (mkdir(copy, mode) < 0 && errno != EEXIST) {
+			st_set_error(error_r, "mkdir %s: %s", copy, strerror(errno));
+			free(copy);
+			return -1;
+		}
+		*p = c;
+		if (c == '\0')
+			break;
+	}
+	free(copy);
+	return 0;
+}

@@ -1,0 +1,245 @@
+/*
+ * test-util: secret files, log quoting, the status socket server and client.
+ */
+#include "config.h"
+
+#include "lib/ctl.h"
+#include "lib/log.h"
+#include "tests/unit/testutil.h"
+
+#include <ev.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+static char *tmpdir;
+
+static void
+setup(void)
+{
+	tmpdir = tu_mkdtemp();
+}
+
+static void
+teardown(void)
+{
+	tu_rmdir(tmpdir);
+	free(tmpdir);
+}
+
+START_TEST(test_secret_read)
+{
+	char *path = xasprintf("%s/s", tmpdir), *secret = NULL, *error = NULL;
+
+	tu_write(path, "pass word\n", 0600);
+	ck_assert_int_eq(st_secret_read(path, &secret, &error), 0);
+	ck_assert_str_eq(secret, "pass word");
+	st_secret_free(&secret);
+	ck_assert_ptr_null(secret);
+
+	tu_write(path, "crlf\r\n", 0400);
+	ck_assert_int_eq(st_secret_read(path, &secret, &error), 0);
+	ck_assert_str_eq(secret, "crlf");
+	st_secret_free(&secret);
+
+	tu_write(path, "x", 0640);
+	ck_assert_int_eq(st_secret_read(path, &secret, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "(mode 0640); run: chmod 600"));
+
+	tu_write(path, "\n", 0600);
+	ck_assert_int_eq(st_secret_read(path, &secret, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "is empty"));
+
+	FILE *f = fopen(path, "w");
+	fwrite("a\0b", 1, 3, f);
+	fclose(f);
+	ck_assert_int_eq(st_secret_read(path, &secret, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "contains a NUL byte"));
+
+	ck_assert_int_eq(st_secret_read(tmpdir, &secret, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "not a regular file"));
+
+	char *link = xasprintf("%s/link", tmpdir);
+	tu_write(path, "x", 0600);
+	ck_assert_int_eq(symlink(path, link), 0);
+	ck_assert_int_eq(st_secret_read(link, &secret, &error), -1);	/* O_NOFOLLOW */
+	free(link);
+	free(error);
+	free(path);
+}
+END_TEST
+
+START_TEST(test_quote)
+{
+	ck_assert_str_eq(st_q("plain"), "plain");
+	ck_assert_str_eq(st_q("two words"), "\"two words\"");
+	ck_assert_str_eq(st_q("a\"b\\c"), "\"a\\\"b\\\\c\"");
+	ck_assert_str_eq(st_q("line\nbreak"), "\"line\\x0abreak\"");
+	ck_assert_str_eq(st_q(""), "\"\"");
+	ck_assert_str_eq(st_q("k=v"), "\"k=v\"");
+	ck_assert_str_eq(st_q(NULL), "(null)");
+	ck_assert_str_eq(st_q("caf\xc3\xa9"), "\"caf\xc3\xa9\"");
+	char big[2000];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	ck_assert_uint_lt(strlen(st_q(big)), 512);
+}
+END_TEST
+
+START_TEST(test_buf)
+{
+	struct st_buf b;
+
+	st_buf_init(&b);
+	for (int i = 0; i < 1000; i++)
+		st_buf_printf(&b, "%d,", i);
+	ck_assert_uint_eq(b.len, strlen(b.data));
+	ck_assert(st_str_has_prefix(b.data, "0,1,2,"));
+	char *s = st_buf_steal(&b);
+	ck_assert_uint_eq(b.len, 0);
+	free(s);
+	st_buf_free(&b);
+}
+END_TEST
+
+/* The status socket: a server on a libev loop, queried from another thread. */
+struct ctl_test {
+	struct ev_loop *loop;
+	ev_async done;
+	char *path;
+	char *replies[6];
+	char *errors[6];
+};
+
+static void
+echo_cmd(void *ctx, const char *args, struct st_buf *reply)
+{
+	(void)ctx;
+	st_buf_printf(reply, "{\"args\":\"%s\"}\n", args);
+}
+
+static void *
+client_thread(void *arg)
+{
+	struct ctl_test *t = arg;
+
+	(void)!st_ctl_query(t->path, "echo  hello world", 5000, &t->replies[0], &t->errors[0]);
+	(void)!st_ctl_query(t->path, "nonsense", 5000, &t->replies[1], &t->errors[1]);
+	(void)!st_ctl_query(t->path, "help", 5000, &t->replies[2], &t->errors[2]);
+	/* A line longer than the limit gets an error, not a crash. */
+	char *huge = xmalloc(5000);
+	memset(huge, 'x', 4999);
+	huge[4999] = '\0';
+	(void)!st_ctl_query(t->path, huge, 5000, &t->replies[3], &t->errors[3]);
+	free(huge);
+	/* A client that connects and says nothing does not block the others. */
+	int idle = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", t->path);
+	ck_assert_int_eq(connect(idle, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	(void)!st_ctl_query(t->path, "echo x", 5000, &t->replies[4], &t->errors[4]);
+	close(idle);
+	ev_async_send(t->loop, &t->done);
+	return NULL;
+}
+
+static void
+done_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+START_TEST(test_ctl_server)
+{
+	static const struct st_ctl_command cmds[] = {
+		{ "echo", echo_cmd, "say it back" },
+		{ NULL, NULL, NULL },
+	};
+	struct ctl_test t = { 0 };
+	struct st_ctl_server *srv;
+	char *error = NULL, *reply = NULL;
+	pthread_t th;
+	struct stat sb;
+
+	t.loop = ev_loop_new(EVFLAG_AUTO);
+	t.path = xasprintf("%s/d.sock", tmpdir);
+	srv = st_ctl_listen(t.loop, t.path, NULL, cmds, NULL, &error);
+	ck_assert_msg(srv != NULL, "%s", error);
+	ck_assert_int_eq(stat(t.path, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 0777, 0660);
+
+	/* A second server on a live socket is refused. */
+	struct st_ctl_server *srv2 = st_ctl_listen(t.loop, t.path, NULL, cmds, NULL, &error);
+	ck_assert_ptr_null(srv2);
+	ck_assert_ptr_nonnull(strstr(error, "in use by another running daemon"));
+
+	ev_async_init(&t.done, done_cb);
+	ev_async_start(t.loop, &t.done);
+	pthread_create(&th, NULL, client_thread, &t);
+	ev_run(t.loop, 0);
+	pthread_join(th, NULL);
+
+	ck_assert_msg(t.replies[0] != NULL, "%s", t.errors[0]);
+	ck_assert_str_eq(t.replies[0], "{\"args\":\"hello world\"}\n");
+	ck_assert_str_eq(t.replies[1], "{\"error\":\"unknown command; try help\"}\n");
+	ck_assert_str_eq(t.replies[2], "help: this list\necho: say it back\n");
+	ck_assert_msg(t.replies[3] != NULL, "%s", t.errors[3]);
+	ck_assert_str_eq(t.replies[3], "{\"error\":\"command line too long\"}\n");
+	ck_assert_str_eq(t.replies[4], "{\"args\":\"x\"}\n");
+	for (int i = 0; i < 6; i++) {
+		free(t.replies[i]);
+		free(t.errors[i]);
+	}
+
+	st_ctl_close(&srv);
+	ck_assert_int_eq(stat(t.path, &sb), -1);	/* socket file removed */
+	ck_assert_int_eq(st_ctl_query(t.path, "status", 1000, &reply, &error), -1);
+	ck_assert_str_eq(error, "no socket");
+
+	/* A stale socket file (nobody listening) is reported, then replaced. */
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", t.path);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	close(fd);
+	ck_assert_int_eq(st_ctl_query(t.path, "status", 1000, &reply, &error), -1);
+	ck_assert_str_eq(error, "connection refused (stale socket)");
+	srv = st_ctl_listen(t.loop, t.path, NULL, cmds, NULL, &error);
+	ck_assert_msg(srv != NULL, "%s", error);
+	st_ctl_close(&srv);
+
+	/* A path that is not a socket is never removed. */
+	tu_write(t.path, "precious", 0644);
+	srv = st_ctl_listen(t.loop, t.path, NULL, cmds, NULL, &error);
+	ck_assert_ptr_null(srv);
+	ck_assert_ptr_nonnull(strstr(error, "exists and is not a socket"));
+	ck_assert_int_eq(stat(t.path, &sb), 0);
+
+	free(error);
+	free(t.path);
+	ev_loop_destroy(t.loop);
+}
+END_TEST
+
+static Suite *
+util_suite(void)
+{
+	Suite *s = suite_create("util");
+	TCase *tc = tcase_create("util");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_secret_read);
+	tcase_add_test(tc, test_quote);
+	tcase_add_test(tc, test_buf);
+	tcase_add_test(tc, test_ctl_server);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	return tu_run(util_suite());
+}

@@ -1,0 +1,321 @@
+/*
+ * standinctl: the administrator's command.
+ *
+ *   standinctl [-c FILE] [-n NODE] status [--json]
+ *   standinctl [-c FILE] config check|show
+ *   standinctl [-c FILE] [-n NODE] state show | state init --master NODE [--force]
+ *
+ * Later issues add switchover, failover and dump here (failover/, dumpers/).
+ */
+#include "config.h"
+
+#include "lib/conf.h"
+#include "lib/cstate.h"
+#include "lib/durable.h"
+#include "lib/log.h"
+#include "tools/status.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct ctl_opts {
+	const char *config_path;
+	const char *node;
+};
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+		"standinctl: administer a standin cluster\n"
+		"\n"
+		"Usage: standinctl [-c FILE] [-n NODE] COMMAND [ARGS]\n"
+		"\n"
+		"Commands:\n"
+		"  status [--json]                 roles, replicators, lag and errors of every node\n"
+		"  config check                    validate the configuration (exit 0 good, 2 bad)\n"
+		"  config show                     print the effective configuration\n"
+		"  state show [--json]             this node's cluster state (epoch, master, directions)\n"
+		"  state init --master NODE [--force]\n"
+		"                                  create this node's first cluster state (epoch 1)\n"
+		"  version                         print the version\n"
+		"\n"
+		"Options:\n"
+		"  -c FILE   cluster configuration (default %s)\n"
+		"  -n NODE   this node's name (default: $STANDIN_NODE, else by host name)\n"
+		"  -h        this help\n",
+		ST_CONF_DEFAULT_PATH);
+}
+
+static struct st_conf *
+load_conf(const struct ctl_opts *o)
+{
+	char *errors = NULL;
+	struct st_conf *conf = st_conf_load(o->config_path, &errors);
+
+	if (conf == NULL) {
+		fprintf(stderr, "%s\n", errors);
+		free(errors);
+		exit(2);
+	}
+	return conf;
+}
+
+static const struct st_node *
+local_node(const struct st_conf *conf, const struct ctl_opts *o)
+{
+	char *error = NULL;
+	const struct st_node *node = st_conf_local_node(conf, o->node, &error);
+
+	if (node == NULL) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		free(error);
+		exit(2);
+	}
+	return node;
+}
+
+static int
+cmd_config(const struct ctl_opts *o, int argc, char **argv)
+{
+	struct st_conf *conf;
+
+	if (argc != 2 || (strcmp(argv[1], "check") != 0 && strcmp(argv[1], "show") != 0)) {
+		fprintf(stderr, "standinctl: usage: config check|show\n");
+		return 2;
+	}
+	conf = load_conf(o);
+	if (strcmp(argv[1], "show") == 0)
+		st_conf_dump(conf, stdout);
+	else
+		printf("%s: configuration is valid (%zu nodes)\n", conf->path, conf->n_nodes);
+	st_conf_free(&conf);
+	return 0;
+}
+
+static int
+state_show(const struct ctl_opts *o, bool json)
+{
+	struct st_conf *conf = load_conf(o);
+	const struct st_node *node = local_node(conf, o);
+	char *path = st_cstate_path(node), *error = NULL;
+	struct st_cstate st;
+	struct st_buf b;
+	int rc, ret = 0;
+
+	rc = st_cstate_load(path, &st, &error);
+	if (rc == 1) {
+		fprintf(stderr, "standinctl: %s does not exist; create it with: standinctl state init "
+			"--master NODE\n", path);
+		ret = 1;
+	} else if (rc < 0) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		ret = 1;
+	} else if (json) {
+		st_buf_init(&b);
+		st_status_cstate_json(&st, &b);
+		puts(b.data);
+		st_buf_free(&b);
+	} else {
+		st_buf_init(&b);
+		st_cstate_format(&st, &b);
+		fputs(b.data, stdout);
+		st_buf_free(&b);
+		if (st_cstate_check(&st, conf, &error) < 0) {
+			fprintf(stderr, "standinctl: warning: %s\n", error);
+			ret = 1;
+		}
+	}
+	free(error);
+	free(path);
+	st_conf_free(&conf);
+	return ret;
+}
+
+static int
+state_init(const struct ctl_opts *o, const char *master, bool force)
+{
+	struct st_conf *conf = load_conf(o);
+	const struct st_node *node = local_node(conf, o);
+	char *path = st_cstate_path(node), *error = NULL;
+	struct st_cstate st;
+	int lock = -1, ret = 1, rc;
+
+	if (st_conf_node(conf, master) == NULL) {
+		fprintf(stderr, "standinctl: --master %s: no such node in %s\n", master, conf->path);
+		ret = 2;
+		goto out;
+	}
+	if (st_mkdir_p(node->state_dir, 0755, &error) < 0) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		goto out;
+	}
+	lock = st_cstate_lock(path, false, &error);
+	if (lock < 0) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		goto out;
+	}
+	rc = st_cstate_load(path, &st, &error);
+	if (rc == 0 && !force) {
+		fprintf(stderr, "standinctl: %s already exists (epoch %llu, master %s); "
+			"use --force to start again at epoch 1\n", path,
+			(unsigned long long)st.epoch, st.master);
+		goto out;
+	}
+	if (rc < 0 && !force) {
+		fprintf(stderr, "standinctl: %s\nstandinctl: use --force to replace it\n", error);
+		goto out;
+	}
+	st_cstate_init(&st, conf, master);
+	if (st_cstate_save(path, &st, &error) < 0) {
+		fprintf(stderr, "standinctl: cannot write the cluster state: %s\n", error);
+		goto out;
+	}
+	printf("%s: epoch %llu, master %s\n", path, (unsigned long long)st.epoch, st.master);
+	ret = 0;
+out:
+	if (lock >= 0)
+		close(lock);
+	free(error);
+	free(path);
+	st_conf_free(&conf);
+	return ret;
+}
+
+static int
+cmd_state(const struct ctl_opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "master", required_argument, NULL, 'm' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "json", no_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *master = NULL;
+	bool force = false, json = false;
+	int opt;
+
+	if (argc < 2) {
+		fprintf(stderr, "standinctl: usage: state show | state init --master NODE [--force]\n");
+		return 2;
+	}
+	const char *sub = argv[1];
+	argc--;
+	argv++;
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'm':
+			master = optarg;
+			break;
+		case 'f':
+			force = true;
+			break;
+		case 'j':
+			json = true;
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "standinctl: unexpected argument: %s\n", argv[optind]);
+		return 2;
+	}
+	if (strcmp(sub, "show") == 0)
+		return state_show(o, json);
+	if (strcmp(sub, "init") == 0) {
+		if (master == NULL) {
+			fprintf(stderr, "standinctl: state init needs --master NODE\n");
+			return 2;
+		}
+		return state_init(o, master, force);
+	}
+	fprintf(stderr, "standinctl: unknown state command: %s\n", sub);
+	return 2;
+}
+
+static int
+cmd_status(const struct ctl_opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 },
+	};
+	bool json = false;
+	int opt, ret;
+
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		if (opt != 'j')
+			return 2;
+		json = true;
+	}
+	if (optind < argc) {
+		fprintf(stderr, "standinctl: unexpected argument: %s\n", argv[optind]);
+		return 2;
+	}
+	struct st_conf *conf = load_conf(o);
+	ret = st_status_print(conf, json, stdout);
+	st_conf_free(&conf);
+	return ret;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct ctl_opts o = { .config_path = ST_CONF_DEFAULT_PATH };
+	int opt;
+
+	st_log_open("standinctl", ST_LOG_STDERR);
+	st_log_set_level(ST_LOG_WARNING);
+	while ((opt = getopt_long(argc, argv, "+c:n:hV", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			o.config_path = optarg;
+			break;
+		case 'n':
+			o.node = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("standinctl %s\n", PACKAGE_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 1) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[0], "status") == 0)
+		return cmd_status(&o, argc, argv);
+	if (strcmp(argv[0], "config") == 0)
+		return cmd_config(&o, argc, argv);
+	if (strcmp(argv[0], "state") == 0)
+		return cmd_state(&o, argc, argv);
+	if (strcmp(argv[0], "version") == 0) {
+		printf("standinctl %s\n", PACKAGE_VERSION);
+		return 0;
+	}
+	if (strcmp(argv[0], "help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "standinctl: unknown command: %s (try standinctl help)\n", argv[0]);
+	return 2;
+}

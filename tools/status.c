@@ -1,0 +1,279 @@
+/*
+ * status.c: collect and print the status of a cluster.
+ *
+ * Each node's role comes from its own cluster state file; each daemon's
+ * state from its status socket in the node's run_dir.  A node whose
+ * directories are not on this machine shows its daemons as unreachable.
+ * Nothing here fails because a daemon is down: that is what status reports.
+ */
+#include "config.h"
+
+#include "tools/status.h"
+
+#include "lib/ctl.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STATUS_TIMEOUT_MS 2000
+
+struct row {
+	const char *node;
+	char role[32];
+	char epoch[24];
+	const char *service;
+	const char *daemon;
+	char *state;
+	char *lag;
+	char *error;
+	json_t *detail;		/* the daemon's whole status object, or NULL */
+};
+
+const char *
+st_status_daemon_for(enum st_service svc)
+{
+	static const char *const names[] = { "standin-pgrepl", "standin-ldaprepl",
+					     "standin-imaprepl" };
+	return names[svc];
+}
+
+void
+st_status_cstate_json(const struct st_cstate *st, struct st_buf *out)
+{
+	json_t *obj = json_object(), *dirs = json_object();
+	char *s;
+
+	json_object_set_new(obj, "cluster", json_string(st->cluster));
+	json_object_set_new(obj, "epoch", json_integer((json_int_t)st->epoch));
+	json_object_set_new(obj, "master", json_string(st->master));
+	for (int svc = 0; svc < ST_SVC_COUNT; svc++) {
+		json_t *arr = json_array();
+		for (size_t i = 0; i < st->n_edges[svc]; i++) {
+			json_t *e = json_object();
+			json_object_set_new(e, "source", json_string(st->edges[svc][i].source));
+			json_object_set_new(e, "target", json_string(st->edges[svc][i].target));
+			json_array_append_new(arr, e);
+		}
+		json_object_set_new(dirs, st_service_name(svc), arr);
+	}
+	json_object_set_new(obj, "directions", dirs);
+	json_object_set_new(obj, "updated", json_integer((json_int_t)st->updated));
+	s = json_dumps(obj, JSON_COMPACT);
+	st_buf_puts(out, s);
+	free(s);
+	json_decref(obj);
+}
+
+static char *
+format_lag(json_t *obj)
+{
+	json_t *secs = json_object_get(obj, "lag_seconds");
+	json_t *bytes = json_object_get(obj, "lag_bytes");
+
+	if (json_is_number(secs)) {
+		double v = json_number_value(secs);
+		if (json_is_integer(bytes))
+			return xasprintf("%.1fs/%lldB", v, (long long)json_integer_value(bytes));
+		return xasprintf("%.1fs", v);
+	}
+	if (json_is_integer(bytes))
+		return xasprintf("%lldB", (long long)json_integer_value(bytes));
+	return xstrdup("-");
+}
+
+static void
+query_daemon(const struct st_node *node, const char *daemon, struct row *r)
+{
+	char *path = xasprintf("%s/%s.sock", node->run_dir, daemon);
+	char *reply = NULL, *error = NULL;
+	struct stat sb;
+	json_error_t jerr;
+
+	r->daemon = daemon;
+	if (stat(node->run_dir, &sb) < 0) {
+		r->state = xstrdup("unreachable");
+		r->error = xasprintf("run_dir %s is not on this machine", node->run_dir);
+		goto out;
+	}
+	if (st_ctl_query(path, "status", STATUS_TIMEOUT_MS, &reply, &error) < 0) {
+		if (strcmp(error, "no socket") == 0)
+			r->state = xstrdup("not running");
+		else
+			r->state = xasprintf("unreachable (%s)", error);
+		goto out;
+	}
+	r->detail = json_loads(reply, 0, &jerr);
+	if (!json_is_object(r->detail)) {
+		r->state = xstrdup("bad reply");
+		r->error = xasprintf("%s: not a JSON object: %s", path, jerr.text);
+		json_decref(r->detail);
+		r->detail = NULL;
+		goto out;
+	}
+	json_t *state = json_object_get(r->detail, "state");
+	json_t *err = json_object_get(r->detail, "last_error");
+	r->state = xstrdup(json_is_string(state) ? json_string_value(state) : "?");
+	r->lag = format_lag(r->detail);
+	if (json_is_string(err))
+		r->error = xstrdup(json_string_value(err));
+out:
+	if (r->lag == NULL)
+		r->lag = xstrdup("-");
+	free(reply);
+	free(error);
+	free(path);
+}
+
+static void
+print_table(struct row *rows, size_t n, FILE *out)
+{
+	static const char *const head[] = { "NODE", "ROLE", "EPOCH", "SERVICE", "DAEMON",
+					    "STATE", "LAG", "LAST ERROR" };
+	size_t w[7];
+
+	for (int c = 0; c < 7; c++)
+		w[c] = strlen(head[c]);
+	for (size_t i = 0; i < n; i++) {
+		const char *cells[7] = { rows[i].node, rows[i].role, rows[i].epoch, rows[i].service,
+					 rows[i].daemon, rows[i].state, rows[i].lag };
+		for (int c = 0; c < 7; c++) {
+			if (strlen(cells[c]) > w[c])
+				w[c] = strlen(cells[c]);
+		}
+	}
+	for (int c = 0; c < 7; c++)
+		fprintf(out, "%-*s  ", (int)w[c], head[c]);
+	fprintf(out, "%s\n", head[7]);
+	for (size_t i = 0; i < n; i++) {
+		const char *cells[7] = { rows[i].node, rows[i].role, rows[i].epoch, rows[i].service,
+					 rows[i].daemon, rows[i].state, rows[i].lag };
+		for (int c = 0; c < 7; c++)
+			fprintf(out, "%-*s  ", (int)w[c], cells[c]);
+		/* st_q keeps a daemon's error on one line, quoted if needed. */
+		fprintf(out, "%s\n", rows[i].error ? st_q(rows[i].error) : "-");
+	}
+}
+
+static void
+print_json(const struct st_conf *conf, struct row *rows, size_t n, struct st_cstate *states,
+	   int *state_rc, FILE *out)
+{
+	json_t *root = json_object(), *nodes = json_array(), *arr = json_array();
+	char *s;
+
+	json_object_set_new(root, "cluster", json_string(conf->cluster_name));
+	for (size_t i = 0; i < conf->n_nodes; i++) {
+		json_t *o = json_object();
+		json_object_set_new(o, "node", json_string(conf->nodes[i].name));
+		if (state_rc[i] == 0) {
+			json_object_set_new(o, "role",
+					    json_string(st_cstate_role(&states[i], conf->nodes[i].name)));
+			json_object_set_new(o, "epoch", json_integer((json_int_t)states[i].epoch));
+			json_object_set_new(o, "master", json_string(states[i].master));
+		} else {
+			json_object_set_new(o, "role", json_null());
+		}
+		json_array_append_new(nodes, o);
+	}
+	json_object_set_new(root, "nodes", nodes);
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = json_object();
+		json_object_set_new(o, "node", json_string(rows[i].node));
+		json_object_set_new(o, "service", json_string(rows[i].service));
+		json_object_set_new(o, "daemon", json_string(rows[i].daemon));
+		json_object_set_new(o, "state", json_string(rows[i].state));
+		json_object_set_new(o, "last_error",
+				    rows[i].error ? json_string(rows[i].error) : json_null());
+		if (rows[i].detail != NULL)
+			json_object_set(o, "status", rows[i].detail);
+		json_array_append_new(arr, o);
+	}
+	json_object_set_new(root, "daemons", arr);
+	s = json_dumps(root, JSON_INDENT(2));
+	fprintf(out, "%s\n", s);
+	free(s);
+	json_decref(root);
+}
+
+int
+st_status_print(const struct st_conf *conf, bool json, FILE *out)
+{
+	struct st_cstate states[ST_MAX_NODES];
+	int state_rc[ST_MAX_NODES];
+	char *state_err[ST_MAX_NODES] = { 0 };
+	size_t max_rows = conf->n_nodes * (ST_SVC_COUNT + 1), n = 0;
+	struct row *rows = xcalloc(max_rows, sizeof(*rows));
+	uint64_t max_epoch = 0;
+
+	for (size_t i = 0; i < conf->n_nodes; i++) {
+		const struct st_node *node = &conf->nodes[i];
+		char *path = st_cstate_path(node);
+
+		state_rc[i] = st_cstate_load(path, &states[i], &state_err[i]);
+		if (state_rc[i] == 1)
+			state_err[i] = xasprintf("%s does not exist (standinctl state init)", path);
+		if (state_rc[i] == 0 && states[i].epoch > max_epoch)
+			max_epoch = states[i].epoch;
+		free(path);
+	}
+
+	for (size_t i = 0; i < conf->n_nodes; i++) {
+		const struct st_node *node = &conf->nodes[i];
+		char role[32], epoch[24];
+
+		if (state_rc[i] == 0) {
+			snprintf(role, sizeof(role), "%s", st_cstate_role(&states[i], node->name));
+			snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)states[i].epoch);
+		} else {
+			snprintf(role, sizeof(role), "unknown");
+			snprintf(epoch, sizeof(epoch), "-");
+		}
+		for (int s = 0; s <= ST_SVC_COUNT; s++) {
+			struct row *r;
+
+			if (s < ST_SVC_COUNT && !conf->service_enabled[s])
+				continue;
+			if (s == ST_SVC_COUNT && !conf->proxy_present)
+				continue;
+			r = &rows[n++];
+			r->node = node->name;
+			memcpy(r->role, role, sizeof(role));
+			memcpy(r->epoch, epoch, sizeof(epoch));
+			r->service = s < ST_SVC_COUNT ? st_service_name(s) : "all";
+			query_daemon(node, s < ST_SVC_COUNT ? st_status_daemon_for(s) : "standin-proxy",
+				     r);
+		}
+	}
+
+	if (json) {
+		print_json(conf, rows, n, states, state_rc, out);
+	} else {
+		fprintf(out, "cluster %s\n", conf->cluster_name);
+		print_table(rows, n, out);
+		for (size_t i = 0; i < conf->n_nodes; i++) {
+			if (state_rc[i] != 0)
+				fprintf(out, "warning: node %s: %s\n", conf->nodes[i].name, state_err[i]);
+			else if (states[i].epoch < max_epoch)
+				fprintf(out, "warning: node %s is at epoch %llu, behind epoch %llu: it "
+					"stays read-only until it catches up\n", conf->nodes[i].name,
+					(unsigned long long)states[i].epoch,
+					(unsigned long long)max_epoch);
+		}
+	}
+
+	for (size_t i = 0; i < n; i++) {
+		free(rows[i].state);
+		free(rows[i].lag);
+		free(rows[i].error);
+		json_decref(rows[i].detail);
+	}
+	for (size_t i = 0; i < conf->n_nodes; i++)
+		free(state_err[i]);
+	free(rows);
+	return 0;
+}

@@ -61,7 +61,7 @@ static const struct st_ctl_command testd_commands[] = {
 	{ NULL, NULL, NULL },
 };
 
-static const struct st_daemon_ops testd_ops = {
+static struct st_daemon_ops testd_ops = {
 	.program = "standin-testd",
 	.summary = "test daemon for the shared runtime",
 	.start = testd_start,
@@ -74,6 +74,10 @@ int
 main(int argc, char **argv)
 {
 	struct testd t = { 0 };
+	const char *as = getenv("STANDIN_TESTD_PROGRAM");
 
+	/* Tests of standinctl status let it stand in for a real daemon's socket. */
+	if (as != NULL && as[0] != '\0')
+		testd_ops.program = as;
 	return st_daemon_main(argc, argv, &testd_ops, &t);
 }

@@ -236,10 +236,18 @@ struct loader {
 	struct raw_section *sections;
 	size_t n_sections, cap_sections;
 
-	struct st_buf errors;
+	struct conf_msg *errors;	/* sorted by line before they are shown */
 	unsigned n_errors;
 
 	struct st_conf *conf;
+};
+
+/* One error, kept until the load ends: they are shown in line order (errors
+ * of the whole file, line 0, last), whatever pass found them. */
+struct conf_msg {
+	unsigned line;
+	unsigned seq;
+	char *text;
 };
 
 static void ST_PRINTF(3, 4)
@@ -247,22 +255,56 @@ conf_error(struct loader *L, unsigned line, const char *fmt, ...)
 {
 	va_list ap;
 
-	L->n_errors++;
-	if (L->n_errors > CONF_MAX_ERRORS)
+	if (L->n_errors >= CONF_MAX_ERRORS) {
+		L->n_errors++;
 		return;
-	if (L->errors.len > 0)
-		st_buf_puts(&L->errors, "\n");
-	if (line > 0)
-		st_buf_printf(&L->errors, "%s:%u: ", L->path, line);
-	else
-		st_buf_printf(&L->errors, "%s: ", L->path);
+	}
+	if (L->errors == NULL)
+		L->errors = xcalloc(CONF_MAX_ERRORS, sizeof(*L->errors));
+	struct conf_msg *m = &L->errors[L->n_errors];
+	m->line = line;
+	m->seq = L->n_errors++;
 	va_start(ap, fmt);
-	char *msg = xvasprintf(fmt, ap);
+	m->text = xvasprintf(fmt, ap);
 	va_end(ap);
-	st_buf_puts(&L->errors, msg);
-	free(msg);
-	if (L->n_errors == CONF_MAX_ERRORS)
-		st_buf_printf(&L->errors, "\n%s: too many errors, stopping", L->path);
+}
+
+static int
+conf_msg_cmp(const void *a, const void *b)
+{
+	const struct conf_msg *x = a, *y = b;
+	unsigned xl = x->line == 0 ? UINT_MAX : x->line;
+	unsigned yl = y->line == 0 ? UINT_MAX : y->line;
+
+	if (xl != yl)
+		return xl < yl ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* All errors as one text, a line each, "FILE:LINE: message". */
+static char *
+conf_errors_text(struct loader *L)
+{
+	struct st_buf out;
+	unsigned shown = L->n_errors < CONF_MAX_ERRORS ? L->n_errors : CONF_MAX_ERRORS;
+
+	st_buf_init(&out);
+	qsort(L->errors, shown, sizeof(*L->errors), conf_msg_cmp);
+	for (unsigned i = 0; i < shown; i++) {
+		if (i > 0)
+			st_buf_puts(&out, "\n");
+		if (L->errors[i].line > 0)
+			st_buf_printf(&out, "%s:%u: %s", L->path, L->errors[i].line,
+				      L->errors[i].text);
+		else
+			st_buf_printf(&out, "%s: %s", L->path, L->errors[i].text);
+	}
+	if (L->n_errors > CONF_MAX_ERRORS)
+		st_buf_printf(&out, "\n%s: too many errors (%u), only the first %u shown",
+			      L->path, L->n_errors, CONF_MAX_ERRORS);
+	char *text = st_buf_steal(&out);
+	st_buf_free(&out);
+	return text;
 }
 
 static char *
@@ -1029,7 +1071,9 @@ loader_free(struct loader *L)
 	for (size_t i = 0; i < L->n_sections; i++)
 		free(L->sections[i].name);
 	free(L->sections);
-	st_buf_free(&L->errors);
+	for (unsigned i = 0; i < L->n_errors && i < CONF_MAX_ERRORS; i++)
+		free(L->errors[i].text);
+	free(L->errors);
 }
 
 struct st_conf *
@@ -1043,7 +1087,6 @@ st_conf_parse(const char *name, const char *data, size_t len, char **errors_r)
 	L.path = name;
 	L.data = data;
 	L.len = len;
-	st_buf_init(&L.errors);
 	L.conf = xcalloc(1, sizeof(*L.conf));
 	L.conf->path = xstrdup(name);
 
@@ -1065,7 +1108,7 @@ st_conf_parse(const char *name, const char *data, size_t len, char **errors_r)
 		load_semantics(&L);
 done:
 	if (L.n_errors > 0) {
-		*errors_r = st_buf_steal(&L.errors);
+		*errors_r = conf_errors_text(&L);
 		st_conf_free(&L.conf);
 	}
 	struct st_conf *conf = L.conf;

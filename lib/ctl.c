@@ -77,7 +77,12 @@ dispatch(struct ctl_client *c)
 	struct st_ctl_server *srv = c->srv;
 	char *line = c->line, *args;
 
-	line[strcspn(line, "\r\n")] = '\0';
+	/* One line: up to the first LF, less a CR before it (telnet, socat
+	 * CRLF).  A CR inside the line is data. */
+	size_t len = strcspn(line, "\n");
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	line[len] = '\0';
 	args = strchr(line, ' ');
 	if (args != NULL) {
 		*args++ = '\0';

@@ -99,7 +99,7 @@ def test_config_check_and_print(tmp_path):
     bad = write_cluster_conf(str(tmp_path), extra="colour = blue\n")
     r = run(TESTD, "-t", "-c", bad)
     assert r.returncode == 2
-    assert f'{bad}:15: [pg] unknown key "colour"' in r.stderr
+    assert f'{bad}:16: [pg] unknown key "colour"' in r.stderr
     r = run(TESTD, "-t", "-c", str(tmp_path / "missing.conf"))
     assert r.returncode == 2 and "cannot open: No such file or directory" in r.stderr
 

@@ -46,8 +46,12 @@ def test_config_check_and_show(tmp_path):
                    + "[node a]\naddress = x\n")
     r = ctl(str(bad), "config", "check")
     assert r.returncode == 2
-    assert f'{bad}:15: [pg] unknown key "port"' in r.stderr
-    assert f'{bad}:16: duplicate node "a" (first defined on line 3)' in r.stderr
+    # Lines 16, 18 and 19 (the file ends "user = standin\n", so a blank line
+    # comes before the second [node a]), reported in line order.
+    assert r.stderr.splitlines() == [
+        f'{bad}:16: [pg] unknown key "port"',
+        f'{bad}:18: duplicate node "a" (first defined on line 3)',
+        f'{bad}:19: [node a] address: set twice (first on line 4)']
 
 
 def test_secret_file_mode_refused(tmp_path):
@@ -57,7 +61,7 @@ def test_secret_file_mode_refused(tmp_path):
     conf = write_cluster_conf(str(tmp_path), extra=f"passfile = {secret}\n")
     r = ctl(conf, "config", "check")
     assert r.returncode == 2
-    assert (f"{conf}:15: [pg] passfile: secret file {secret} is readable or writable by group "
+    assert (f"{conf}:16: [pg] passfile: secret file {secret} is readable or writable by group "
             f"or others (mode 0644); run: chmod 600 {secret}") in r.stderr
     os.chmod(secret, 0o600)
     assert ctl(conf, "config", "check").returncode == 0

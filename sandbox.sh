@@ -1,0 +1,243 @@
+#!/bin/bash
+# ./sandbox.sh [start|stop|status]: a two-node standin demo cluster on this
+# machine's loopback (Debian 12, as root).
+#
+#   start (default)  install what is missing, build standin, start
+#                    PostgreSQL 15, slapd 2.5 and Dovecot 2.3 on node a
+#                    (master) and node b (standby) on free 127.0.0.1 ports,
+#                    write the cluster's standin.conf and secrets, create the
+#                    cluster state, write some data on the master, run the
+#                    standin components that exist so far and print
+#                    `standinctl status`.  The servers keep running.
+#   stop             stop everything the sandbox started (idempotent).
+#   status           `standinctl status` and which servers run.
+#
+# Environment: STANDIN_SANDBOX (default /tmp/standin-sandbox; every directory
+# above it must be searchable by the postgres and nobody users).
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")" && pwd)
+box=${STANDIN_SANDBOX:-/tmp/standin-sandbox}
+build=$top/build-sandbox
+harness=$top/tests/lib/standin_harness.py
+conf=$box/conf/standin.conf
+py=/usr/bin/python3
+ctl=$build/tools/standinctl
+
+say() { printf '\n== %s\n' "$*"; }
+die() { echo "sandbox.sh: $*" >&2; exit 1; }
+
+install_and_build() {
+	# shellcheck source=tools/deps.sh
+	. "$top/tools/deps.sh"
+	standin_install_missing "$top/.apt.log" || die "cannot install the packages standin needs"
+	say "building standin in $build"
+	if [ ! -x "$top/configure" ] || [ "$top/configure.ac" -nt "$top/configure" ] ||
+		[ "$top/Makefile.am" -nt "$top/configure" ]; then
+		(cd "$top" && autoreconf -fi) >/dev/null 2>&1 || (cd "$top" && autoreconf -fi)
+	fi
+	mkdir -p "$build"
+	if [ ! -f "$build/Makefile" ]; then
+		(cd "$build" && "$top/configure" -q) || die "configure failed"
+	fi
+	make -C "$build" -s -j"$(nproc)" >/dev/null || make -C "$build" || die "build failed"
+}
+
+# write_config: standin.conf and its secret files for the servers of
+# servers.env, as an administrator would write them (one password file per
+# service, mode 0600).
+write_config() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	local d=$box/conf
+	mkdir -p "$d"
+	chmod 700 "$d"
+	umask 077
+	{
+		echo "$STANDIN_PG_A_HOST:$STANDIN_PG_A_PORT:*:$STANDIN_PG_A_USER:$STANDIN_PG_A_PASSWORD"
+		echo "$STANDIN_PG_B_HOST:$STANDIN_PG_B_PORT:*:$STANDIN_PG_B_USER:$STANDIN_PG_B_PASSWORD"
+	} >"$d/pgpass"
+	printf '%s' "$STANDIN_LDAP_A_PASSWORD" >"$d/ldap.secret"
+	printf '%s' "$STANDIN_IMAP_A_MASTER_PASSWORD" >"$d/imap.secret"
+	printf 'alice\nbob\n' >"$d/imap-users"
+	umask 022
+	cat >"$conf" <<EOF
+# standin.conf of the sandbox ($box), written by sandbox.sh.
+# The same file serves both nodes; each program is told its node with -n.
+[cluster]
+name = sandbox
+log_level = info
+
+[node a]
+address = 127.0.0.1
+hostname = sandbox-a
+state_dir = $box/a/standin/state
+run_dir = $box/a/standin/run
+
+[node b]
+address = 127.0.0.1
+hostname = sandbox-b
+state_dir = $box/b/standin/state
+run_dir = $box/b/standin/run
+
+[pg]
+endpoint.a = $STANDIN_PG_A_HOST:$STANDIN_PG_A_PORT
+endpoint.b = $STANDIN_PG_B_HOST:$STANDIN_PG_B_PORT
+dbname = groupware
+user = $STANDIN_PG_A_USER
+passfile = $d/pgpass
+sslmode = disable
+
+[ldap]
+endpoint.a = $STANDIN_LDAP_A_URI
+endpoint.b = $STANDIN_LDAP_B_URI
+suffix = $STANDIN_LDAP_A_SUFFIX
+bind_dn = $STANDIN_LDAP_A_ROOTDN
+password_file = $d/ldap.secret
+
+[imap]
+endpoint.a = imap://$STANDIN_IMAP_A_HOST:$STANDIN_IMAP_A_PORT
+endpoint.b = imap://$STANDIN_IMAP_B_HOST:$STANDIN_IMAP_B_PORT
+admin_user = $STANDIN_IMAP_A_MASTER_USER
+password_file = $d/imap.secret
+users_file = $d/imap-users
+workers = 2
+EOF
+	mkdir -p "$box"/{a,b}/standin/{state,run}
+}
+
+# Some groupware data on the master (node a): a table, a directory entry
+# and a mail.
+write_demo_data() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	local psql=(/usr/lib/postgresql/15/bin/psql -X -q -v ON_ERROR_STOP=1)
+	runuser -u postgres -- "${psql[@]}" -h "$STANDIN_PG_A_SOCKET_DIR" -p "$STANDIN_PG_A_PORT" \
+		-d postgres -c "CREATE DATABASE groupware OWNER $STANDIN_PG_A_USER" >/dev/null
+	runuser -u postgres -- "${psql[@]}" -h "$STANDIN_PG_B_SOCKET_DIR" -p "$STANDIN_PG_B_PORT" \
+		-d postgres -c "CREATE DATABASE groupware OWNER $STANDIN_PG_B_USER" >/dev/null
+	PGPASSFILE=$box/conf/pgpass "${psql[@]}" \
+		"host=$STANDIN_PG_A_HOST port=$STANDIN_PG_A_PORT user=$STANDIN_PG_A_USER dbname=groupware" <<'SQL'
+CREATE TABLE contacts (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+INSERT INTO contacts (name, email) VALUES
+    ('Alice Liddell', 'alice@example.com'), ('Bob Dylan', 'bob@example.com');
+SQL
+	ldapadd -x -H "$STANDIN_LDAP_A_URI" -D "$STANDIN_LDAP_A_ROOTDN" -y "$box/conf/ldap.secret" \
+		>/dev/null <<EOF
+dn: uid=alice,ou=people,$STANDIN_LDAP_A_SUFFIX
+objectClass: inetOrgPerson
+uid: alice
+cn: Alice Liddell
+sn: Liddell
+mail: alice@example.com
+EOF
+	"$py" - "$STANDIN_IMAP_A_HOST" "$STANDIN_IMAP_A_PORT" "$box/conf/imap.secret" <<'PY'
+import imaplib, sys, email.utils
+host, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(secret) as f:
+    password = f.read()
+msg = (f"From: bob@example.com\r\nTo: alice@example.com\r\nSubject: welcome to standin\r\n"
+       f"Date: {email.utils.formatdate()}\r\nMessage-ID: <sandbox-1@example.com>\r\n\r\n"
+       f"Hello Alice.\r\n").encode()
+with imaplib.IMAP4(host, port) as c:
+    c.login('"alice*standin"', password)
+    c.append("INBOX", None, None, msg)
+PY
+}
+
+show_data() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	local n up
+	for n in a b; do
+		up=${n^^}
+		local host_var=STANDIN_PG_${up}_HOST port_var=STANDIN_PG_${up}_PORT
+		local uri_var=STANDIN_LDAP_${up}_URI
+		echo "node $n:"
+		printf '  pg    contacts: '
+		PGPASSFILE=$box/conf/pgpass /usr/lib/postgresql/15/bin/psql -X -A -t -q \
+			"host=${!host_var} port=${!port_var} user=$STANDIN_PG_A_USER dbname=groupware" \
+			-c "SELECT count(*) FROM contacts" 2>/dev/null || echo "(no table yet)"
+		printf '  ldap  people:   '
+		ldapsearch -x -LLL -H "${!uri_var}" -D "$STANDIN_LDAP_A_ROOTDN" \
+			-y "$box/conf/ldap.secret" -b "ou=people,$STANDIN_LDAP_A_SUFFIX" \
+			'(objectClass=inetOrgPerson)' 1.1 2>/dev/null | grep -c '^dn:' || true
+		local ihost_var=STANDIN_IMAP_${up}_HOST iport_var=STANDIN_IMAP_${up}_PORT
+		printf '  imap  alice INBOX: '
+		"$py" - "${!ihost_var}" "${!iport_var}" "$box/conf/imap.secret" <<'PY'
+import imaplib, sys
+host, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(secret) as f:
+    password = f.read()
+with imaplib.IMAP4(host, port) as c:
+    c.login('"alice*standin"', password)
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    print(data[0].decode().split("MESSAGES ")[1].rstrip(")"), "messages")
+PY
+	done
+}
+
+start() {
+	[ "$(id -u)" -eq 0 ] || die "run as root (the servers run as postgres and nobody)"
+	if [ -f "$box/servers.json" ] && "$py" "$harness" status "$box" >/dev/null 2>&1; then
+		echo "the sandbox in $box is already running; ./sandbox.sh stop first"
+		status
+		return 0
+	fi
+	install_and_build
+	say "starting PostgreSQL, slapd and Dovecot on nodes a and b in $box"
+	if [ -f "$box/servers.json" ]; then
+		"$py" "$harness" down "$box" >/dev/null || true
+	fi
+	"$py" "$harness" up "$box" --no-fsync
+	write_config
+	say "configuration $conf"
+	"$ctl" -c "$conf" config check
+	say "cluster state: node a is the master (epoch 1)"
+	"$ctl" -c "$conf" -n a state init --master a
+	"$ctl" -c "$conf" -n b state init --master a
+	"$ctl" -c "$conf" -n b state show
+	say "writing some data on the master (node a)"
+	write_demo_data
+	show_data
+	say "standin components"
+	cat <<EOF
+Built so far: standinctl and the shared runtime (config, cluster state, status
+socket).  The replicators (standin-pgrepl, standin-ldaprepl, standin-imaprepl),
+standin-proxy and standinctl switchover are not built yet: node b stays empty
+until they are, and standinctl status shows them as not running.
+EOF
+	say "standinctl status"
+	"$ctl" -c "$conf" status || true
+	cat <<EOF
+
+The sandbox keeps running.  Try:
+  $ctl -c $conf status
+  $ctl -c $conf config show
+  . $box/servers.env   # STANDIN_PG_A_PORT, STANDIN_LDAP_A_URI, ...
+Stop it with: ./sandbox.sh stop
+EOF
+}
+
+stop() {
+	if [ ! -f "$box/servers.json" ]; then
+		echo "no sandbox in $box"
+		return 0
+	fi
+	"$py" "$harness" down "$box"
+	echo "stopped; files kept in $box"
+}
+
+status() {
+	[ -f "$box/servers.json" ] || die "no sandbox in $box (./sandbox.sh starts one)"
+	"$py" "$harness" status "$box" || true
+	[ -x "$ctl" ] && [ -f "$conf" ] && { "$ctl" -c "$conf" status || true; }
+}
+
+case ${1:-start} in
+start) start ;;
+stop) stop ;;
+status) status ;;
+-h | --help | help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
+*) die "unknown command '$1' (start, stop or status)" ;;
+esac

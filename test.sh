@@ -10,51 +10,13 @@
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")" && pwd)
-cd "$top"
+cd "$top" || exit 1
 build=${STANDIN_BUILD_DIR:-$top/build}
 fuzz_seconds=${STANDIN_FUZZ_SECONDS:-20}
 jobs=$(nproc 2>/dev/null || echo 2)
 
-packages=(
-	build-essential autoconf automake libtool pkg-config
-	libpq-dev libldap-dev libetpan-dev libev-dev check libinih-dev libjansson-dev
-	libssl-dev libsystemd-dev
-	postgresql-15 postgresql-client-15 slapd ldap-utils dovecot-core dovecot-imapd
-	python3 python3-pytest clang libclang-rt-14-dev socat man-db
-)
-
-install_missing() {
-	local missing=() p
-	for p in "${packages[@]}"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-			missing+=("$p")
-	done
-	[ ${#missing[@]} -eq 0 ] && return 0
-	if [ "$(id -u)" -ne 0 ]; then
-		echo "test.sh: missing packages (run as root to install): ${missing[*]}" >&2
-		return 1
-	fi
-	echo "test.sh: installing ${missing[*]}"
-	# Keep the packages' own services (slapd, dovecot, postgresql) from
-	# starting: the tests start their own servers on free loopback ports.
-	local own_policy=0
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod +x /usr/sbin/policy-rc.d
-		own_policy=1
-	fi
-	export DEBIAN_FRONTEND=noninteractive
-	{ apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } \
-		>"$top/.apt.log" 2>&1
-	local rc=$?
-	[ $own_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-	if [ $rc -ne 0 ]; then
-		tail -20 "$top/.apt.log" >&2
-		echo "test.sh: apt-get failed" >&2
-		return 1
-	fi
-	rm -f "$top/.apt.log"
-}
+# shellcheck source=tools/deps.sh
+. "$top/tools/deps.sh"
 
 passed=0
 failed=0
@@ -66,7 +28,7 @@ finish() {
 	[ "$failed" -eq 0 ] && exit 0 || exit 1
 }
 
-install_missing || { step_fail 1 "installing packages"; finish; }
+standin_install_missing "$top/.apt.log" || { step_fail 1 "installing packages"; finish; }
 
 echo "== build (sanitizers, -Werror) in $build"
 if ! autoreconf -fi >/dev/null 2>&1; then

@@ -31,6 +31,10 @@ def test_six_servers_start_accept_a_write_and_stop(cluster):
     assert len({s.port for s in servers}) == 6
     for s in servers:
         assert s.is_running() and sh.port_open(s.port), s
+    # One secret per service for both nodes, as standin.conf expects.
+    assert cluster.pg.a.password == cluster.pg.b.password
+    assert cluster.ldap.a.password == cluster.ldap.b.password
+    assert cluster.imap.a.master_password == cluster.imap.b.master_password
 
     for pg in cluster.pg:
         # wal_level=logical, and the standin role works over TCP with SCRAM

@@ -1392,17 +1392,27 @@ def start_pairs(harness, *, ldap_base="master", fsync=True, pg_options=None, lda
     """Start PostgreSQL, slapd and Dovecot on nodes a and b; returns a Cluster.
 
     ldap_base: where the base LDAP entries are loaded: 'master' (node a),
-    'both' or 'none'.  fsync=False makes PostgreSQL faster and unsafe.  The
+    'both' or 'none'.  The two servers of a kind share their password (the
+    pg role's, the LDAP rootdn's, the IMAP master user's) unless the options
+    give one.  fsync=False makes PostgreSQL faster and unsafe.  The
     *_options dicts go to the server constructors.
     """
     if ldap_base not in ("master", "both", "none"):
         raise HarnessError(f"ldap_base must be master, both or none, not {ldap_base!r}")
-    pg = Pair(*(harness.start_pg(n, fsync=fsync, **(pg_options or {})) for n in NODES))
+    # Like a real cluster with one config file: one secret per service, the
+    # same on both nodes (standin.conf names one password file per service).
+    pg_options = dict(pg_options or {})
+    pg_options.setdefault("password", _new_password())
+    ldap_options = dict(ldap_options or {})
+    ldap_options.setdefault("password", _new_password())
+    imap_options = dict(imap_options or {})
+    imap_options.setdefault("master_password", _new_password())
+    pg = Pair(*(harness.start_pg(n, fsync=fsync, **pg_options) for n in NODES))
     ldap = Pair(*(harness.start_slapd(n, role, load_base=(ldap_base == "both" or
                                                           (ldap_base == "master" and role == "master")),
-                                      **(ldap_options or {}))
+                                      **ldap_options)
                   for n, role in zip(NODES, ("master", "standby"))))
-    imap = Pair(*(harness.start_dovecot(n, **(imap_options or {})) for n in NODES))
+    imap = Pair(*(harness.start_dovecot(n, **imap_options) for n in NODES))
     return Cluster(harness, pg, ldap, imap)
 
 

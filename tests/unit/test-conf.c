@@ -80,6 +80,43 @@ expect_base_error(const char *extra, const char *expected)
 	free(text);
 }
 
+/* Errors found by different passes (the node pass, the key pass) come out in
+ * line order, all of them, one a line; past the cap a last line says so. */
+START_TEST(test_errors_in_line_order)
+{
+	char *text = base_conf("colour = blue\n"	/* 14 */
+			       "[node a]\n"		/* 15 */
+			       "address = x\n");	/* 16 */
+	char *errors = NULL;
+
+	ck_assert_ptr_null(parse(text, &errors));
+	ck_assert_str_eq(errors,
+			 "t.conf:14: [pg] unknown key \"colour\"\n"
+			 "t.conf:15: duplicate node \"a\" (first defined on line 5)\n"
+			 "t.conf:16: [node a] address: set twice (first on line 6)");
+	free(errors);
+	free(text);
+
+	struct st_buf many;
+	st_buf_init(&many);
+	char *base = base_conf("");
+	st_buf_puts(&many, base);
+	free(base);
+	for (int i = 0; i < 80; i++)
+		st_buf_printf(&many, "k%d = v\n", i);
+	ck_assert_ptr_null(parse(many.data, &errors));
+	unsigned lines = 1;
+	for (const char *p = errors; *p != '\0'; p++)
+		lines += *p == '\n';
+	ck_assert_uint_eq(lines, 51);
+	ck_assert_msg(strstr(errors, "t.conf:14: [pg] unknown key \"k0\"\n") == errors, "%s", errors);
+	ck_assert_msg(strstr(errors, "t.conf: too many errors (80), only the first 50 shown") != NULL,
+		      "%s", errors);
+	free(errors);
+	st_buf_free(&many);
+}
+END_TEST
+
 START_TEST(test_minimal)
 {
 	char *text = base_conf(""), *errors = NULL;
@@ -612,6 +649,7 @@ conf_suite(void)
 	tcase_add_test(tc, test_control_chars_and_8bit);
 	tcase_add_test(tc, test_many_errors_all_reported);
 	tcase_add_test(tc, test_load_file);
+	tcase_add_test(tc, test_errors_in_line_order);
 	tcase_add_test(tc, test_local_node);
 	tcase_add_test(tc, test_man_page_documents_every_key);
 	tcase_add_test(tc, test_example_config);

@@ -13,6 +13,7 @@ top=$(cd "$(dirname "$0")" && pwd)
 cd "$top" || exit 1
 build=${STANDIN_BUILD_DIR:-$top/build}
 fuzz_seconds=${STANDIN_FUZZ_SECONDS:-20}
+fuzz_targets=(conf cstate pgoutput)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 # shellcheck source=tools/deps.sh
@@ -88,8 +89,8 @@ if [ "$fuzz_seconds" -gt 0 ] && command -v clang >/dev/null; then
 	fbuild="$build-fuzz"
 	mkdir -p "$fbuild"
 	if (cd "$fbuild" && "$top/configure" -q CC=clang --enable-fuzzers --enable-werror) &&
-		make -C "$fbuild" -j"$jobs" tests/fuzz/fuzz-conf tests/fuzz/fuzz-cstate >/dev/null; then
-		for t in conf cstate; do
+		make -C "$fbuild" -j"$jobs" "${fuzz_targets[@]/#/tests/fuzz/fuzz-}" >/dev/null; then
+		for t in "${fuzz_targets[@]}"; do
 			corpus=$(mktemp -d)
 			if "$fbuild/tests/fuzz/fuzz-$t" -max_total_time="$fuzz_seconds" -max_len=4096 \
 				"$corpus" "$top/tests/fuzz/corpus/$t" >"$fbuild/fuzz-$t.log" 2>&1; then

@@ -1,0 +1,1101 @@
+/*
+ * pgapply.c: apply pgoutput changes to the standby (see pgapply.h).
+ *
+ * Everything sent to the target goes through send_*() and is recorded in a
+ * queue of pending results, in order; pump() flushes libpq's output and
+ * reads results as they come, checking each against its queue entry.  The
+ * first failure is kept (with the table and key it concerns); the pipeline
+ * aborts everything after it up to the next SYNC, and the group is rolled
+ * back.
+ */
+#include "config.h"
+
+#include "replicators/pg/pgapply.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "lib/log.h"
+#include "replicators/pg/pgconn.h"
+
+/* ------------------------------------------------------------ relations */
+
+struct stmt {
+	char op;			/* 'I', 'U', 'D' */
+	char *mask;			/* 'U': which new columns are unchanged TOAST */
+	char name[24];
+	struct stmt *next;
+};
+
+struct rel {
+	uint32_t relid;			/* 0: free slot */
+	char *nspname, *relname;
+	char *qname;			/* "ns"."rel", quoted */
+	char *display;			/* ns.rel for messages */
+	enum pgo_identity identity;
+	uint16_t ncols;
+	struct {
+		char *name;
+		char *qname;
+		bool key;
+	} *cols;
+	struct stmt *stmts;
+};
+
+/* ------------------------------------------------------------ pending */
+
+enum pend_kind {
+	PEND_COMMAND,			/* BEGIN, SET, TRUNCATE, DDL: must succeed */
+	PEND_PREPARE,
+	PEND_ROW,			/* a row statement; U/D must affect one row */
+	PEND_COMMIT,			/* must end in COMMIT, not ROLLBACK */
+	PEND_QUERY,			/* one value wanted */
+	PEND_SYNC,
+};
+
+struct pending {
+	enum pend_kind kind;
+	char op;
+	bool got_result;
+	char *what;			/* for messages: "INSERT into public.t key (id)=(5)" */
+};
+
+struct pga {
+	PGconn *conn;
+	char *origin;
+	unsigned group_max_txns;
+	long group_max_ms;
+	char *ddl_prefix;
+	char *ddl_key;
+
+	struct rel *rels;
+	size_t rel_cap, rel_count;
+	unsigned stmt_seq;
+
+	struct pending *q;
+	size_t q_head, q_tail, q_cap;
+	char *error;			/* first failure since the last SYNC */
+	char *query_value;		/* PEND_QUERY's answer */
+
+	bool in_source_txn;
+	bool group_open;
+	unsigned group_txns;
+	long long group_start_ms;
+	pgo_lsn group_end_lsn;
+	int64_t group_commit_time;
+	uint64_t group_rows, group_ddl;
+
+	const char **params;
+	size_t params_cap;
+
+	struct pga_stats stats;
+};
+
+static int pump(struct pga *p, bool until_empty, char **error_r);
+
+/* ------------------------------------------------------------ relation cache */
+
+static void
+stmt_free_all(struct stmt *s)
+{
+	while (s != NULL) {
+		struct stmt *next = s->next;
+		free(s->mask);
+		free(s);
+		s = next;
+	}
+}
+
+static void
+rel_clear(struct rel *r)
+{
+	free(r->nspname);
+	free(r->relname);
+	free(r->qname);
+	free(r->display);
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		free(r->cols[i].name);
+		free(r->cols[i].qname);
+	}
+	free(r->cols);
+	stmt_free_all(r->stmts);
+	memset(r, 0, sizeof(*r));
+}
+
+static struct rel *
+rel_slot(struct pga *p, uint32_t relid, bool insert)
+{
+	if (insert && (p->rel_count + 1) * 2 > p->rel_cap) {
+		size_t old_cap = p->rel_cap;
+		struct rel *old = p->rels;
+		p->rel_cap = old_cap == 0 ? 64 : old_cap * 2;
+		p->rels = xcalloc(p->rel_cap, sizeof(*p->rels));
+		p->rel_count = 0;
+		for (size_t i = 0; i < old_cap; i++) {
+			if (old[i].relid != 0) {
+				*rel_slot(p, old[i].relid, true) = old[i];
+				p->rel_count++;
+			}
+		}
+		free(old);
+	}
+	if (p->rel_cap == 0)
+		return NULL;
+	for (size_t i = (relid * 2654435761u) & (p->rel_cap - 1);; i = (i + 1) & (p->rel_cap - 1)) {
+		if (p->rels[i].relid == relid)
+			return &p->rels[i];
+		if (p->rels[i].relid == 0)
+			return insert ? &p->rels[i] : NULL;
+	}
+}
+
+static void
+rel_update(struct pga *p, const struct pgo_msg *m)
+{
+	struct rel *r = rel_slot(p, m->u.relation.relid, true);
+
+	if (r->relid == 0)
+		p->rel_count++;
+	else
+		rel_clear(r);
+	r->relid = m->u.relation.relid;
+	r->nspname = xstrdup(m->u.relation.nspname[0] ? m->u.relation.nspname : "pg_catalog");
+	r->relname = xstrdup(m->u.relation.relname);
+	char *qn = pgc_ident(r->nspname), *qr = pgc_ident(r->relname);
+	r->qname = xasprintf("%s.%s", qn, qr);
+	r->display = xasprintf("%s.%s", r->nspname, r->relname);
+	free(qn);
+	free(qr);
+	r->identity = m->u.relation.identity;
+	r->ncols = m->u.relation.ncols;
+	r->cols = xcalloc(r->ncols > 0 ? r->ncols : 1, sizeof(*r->cols));
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		r->cols[i].name = xstrdup(m->u.relation.cols[i].name);
+		r->cols[i].qname = pgc_ident(r->cols[i].name);
+		r->cols[i].key = m->u.relation.cols[i].key;
+	}
+}
+
+/* ------------------------------------------------------------ queue */
+
+static struct pending *
+enqueue(struct pga *p, enum pend_kind kind, char op, char *what)
+{
+	if (p->q_tail == p->q_cap) {
+		if (p->q_head > 0) {
+			memmove(p->q, p->q + p->q_head, (p->q_tail - p->q_head) * sizeof(*p->q));
+			p->q_tail -= p->q_head;
+			p->q_head = 0;
+		}
+		if (p->q_tail == p->q_cap) {
+			p->q_cap = p->q_cap == 0 ? 1024 : p->q_cap * 2;
+			p->q = xrealloc(p->q, p->q_cap * sizeof(*p->q));
+		}
+	}
+	struct pending *pd = &p->q[p->q_tail++];
+	pd->kind = kind;
+	pd->op = op;
+	pd->got_result = false;
+	pd->what = what;
+	return pd;
+}
+
+static void
+dequeue(struct pga *p)
+{
+	free(p->q[p->q_head].what);
+	p->q_head++;
+	if (p->q_head == p->q_tail)
+		p->q_head = p->q_tail = 0;
+}
+
+static size_t
+queued(const struct pga *p)
+{
+	return p->q_tail - p->q_head;
+}
+
+static void ST_PRINTF(2, 3)
+fail(struct pga *p, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (p->error != NULL)
+		return;
+	va_start(ap, fmt);
+	p->error = xvasprintf(fmt, ap);
+	va_end(ap);
+}
+
+/* Check one result against the head of the queue. */
+static void
+check_result(struct pga *p, struct pending *pd, PGresult *res)
+{
+	ExecStatusType st = PQresultStatus(res);
+
+	pd->got_result = true;
+	if (st == PGRES_PIPELINE_ABORTED)
+		return;		/* an earlier statement failed; that one is reported */
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+		char *why = pgc_result_error(res);
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *kind = "";
+		if (state != NULL && strcmp(state, "23505") == 0)
+			kind = "conflict: duplicate key: ";
+		else if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0))
+			kind = "conflict: missing object on the standby: ";
+		fail(p, "%s%s failed on the standby: %s", kind, pd->what ? pd->what : "statement", why);
+		free(why);
+		return;
+	}
+	switch (pd->kind) {
+	case PEND_ROW:
+		if (pd->op == 'U' || pd->op == 'D') {
+			const char *n = PQcmdTuples(res);
+			if (strcmp(n, "1") != 0)
+				fail(p, "conflict: %s found %s rows on the standby (expected 1)", pd->what,
+				     n[0] ? n : "no");
+		}
+		break;
+	case PEND_COMMIT:
+		if (strcmp(PQcmdStatus(res), "COMMIT") != 0)
+			fail(p, "COMMIT on the standby answered %s", PQcmdStatus(res));
+		break;
+	case PEND_QUERY:
+		free(p->query_value);
+		p->query_value = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)
+					 ? xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+		break;
+	default:
+		break;
+	}
+}
+
+/* Read every result that is ready, without blocking. */
+static int
+drain(struct pga *p, char **error_r)
+{
+	int nulls = 0;
+
+	if (!PQconsumeInput(p->conn)) {
+		st_set_error(error_r, "lost the standby connection: %s", pgc_errmsg(p->conn));
+		return -1;
+	}
+	while (queued(p) > 0 && !PQisBusy(p->conn)) {
+		PGresult *res = PQgetResult(p->conn);
+		struct pending *pd = &p->q[p->q_head];
+
+		if (res == NULL) {
+			if (pd->got_result) {
+				dequeue(p);
+				nulls = 0;
+				continue;
+			}
+			if (++nulls > 1)
+				break;
+			continue;
+		}
+		nulls = 0;
+		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+			if (pd->kind != PEND_SYNC) {
+				PQclear(res);
+				st_set_error(error_r, "standby pipeline out of step (SYNC for %s)",
+					     pd->what ? pd->what : "a statement");
+				return -1;
+			}
+			dequeue(p);
+		} else {
+			if (pd->kind == PEND_SYNC) {
+				PQclear(res);
+				st_set_error(error_r, "standby pipeline out of step (result for a SYNC)");
+				return -1;
+			}
+			check_result(p, pd, res);
+		}
+		PQclear(res);
+	}
+	if (PQstatus(p->conn) == CONNECTION_BAD) {
+		st_set_error(error_r, "lost the standby connection: %s", pgc_errmsg(p->conn));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+wait_socket(struct pga *p, bool want_write, char **error_r)
+{
+	struct pollfd pfd = { .fd = PQsocket(p->conn), .events = POLLIN };
+
+	if (want_write)
+		pfd.events |= POLLOUT;
+	for (;;) {
+		int n = poll(&pfd, 1, 60000);
+		if (n > 0)
+			return 0;
+		if (n == 0) {
+			st_set_error(error_r, "the standby did not answer for 60s");
+			return -1;
+		}
+		if (errno != EINTR) {
+			st_set_error(error_r, "poll: %s", strerror(errno));
+			return -1;
+		}
+	}
+}
+
+/*
+ * Send what libpq holds, reading results meanwhile (so neither side waits
+ * on a full socket); with UNTIL_EMPTY, also wait for every pending result.
+ */
+static int
+pump(struct pga *p, bool until_empty, char **error_r)
+{
+	for (;;) {
+		int f = PQflush(p->conn);
+		if (f < 0) {
+			st_set_error(error_r, "cannot send to the standby: %s", pgc_errmsg(p->conn));
+			return -1;
+		}
+		if (drain(p, error_r) < 0)
+			return -1;
+		if (f == 0 && (!until_empty || queued(p) == 0))
+			return 0;
+		if (wait_socket(p, f == 1, error_r) < 0)
+			return -1;
+	}
+}
+
+/* After a send: keep the output bounded and results flowing. */
+static int
+after_send(struct pga *p, int ok, char **error_r)
+{
+	if (!ok) {
+		st_set_error(error_r, "cannot queue a statement for the standby: %s",
+			     pgc_errmsg(p->conn));
+		return -1;
+	}
+	return pump(p, false, error_r);
+}
+
+static int
+send_command(struct pga *p, const char *sql, char *what, char **error_r)
+{
+	enqueue(p, PEND_COMMAND, 0, what);
+	return after_send(p, PQsendQueryParams(p->conn, sql, 0, NULL, NULL, NULL, NULL, 0), error_r);
+}
+
+static int
+send_sync(struct pga *p, char **error_r)
+{
+	enqueue(p, PEND_SYNC, 0, NULL);
+	return after_send(p, PQpipelineSync(p->conn), error_r);
+}
+
+/* SYNC and wait for everything; then the first error, if any. */
+static int
+sync_and_wait(struct pga *p, char **error_r)
+{
+	if (send_sync(p, error_r) < 0 || pump(p, true, error_r) < 0)
+		return -1;
+	if (p->error != NULL) {
+		st_set_error(error_r, "%s", p->error);
+		free(p->error);
+		p->error = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ rows */
+
+static const char **
+params(struct pga *p, size_t n)
+{
+	if (n > p->params_cap) {
+		p->params_cap = n;
+		p->params = xrealloc(p->params, n * sizeof(*p->params));
+	}
+	return p->params;
+}
+
+static const char *
+val(const struct pgo_value *v)
+{
+	return v->kind == PGO_VAL_NULL ? NULL : v->data;
+}
+
+/* "public.t key (id)=(5)" from the columns used to find the row. */
+static char *
+describe_row(const struct rel *r, const struct pgo_tuple *t, bool key_only)
+{
+	struct st_buf b, names, vals;
+	bool first = true;
+
+	st_buf_init(&b);
+	st_buf_init(&names);
+	st_buf_init(&vals);
+	for (uint16_t i = 0; i < t->ncols && i < r->ncols; i++) {
+		if ((key_only && !r->cols[i].key) || t->cols[i].kind == PGO_VAL_UNCHANGED)
+			continue;
+		if (!first) {
+			st_buf_puts(&names, ", ");
+			st_buf_puts(&vals, ", ");
+		}
+		first = false;
+		st_buf_puts(&names, r->cols[i].name);
+		if (t->cols[i].kind == PGO_VAL_NULL) {
+			st_buf_puts(&vals, "NULL");
+		} else {
+			size_t n = strlen(t->cols[i].data);
+			st_buf_append(&vals, t->cols[i].data, n > 64 ? 64 : n);
+			if (n > 64)
+				st_buf_puts(&vals, "...");
+		}
+	}
+	st_buf_printf(&b, "%s %s (%s)=(%s)", r->display, key_only ? "key" : "row", names.data,
+		      vals.data);
+	st_buf_free(&names);
+	st_buf_free(&vals);
+	char *s = st_buf_steal(&b);
+	st_buf_free(&b);
+	return s;
+}
+
+/* WHERE clause finding one row: by key columns, or (FULL) by every column. */
+static void
+where_clause(struct st_buf *sql, const struct rel *r, const struct pgo_tuple *t, bool full,
+	     int *param_no)
+{
+	bool first = true;
+
+	if (full)
+		st_buf_printf(sql, " WHERE ctid = (SELECT ctid FROM %s WHERE ", r->qname);
+	else
+		st_buf_puts(sql, " WHERE ");
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (full ? t->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
+			continue;
+		if (!first)
+			st_buf_puts(sql, " AND ");
+		first = false;
+		if (full)
+			st_buf_printf(sql, "%s::pg_catalog.text IS NOT DISTINCT FROM $%d::pg_catalog.text",
+				      r->cols[i].qname, ++*param_no);
+		else
+			st_buf_printf(sql, "%s = $%d", r->cols[i].qname, ++*param_no);
+	}
+	if (first)
+		st_buf_puts(sql, "true");
+	if (full)
+		st_buf_puts(sql, " LIMIT 1)");
+}
+
+static const char *
+prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
+	 const struct pgo_tuple *old, char **error_r)
+{
+	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
+		if (s->op == op && ((s->mask == NULL && mask == NULL) ||
+				    (s->mask != NULL && mask != NULL && strcmp(s->mask, mask) == 0)))
+			return s->name;
+
+	struct st_buf sql;
+	int n = 0;
+	st_buf_init(&sql);
+	switch (op) {
+	case 'I':
+		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
+		for (uint16_t i = 0; i < r->ncols; i++)
+			st_buf_printf(&sql, "%s%s", i ? ", " : "", r->cols[i].qname);
+		st_buf_puts(&sql, ") VALUES (");
+		for (uint16_t i = 0; i < r->ncols; i++)
+			st_buf_printf(&sql, "%s$%d", i ? ", " : "", ++n);
+		st_buf_puts(&sql, ")");
+		break;
+	case 'U': {
+		bool first = true;
+		st_buf_printf(&sql, "UPDATE %s SET ", r->qname);
+		for (uint16_t i = 0; i < r->ncols; i++) {
+			if (mask[i] == 'u')
+				continue;
+			st_buf_printf(&sql, "%s%s = $%d", first ? "" : ", ", r->cols[i].qname, ++n);
+			first = false;
+		}
+		where_clause(&sql, r, old, full, &n);
+		break;
+	}
+	case 'D':
+		st_buf_printf(&sql, "DELETE FROM %s", r->qname);
+		where_clause(&sql, r, old, full, &n);
+		break;
+	}
+
+	struct stmt *s = xcalloc(1, sizeof(*s));
+	s->op = op;
+	s->mask = mask != NULL ? xstrdup(mask) : NULL;
+	snprintf(s->name, sizeof(s->name), "standin_%u", ++p->stmt_seq);
+	s->next = r->stmts;
+	r->stmts = s;
+	enqueue(p, PEND_PREPARE, 0, xasprintf("PREPARE %s", sql.data));
+	int ok = PQsendPrepare(p->conn, s->name, sql.data, 0, NULL);
+	st_buf_free(&sql);
+	if (after_send(p, ok, error_r) < 0)
+		return NULL;
+	return s->name;
+}
+
+static int
+send_row(struct pga *p, const char *stmt, int n, char op, char *what, char **error_r)
+{
+	enqueue(p, PEND_ROW, op, what);
+	p->group_rows++;
+	return after_send(p, PQsendQueryPrepared(p->conn, stmt, n, p->params, NULL, NULL, 0),
+			  error_r);
+}
+
+static struct rel *
+known_rel(struct pga *p, uint32_t relid, const char *what, char **error_r)
+{
+	struct rel *r = rel_slot(p, relid, false);
+
+	if (r == NULL)
+		st_set_error(error_r, "%s for relation OID %" PRIu32 " before its Relation message",
+			     what, relid);
+	return r;
+}
+
+static int
+check_width(const struct rel *r, const struct pgo_tuple *t, const char *what, char **error_r)
+{
+	if (t->ncols != r->ncols) {
+		st_set_error(error_r, "%s on %s has %u columns, its Relation message %u", what,
+			     r->display, t->ncols, r->ncols);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
+{
+	struct rel *r = known_rel(p, m->u.change.relid, "Insert", error_r);
+	const struct pgo_tuple *t = &m->u.change.new_tuple;
+
+	if (r == NULL || check_width(r, t, "Insert", error_r) < 0)
+		return -1;
+	const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
+	if (stmt == NULL)
+		return -1;
+	const char **pv = params(p, r->ncols);
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (t->cols[i].kind == PGO_VAL_UNCHANGED) {
+			st_set_error(error_r, "Insert on %s: column %s is an unchanged TOAST value",
+				     r->display, r->cols[i].name);
+			return -1;
+		}
+		pv[i] = val(&t->cols[i]);
+	}
+	bool has_key = false;
+	for (uint16_t i = 0; i < r->ncols; i++)
+		has_key |= r->cols[i].key;
+	char *row = describe_row(r, t, has_key);
+	char *what = xasprintf("INSERT into %s", row);
+	free(row);
+	return send_row(p, stmt, r->ncols, 'I', what, error_r);
+}
+
+static int
+apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
+{
+	char op = m->kind == PGO_UPDATE ? 'U' : 'D';
+	const char *opname = op == 'U' ? "Update" : "Delete";
+	struct rel *r = known_rel(p, m->u.change.relid, opname, error_r);
+	if (r == NULL)
+		return -1;
+	const struct pgo_tuple *newt = &m->u.change.new_tuple;
+	const struct pgo_tuple *old = m->u.change.old_kind ? &m->u.change.old_tuple : newt;
+	bool full = m->u.change.old_kind == 'O';
+
+	if (r->identity == PGO_IDENT_NOTHING) {
+		st_set_error(error_r, "%s on %s, which has REPLICA IDENTITY NOTHING", opname,
+			     r->display);
+		return -1;
+	}
+	if (check_width(r, old, opname, error_r) < 0 ||
+	    (op == 'U' && check_width(r, newt, opname, error_r) < 0))
+		return -1;
+	if (!full && m->u.change.old_kind != 'K' && r->identity == PGO_IDENT_FULL) {
+		st_set_error(error_r, "%s on %s (REPLICA IDENTITY FULL) without the old row", opname,
+			     r->display);
+		return -1;
+	}
+
+	char *mask = NULL;
+	int n = 0;
+	if (op == 'U') {
+		mask = xcalloc(r->ncols + 1, 1);
+		for (uint16_t i = 0; i < r->ncols; i++)
+			mask[i] = newt->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
+	}
+	/* FULL: the old row's unchanged columns are left out of the WHERE: part of the mask. */
+	char *key = NULL;
+	if (full) {
+		key = xcalloc(r->ncols + 2, 1);
+		key[0] = 'F';
+		for (uint16_t i = 0; i < r->ncols; i++)
+			key[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
+	}
+	char *fullmask = xasprintf("%s|%s", mask ? mask : "", key ? key : "");
+	const char *stmt = prepared(p, r, op, fullmask, full, old, error_r);
+	if (stmt == NULL) {
+		free(mask);
+		free(key);
+		free(fullmask);
+		return -1;
+	}
+	const char **pv = params(p, 2 * (size_t)r->ncols);
+	if (op == 'U')
+		for (uint16_t i = 0; i < r->ncols; i++)
+			if (mask[i] != 'u')
+				pv[n++] = val(&newt->cols[i]);
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (full ? old->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
+			continue;
+		if (old->cols[i].kind == PGO_VAL_UNCHANGED) {
+			st_set_error(error_r, "%s on %s: key column %s is an unchanged TOAST value",
+				     opname, r->display, r->cols[i].name);
+			free(mask);
+			free(key);
+			free(fullmask);
+			return -1;
+		}
+		pv[n++] = val(&old->cols[i]);
+	}
+	free(mask);
+	free(key);
+	free(fullmask);
+	char *row = describe_row(r, old, !full);
+	char *what = xasprintf("%s of %s", op == 'U' ? "UPDATE" : "DELETE", row);
+	free(row);
+	return send_row(p, stmt, n, op, what, error_r);
+}
+
+static int
+apply_truncate(struct pga *p, const struct pgo_msg *m, char **error_r)
+{
+	struct st_buf sql;
+
+	st_buf_init(&sql);
+	st_buf_puts(&sql, "TRUNCATE ");
+	for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
+		struct rel *r = known_rel(p, m->u.truncate.relids[i], "Truncate", error_r);
+		if (r == NULL) {
+			st_buf_free(&sql);
+			return -1;
+		}
+		st_buf_printf(&sql, "%s%s", i ? ", " : "", r->qname);
+	}
+	if (m->u.truncate.options & PGO_TRUNCATE_RESTART_IDENTITY)
+		st_buf_puts(&sql, " RESTART IDENTITY");
+	if (m->u.truncate.options & PGO_TRUNCATE_CASCADE)
+		st_buf_puts(&sql, " CASCADE");
+	int rc = send_command(p, sql.data, xstrdup(sql.data), error_r);
+	st_buf_free(&sql);
+	return rc;
+}
+
+/* ------------------------------------------------------------ DDL */
+
+static void
+sha256(const void *a, size_t alen, const void *b, size_t blen, unsigned char out[32])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned int n = 32;
+
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(ctx, a, alen) != 1 || EVP_DigestUpdate(ctx, b, blen) != 1 ||
+	    EVP_DigestFinal_ex(ctx, out, &n) != 1)
+		st_fatal("SHA-256 failed");
+	EVP_MD_CTX_free(ctx);
+}
+
+/*
+ * A "standin.ddl" message: MAC \n standin-ddl-1 \n ROLE \n SEARCH_PATH \n
+ * STATEMENT (see ddl_capture.sql).  Checked, then run as ROLE with the
+ * master's search path, inside the group, at its place in the stream.
+ */
+static int
+apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
+{
+	const char *content = m->u.message.content;
+	const char *nl = strchr(content, '\n');
+	char lsn_text[32];
+
+	snprintf(lsn_text, sizeof(lsn_text), PGO_LSN_FMT, PGO_LSN_ARGS(lsn));
+	if (p->ddl_key == NULL) {
+		st_set_error(error_r, "DDL message at %s, but no DDL key is known", lsn_text);
+		return -1;
+	}
+	if (!m->u.message.transactional || !p->in_source_txn) {
+		st_set_error(error_r, "non-transactional DDL message at %s", lsn_text);
+		return -1;
+	}
+	if (nl == NULL || nl - content != 64 || strlen(content) != m->u.message.len) {
+		p->stats.ddl_rejected++;
+		st_warn("malformed DDL message ignored lsn=%s", lsn_text);
+		return 0;
+	}
+	const char *body = nl + 1;
+	size_t klen = strlen(p->ddl_key);
+	unsigned char inner[32], mac[32];
+	char hex[65];
+	sha256(p->ddl_key, klen, body, strlen(body), inner);
+	sha256(p->ddl_key, klen, inner, sizeof(inner), mac);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+	if (CRYPTO_memcmp(hex, content, 64) != 0) {
+		/* Any user can emit a logical message: one that standin's trigger did
+		 * not sign is not a change of the master's data.  Refused, loudly. */
+		p->stats.ddl_rejected++;
+		st_warn("DDL message with a bad signature ignored lsn=%s (not from standin's "
+			"trigger: forged, or standin.ddl_key changed on the master)", lsn_text);
+		return 0;
+	}
+	char *copy = xstrdup(body), *fields[4] = { NULL };
+	char *q = copy;
+	for (int i = 0; i < 3; i++) {
+		char *e = strchr(q, '\n');
+		if (e == NULL)
+			break;
+		*e = '\0';
+		fields[i] = q;
+		q = e + 1;
+	}
+	fields[3] = q;
+	if (fields[2] == NULL || strcmp(fields[0], "standin-ddl-1") != 0) {
+		st_set_error(error_r, "DDL message at %s: unknown format", lsn_text);
+		free(copy);
+		return -1;
+	}
+	char *role = pgc_ident(fields[1]);
+	char *set_role = xasprintf("SET LOCAL ROLE %s", role);
+	const char *sp[] = { fields[2] };
+	int rc = -1;
+
+	p->group_ddl++;
+	st_info("DDL lsn=%s role=%s statement=%s", lsn_text, st_q(fields[1]), st_q(fields[3]));
+	if (send_command(p, set_role, xasprintf("DDL at %s: %s", lsn_text, set_role), error_r) < 0)
+		goto out;
+	enqueue(p, PEND_COMMAND, 0, xasprintf("DDL at %s: search_path %s", lsn_text, fields[2]));
+	if (after_send(p, PQsendQueryParams(p->conn, "SELECT pg_catalog.set_config('search_path', "
+						      "$1, true)", 1, NULL, sp, NULL, NULL, 0),
+		       error_r) < 0)
+		goto out;
+	if (send_command(p, fields[3], xasprintf("DDL at %s (%s)", lsn_text, fields[3]), error_r) < 0 ||
+	    send_command(p, "RESET ROLE", xstrdup("RESET ROLE"), error_r) < 0 ||
+	    send_command(p, "SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)",
+			 xstrdup("reset search_path"), error_r) < 0)
+		goto out;
+	rc = 0;
+out:
+	free(role);
+	free(set_role);
+	free(copy);
+	return rc;
+}
+
+/* ------------------------------------------------------------ groups */
+
+static int
+open_group(struct pga *p, char **error_r)
+{
+	if (p->group_open)
+		return 0;
+	p->group_open = true;
+	p->group_txns = 0;
+	p->group_rows = 0;
+	p->group_ddl = 0;
+	p->group_start_ms = st_monotonic_ms();
+	return send_command(p, "BEGIN", xstrdup("BEGIN"), error_r);
+}
+
+static void
+rollback_quietly(struct pga *p)
+{
+	char *err = NULL;
+
+	if (PQstatus(p->conn) != CONNECTION_OK)
+		return;
+	free(p->error);
+	p->error = NULL;
+	if (send_command(p, "ROLLBACK", xstrdup("ROLLBACK"), &err) < 0 || sync_and_wait(p, &err) < 0)
+		st_warn("rollback on the standby failed error=%s", st_q(err));
+	free(err);
+}
+
+static int
+commit_group(struct pga *p, char **error_r)
+{
+	char lsn[32], ts[32];
+
+	if (sync_and_wait(p, error_r) < 0) {
+		rollback_quietly(p);
+		p->group_open = false;
+		return -1;
+	}
+	snprintf(lsn, sizeof(lsn), PGO_LSN_FMT, PGO_LSN_ARGS(p->group_end_lsn));
+	snprintf(ts, sizeof(ts), "%" PRId64, p->group_commit_time);
+	const char *pv[] = { lsn, ts };
+	enqueue(p, PEND_COMMAND, 0, xstrdup("pg_replication_origin_xact_setup"));
+	int ok = PQsendQueryParams(p->conn,
+				   "SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_catalog.pg_lsn, "
+				   "'2000-01-01 00:00:00+00'::pg_catalog.timestamptz + "
+				   "$2::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval)",
+				   2, NULL, pv, NULL, NULL, 0);
+	if (after_send(p, ok, error_r) < 0)
+		return -1;
+	enqueue(p, PEND_COMMIT, 0, xstrdup("COMMIT"));
+	if (after_send(p, PQsendQueryParams(p->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0),
+		       error_r) < 0)
+		return -1;
+	p->group_open = false;
+	if (sync_and_wait(p, error_r) < 0) {
+		rollback_quietly(p);
+		return -1;
+	}
+	p->stats.txns += p->group_txns;
+	p->stats.rows += p->group_rows;
+	p->stats.ddl += p->group_ddl;
+	p->stats.groups++;
+	p->stats.applied_lsn = p->group_end_lsn;
+	p->stats.applied_commit_time = p->group_commit_time;
+	return 0;
+}
+
+long
+pga_ms_until_due(const struct pga *p)
+{
+	if (!p->group_open)
+		return -1;
+	long left = p->group_max_ms - (long)(st_monotonic_ms() - p->group_start_ms);
+	return left > 0 ? left : 0;
+}
+
+int
+pga_commit_if_due(struct pga *p, bool force, char **error_r)
+{
+	if (!p->group_open || p->in_source_txn || p->group_txns == 0)
+		return 0;
+	if (force || p->group_txns >= p->group_max_txns || pga_ms_until_due(p) == 0)
+		return commit_group(p, error_r);
+	return 0;
+}
+
+int
+pga_message(struct pga *p, const struct pgo_msg *m, char **error_r)
+{
+	int rc = 0;
+
+	switch (m->kind) {
+	case PGO_BEGIN:
+		if (p->in_source_txn) {
+			st_set_error(error_r, "Begin inside a transaction");
+			return -1;
+		}
+		p->in_source_txn = true;
+		rc = open_group(p, error_r);
+		break;
+	case PGO_COMMIT:
+		if (!p->in_source_txn) {
+			st_set_error(error_r, "Commit outside a transaction");
+			return -1;
+		}
+		p->in_source_txn = false;
+		p->group_txns++;
+		p->group_end_lsn = m->u.commit.end_lsn;
+		p->group_commit_time = m->u.commit.commit_time;
+		if (p->group_txns >= p->group_max_txns)
+			rc = commit_group(p, error_r);
+		break;
+	case PGO_RELATION:
+		rel_update(p, m);
+		break;
+	case PGO_INSERT:
+		rc = apply_insert(p, m, error_r);
+		break;
+	case PGO_UPDATE:
+	case PGO_DELETE:
+		rc = apply_update_delete(p, m, error_r);
+		break;
+	case PGO_TRUNCATE:
+		rc = apply_truncate(p, m, error_r);
+		break;
+	case PGO_MESSAGE:
+		if (p->ddl_prefix != NULL && strcmp(m->u.message.prefix, p->ddl_prefix) == 0)
+			rc = apply_ddl(p, m, m->u.message.lsn, error_r);
+		break;
+	case PGO_TYPE:
+	case PGO_ORIGIN:
+		break;
+	case PGO_STREAM_START:
+	case PGO_STREAM_STOP:
+	case PGO_STREAM_COMMIT:
+	case PGO_STREAM_ABORT:
+		st_set_error(error_r, "%s message, but streaming was not asked for",
+			     pgo_kind_name(m->kind));
+		return -1;
+	}
+	if (rc < 0 && p->group_open) {
+		rollback_quietly(p);
+		p->group_open = false;
+		p->in_source_txn = false;
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------------ session */
+
+struct pga *
+pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **error_r)
+{
+	struct pga *p = xcalloc(1, sizeof(*p));
+	char *lit = pgc_literal(opts->origin), *sql = NULL, *value = NULL, *err = NULL;
+
+	p->conn = conn;
+	p->origin = xstrdup(opts->origin);
+	p->group_max_txns = opts->group_max_txns > 0 ? opts->group_max_txns : 1;
+	p->group_max_ms = opts->group_max_ms;
+	p->ddl_prefix = opts->ddl_prefix ? xstrdup(opts->ddl_prefix) : NULL;
+	p->ddl_key = opts->ddl_key ? xstrdup(opts->ddl_key) : NULL;
+
+	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
+			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL", lit, lit);
+	if (pgc_exec(conn, sql, &err) < 0)
+		goto fail;
+	free(sql);
+	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", lit);
+	if (pgc_exec(conn, sql, &err) < 0)
+		goto fail;
+	if (pgc_exec(conn, "SET session_replication_role = replica; "
+			   "SET synchronous_commit = off; SET search_path = pg_catalog", &err) < 0)
+		goto fail;
+	free(sql);
+	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true)", lit);
+	if (pgc_value(conn, sql, &value, &err) < 0)
+		goto fail;
+	*start_r = 0;
+	if (value != NULL && pgo_lsn_parse(value, start_r) < 0) {
+		err = xasprintf("bad origin progress %s", value);
+		goto fail;
+	}
+	if (PQsetnonblocking(conn, 1) != 0 || PQenterPipelineMode(conn) != 1) {
+		err = xasprintf("cannot enter pipeline mode: %s", pgc_errmsg(conn));
+		goto fail;
+	}
+	p->stats.applied_lsn = *start_r;
+	free(lit);
+	free(sql);
+	free(value);
+	return p;
+fail:
+	st_set_error(error_r, "setting up replication origin %s on the standby: %s", opts->origin,
+		     err);
+	free(err);
+	free(lit);
+	free(sql);
+	free(value);
+	pga_free(&p);
+	return NULL;
+}
+
+void
+pga_free(struct pga **pp)
+{
+	struct pga *p = *pp;
+
+	if (p == NULL)
+		return;
+	for (size_t i = 0; i < p->rel_cap; i++)
+		if (p->rels[i].relid != 0)
+			rel_clear(&p->rels[i]);
+	free(p->rels);
+	while (queued(p) > 0)
+		dequeue(p);
+	free(p->q);
+	free(p->error);
+	free(p->query_value);
+	free(p->params);
+	free(p->origin);
+	free(p->ddl_prefix);
+	if (p->ddl_key != NULL)
+		explicit_bzero(p->ddl_key, strlen(p->ddl_key));
+	free(p->ddl_key);
+	free(p);
+	*pp = NULL;
+}
+
+int
+pga_durable_lsn(struct pga *p, pgo_lsn *lsn_r, char **error_r)
+{
+	const char *pv[] = { p->origin };
+
+	if (p->group_open) {
+		st_set_error(error_r, "durable position asked inside a group");
+		return -1;
+	}
+	enqueue(p, PEND_QUERY, 0, xstrdup("pg_replication_origin_progress"));
+	int ok = PQsendQueryParams(p->conn,
+				   "SELECT pg_catalog.pg_replication_origin_progress($1, true)", 1,
+				   NULL, pv, NULL, NULL, 0);
+	if (after_send(p, ok, error_r) < 0 || sync_and_wait(p, error_r) < 0)
+		return -1;
+	*lsn_r = 0;
+	if (p->query_value != NULL && pgo_lsn_parse(p->query_value, lsn_r) < 0) {
+		st_set_error(error_r, "bad origin progress %s", p->query_value);
+		return -1;
+	}
+	return 0;
+}
+
+bool
+pga_group_open(const struct pga *p)
+{
+	return p->group_open;
+}
+
+bool
+pga_in_source_txn(const struct pga *p)
+{
+	return p->in_source_txn;
+}
+
+int
+pga_socket(const struct pga *p)
+{
+	return PQsocket(p->conn);
+}
+
+bool
+pga_wants_write(const struct pga *p)
+{
+	return PQflush(p->conn) == 1;
+}
+
+int
+pga_service(struct pga *p, char **error_r)
+{
+	return pump(p, false, error_r);
+}
+
+const struct pga_stats *
+pga_stats(const struct pga *p)
+{
+	return &p->stats;
+}

@@ -1,0 +1,90 @@
+/*
+ * pgapply.h: apply decoded pgoutput changes to the standby, exactly once.
+ *
+ * One target connection in libpq pipeline mode (non-blocking).  Source
+ * transactions are grouped into one target transaction, bounded by count and
+ * time, in commit order:
+ *
+ *   BEGIN; row statements ...; SYNC          (every row's result is checked:
+ *                                             an UPDATE/DELETE must hit one row)
+ *   pg_replication_origin_xact_setup(end LSN of the group's last source
+ *   transaction, its commit time); COMMIT; SYNC
+ *
+ * so the replication origin moves in the same transaction as the data: after
+ * a crash the standby's pg_replication_origin_progress() is exactly the last
+ * source transaction it holds.  Rows use prepared statements per relation,
+ * operation and set of unchanged TOAST columns.  A conflict (duplicate key,
+ * missing row, missing table or column) rolls the group back and stops with
+ * an error naming the table and the key; nothing is skipped.
+ *
+ * The caller owns the connection; pga never closes it.
+ */
+#ifndef STANDIN_PGAPPLY_H
+#define STANDIN_PGAPPLY_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "replicators/pg/pgoutput.h"
+
+struct pga;
+
+struct pga_options {
+	const char *origin;		/* replication origin name on the target */
+	unsigned group_max_txns;	/* source transactions per target transaction */
+	long group_max_ms;		/* ... and at most this old */
+	const char *ddl_prefix;		/* logical message prefix carrying DDL */
+	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
+};
+
+struct pga_stats {
+	uint64_t txns;			/* source transactions committed on the target */
+	uint64_t rows;			/* rows applied */
+	uint64_t groups;		/* target transactions */
+	uint64_t ddl;			/* DDL statements executed */
+	uint64_t ddl_rejected;		/* "standin.ddl" messages not signed by our trigger */
+	pgo_lsn applied_lsn;		/* end LSN of the last committed source txn */
+	int64_t applied_commit_time;	/* its commit time (PostgreSQL epoch, us) */
+};
+
+/*
+ * Set up the target session: create the origin if it is missing, bind the
+ * session to it, session settings, pipeline mode.  *start_r is the origin's
+ * durable progress (0 when new).  NULL with *error_r on failure.
+ */
+struct pga *pga_new(PGconn *target, const struct pga_options *opts, pgo_lsn *start_r,
+		    char **error_r) ST_WARN_UNUSED;
+void pga_free(struct pga **pga);
+
+/* Feed one decoded message.  0, or -1 with *error_r (the group is rolled back). */
+int pga_message(struct pga *pga, const struct pgo_msg *msg, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * Commit the open group if it is due (count or age), or whenever it holds a
+ * complete source transaction and FORCE is set (the stream has nothing more
+ * for now).  0 or -1 with *error_r.
+ */
+int pga_commit_if_due(struct pga *pga, bool force, char **error_r) ST_WARN_UNUSED;
+
+/* True while a group is open on the target (rows not yet committed). */
+bool pga_group_open(const struct pga *pga);
+/* True between a source Begin and its Commit. */
+bool pga_in_source_txn(const struct pga *pga);
+/* Milliseconds until the open group is due (0 if due now; -1 if none open). */
+long pga_ms_until_due(const struct pga *pga);
+
+/* The target socket, and servicing it when poll() says it is ready. */
+int pga_socket(const struct pga *pga);
+bool pga_wants_write(const struct pga *pga);
+int pga_service(struct pga *pga, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * The origin's progress that is durable on the target
+ * (pg_replication_origin_progress(origin, true)); only between groups.
+ */
+int pga_durable_lsn(struct pga *pga, pgo_lsn *lsn_r, char **error_r) ST_WARN_UNUSED;
+
+const struct pga_stats *pga_stats(const struct pga *pga);
+
+#endif

@@ -1,0 +1,190 @@
+/*
+ * pgconn.c: connections to a node's PostgreSQL (see pgconn.h).
+ */
+#include "config.h"
+
+#include "replicators/pg/pgconn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+
+char *
+pgc_describe(const struct st_conf *conf, const char *node)
+{
+	int i = st_conf_node_index(conf, node);
+	const char *ep = i >= 0 ? conf->pg.endpoint[i] : NULL;
+
+	return xasprintf("node %s (%s)", node, ep != NULL ? ep : "no endpoint");
+}
+
+const char *
+pgc_errmsg(PGconn *c)
+{
+	static __thread char buf[1024];
+	const char *msg = c != NULL ? PQerrorMessage(c) : "out of memory";
+	size_t n = 0;
+
+	/* One line: newlines and tabs become spaces, the last one is dropped. */
+	for (const char *p = msg; *p != '\0' && n < sizeof(buf) - 1; p++)
+		buf[n++] = (*p == '\n' || *p == '\t' || *p == '\r') ? ' ' : *p;
+	while (n > 0 && buf[n - 1] == ' ')
+		n--;
+	buf[n] = '\0';
+	return buf;
+}
+
+char *
+pgc_result_error(const PGresult *res)
+{
+	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	if (primary == NULL)
+		primary = PQresultErrorMessage(res);
+	if (primary == NULL || *primary == '\0')
+		primary = PQresStatus(PQresultStatus(res));
+	char *msg = detail != NULL ? xasprintf("%s (%s) [SQLSTATE %s]", primary, detail,
+					       state != NULL ? state : "?")
+				   : xasprintf("%s [SQLSTATE %s]", primary,
+					       state != NULL ? state : "?");
+	for (char *p = msg; *p != '\0'; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+	return msg;
+}
+
+PGconn *
+pgc_connect(const struct st_conf *conf, const char *node, enum pgc_kind kind,
+	    const char *application_name, char **error_r)
+{
+	int i = st_conf_node_index(conf, node);
+	char *host = NULL, *herr = NULL, port[16], timeout[32];
+	int port_n = 0;
+	PGconn *c = NULL;
+
+	if (i < 0 || conf->pg.endpoint[i] == NULL) {
+		st_set_error(error_r, "node %s has no [pg] endpoint", node);
+		return NULL;
+	}
+	if (st_parse_hostport(conf->pg.endpoint[i], &host, &port_n, &herr) < 0) {
+		st_set_error(error_r, "node %s: [pg] endpoint: %s", node, herr);
+		free(herr);
+		return NULL;
+	}
+	snprintf(port, sizeof(port), "%d", port_n);
+	snprintf(timeout, sizeof(timeout), "%ld",
+		 conf->pg.connect_timeout_ms > 0 ? (conf->pg.connect_timeout_ms + 999) / 1000 : 10);
+
+	const char *keys[16], *vals[16];
+	int n = 0;
+#define KV(k, v) do { keys[n] = (k); vals[n] = (v); n++; } while (0)
+	KV("host", host);
+	KV("port", port);
+	KV("dbname", conf->pg.dbname);
+	KV("user", conf->pg.user);
+	if (conf->pg.passfile != NULL)
+		KV("passfile", conf->pg.passfile);
+	KV("sslmode", st_conf_sslmode_name(conf->pg.sslmode));
+	if (conf->pg.sslrootcert != NULL)
+		KV("sslrootcert", conf->pg.sslrootcert);
+	KV("connect_timeout", timeout);
+	KV("application_name", application_name);
+	KV("options", "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3");
+	KV("keepalives", "1");
+	KV("keepalives_idle", "30");
+	if (kind == PGC_REPLICATION)
+		KV("replication", "database");
+	keys[n] = NULL;
+	vals[n] = NULL;
+#undef KV
+
+	c = PQconnectdbParams(keys, vals, 0);
+	if (c == NULL || PQstatus(c) != CONNECTION_OK) {
+		char *who = pgc_describe(conf, node);
+		st_set_error(error_r, "cannot connect to PostgreSQL on %s as %s to database %s: %s",
+			     who, conf->pg.user, conf->pg.dbname, pgc_errmsg(c));
+		free(who);
+		PQfinish(c);
+		c = NULL;
+	}
+	free(host);
+	return c;
+}
+
+int
+pgc_exec(PGconn *c, const char *sql, char **error_r)
+{
+	PGresult *res = PQexec(c, sql);
+	ExecStatusType st = PQresultStatus(res);
+	int rc = 0;
+
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+		char *why = res != NULL ? pgc_result_error(res) : xstrdup(pgc_errmsg(c));
+		st_set_error(error_r, "%s", why);
+		free(why);
+		rc = -1;
+	}
+	PQclear(res);
+	return rc;
+}
+
+int
+pgc_value(PGconn *c, const char *sql, char **value_r, char **error_r)
+{
+	PGresult *res = PQexec(c, sql);
+	int rc = 0;
+
+	*value_r = NULL;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		char *why = res != NULL ? pgc_result_error(res) : xstrdup(pgc_errmsg(c));
+		st_set_error(error_r, "%s", why);
+		free(why);
+		rc = -1;
+	} else if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+		*value_r = xstrdup(PQgetvalue(res, 0, 0));
+	}
+	PQclear(res);
+	return rc;
+}
+
+char *
+pgc_ident(const char *name)
+{
+	struct st_buf b;
+
+	st_buf_init(&b);
+	st_buf_puts(&b, "\"");
+	for (const char *p = name; *p != '\0'; p++) {
+		if (*p == '"')
+			st_buf_puts(&b, "\"\"");
+		else
+			st_buf_append(&b, p, 1);
+	}
+	st_buf_puts(&b, "\"");
+	char *s = st_buf_steal(&b);
+	st_buf_free(&b);
+	return s;
+}
+
+char *
+pgc_literal(const char *value)
+{
+	struct st_buf b;
+
+	st_buf_init(&b);
+	st_buf_puts(&b, "'");
+	for (const char *p = value; *p != '\0'; p++) {
+		if (*p == '\'')
+			st_buf_puts(&b, "''");
+		else
+			st_buf_append(&b, p, 1);
+	}
+	st_buf_puts(&b, "'");
+	char *s = st_buf_steal(&b);
+	st_buf_free(&b);
+	return s;
+}

@@ -1,0 +1,841 @@
+/*
+ * standin-pgrepl: keep the standby's PostgreSQL a live copy of the master's,
+ * through logical decoding (pgoutput) applied with ordinary SQL.
+ *
+ * The daemon runs on every node.  The cluster state says, for the pg
+ * service, which node replicates to which; the daemon of a target node pulls
+ * from its source.  libpq is used blocking-with-poll on one engine thread
+ * (the stream, the apply pipeline, the initial sync); the libev loop of the
+ * main thread keeps the status socket, signals and reloads responsive.  The
+ * two share a status snapshot under a mutex; the engine wakes the loop with
+ * ev_async to publish errors.
+ *
+ * Exactly once: the apply commits the replication origin's progress in the
+ * same transaction as the rows (pgapply.c); on start the stream resumes from
+ * the origin's durable progress, and the feedback to the master reports as
+ * flushed only what pg_replication_origin_progress(origin, true) says.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "lib/cstate.h"
+#include "lib/daemon.h"
+#include "lib/log.h"
+#include "replicators/pg/pgapply.h"
+#include "replicators/pg/pgconn.h"
+#include "replicators/pg/pgoutput.h"
+#include "replicators/pg/pgsync.h"
+
+#define PUBLICATION "standin"
+#define DDL_PREFIX "standin.ddl"
+#define FEEDBACK_MS 1000
+#define GROUP_MAX_TXNS 1000
+#define GROUP_MAX_MS 200
+#define COPY_JOBS 4
+#define RETRY_MIN_MS 1000
+#define RETRY_MAX_MS 30000
+#define IDLE_CHECK_MS 2000
+#define SEQUENCE_SYNC_MS 10000
+
+struct status {
+	const char *state;		/* static string */
+	char source[ST_NAME_MAX + 1], target[ST_NAME_MAX + 1];
+	char slot[64], origin[96];
+	pgo_lsn received, applied, flushed, server_end;
+	int64_t applied_commit_time;
+	long long oldest_pending_ms;	/* unix ms of the oldest commit not applied, 0 none */
+	uint64_t txns, rows, groups, ddl, ddl_rejected;
+	long long last_message_ms;
+	struct pgs_progress sync;
+	long long sequences_synced_ms;	/* unix ms of the last sequence copy */
+	char *error;			/* the engine's last error, or NULL */
+	uint64_t error_seq;
+};
+
+struct pgrepl {
+	struct st_daemon *d;
+	pthread_t thread;
+	bool thread_started;
+	atomic_int stop;
+	volatile int stop_int;		/* the same, for pgsync */
+	int wake_fd;			/* eventfd: wakes the engine's poll() */
+	bool resync;			/* --resync: copy the database again */
+	ev_async async;
+	uint64_t error_seen;
+	atomic_int sequences_requested;	/* admin "sequences": copy them now */
+
+	pthread_mutex_t lock;
+	struct status st;
+};
+
+static struct pgrepl G;
+
+/* ------------------------------------------------------------ status (shared) */
+
+static void
+set_state(struct pgrepl *r, const char *state)
+{
+	pthread_mutex_lock(&r->lock);
+	r->st.state = state;
+	pthread_mutex_unlock(&r->lock);
+	ev_async_send(r->d->loop, &r->async);
+}
+
+static void
+set_error(struct pgrepl *r, const char *state, const char *error)
+{
+	pthread_mutex_lock(&r->lock);
+	r->st.state = state;
+	free(r->st.error);
+	r->st.error = error != NULL ? xstrdup(error) : NULL;
+	r->st.error_seq++;
+	pthread_mutex_unlock(&r->lock);
+	ev_async_send(r->d->loop, &r->async);
+}
+
+/* Main thread: publish the engine's state and error through the runtime. */
+static void
+async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct pgrepl *r = w->data;
+	char *error = NULL;
+	bool changed = false;
+
+	(void)loop;
+	(void)revents;
+	pthread_mutex_lock(&r->lock);
+	r->d->state = r->st.state;
+	if (r->st.error_seq != r->error_seen) {
+		r->error_seen = r->st.error_seq;
+		error = r->st.error != NULL ? xstrdup(r->st.error) : NULL;
+		changed = true;
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (changed) {
+		if (error != NULL)
+			st_daemon_set_error(r->d, "%s", error);
+		else
+			st_daemon_set_error(r->d, NULL);
+	}
+	free(error);
+}
+
+static bool
+stopping(struct pgrepl *r)
+{
+	return atomic_load(&r->stop) != 0;
+}
+
+/* Read the wake-up counter, so the eventfd is quiet again. */
+static void
+drain_wake(struct pgrepl *r)
+{
+	uint64_t n;
+
+	while (read(r->wake_fd, &n, sizeof(n)) > 0)
+		;
+}
+
+/* Sleep up to MS, or until stopped. */
+static void
+pause_ms(struct pgrepl *r, long ms)
+{
+	struct pollfd pfd = { .fd = r->wake_fd, .events = POLLIN };
+
+	if (!stopping(r) && poll(&pfd, 1, (int)ms) > 0)
+		drain_wake(r);
+}
+
+/* ------------------------------------------------------------ names */
+
+/* Slot and origin names: lower case letters, digits and '_' only. */
+static void
+name_part(char *out, size_t size, const char *prefix, const char *node)
+{
+	size_t n = (size_t)snprintf(out, size, "%s", prefix);
+
+	for (const char *p = node; *p != '\0' && n + 1 < size; p++) {
+		char c = *p;
+		if (c >= 'A' && c <= 'Z')
+			c = (char)(c - 'A' + 'a');
+		else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
+			c = '_';
+		out[n++] = c;
+	}
+	out[n] = '\0';
+}
+
+/* ------------------------------------------------------------ stream */
+
+static const char *find_source(const struct st_cstate *cs, const char *target);
+
+struct stream {
+	struct pgrepl *r;
+	const struct st_conf *conf;
+	const char *source, *target;
+	uint64_t epoch;			/* of the cluster state this session follows */
+	char *cstate_path;
+	long long next_cstate_ms, next_sequences_ms;
+	PGconn *seq_src, *seq_tgt;	/* sequence copies, opened when first needed */
+	PGconn *repl;
+	struct pga *apply;
+	struct pgo_msg msg;
+	pgo_lsn received;		/* last WAL position seen */
+	pgo_lsn server_end;
+	pgo_lsn durable;		/* origin progress durable on the standby */
+	pgo_lsn last_commit_end;	/* end LSN of the last Commit received */
+	long long next_feedback_ms;
+	long long oldest_pending_ms;
+};
+
+/* Copy the stream's figures into the shared status. */
+static void
+publish(struct stream *s)
+{
+	const struct pga_stats *ps = pga_stats(s->apply);
+	struct pgrepl *r = s->r;
+
+	pthread_mutex_lock(&r->lock);
+	r->st.received = s->received;
+	r->st.server_end = s->server_end;
+	r->st.flushed = s->durable;
+	r->st.applied = ps->applied_lsn;
+	r->st.applied_commit_time = ps->applied_commit_time;
+	r->st.txns = ps->txns;
+	r->st.rows = ps->rows;
+	r->st.groups = ps->groups;
+	r->st.ddl = ps->ddl;
+	r->st.ddl_rejected = ps->ddl_rejected;
+	r->st.oldest_pending_ms = ps->applied_lsn >= s->last_commit_end ? 0 : s->oldest_pending_ms;
+	pthread_mutex_unlock(&r->lock);
+}
+
+static int
+send_feedback(struct stream *s, bool reply, char **error_r)
+{
+	uint8_t buf[PGO_STATUS_UPDATE_LEN];
+	pgo_lsn flushed = s->durable;
+
+	if (!pga_group_open(s->apply)) {
+		if (pga_durable_lsn(s->apply, &s->durable, error_r) < 0)
+			return -1;
+		flushed = s->durable;
+		/* Everything received is applied and durable: nothing of the slot's
+		 * WAL up to here is needed again. */
+		if (!pga_in_source_txn(s->apply) && s->durable >= s->last_commit_end &&
+		    s->received > flushed)
+			flushed = s->received;
+	}
+	pgo_build_status_update(buf, s->received, flushed, flushed,
+				pgo_unix_ms_to_ts(st_now_ms()), reply);
+	if (PQputCopyData(s->repl, (const char *)buf, sizeof(buf)) != 1 || PQflush(s->repl) < 0) {
+		st_set_error(error_r, "cannot send feedback to the master: %s", pgc_errmsg(s->repl));
+		return -1;
+	}
+	s->next_feedback_ms = st_monotonic_ms() + FEEDBACK_MS;
+	publish(s);
+	return 0;
+}
+
+static int
+handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r)
+{
+	struct pgo_copydata cd;
+
+	if (pgo_parse_copydata(buf, len, &cd, error_r) < 0)
+		return -1;
+	if (cd.wal_end > s->server_end)
+		s->server_end = cd.wal_end;
+	if (cd.kind == PGO_COPY_KEEPALIVE) {
+		if (cd.wal_end > s->received)
+			s->received = cd.wal_end;
+		return cd.reply_requested ? send_feedback(s, false, error_r) : 0;
+	}
+	if (cd.wal_start > s->received)
+		s->received = cd.wal_start;
+	if (pgo_parse(cd.data, cd.len, false, &s->msg, error_r) < 0)
+		return -1;
+	if (s->msg.kind == PGO_COMMIT) {
+		if (s->oldest_pending_ms == 0 || pga_stats(s->apply)->applied_lsn >= s->last_commit_end)
+			s->oldest_pending_ms = pgo_ts_to_unix_ms(s->msg.u.commit.commit_time);
+		s->last_commit_end = s->msg.u.commit.end_lsn;
+	}
+	return pga_message(s->apply, &s->msg, error_r);
+}
+
+/* Copy the sequences (periodically, and when asked by the admin socket). */
+static int
+sync_sequences(struct stream *s, char **error_r)
+{
+	unsigned n = 0;
+
+	if (s->seq_src == NULL &&
+	    (s->seq_src = pgc_connect(s->conf, s->source, PGC_NORMAL, "standin-pgrepl sequences",
+				      error_r)) == NULL)
+		return -1;
+	if (s->seq_tgt == NULL &&
+	    (s->seq_tgt = pgc_connect(s->conf, s->target, PGC_NORMAL, "standin-pgrepl sequences",
+				      error_r)) == NULL)
+		return -1;
+	if (pgs_sync_sequences(s->seq_src, s->seq_tgt, &n, error_r) < 0)
+		return -1;
+	if (n > 0)
+		st_debug("sequences copied moved=%u", n);
+	pthread_mutex_lock(&s->r->lock);
+	s->r->st.sequences_synced_ms = st_now_ms();
+	pthread_mutex_unlock(&s->r->lock);
+	s->next_sequences_ms = st_monotonic_ms() + SEQUENCE_SYNC_MS;
+	return 0;
+}
+
+/* Has the cluster state moved on (switchover, failover)?  Then this
+ * session ends and the engine follows the new state. */
+static bool
+cstate_changed(struct stream *s)
+{
+	struct st_cstate cs;
+	char *err = NULL;
+	bool changed = false;
+
+	s->next_cstate_ms = st_monotonic_ms() + IDLE_CHECK_MS;
+	if (st_cstate_load(s->cstate_path, &cs, &err) != 0) {
+		free(err);
+		return false;	/* unreadable now: keep going, the engine reports it later */
+	}
+	const char *src = find_source(&cs, s->target);
+	if (cs.epoch != s->epoch || src == NULL || strcmp(src, s->source) != 0) {
+		st_notice("cluster state changed epoch=%" PRIu64 " source=%s: ending this session",
+			  cs.epoch, src != NULL ? src : "none");
+		changed = true;
+	}
+	return changed;
+}
+
+static int
+stream_loop(struct stream *s, char **error_r)
+{
+	struct pgrepl *r = s->r;
+
+	set_state(r, "streaming");
+	while (!stopping(r)) {
+		/* Take everything libpq has, a bounded batch at a time. */
+		if (!PQconsumeInput(s->repl)) {
+			st_set_error(error_r, "lost the replication connection to the master: %s",
+				     pgc_errmsg(s->repl));
+			return -1;
+		}
+		bool dry = false;
+		for (int i = 0; i < 10000; i++) {
+			char *buf = NULL;
+			int n = PQgetCopyData(s->repl, &buf, 1);
+			if (n == 0) {
+				dry = true;
+				break;
+			}
+			if (n == -1) {
+				PGresult *res = PQgetResult(s->repl);
+				char *why = pgc_result_error(res);
+				PQclear(res);
+				st_set_error(error_r, "the master ended the replication stream: %s", why);
+				free(why);
+				return -1;
+			}
+			if (n < 0) {
+				st_set_error(error_r, "replication stream from the master: %s",
+					     pgc_errmsg(s->repl));
+				return -1;
+			}
+			int rc = handle_copydata(s, (const uint8_t *)buf, (size_t)n, error_r);
+			PQfreemem(buf);
+			if (rc < 0)
+				return -1;
+			if (st_monotonic_ms() >= s->next_feedback_ms)
+				break;
+		}
+		/* Nothing more for now: commit what is complete (low latency when
+		 * idle, big groups under a backlog). */
+		if (pga_commit_if_due(s->apply, dry, error_r) < 0)
+			return -1;
+		if (st_monotonic_ms() >= s->next_feedback_ms && send_feedback(s, false, error_r) < 0)
+			return -1;
+		publish(s);
+		long long now = st_monotonic_ms();
+		if (now >= s->next_cstate_ms && cstate_changed(s))
+			return 0;
+		if (now >= s->next_sequences_ms || atomic_exchange(&r->sequences_requested, 0)) {
+			if (sync_sequences(s, error_r) < 0)
+				return -1;
+		}
+		if (!dry)
+			continue;
+
+		long timeout = s->next_feedback_ms - st_monotonic_ms();
+		if (s->next_cstate_ms - st_monotonic_ms() < timeout)
+			timeout = s->next_cstate_ms - st_monotonic_ms();
+		long due = pga_ms_until_due(s->apply);
+		if (due >= 0 && due < timeout)
+			timeout = due;
+		if (timeout < 0)
+			timeout = 0;
+		struct pollfd pfd[3] = {
+			{ .fd = PQsocket(s->repl), .events = POLLIN },
+			{ .fd = pga_socket(s->apply),
+			  .events = POLLIN | (pga_wants_write(s->apply) ? POLLOUT : 0) },
+			{ .fd = r->wake_fd, .events = POLLIN },
+		};
+		if (poll(pfd, 3, (int)timeout) < 0 && errno != EINTR) {
+			st_set_error(error_r, "poll: %s", strerror(errno));
+			return -1;
+		}
+		if (pfd[1].revents != 0 && pga_service(s->apply, error_r) < 0)
+			return -1;
+		if (pfd[2].revents != 0)
+			drain_wake(r);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ one session */
+
+static const char *
+find_source(const struct st_cstate *cs, const char *target)
+{
+	for (size_t i = 0; i < cs->n_edges[ST_SVC_PG]; i++)
+		if (strcmp(cs->edges[ST_SVC_PG][i].target, target) == 0)
+			return cs->edges[ST_SVC_PG][i].source;
+	return NULL;
+}
+
+static int
+slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
+{
+	char *lit = pgc_literal(slot), *value = NULL;
+	char *sql = xasprintf("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s "
+			      "AND plugin = 'pgoutput'", lit);
+	int rc = pgc_value(src, sql, &value, error_r);
+
+	*exists_r = value != NULL;
+	free(value);
+	free(sql);
+	free(lit);
+	return rc;
+}
+
+/* Replicate SOURCE -> this node until stopped or an error. */
+static int
+replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, const char *target,
+	  uint64_t epoch, char **error_r)
+{
+	const struct st_node *node = st_conf_node(conf, target);
+	char slot[64], origin[96], *marker = NULL, *err = NULL, *progress = NULL, *ddl_key = NULL;
+	struct stream s = { .r = r, .conf = conf, .source = source, .target = target,
+			    .epoch = epoch, .cstate_path = st_cstate_path(node) };
+	PGconn *tgt = NULL, *src = NULL;
+	int rc = -1;
+
+	name_part(slot, sizeof(slot), "standin_", target);
+	name_part(origin, sizeof(origin), "standin_from_", source);
+	marker = xasprintf("%s/pgrepl-%s.sync", node->state_dir, source);
+	pthread_mutex_lock(&r->lock);
+	snprintf(r->st.source, sizeof(r->st.source), "%s", source);
+	snprintf(r->st.target, sizeof(r->st.target), "%s", target);
+	snprintf(r->st.slot, sizeof(r->st.slot), "%s", slot);
+	snprintf(r->st.origin, sizeof(r->st.origin), "%s", origin);
+	pthread_mutex_unlock(&r->lock);
+
+	set_state(r, "connecting");
+	tgt = pgc_connect(conf, target, PGC_NORMAL, "standin-pgrepl apply", &err);
+	if (tgt == NULL)
+		goto fail;
+	char *olit = pgc_literal(origin);
+	char *sql = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true) "
+			      "WHERE pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL", olit, olit);
+	int qrc = pgc_value(tgt, sql, &progress, &err);
+	free(sql);
+	free(olit);
+	if (qrc < 0)
+		goto fail;
+
+	bool need_sync = r->resync || pgs_marker_present(marker) || progress == NULL;
+	if (need_sync) {
+		struct pgs_request req = {
+			.conf = conf, .source = source, .target = target, .slot = slot,
+			.publication = PUBLICATION, .origin = origin, .marker = marker,
+			.jobs = COPY_JOBS, .force = r->resync, .stop = &r->stop_int,
+		};
+		pgo_lsn start;
+		st_notice("initial sync source=%s target=%s reason=%s", source, target,
+			  r->resync ? "--resync" : progress == NULL ? "no-replication-origin"
+								  : "unfinished-sync");
+		set_state(r, "initial sync");
+		if (pgs_initial_sync(&req, &r->st.sync, &start, &err) < 0)
+			goto fail;
+		r->resync = false;
+		st_notice("initial sync done source=%s target=%s start=" PGO_LSN_FMT, source, target,
+			  PGO_LSN_ARGS(start));
+	}
+
+	src = pgc_connect(conf, source, PGC_NORMAL, "standin-pgrepl check", &err);
+	if (src == NULL)
+		goto fail;
+	bool exists;
+	if (slot_exists(src, slot, &exists, &err) < 0)
+		goto fail;
+	if (!exists) {
+		char *who = pgc_describe(conf, source);
+		err = xasprintf("replication slot %s is missing on the master %s: the changes since "
+				"the standby's position cannot be streamed; start standin-pgrepl "
+				"once with --resync to copy the database again", slot, who);
+		free(who);
+		goto fail;
+	}
+	if (pgs_ensure_publication(src, PUBLICATION, &err) < 0 ||
+	    pgs_ensure_ddl_capture(src, &ddl_key, &err) < 0 ||
+	    pgs_free_slot(src, slot, false, &err) < 0)
+		goto fail;
+	PQfinish(src);
+	src = NULL;
+
+	struct pga_options opts = {
+		.origin = origin, .group_max_txns = GROUP_MAX_TXNS, .group_max_ms = GROUP_MAX_MS,
+		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key,
+	};
+	pgo_lsn start;
+	s.apply = pga_new(tgt, &opts, &start, &err);
+	if (s.apply == NULL)
+		goto fail;
+	s.durable = start;
+	s.received = start;
+	s.last_commit_end = start;
+
+	s.repl = pgc_connect(conf, source, PGC_REPLICATION, "standin-pgrepl", &err);
+	if (s.repl == NULL)
+		goto fail;
+	char *slot_id = pgc_ident(slot);
+	char *start_sql = xasprintf("START_REPLICATION SLOT %s LOGICAL " PGO_LSN_FMT
+				    " (proto_version '1', publication_names '\"" PUBLICATION "\"', "
+				    "messages 'true')", slot_id, PGO_LSN_ARGS(start));
+	free(slot_id);
+	PGresult *res = PQexec(s.repl, start_sql);
+	free(start_sql);
+	if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+		err = pgc_result_error(res);
+		PQclear(res);
+		goto fail;
+	}
+	PQclear(res);
+	if (PQsetnonblocking(s.repl, 1) != 0) {
+		err = xasprintf("cannot make the stream non-blocking: %s", pgc_errmsg(s.repl));
+		goto fail;
+	}
+	st_notice("streaming source=%s target=%s slot=%s start=" PGO_LSN_FMT, source, target, slot,
+		  PGO_LSN_ARGS(start));
+	set_error(r, "streaming", NULL);
+	s.next_feedback_ms = st_monotonic_ms();
+	s.next_cstate_ms = st_monotonic_ms() + IDLE_CHECK_MS;
+	s.next_sequences_ms = st_monotonic_ms();
+	if (stream_loop(&s, &err) < 0)
+		goto fail;
+	rc = 0;
+	goto out;
+fail:
+	st_set_error(error_r, "%s -> %s: %s", source, target, err != NULL ? err : "unknown error");
+out:
+	free(err);
+	free(marker);
+	free(progress);
+	free(s.cstate_path);
+	PQfinish(s.seq_src);
+	PQfinish(s.seq_tgt);
+	if (ddl_key != NULL)
+		explicit_bzero(ddl_key, strlen(ddl_key));
+	free(ddl_key);
+	pgo_msg_clear(&s.msg);
+	pga_free(&s.apply);
+	if (s.repl != NULL) {
+		PQputCopyEnd(s.repl, NULL);
+		PQfinish(s.repl);
+	}
+	PQfinish(src);
+	PQfinish(tgt);
+	return rc;
+}
+
+static void *
+engine_main(void *arg)
+{
+	struct pgrepl *r = arg;
+	const struct st_conf *conf = r->d->conf;
+	const char *me = r->d->node->name;
+	char *path = st_cstate_path(r->d->node);
+	long retry_ms = RETRY_MIN_MS;
+
+	while (!stopping(r)) {
+		struct st_cstate cs;
+		char *err = NULL;
+		int lrc = st_cstate_load(path, &cs, &err);
+		if (lrc != 0) {
+			if (lrc > 0)
+				err = xasprintf("%s does not exist (standinctl state init)", path);
+			set_error(r, "no cluster state", err);
+			free(err);
+			pause_ms(r, IDLE_CHECK_MS);
+			continue;
+		}
+		const char *source = find_source(&cs, me);
+		if (source == NULL) {
+			set_error(r, strcmp(cs.master, me) == 0 ? "idle (master)" : "idle (no source)",
+				  NULL);
+			pause_ms(r, IDLE_CHECK_MS);
+			continue;
+		}
+		char src_name[ST_NAME_MAX + 1];
+		snprintf(src_name, sizeof(src_name), "%s", source);
+		long long began = st_monotonic_ms();
+		if (replicate(r, conf, src_name, me, cs.epoch, &err) == 0 || stopping(r)) {
+			free(err);
+			continue;
+		}
+		set_error(r, "error", err);
+		free(err);
+		/* Back off, but start over quickly after a long healthy run. */
+		if (st_monotonic_ms() - began > 60000)
+			retry_ms = RETRY_MIN_MS;
+		pause_ms(r, retry_ms);
+		retry_ms = retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : retry_ms * 2;
+	}
+	free(path);
+	return NULL;
+}
+
+/* ------------------------------------------------------------ daemon ops */
+
+static int
+pgrepl_start(struct st_daemon *d, char **error_r)
+{
+	struct pgrepl *r = d->priv;
+
+	if (!d->conf->service_enabled[ST_SVC_PG]) {
+		st_set_error(error_r, "%s has no [pg] section: nothing to replicate", d->config_path);
+		return -1;
+	}
+	r->d = d;
+	r->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (r->wake_fd < 0) {
+		st_set_error(error_r, "eventfd: %s", strerror(errno));
+		return -1;
+	}
+	ev_async_init(&r->async, async_cb);
+	r->async.data = r;
+	ev_async_start(d->loop, &r->async);
+	d->state = "starting";
+	if (pthread_create(&r->thread, NULL, engine_main, r) != 0) {
+		st_set_error(error_r, "cannot start the engine thread: %s", strerror(errno));
+		return -1;
+	}
+	r->thread_started = true;
+	return 0;
+}
+
+static void
+engine_stop(struct pgrepl *r)
+{
+	uint64_t one = 1;
+
+	if (!r->thread_started)
+		return;
+	atomic_store(&r->stop, 1);
+	r->stop_int = 1;
+	if (write(r->wake_fd, &one, sizeof(one)) < 0)
+		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
+	pthread_join(r->thread, NULL);
+	r->thread_started = false;
+	st_info("engine stopped");
+}
+
+static void
+pgrepl_stop(struct st_daemon *d)
+{
+	engine_stop(d->priv);
+}
+
+static int
+pgrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
+{
+	(void)d;
+	(void)conf;
+	st_set_error(error_r, "standin-pgrepl takes configuration changes at restart "
+			      "(systemctl restart standin-pgrepl)");
+	return -1;
+}
+
+static char *
+lsn_text(pgo_lsn l)
+{
+	return xasprintf(PGO_LSN_FMT, PGO_LSN_ARGS(l));
+}
+
+static void
+set_lsn(json_t *obj, const char *key, pgo_lsn l)
+{
+	char *s = lsn_text(l);
+	json_object_set_new(obj, key, json_string(s));
+	free(s);
+}
+
+static void
+pgrepl_status(struct st_daemon *d, json_t *obj)
+{
+	struct pgrepl *r = d->priv;
+	struct status st;
+
+	pthread_mutex_lock(&r->lock);
+	st = r->st;
+	st.error = NULL;
+	pthread_mutex_unlock(&r->lock);
+
+	json_object_set_new(obj, "state", json_string(st.state ? st.state : "starting"));
+	json_object_set_new(obj, "source", st.source[0] ? json_string(st.source) : json_null());
+	json_object_set_new(obj, "target", st.target[0] ? json_string(st.target) : json_null());
+	json_object_set_new(obj, "slot", st.slot[0] ? json_string(st.slot) : json_null());
+	json_object_set_new(obj, "origin", st.origin[0] ? json_string(st.origin) : json_null());
+	set_lsn(obj, "received_lsn", st.received);
+	set_lsn(obj, "applied_lsn", st.applied);
+	set_lsn(obj, "flushed_lsn", st.flushed);
+	set_lsn(obj, "server_lsn", st.server_end);
+	bool streaming = st.state != NULL && strcmp(st.state, "streaming") == 0;
+	if (streaming) {
+		json_object_set_new(obj, "lag_bytes", json_integer(st.server_end > st.applied
+								    ? (json_int_t)(st.server_end - st.applied) : 0));
+		double lag = st.oldest_pending_ms > 0 ? (double)(st_now_ms() - st.oldest_pending_ms) / 1000.0
+						      : 0.0;
+		json_object_set_new(obj, "lag_seconds", json_real(lag < 0 ? 0 : lag));
+	} else {
+		json_object_set_new(obj, "lag_bytes", json_null());
+		json_object_set_new(obj, "lag_seconds", json_null());
+	}
+	json_object_set_new(obj, "transactions", json_integer((json_int_t)st.txns));
+	json_object_set_new(obj, "rows", json_integer((json_int_t)st.rows));
+	json_object_set_new(obj, "groups", json_integer((json_int_t)st.groups));
+	json_object_set_new(obj, "ddl", json_integer((json_int_t)st.ddl));
+	json_object_set_new(obj, "ddl_rejected", json_integer((json_int_t)st.ddl_rejected));
+	if (st.applied_commit_time != 0)
+		json_object_set_new(obj, "applied_commit_ms",
+				    json_integer(pgo_ts_to_unix_ms(st.applied_commit_time)));
+	json_object_set_new(obj, "sequences_synced_ms",
+			    st.sequences_synced_ms ? json_integer(st.sequences_synced_ms) : json_null());
+	json_t *sync = json_object();
+	json_object_set_new(sync, "tables_total", json_integer(st.sync.tables_total));
+	json_object_set_new(sync, "tables_done", json_integer(st.sync.tables_done));
+	json_object_set_new(sync, "rows_copied", json_integer((json_int_t)st.sync.rows_copied));
+	json_object_set_new(obj, "initial_sync", sync);
+}
+
+static void
+pgrepl_metrics(struct st_daemon *d, struct st_buf *out)
+{
+	struct pgrepl *r = d->priv;
+	char labels[128];
+	struct status st;
+
+	pthread_mutex_lock(&r->lock);
+	st = r->st;
+	pthread_mutex_unlock(&r->lock);
+	snprintf(labels, sizeof(labels), "node=\"%s\",source=\"%s\"", d->node->name, st.source);
+	st_metric(out, "standin_pg_applied_lsn", "gauge", "End LSN of the last applied transaction.",
+		  labels, (double)st.applied);
+	st_metric(out, "standin_pg_flushed_lsn", "gauge", "LSN durable on the standby.", labels,
+		  (double)st.flushed);
+	st_metric(out, "standin_pg_lag_bytes", "gauge", "WAL bytes the standby is behind.", labels,
+		  st.server_end > st.applied ? (double)(st.server_end - st.applied) : 0);
+	st_metric(out, "standin_pg_transactions_total", "counter", "Source transactions applied.",
+		  labels, (double)st.txns);
+	st_metric(out, "standin_pg_rows_total", "counter", "Rows applied.", labels, (double)st.rows);
+}
+
+/* "drain LSN": is everything up to LSN applied (and durable)? */
+static void
+cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct pgrepl *r = d->priv;
+	pgo_lsn want, applied, flushed;
+
+	if (pgo_lsn_parse(args, &want) < 0) {
+		st_buf_puts(reply, "{\"error\":\"usage: drain LSN (e.g. drain 0/16B3748)\"}\n");
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	applied = r->st.applied;
+	flushed = r->st.flushed;
+	pthread_mutex_unlock(&r->lock);
+	char *a = lsn_text(applied), *f = lsn_text(flushed);
+	st_buf_printf(reply, "{\"drained\":%s,\"applied_lsn\":\"%s\",\"flushed_lsn\":\"%s\"}\n",
+		      applied >= want ? "true" : "false", a, f);
+	free(a);
+	free(f);
+}
+
+/* "sequences": copy the sequences now (switchover); see sequences_synced_ms. */
+static void
+cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct pgrepl *r = d->priv;
+	uint64_t one = 1;
+
+	(void)args;
+	atomic_store(&r->sequences_requested, 1);
+	if (write(r->wake_fd, &one, sizeof(one)) < 0)
+		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
+	st_buf_puts(reply, "{\"requested\":true}\n");
+}
+
+static const struct st_ctl_command pgrepl_commands[] = {
+	{ "drain", cmd_drain, "drain LSN: tell whether the standby has applied up to LSN" },
+	{ "sequences", cmd_sequences, "copy the master's sequences to the standby now" },
+	{ NULL, NULL, NULL },
+};
+
+static const struct st_daemon_ops pgrepl_ops = {
+	.program = "standin-pgrepl",
+	.summary = "replicate PostgreSQL from the master to this standby (logical decoding)",
+	.start = pgrepl_start,
+	.stop = pgrepl_stop,
+	.reload = pgrepl_reload,
+	.status = pgrepl_status,
+	.metrics = pgrepl_metrics,
+	.commands = pgrepl_commands,
+};
+
+int
+main(int argc, char **argv)
+{
+	/* --resync is ours; the rest goes to the shared runtime. */
+	int n = 0;
+	for (int i = 0; i < argc; i++) {
+		if (i > 0 && strcmp(argv[i], "--resync") == 0)
+			G.resync = true;
+		else
+			argv[n++] = argv[i];
+	}
+	argv[n] = NULL;
+	pthread_mutex_init(&G.lock, NULL);
+	G.wake_fd = -1;
+	int rc = st_daemon_main(n, argv, &pgrepl_ops, &G);
+	engine_stop(&G);
+	free(G.st.error);
+	if (G.wake_fd >= 0)
+		close(G.wake_fd);
+	return rc;
+}

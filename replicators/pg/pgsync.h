@@ -1,0 +1,69 @@
+/*
+ * pgsync.h: the initial copy of the master's database to the standby.
+ *
+ * In one snapshot: the logical slot is created with an exported snapshot;
+ * pg_dump --schema-only --snapshot copies the schema (pg_restore --clean
+ * --if-exists on the standby, so a retry after a crash starts over cleanly);
+ * every published table is copied with COPY, several at once, each worker
+ * importing the snapshot; sequences are set.  Last, the standby's origin is
+ * advanced to the slot's consistent point, so streaming starts exactly after
+ * the snapshot: no change lost or applied twice.
+ *
+ * A marker file STATE_DIR/pgrepl-SOURCE.sync exists from the first write to
+ * the standby until the origin is set; a standby that holds tables and has
+ * no marker is refused unless FORCE.
+ */
+#ifndef STANDIN_PGSYNC_H
+#define STANDIN_PGSYNC_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "lib/conf.h"
+#include "replicators/pg/pgoutput.h"
+
+struct pgs_request {
+	const struct st_conf *conf;
+	const char *source, *target;	/* node names */
+	const char *slot;		/* logical slot on the source */
+	const char *publication;
+	const char *origin;		/* replication origin on the target */
+	const char *marker;		/* marker file path */
+	unsigned jobs;			/* tables copied at once */
+	bool force;			/* overwrite a non-empty standby */
+	volatile int *stop;		/* non-zero: give up soon */
+};
+
+struct pgs_progress {
+	unsigned tables_total, tables_done;
+	unsigned long long rows_copied;
+};
+
+/* Is an initial sync needed (marker present), per the marker file. */
+bool pgs_marker_present(const char *marker);
+
+int pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress,
+		     pgo_lsn *start_r, char **error_r) ST_WARN_UNUSED;
+
+/* Make sure the publication (FOR ALL TABLES) exists on the source. */
+int pgs_ensure_publication(PGconn *src_conn, const char *publication, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * Install (or refresh) DDL capture on the source: an event trigger that
+ * emits each DDL statement as a transactional logical message with prefix
+ * "standin.ddl", signed with a key kept in standin.ddl_key (readable only by
+ * superusers), so no other user can forge one.  *key_r is that key.
+ */
+int pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * Copy every sequence's value from SRC to TGT, never moving a sequence of
+ * TGT backwards.  *n_r: how many were moved.
+ */
+int pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r) ST_WARN_UNUSED;
+
+/* Drop SLOT on the connection's server if it exists, ending its walsender if
+ * it is still active (a previous run of ours, killed).  0 or -1. */
+int pgs_free_slot(PGconn *conn, const char *slot, bool drop, char **error_r) ST_WARN_UNUSED;
+
+#endif

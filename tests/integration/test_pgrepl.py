@@ -1,0 +1,382 @@
+"""standin-pgrepl against a real PostgreSQL 15 pair: initial sync, streaming,
+odd data, conflicts, and kill -9 under load with nothing lost or doubled."""
+import os
+import random
+import subprocess
+import time
+
+import pytest
+
+import standin_harness as sh
+from standin_bin import PGREPL, STANDINCTL, StandinDaemon, program, run, write_pg_conf
+
+pytestmark = pytest.mark.servers
+
+
+class PgEnv:
+    """A master (a) and standby (b) PostgreSQL, standin.conf, cluster state,
+    and standin-pgrepl on node b (started by start())."""
+
+    def __init__(self, harness, fsync=False):
+        self.h = harness
+        password = "pw-" + os.urandom(6).hex()
+        self.a = harness.start_pg("a", fsync=fsync, password=password)
+        self.b = harness.start_pg("b", fsync=fsync, password=password)
+        for s in (self.a, self.b):
+            s.create_database("groupware")
+        self.pair = sh.Pair(self.a, self.b)
+        self.base = harness.mkdir("standin")
+        self.conf = write_pg_conf(self.base, self.pair)
+        for node in ("a", "b"):
+            r = run(STANDINCTL, "-c", self.conf, "-n", node, "state", "init", "--master", "a")
+            assert r.returncode == 0, r.stderr
+        self.daemon = None
+
+    def start(self, *args):
+        self.daemon = StandinDaemon(PGREPL, self.conf, "b", os.path.join(self.base, "b", "run"),
+                                    os.path.join(self.base, "pgrepl-b.log"), args)
+        self.h.add_cleanup(self.daemon.stop)
+        return self.daemon
+
+    def status(self):
+        return self.daemon.status()
+
+    def wait_state(self, state, timeout=60):
+        def check():
+            if not self.daemon.running():
+                raise sh.StopWaiting(f"standin-pgrepl exited {self.daemon.proc.returncode}:\n"
+                                     f"{self.daemon.output()[-3000:]}")
+            st = self.status()
+            return st if st["state"] == state else None
+        return sh.wait_until(check, timeout, f"standin-pgrepl state {state}")
+
+    def sql_a(self, sql):
+        return self.a.psql(sql, db="groupware")
+
+    def sql_b(self, sql):
+        return self.b.psql(sql, db="groupware")
+
+    def digest(self, server, table):
+        return server.psql(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY "
+                           f"t::text), '')) FROM {table} t", db="groupware")
+
+    def wait_equal(self, *tables, timeout=60):
+        def same():
+            if self.daemon is not None and not self.daemon.running():
+                raise sh.StopWaiting(f"standin-pgrepl exited:\n{self.daemon.output()[-3000:]}")
+            diff = []
+            for t in tables:
+                da = self.digest(self.a, t)
+                db = self.digest(self.b, t)
+                if da != db:
+                    diff.append(f"{t}: master {da} standby {db}")
+            if diff:
+                raise AssertionError("; ".join(diff))
+            return True
+        sh.wait_until(same, timeout, f"standby to equal the master on {tables}")
+
+
+@pytest.fixture
+def pg(harness):
+    return PgEnv(harness)
+
+
+def test_initial_sync_then_streaming(pg):
+    pg.sql_a("CREATE TABLE contacts (id serial PRIMARY KEY, name text NOT NULL, note text);"
+             "INSERT INTO contacts (name) SELECT 'person ' || g FROM generate_series(1, 5000) g;"
+             "CREATE TABLE empty_one (k int PRIMARY KEY)")
+    pg.start()
+    st = pg.wait_state("streaming")
+    assert st["source"] == "a" and st["target"] == "b"
+    pg.wait_equal("contacts", "empty_one")
+    assert pg.sql_b("SELECT last_value FROM contacts_id_seq") == "5000"
+
+    pg.sql_a("INSERT INTO contacts (name) VALUES ('new');"
+             "UPDATE contacts SET note = 'changed' WHERE id % 10 = 0;"
+             "DELETE FROM contacts WHERE id % 7 = 0;"
+             "INSERT INTO empty_one VALUES (1), (2)")
+    pg.wait_equal("contacts", "empty_one")
+    st = pg.status()
+    assert st["transactions"] >= 1 and st["rows"] >= 1000
+    assert st["last_error"] is None
+    # The slot on the master is ours and is active.
+    assert pg.a.psql("SELECT slot_name, active FROM pg_replication_slots", db="groupware") == \
+        "standin_b|t"
+    # standinctl status shows the daemon streaming on node b.
+    r = run(STANDINCTL, "-c", pg.conf, "status")
+    line = [l for l in r.stdout.splitlines() if l.startswith("b ") and "pg" in l]
+    assert line and "streaming" in line[0], r.stdout
+
+
+def test_feedback_moves_the_slot(pg):
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.sql_a("INSERT INTO t SELECT generate_series(1, 100)")
+    pg.wait_equal("t")
+    lsn = pg.a.psql("SELECT pg_current_wal_lsn()")
+
+    def confirmed():
+        return pg.a.psql(f"SELECT confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots "
+                         f"WHERE slot_name = 'standin_b'") == "t"
+    sh.wait_until(confirmed, 30, "the slot's confirmed_flush_lsn to pass the last commit")
+
+
+ODD_SCHEMA = r"""
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TYPE pair AS (x int, label text);
+CREATE TABLE "Odd Table" (
+    "Id" int PRIMARY KEY,
+    "select" text,
+    "naïve col" text,
+    n numeric(30, 10),
+    f float8,
+    b bytea,
+    arr int[],
+    tarr text[],
+    j json,
+    jb jsonb,
+    ts timestamptz,
+    d date,
+    iv interval,
+    u uuid,
+    m mood,
+    p posint,
+    c pair,
+    big text
+);
+CREATE TABLE nokey (a int, b text);
+ALTER TABLE nokey REPLICA IDENTITY FULL;
+CREATE TABLE parted (id int, region text, v text, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu');
+CREATE TABLE parted_us PARTITION OF parted FOR VALUES IN ('us');
+CREATE TABLE seqd (id bigserial PRIMARY KEY, v text);
+"""
+
+ODD_ROWS = r"""
+INSERT INTO "Odd Table" VALUES
+ (1, 'it''s "quoted" \back\slash', 'été ☃ 日本', 12345678901234567890.0123456789, 1e-300,
+  '\x00ff10', '{1,NULL,3}', '{"a b","c,d","e\"f",NULL}', '{"k": [1, 2]}', '{"z": 1, "a": null}',
+  '2026-11-23 12:34:56.789+05:30', '2000-02-29', '1 year 2 mons 3 days 04:05:06.789', 
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', 42, ROW(1, 'one'), repeat('x', 1000000)),
+ (2, NULL, NULL, NULL, 'NaN', NULL, '{}', NULL, 'null', '[]', 'infinity', NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL);
+INSERT INTO nokey VALUES (1, 'dup'), (1, 'dup'), (2, NULL);
+INSERT INTO parted VALUES (1, 'eu', 'a'), (2, 'us', 'b');
+INSERT INTO seqd (v) SELECT 'v' FROM generate_series(1, 10);
+"""
+
+
+def test_odd_data_and_identifiers(pg):
+    pg.sql_a(ODD_SCHEMA)
+    pg.sql_a(ODD_ROWS)
+    tables = ('"Odd Table"', "nokey", "parted", "seqd")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal(*tables)
+    # The same again through the stream (not the copy).
+    pg.sql_a('DELETE FROM "Odd Table"; DELETE FROM nokey; DELETE FROM parted;')
+    pg.sql_a(ODD_ROWS.replace("(1, 'it", "(3, 'it").replace("(2, NULL", "(4, NULL")
+             .replace("(1, 'eu'", "(3, 'eu'").replace("(2, 'us'", "(4, 'us'"))
+    pg.wait_equal(*tables)
+    # An UPDATE that leaves the 1 MB TOAST value out of the stream ('u').
+    pg.sql_a("""UPDATE "Odd Table" SET "select" = 'touched' WHERE "Id" = 3""")
+    # FULL identity: exactly one of two identical rows changes, one is deleted.
+    pg.sql_a("UPDATE nokey SET b = 'one' WHERE ctid = (SELECT min(ctid) FROM nokey WHERE a = 1)")
+    pg.sql_a("DELETE FROM nokey WHERE a = 2")
+    # A row moves between partitions; TRUNCATE ... RESTART IDENTITY.
+    pg.sql_a("UPDATE parted SET region = 'us' WHERE id = 3")
+    pg.sql_a("TRUNCATE seqd RESTART IDENTITY; INSERT INTO seqd (v) VALUES ('after')")
+    pg.wait_equal(*tables)
+    assert pg.sql_b("""SELECT length(big) FROM "Odd Table" WHERE "Id" = 3""") == "1000000"
+    assert pg.sql_b("SELECT id FROM seqd") == "1"
+
+
+def test_conflict_stops_with_a_clear_error_and_resumes_when_fixed(pg):
+    pg.sql_a("CREATE TABLE accounts (id int PRIMARY KEY, owner text)")
+    pg.start()
+    pg.wait_state("streaming")
+    # Someone wrote on the standby: the master's insert of id 7 now conflicts.
+    pg.sql_b("INSERT INTO accounts VALUES (7, 'intruder')")
+    pg.sql_a("INSERT INTO accounts VALUES (6, 'six'); INSERT INTO accounts VALUES (7, 'seven')")
+    st = pg.wait_state("error")
+    assert "duplicate key" in st["last_error"] and "public.accounts" in st["last_error"], st
+    assert "(id)=(7)" in st["last_error"], st
+    # Nothing skipped: not even the row before it in the same transaction.
+    assert pg.sql_b("SELECT count(*) FROM accounts WHERE id = 6") == "0"
+    r = run(STANDINCTL, "-c", pg.conf, "status")
+    assert "duplicate key" in r.stdout, r.stdout
+    # A missing row on UPDATE is a conflict too, named with its key.
+    pg.sql_b("DELETE FROM accounts WHERE id = 7")
+    pg.wait_equal("accounts")
+    pg.sql_b("DELETE FROM accounts WHERE id = 6")
+    pg.sql_a("UPDATE accounts SET owner = 'x' WHERE id = 6")
+    st = pg.wait_state("error")
+    assert "UPDATE of public.accounts key (id)=(6) found 0 rows" in st["last_error"], st
+    pg.sql_b("INSERT INTO accounts VALUES (6, 'six')")
+    pg.wait_equal("accounts")
+
+
+def test_refuses_a_non_empty_standby_unless_resync(pg):
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    pg.sql_b("CREATE TABLE precious (id int)")
+    d = pg.start()
+    st = pg.wait_state("error")
+    assert "already holds 1 tables" in st["last_error"] and "--resync" in st["last_error"], st
+    assert pg.sql_b("SELECT count(*) FROM precious") == "0"
+    d.stop()
+    d.start(["--resync"])
+    pg.wait_state("streaming")
+    pg.wait_equal("t")
+
+
+def test_missing_slot_is_a_clear_error(pg):
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    d = pg.start()
+    pg.wait_state("streaming")
+    d.stop()
+    pg.a.psql("SELECT pg_drop_replication_slot('standin_b')", db="groupware")
+    d.start()
+    st = pg.wait_state("error")
+    assert "replication slot standin_b is missing on the master" in st["last_error"], st
+
+
+def _pgbench(pg, *args, timeout=300):
+    return subprocess.Popen([pg.a.bin("pgbench"), "-h", pg.a.host, "-p", str(pg.a.port),
+                             "-U", pg.a.user, *args, "groupware"],
+                            env=dict(os.environ, PGPASSFILE=pg.a.passfile),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+PGBENCH_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+
+
+def test_kill9_under_load_loses_and_doubles_nothing(pg):
+    """kill -9 of the replicator every few seconds, once of the standby
+    server, once of the master's walsender, while pgbench writes."""
+    init = _pgbench(pg, "-i", "-s", "2", "-q")
+    assert init.wait(300) == 0, init.stdout.read()
+    d = pg.start()
+    pg.wait_state("streaming", timeout=120)
+    load = _pgbench(pg, "-c", "4", "-j", "2", "-T", "25", "-n")
+    rnd = random.Random(4533)
+    kills = 0
+    deadline = time.monotonic() + 22
+    events = ["standby", "walsender"]
+    while time.monotonic() < deadline:
+        sh.wait_until(lambda: d.status()["state"] in ("streaming", "initial sync"), 60,
+                      "standin-pgrepl to come back")
+        time.sleep(rnd.uniform(0.5, 2.5))     # load runs meanwhile: the kill moment is random
+        if events and kills in (3, 5):
+            what = events.pop(0)
+            if what == "standby":
+                pg.b.kill9()
+                pg.b.start()
+            else:
+                pg.a.psql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                          "WHERE slot_name = 'standin_b'")
+        d.kill9()
+        kills += 1
+        d.start()
+    out = load.communicate(timeout=120)[0]
+    assert load.returncode == 0, out
+    assert kills >= 5
+    pg.wait_equal(*PGBENCH_TABLES, timeout=180)
+    # Every pgbench transaction exactly once: the history rows match.
+    n = pg.sql_a("SELECT count(*) FROM pgbench_history")
+    assert int(n) > 100
+    assert pg.sql_b("SELECT count(*) FROM pgbench_history") == n
+
+
+def test_ddl_replicates_in_stream_order(pg):
+    pg.sql_a("CREATE TABLE base (id int PRIMARY KEY, v text); INSERT INTO base VALUES (1, 'a')")
+    pg.a.psql("CREATE ROLE app LOGIN; GRANT CREATE ON SCHEMA public TO app", db="groupware")
+    pg.b.psql("CREATE ROLE app LOGIN", db="groupware")    # roles are per cluster, not replicated
+    pg.start()
+    pg.wait_state("streaming")
+    statements = [
+        "CREATE TABLE \"New Table\" (id serial PRIMARY KEY, note text)",
+        "INSERT INTO \"New Table\" (note) VALUES ('first')",
+        "ALTER TABLE base ADD COLUMN added int DEFAULT 7",
+        "INSERT INTO base VALUES (2, 'b', 8)",
+        "ALTER TABLE base ALTER COLUMN v TYPE varchar(20)",
+        "CREATE INDEX CONCURRENTLY base_v ON base (v)",
+        # A body full of semicolons is still one statement.
+        "CREATE FUNCTION bump(i int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN i := i + 1; "
+        "RETURN i; END $$",
+        "CREATE SEQUENCE counter START 100",
+        "ALTER TABLE base DROP COLUMN added",
+        "UPDATE base SET v = 'bb' WHERE id = 2",
+    ]
+    for stmt in statements:
+        pg.sql_a(stmt)
+    # DDL by an ordinary role: the object belongs to it on the standby too.
+    pg.a.psql("SET ROLE app; CREATE TABLE owned_by_app (k int PRIMARY KEY); "
+              "INSERT INTO owned_by_app VALUES (1)", db="groupware")
+    pg.wait_equal("base", '"New Table"', "owned_by_app")
+    assert pg.sql_b("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = "
+                    "'owned_by_app'") == "app"
+    assert pg.sql_b("SELECT indexrelid::regclass FROM pg_index WHERE indrelid = 'base'::regclass "
+                    "AND NOT indisprimary") == "base_v"
+    assert pg.sql_b("SELECT bump(1)") == "2"
+    assert pg.status()["ddl"] >= len(statements) - 2
+    pg.sql_a('DROP TABLE "New Table"')
+    sh.wait_until(lambda: pg.sql_b("SELECT to_regclass('\"New Table\"') IS NULL") == "t", 30,
+                  "the DROP TABLE on the standby")
+
+
+def test_ddl_that_cannot_be_replicated_is_refused_on_the_master(pg):
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    pg.start()
+    pg.wait_state("streaming")
+    # psql -c sends the whole string as one query (a script from stdin is split by psql).
+    with pytest.raises(sh.CommandError, match="a DDL statement must be sent alone"):
+        sh.run([pg.a.bin("psql"), "-X", "-d", pg.a.conninfo("groupware"), "-c",
+                "CREATE TABLE x (id int); INSERT INTO t VALUES (1)"])
+    assert pg.sql_a("SELECT count(*) FROM t") == "0"
+    # Anyone may emit a logical message; an unsigned "standin.ddl" is ignored, loudly.
+    pg.a.psql("CREATE ROLE mallory LOGIN", db="groupware")
+    pg.a.psql("SET ROLE mallory; SELECT pg_logical_emit_message(true, 'standin.ddl', "
+              "repeat('0', 64) || E'\\nstandin-ddl-1\\npostgres\\npublic\\nALTER ROLE mallory "
+              "SUPERUSER')", db="groupware")
+    pg.sql_a("INSERT INTO t VALUES (2)")
+    pg.wait_equal("t")
+    assert pg.status()["ddl_rejected"] == 1
+    assert "bad signature" in pg.daemon.output()
+    assert pg.b.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'mallory'") == "0"
+
+
+def test_sequences_follow_and_never_go_back(pg):
+    pg.sql_a("CREATE SEQUENCE s; CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s'))")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.sql_a("SELECT nextval('s') FROM generate_series(1, 41)")
+    from standin_bin import query
+    assert '"requested":true' in query(pg.daemon.sock, "sequences")
+    sh.wait_until(lambda: pg.sql_b("SELECT last_value FROM s") == "41", 30,
+                  "the standby's sequence to reach 41")
+    # Ahead on the standby: left alone.
+    pg.sql_b("SELECT setval('s', 1000)")
+    pg.sql_a("SELECT nextval('s') FROM generate_series(1, 5)")
+    query(pg.daemon.sock, "sequences")
+    first = pg.status()["sequences_synced_ms"]
+    sh.wait_until(lambda: pg.status()["sequences_synced_ms"] != first, 30, "another sequence copy")
+    assert pg.sql_b("SELECT last_value FROM s") == "1000"
+
+
+def test_follows_the_cluster_state(pg):
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    d = pg.start()
+    pg.wait_state("streaming")
+    # Node b becomes the master (as a switchover would record it): b's daemon stops pulling.
+    r = run(STANDINCTL, "-c", pg.conf, "-n", "b", "state", "init", "--master", "b", "--force")
+    assert r.returncode == 0, r.stderr
+    pg.wait_state("idle (master)", timeout=30)
+    assert "cluster state changed" in d.output()
+    r = run(STANDINCTL, "-c", pg.conf, "-n", "b", "state", "init", "--master", "a", "--force")
+    assert r.returncode == 0, r.stderr
+    pg.wait_state("streaming", timeout=30)
+    pg.sql_a("INSERT INTO t VALUES (1)")
+    pg.wait_equal("t")

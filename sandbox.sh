@@ -177,6 +177,85 @@ PY
 	done
 }
 
+# start_daemon NAME PATH NODE: run a standin daemon in the background for NODE
+# (its own pidfile and status socket in the node's run_dir, log in the sandbox).
+start_daemon() {
+	local name=$1 path=$2 node=$3
+	local log=$box/$node/standin/$name.log
+	setsid "$build/$path" -c "$conf" -n "$node" >>"$log" 2>&1 </dev/null &
+	echo "$name for node $node started (pid $!, log $log)"
+}
+
+# wait_streaming NODE NAME: poll the daemon's status until it streams (90 s).
+wait_streaming() {
+	local node=$1 name=$2 i state=
+	local sock=$box/$node/standin/run/$name.sock
+	for ((i = 0; i < 900; i++)); do
+		state=$(echo status | socat -t 2 - "UNIX-CONNECT:$sock" 2>/dev/null |
+			"$py" -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null) || true
+		[ "$state" = streaming ] && return 0
+		sleep 0.1
+	done
+	echo "$name on node $node is not streaming (state: ${state:-no answer}); its log:" >&2
+	tail -20 "$box/$node/standin/$name.log" >&2
+	return 1
+}
+
+pg_a() {
+	PGPASSFILE=$box/conf/pgpass /usr/lib/postgresql/15/bin/psql -X -q -v ON_ERROR_STOP=1 \
+		"host=$STANDIN_PG_A_HOST port=$STANDIN_PG_A_PORT user=$STANDIN_PG_A_USER dbname=groupware" "$@"
+}
+
+pg_b() {
+	PGPASSFILE=$box/conf/pgpass /usr/lib/postgresql/15/bin/psql -X -q -v ON_ERROR_STOP=1 \
+		"host=$STANDIN_PG_B_HOST port=$STANDIN_PG_B_PORT user=$STANDIN_PG_B_USER dbname=groupware" "$@"
+}
+
+# More writes on the master, now that the stream runs: DML and DDL.
+write_more_data() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	pg_a <<'SQL'
+INSERT INTO contacts (name, email) VALUES ('Carol Ann Duffy', 'carol@example.com');
+ALTER TABLE contacts ADD COLUMN phone text;
+UPDATE contacts SET phone = '+44 20 7946 0000' WHERE name LIKE 'Alice%';
+SQL
+}
+
+# wait_pg_equal: poll until node b's contacts equal node a's (30 s).
+wait_pg_equal() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	local q="SELECT md5(string_agg(c::text, '|' ORDER BY id)) FROM contacts c" a b i
+	for ((i = 0; i < 300; i++)); do
+		a=$(pg_a -A -t -c "$q")
+		b=$(pg_b -A -t -c "$q" 2>/dev/null) || true
+		if [ -n "$a" ] && [ "$a" = "$b" ]; then
+			echo "contacts on node b equal node a's (md5 $a)"
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "node b's contacts did not catch up with node a's" >&2
+	return 1
+}
+
+# stop_daemons: SIGTERM every standin daemon of the sandbox (by pidfile).
+stop_daemons() {
+	local pidfile pid i
+	for pidfile in "$box"/*/standin/run/standin-*.pid; do
+		[ -f "$pidfile" ] || continue
+		pid=$(cat "$pidfile" 2>/dev/null) || continue
+		{ [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; } || continue
+		kill -TERM "$pid"
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		echo "$(basename "$pidfile" .pid) (pid $pid): stopped"
+	done
+}
+
 start() {
 	[ "$(id -u)" -eq 0 ] || die "run as root (the servers run as postgres and nobody)"
 	if [ -f "$box/servers.json" ] && "$py" "$harness" status "$box" >/dev/null 2>&1; then
@@ -187,6 +266,7 @@ start() {
 	install_and_build
 	say "starting PostgreSQL, slapd and Dovecot on nodes a and b in $box"
 	if [ -f "$box/servers.json" ]; then
+		stop_daemons >/dev/null
 		"$py" "$harness" down "$box" >/dev/null || true
 	fi
 	"$py" "$harness" up "$box" --no-fsync
@@ -200,12 +280,19 @@ start() {
 	say "writing some data on the master (node a)"
 	write_demo_data
 	show_data
-	say "standin components"
+	say "standin-pgrepl on both nodes: b copies a's database, then streams; a idles as master"
+	start_daemon standin-pgrepl replicators/pg/standin-pgrepl a
+	start_daemon standin-pgrepl replicators/pg/standin-pgrepl b
+	wait_streaming b standin-pgrepl
+	say "more writes on the master, through the stream: INSERT, ALTER TABLE, UPDATE"
+	write_more_data
+	wait_pg_equal
+	show_data
 	cat <<EOF
-Built so far: standinctl and the shared runtime (config, cluster state, status
-socket).  The replicators (standin-pgrepl, standin-ldaprepl, standin-imaprepl),
-standin-proxy and standinctl switchover are not built yet: node b stays empty
-until they are, and standinctl status shows them as not running.
+
+Replicated so far: PostgreSQL (standin-pgrepl).  LDAP and IMAP replication,
+standin-proxy and standinctl switchover come with their issues: node b's
+directory and mailboxes stay empty until then.
 EOF
 	say "standinctl status"
 	"$ctl" -c "$conf" status || true
@@ -224,6 +311,7 @@ stop() {
 		echo "no sandbox in $box"
 		return 0
 	fi
+	stop_daemons
 	"$py" "$harness" down "$box"
 	echo "stopped; files kept in $box"
 }

@@ -94,6 +94,7 @@ struct pga {
 
 	const char **params;
 	size_t params_cap;
+	unsigned unpumped;		/* queries sent since the last pump() */
 
 	struct pga_stats stats;
 };
@@ -372,7 +373,14 @@ pump(struct pga *p, bool until_empty, char **error_r)
 	}
 }
 
-/* After a send: keep the output bounded and results flowing. */
+/*
+ * After a send.  libpq queues pipelined queries in its output buffer (and
+ * sends by itself once 8 kB are queued); every PUMP_EVERY queries we also
+ * flush and read the results that came back, so neither side's buffers grow
+ * without bound, at one pair of system calls per batch, not per row.
+ */
+#define PUMP_EVERY 64
+
 static int
 after_send(struct pga *p, int ok, char **error_r)
 {
@@ -381,6 +389,9 @@ after_send(struct pga *p, int ok, char **error_r)
 			     pgc_errmsg(p->conn));
 		return -1;
 	}
+	if (++p->unpumped < PUMP_EVERY)
+		return 0;
+	p->unpumped = 0;
 	return pump(p, false, error_r);
 }
 
@@ -435,34 +446,35 @@ val(const struct pgo_value *v)
 static char *
 describe_row(const struct rel *r, const struct pgo_tuple *t, bool key_only)
 {
-	struct st_buf b, names, vals;
+	struct st_buf b;
 	bool first = true;
 
 	st_buf_init(&b);
-	st_buf_init(&names);
-	st_buf_init(&vals);
+	st_buf_printf(&b, "%s %s (", r->display, key_only ? "key" : "row");
 	for (uint16_t i = 0; i < t->ncols && i < r->ncols; i++) {
 		if ((key_only && !r->cols[i].key) || t->cols[i].kind == PGO_VAL_UNCHANGED)
 			continue;
-		if (!first) {
-			st_buf_puts(&names, ", ");
-			st_buf_puts(&vals, ", ");
-		}
+		st_buf_printf(&b, "%s%s", first ? "" : ", ", r->cols[i].name);
 		first = false;
-		st_buf_puts(&names, r->cols[i].name);
+	}
+	st_buf_puts(&b, ")=(");
+	first = true;
+	for (uint16_t i = 0; i < t->ncols && i < r->ncols; i++) {
+		if ((key_only && !r->cols[i].key) || t->cols[i].kind == PGO_VAL_UNCHANGED)
+			continue;
+		if (!first)
+			st_buf_puts(&b, ", ");
+		first = false;
 		if (t->cols[i].kind == PGO_VAL_NULL) {
-			st_buf_puts(&vals, "NULL");
+			st_buf_puts(&b, "NULL");
 		} else {
-			size_t n = strlen(t->cols[i].data);
-			st_buf_append(&vals, t->cols[i].data, n > 64 ? 64 : n);
+			size_t n = t->cols[i].len;
+			st_buf_append(&b, t->cols[i].data, n > 64 ? 64 : n);
 			if (n > 64)
-				st_buf_puts(&vals, "...");
+				st_buf_puts(&b, "...");
 		}
 	}
-	st_buf_printf(&b, "%s %s (%s)=(%s)", r->display, key_only ? "key" : "row", names.data,
-		      vals.data);
-	st_buf_free(&names);
-	st_buf_free(&vals);
+	st_buf_puts(&b, ")");
 	char *s = st_buf_steal(&b);
 	st_buf_free(&b);
 	return s;
@@ -602,13 +614,8 @@ apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 		}
 		pv[i] = val(&t->cols[i]);
 	}
-	bool has_key = false;
-	for (uint16_t i = 0; i < r->ncols; i++)
-		has_key |= r->cols[i].key;
-	char *row = describe_row(r, t, has_key);
-	char *what = xasprintf("INSERT into %s", row);
-	free(row);
-	return send_row(p, stmt, r->ncols, 'I', what, error_r);
+	/* A duplicate key error from the standby names the key itself. */
+	return send_row(p, stmt, r->ncols, 'I', xasprintf("INSERT into %s", r->display), error_r);
 }
 
 static int

@@ -55,6 +55,7 @@ struct status {
 	int64_t applied_commit_time;
 	long long oldest_pending_ms;	/* unix ms of the oldest commit not applied, 0 none */
 	uint64_t txns, rows, groups, ddl, ddl_rejected;
+	double txns_per_s, rows_per_s;	/* over the last feedback interval */
 	long long last_message_ms;
 	struct pgs_progress sync;
 	long long sequences_synced_ms;	/* unix ms of the last sequence copy */
@@ -196,6 +197,8 @@ struct stream {
 	pgo_lsn last_commit_end;	/* end LSN of the last Commit received */
 	long long next_feedback_ms;
 	long long oldest_pending_ms;
+	long long rate_ms;		/* when rate_txns/rate_rows were taken */
+	uint64_t rate_txns, rate_rows;
 };
 
 /* Copy the stream's figures into the shared status. */
@@ -242,7 +245,19 @@ send_feedback(struct stream *s, bool reply, char **error_r)
 		st_set_error(error_r, "cannot send feedback to the master: %s", pgc_errmsg(s->repl));
 		return -1;
 	}
-	s->next_feedback_ms = st_monotonic_ms() + FEEDBACK_MS;
+	long long now = st_monotonic_ms();
+	s->next_feedback_ms = now + FEEDBACK_MS;
+	const struct pga_stats *ps = pga_stats(s->apply);
+	if (s->rate_ms != 0 && now > s->rate_ms) {
+		double secs = (double)(now - s->rate_ms) / 1000.0;
+		pthread_mutex_lock(&s->r->lock);
+		s->r->st.txns_per_s = (double)(ps->txns - s->rate_txns) / secs;
+		s->r->st.rows_per_s = (double)(ps->rows - s->rate_rows) / secs;
+		pthread_mutex_unlock(&s->r->lock);
+	}
+	s->rate_ms = now;
+	s->rate_txns = ps->txns;
+	s->rate_rows = ps->rows;
 	publish(s);
 	return 0;
 }
@@ -727,6 +742,8 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "transactions", json_integer((json_int_t)st.txns));
 	json_object_set_new(obj, "rows", json_integer((json_int_t)st.rows));
 	json_object_set_new(obj, "groups", json_integer((json_int_t)st.groups));
+	json_object_set_new(obj, "transactions_per_second", json_real(st.txns_per_s));
+	json_object_set_new(obj, "rows_per_second", json_real(st.rows_per_s));
 	json_object_set_new(obj, "ddl", json_integer((json_int_t)st.ddl));
 	json_object_set_new(obj, "ddl_rejected", json_integer((json_int_t)st.ddl_rejected));
 	if (st.applied_commit_time != 0)

@@ -200,7 +200,8 @@ def test_conflict_stops_with_a_clear_error_and_resumes_when_fixed(pg):
     pg.wait_state("streaming")
     # Someone wrote on the standby: the master's insert of id 7 now conflicts.
     pg.sql_b("INSERT INTO accounts VALUES (7, 'intruder')")
-    pg.sql_a("INSERT INTO accounts VALUES (6, 'six'); INSERT INTO accounts VALUES (7, 'seven')")
+    pg.sql_a("BEGIN; INSERT INTO accounts VALUES (6, 'six'); "
+             "INSERT INTO accounts VALUES (7, 'seven'); COMMIT")
     st = pg.wait_state("error")
     assert "duplicate key" in st["last_error"] and "public.accounts" in st["last_error"], st
     assert "(id)=(7)" in st["last_error"], st

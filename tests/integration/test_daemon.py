@@ -3,27 +3,13 @@ options, config check, pidfile, status socket, SIGHUP reload, SIGTERM, kill -9."
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 
 import pytest
 
-from standin_bin import TESTD, program, run, write_cluster_conf
+from standin_bin import TESTD, program, query, run, write_cluster_conf
 from standin_harness import wait_until
-
-
-def query(path, command, timeout=5):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return data.decode()
-            data += chunk
 
 
 class Daemon:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import standin_harness as sh
-from standin_bin import PGREPL, STANDINCTL, StandinDaemon, program, run, write_pg_conf
+from standin_bin import PGREPL, STANDINCTL, StandinDaemon, query, run, write_pg_conf
 
 pytestmark = pytest.mark.servers
 
@@ -354,7 +354,7 @@ def test_sequences_follow_and_never_go_back(pg):
     pg.start()
     pg.wait_state("streaming")
     pg.sql_a("SELECT nextval('s') FROM generate_series(1, 41)")
-    from standin_bin import query
+
     assert '"requested":true' in query(pg.daemon.sock, "sequences")
     sh.wait_until(lambda: pg.sql_b("SELECT last_value FROM s") == "41", 30,
                   "the standby's sequence to reach 41")

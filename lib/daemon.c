@@ -379,7 +379,16 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 		goto out;
 	}
 
-	d.loop = ev_default_loop(EVFLAG_AUTO);
+	/*
+	 * Not the default loop: that one reaps every child (SIGCHLD), which
+	 * would take the exit status of a command a daemon runs and waits for
+	 * itself (pg_dump, pg_restore, slapcat) from under it.
+	 */
+	d.loop = ev_loop_new(EVFLAG_AUTO);
+	if (d.loop == NULL) {
+		st_error("cannot create the event loop (libev)");
+		goto out;
+	}
 	d.started_ms = st_monotonic_ms();
 
 	/* status, metrics, then the daemon's own commands. */

@@ -267,9 +267,15 @@ run_tool(const struct st_conf *conf, const char *node, char *const argv[], char 
 	}
 	tail[tl] = '\0';
 	close(errpipe[0]);
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+	int status = 0;
+	pid_t w;
+	while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
 		;
+	if (w != pid) {
+		st_set_error(error_r, "waiting for %s (pid %d): %s", argv[0], (int)pid,
+			     w < 0 ? strerror(errno) : "another process answered");
+		return -1;
+	}
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
 		st_set_error(error_r, "%s failed (%s %d): %s", argv[0],
 			     WIFEXITED(status) ? "exit" : "signal",

@@ -381,3 +381,19 @@ def test_follows_the_cluster_state(pg):
     pg.wait_state("streaming", timeout=30)
     pg.sql_a("INSERT INTO t VALUES (1)")
     pg.wait_equal("t")
+
+
+def test_repeated_initial_syncs_never_lose_their_tools_exit_status(pg):
+    """pg_dump and pg_restore are waited for by the engine thread; the event
+    loop must not reap them first (it did: 'pg_dump failed (signal 112)' in
+    about one sync of five)."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+    d = pg.start()
+    for i in range(8):
+        pg.wait_state("streaming")
+        d.stop()
+        d.start(["--resync"])
+    pg.wait_state("streaming")
+    pg.wait_equal("t")
+    assert "initial sync from a to b failed" not in d.output(), d.output()[-2000:]
+    assert d.output().count("initial sync done") == 9

@@ -523,6 +523,10 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	st_buf_init(&sql);
 	switch (op) {
 	case 'I':
+		if (r->ncols == 0) {
+			st_buf_printf(&sql, "INSERT INTO %s DEFAULT VALUES", r->qname);
+			break;
+		}
 		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
 		for (uint16_t i = 0; i < r->ncols; i++)
 			st_buf_printf(&sql, "%s%s", i ? ", " : "", r->cols[i].qname);
@@ -532,6 +536,16 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 		st_buf_puts(&sql, ")");
 		break;
 	case 'U': {
+		bool any = false;
+		for (uint16_t i = 0; i < r->ncols; i++)
+			any |= mask[i] != 'u';
+		if (!any) {
+			/* Nothing to set (no column, or only unchanged TOAST values):
+			 * the row must still be there, one row, as for any UPDATE. */
+			st_buf_printf(&sql, "SELECT 1 FROM %s", r->qname);
+			where_clause(&sql, r, old, full, &n);
+			break;
+		}
 		bool first = true;
 		st_buf_printf(&sql, "UPDATE %s SET ", r->qname);
 		for (uint16_t i = 0; i < r->ncols; i++) {

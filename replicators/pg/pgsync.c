@@ -318,17 +318,38 @@ copy_schema(const struct pgs_request *req, PGconn *src, const char *snapshot, ch
 
 /* ------------------------------------------------------------ data */
 
+/*
+ * A table bigger than CHUNK_PAGES * 2 blocks is copied in ranges of blocks
+ * (COPY (SELECT ... WHERE ctid >= '(lo,0)' AND ctid < '(hi,0)'), a TID range
+ * scan), several at once: in one snapshot every row version has exactly one
+ * ctid, so each row is copied once.
+ */
+#define CHUNK_PAGES 8192
+
+struct copy_table {
+	char *name;			/* quoted "ns"."t" */
+	char *cols;			/* quoted column list, generated columns left out */
+	bool binary;			/* every column of a built-in type: COPY binary */
+	unsigned chunks_left;		/* guarded by the job's lock */
+	unsigned long long rows;
+};
+
+struct copy_unit {
+	struct copy_table *table;
+	long lo, hi;			/* block range; lo < 0: whole table; hi < 0: to the end */
+};
+
 struct copy_job {
 	const struct pgs_request *req;
 	const char *snapshot;
-	char **tables;			/* quoted "ns"."t" */
+	struct copy_table *tables;
 	unsigned ntables;
+	struct copy_unit *units;
+	unsigned nunits;
 	unsigned next;			/* guarded by lock */
 	pthread_mutex_t lock;
 	char *error;			/* first failure */
 	struct pgs_progress *progress;
-	unsigned imported;		/* workers that imported the snapshot */
-	pthread_cond_t imported_cond;
 };
 
 static void
@@ -348,46 +369,70 @@ job_fail(struct copy_job *j, const char *fmt, ...)
 	pthread_mutex_unlock(&j->lock);
 }
 
-static int
-copy_table(struct copy_job *j, PGconn *src, PGconn *tgt, const char *table)
+/* Fail the job with RES's error unless RES has status WANT. */
+static bool
+result_ok(struct copy_job *j, PGresult *res, ExecStatusType want, const char *what,
+	  const char *table)
 {
-	char *out_sql = xasprintf("COPY %s TO STDOUT", table);
-	char *in_sql = xasprintf("COPY %s FROM STDIN", table);
+	if (PQresultStatus(res) == want)
+		return true;
+	char *why = pgc_result_error(res);
+	job_fail(j, "%s %s: %s", what, table, why);
+	free(why);
+	return false;
+}
+
+/*
+ * Copy one unit.  Binary COPY when every column has a built-in type: it is
+ * cheaper to parse on the standby, and built-in types have the same OIDs on
+ * both servers (arrays and records of other types carry their OIDs, which
+ * differ, so those tables go as text).
+ */
+static int
+copy_unit(struct copy_job *j, PGconn *src, PGconn *tgt, const struct copy_unit *u)
+{
+	const struct copy_table *t = u->table;
+	const char *fmt = t->binary ? " WITH (FORMAT binary)" : "";
+	char range[96] = "";
 	PGresult *r_out = NULL, *r_in = NULL;
-	unsigned long long rows = 0;
+	unsigned long long rows = 0, messages = 0;
 	int rc = -1;
 
+	if (u->lo >= 0 && u->hi >= 0)
+		snprintf(range, sizeof(range), " WHERE ctid >= '(%ld,0)' AND ctid < '(%ld,0)'",
+			 u->lo, u->hi);
+	else if (u->lo >= 0)
+		snprintf(range, sizeof(range), " WHERE ctid >= '(%ld,0)'", u->lo);
+	/* A table may have no column at all: then no column list. */
+	char *colspec = t->cols[0] != '\0' ? xasprintf(" (%s)", t->cols) : xstrdup("");
+	char *out_sql = u->lo >= 0
+		? xasprintf("COPY (SELECT %s FROM ONLY %s%s) TO STDOUT%s", t->cols, t->name, range, fmt)
+		: xasprintf("COPY %s%s TO STDOUT%s", t->name, colspec, fmt);
+	char *in_sql = xasprintf("COPY %s%s FROM STDIN%s", t->name, colspec, fmt);
+	free(colspec);
+
 	r_out = PQexec(src, out_sql);
-	if (PQresultStatus(r_out) != PGRES_COPY_OUT) {
-		char *why = pgc_result_error(r_out);
-		job_fail(j, "COPY %s on the master: %s", table, why);
-		free(why);
+	if (!result_ok(j, r_out, PGRES_COPY_OUT, "COPY on the master of", t->name))
 		goto out;
-	}
 	r_in = PQexec(tgt, in_sql);
-	if (PQresultStatus(r_in) != PGRES_COPY_IN) {
-		char *why = pgc_result_error(r_in);
-		job_fail(j, "COPY %s on the standby: %s", table, why);
-		free(why);
+	if (!result_ok(j, r_in, PGRES_COPY_IN, "COPY on the standby of", t->name))
 		goto out;
-	}
 	for (;;) {
 		char *buf = NULL;
 		int n = PQgetCopyData(src, &buf, 0);
 		if (n == -1)
 			break;
 		if (n < 0) {
-			job_fail(j, "COPY %s from the master: %s", table, pgc_errmsg(src));
+			job_fail(j, "COPY %s from the master: %s", t->name, pgc_errmsg(src));
 			goto out;
 		}
 		if (PQputCopyData(tgt, buf, n) != 1) {
 			PQfreemem(buf);
-			job_fail(j, "COPY %s to the standby: %s", table, pgc_errmsg(tgt));
+			job_fail(j, "COPY %s to the standby: %s", t->name, pgc_errmsg(tgt));
 			goto out;
 		}
 		PQfreemem(buf);
-		rows++;
-		if ((rows & 0xffff) == 0 && j->req->stop != NULL && *j->req->stop) {
+		if ((++messages & 0xffff) == 0 && j->req->stop != NULL && *j->req->stop) {
 			PQputCopyEnd(tgt, "stopped");
 			job_fail(j, "stopped");
 			goto out;
@@ -395,32 +440,32 @@ copy_table(struct copy_job *j, PGconn *src, PGconn *tgt, const char *table)
 	}
 	PQclear(r_out);
 	r_out = PQgetResult(src);
-	if (PQresultStatus(r_out) != PGRES_COMMAND_OK) {
-		char *why = pgc_result_error(r_out);
-		job_fail(j, "COPY %s on the master: %s", table, why);
-		free(why);
+	if (!result_ok(j, r_out, PGRES_COMMAND_OK, "COPY on the master of", t->name))
 		goto out;
-	}
 	if (PQputCopyEnd(tgt, NULL) != 1) {
-		job_fail(j, "COPY %s to the standby: %s", table, pgc_errmsg(tgt));
+		job_fail(j, "COPY %s to the standby: %s", t->name, pgc_errmsg(tgt));
 		goto out;
 	}
 	PQclear(r_in);
 	r_in = PQgetResult(tgt);
-	if (PQresultStatus(r_in) != PGRES_COMMAND_OK) {
-		char *why = pgc_result_error(r_in);
-		job_fail(j, "COPY %s on the standby: %s", table, why);
-		free(why);
+	if (!result_ok(j, r_in, PGRES_COMMAND_OK, "COPY on the standby of", t->name))
 		goto out;
-	}
+	/* The standby's own count (a binary COPY's header and trailer are messages too). */
+	rows = strtoull(PQcmdTuples(r_in), NULL, 10);
 	pthread_mutex_lock(&j->lock);
-	j->progress->tables_done++;
+	struct copy_table *mt = u->table;
+	mt->rows += rows;
+	bool table_done = --mt->chunks_left == 0;
 	j->progress->rows_copied += rows;
+	if (table_done)
+		j->progress->tables_done++;
+	unsigned long long total = mt->rows;
 	pthread_mutex_unlock(&j->lock);
-	st_info("copied table table=%s rows=%llu", st_q(table), rows);
+	if (table_done)
+		st_info("copied table table=%s rows=%llu format=%s", st_q(t->name), total,
+			t->binary ? "binary" : "text");
 	rc = 0;
 out:
-	/* Drain whatever is left so the connection can be closed cleanly. */
 	PQclear(r_out);
 	PQclear(r_in);
 	free(out_sql);
@@ -443,29 +488,21 @@ copy_worker(void *arg)
 			"SET TRANSACTION SNAPSHOT %s", lit);
 	if (pgc_exec(src, sql, &err) < 0)
 		goto fail;
-	pthread_mutex_lock(&j->lock);
-	j->imported++;
-	pthread_cond_broadcast(&j->imported_cond);
-	pthread_mutex_unlock(&j->lock);
 	tgt = pgc_connect(j->req->conf, j->req->target, PGC_NORMAL, "standin-pgrepl copy", &err);
 	if (tgt == NULL || pgc_exec(tgt, "SET session_replication_role = replica", &err) < 0)
 		goto fail;
 	for (;;) {
 		pthread_mutex_lock(&j->lock);
-		unsigned i = j->error == NULL && j->next < j->ntables ? j->next++ : j->ntables;
+		unsigned i = j->error == NULL && j->next < j->nunits ? j->next++ : j->nunits;
 		pthread_mutex_unlock(&j->lock);
-		if (i >= j->ntables)
+		if (i >= j->nunits)
 			break;
-		if (copy_table(j, src, tgt, j->tables[i]) < 0)
+		if (copy_unit(j, src, tgt, &j->units[i]) < 0)
 			break;
 	}
 	goto out;
 fail:
 	job_fail(j, "%s", err);
-	pthread_mutex_lock(&j->lock);
-	j->imported++;		/* failed, but do not keep the others waiting */
-	pthread_cond_broadcast(&j->imported_cond);
-	pthread_mutex_unlock(&j->lock);
 out:
 	free(err);
 	free(sql);
@@ -487,18 +524,27 @@ copy_data(const struct pgs_request *req, PGconn *src, const char *snapshot,
 	int rc = -1;
 
 	pthread_mutex_init(&j.lock, NULL);
-	pthread_cond_init(&j.imported_cond, NULL);
-	/* The table list, in the snapshot, biggest first (the longest copies start first). */
+	/* The tables, in the snapshot, biggest first (the longest copies start first). */
 	sql = xasprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 			"SET TRANSACTION SNAPSHOT %s", snap);
 	if (pgc_exec(src, sql, error_r) < 0)
 		goto out;
 	free(sql);
-	sql = xasprintf("SELECT pg_catalog.quote_ident(schemaname) || '.' || "
-			"pg_catalog.quote_ident(tablename) FROM pg_catalog.pg_publication_tables "
-			"WHERE pubname = %s ORDER BY pg_catalog.pg_total_relation_size("
-			"(pg_catalog.quote_ident(schemaname) || '.' || "
-			"pg_catalog.quote_ident(tablename))::pg_catalog.regclass) DESC", lit);
+	sql = xasprintf("SELECT pg_catalog.quote_ident(t.schemaname) || '.' || "
+			"pg_catalog.quote_ident(t.tablename), "
+			"(SELECT coalesce(pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), "
+			"   ', ' ORDER BY a.attnum), '') "
+			" FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
+			" AND NOT a.attisdropped AND a.attgenerated = ''), "
+			"(SELECT coalesce(bool_and(a.atttypid < 16384), true) "
+			" FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
+			" AND NOT a.attisdropped AND a.attgenerated = ''), "
+			"pg_catalog.pg_relation_size(c.oid) / "
+			"pg_catalog.current_setting('block_size')::pg_catalog.int8 "
+			"FROM pg_catalog.pg_publication_tables t "
+			"JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname "
+			"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename "
+			"WHERE t.pubname = %s ORDER BY pg_catalog.pg_total_relation_size(c.oid) DESC", lit);
 	res = PQexec(src, sql);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 		char *why = pgc_result_error(res);
@@ -508,16 +554,43 @@ copy_data(const struct pgs_request *req, PGconn *src, const char *snapshot,
 	}
 	j.ntables = (unsigned)PQntuples(res);
 	j.tables = xcalloc(j.ntables + 1, sizeof(*j.tables));
-	for (unsigned i = 0; i < j.ntables; i++)
-		j.tables[i] = xstrdup(PQgetvalue(res, (int)i, 0));
+	/* STANDIN_PGREPL_CHUNK_PAGES: a smaller split, for tests and tuning. */
+	const char *chunk_env = getenv("STANDIN_PGREPL_CHUNK_PAGES");
+	long chunk_pages = chunk_env != NULL && atol(chunk_env) > 0 ? atol(chunk_env) : CHUNK_PAGES;
+	unsigned cap = j.ntables + 16;
+	j.units = xcalloc(cap, sizeof(*j.units));
+	for (unsigned i = 0; i < j.ntables; i++) {
+		struct copy_table *t = &j.tables[i];
+		long pages = atol(PQgetvalue(res, (int)i, 3));
+		t->name = xstrdup(PQgetvalue(res, (int)i, 0));
+		t->cols = xstrdup(PQgetvalue(res, (int)i, 1));
+		t->binary = strcmp(PQgetvalue(res, (int)i, 2), "t") == 0;
+		unsigned chunks = pages >= 2L * chunk_pages ? (unsigned)(pages / chunk_pages) : 1;
+		if (chunks > req->jobs)
+			chunks = req->jobs > 0 ? req->jobs : 1;
+		if (t->cols[0] == '\0')
+			chunks = 1;	/* no column to select: COPY of the table as it is */
+		t->chunks_left = chunks;
+		long step = (pages + (long)chunks - 1) / (long)chunks;
+		for (unsigned k = 0; k < chunks; k++) {
+			if (j.nunits == cap) {
+				cap *= 2;
+				j.units = xrealloc(j.units, cap * sizeof(*j.units));
+			}
+			struct copy_unit *u = &j.units[j.nunits++];
+			u->table = t;
+			u->lo = chunks == 1 ? -1 : (long)k * step;
+			u->hi = chunks == 1 || k == chunks - 1 ? -1 : (long)(k + 1) * step;
+		}
+	}
 	PQclear(res);
 	res = NULL;
 	progress->tables_total = j.ntables;
-	st_info("copying tables tables=%u jobs=%u", j.ntables, req->jobs);
+	st_info("copying tables tables=%u parts=%u jobs=%u", j.ntables, j.nunits, req->jobs);
 
 	unsigned want = req->jobs < 1 ? 1 : req->jobs > MAX_JOBS ? MAX_JOBS : req->jobs;
-	if (want > j.ntables)
-		want = j.ntables;
+	if (want > j.nunits)
+		want = j.nunits;
 	for (unsigned i = 0; i < want; i++) {
 		if (pthread_create(&threads[nthreads], NULL, copy_worker, &j) != 0) {
 			job_fail(&j, "cannot start a copy thread: %s", strerror(errno));
@@ -536,15 +609,17 @@ copy_data(const struct pgs_request *req, PGconn *src, const char *snapshot,
 	rc = 0;
 out:
 	PQclear(res);
-	for (unsigned i = 0; i < j.ntables; i++)
-		free(j.tables[i]);
+	for (unsigned i = 0; i < j.ntables; i++) {
+		free(j.tables[i].name);
+		free(j.tables[i].cols);
+	}
 	free(j.tables);
+	free(j.units);
 	free(j.error);
 	free(sql);
 	free(lit);
 	free(snap);
 	pthread_mutex_destroy(&j.lock);
-	pthread_cond_destroy(&j.imported_cond);
 	return rc;
 }
 

@@ -319,12 +319,12 @@ copy_schema(const struct pgs_request *req, PGconn *src, const char *snapshot, ch
 /* ------------------------------------------------------------ data */
 
 /*
- * A table bigger than CHUNK_PAGES * 2 blocks is copied in ranges of blocks
+ * A table of 2 x CHUNK_PAGES blocks (1 GiB) or more is copied in ranges of blocks
  * (COPY (SELECT ... WHERE ctid >= '(lo,0)' AND ctid < '(hi,0)'), a TID range
  * scan), several at once: in one snapshot every row version has exactly one
  * ctid, so each row is copied once.
  */
-#define CHUNK_PAGES 8192
+#define CHUNK_PAGES 65536	/* 512 MiB: on 2 cores, splitting a 130 MB table was slower */
 
 struct copy_table {
 	char *name;			/* quoted "ns"."t" */

@@ -427,3 +427,32 @@ def test_repeated_initial_syncs_never_lose_their_tools_exit_status(pg):
     pg.wait_equal("t")
     assert "initial sync from a to b failed" not in d.output(), d.output()[-2000:]
     assert d.output().count("initial sync done") == 9
+
+
+def test_ddl_in_the_middle_of_load(pg):
+    init = _pgbench(pg, "-i", "-s", "1", "-q")
+    assert init.wait(300) == 0, init.stdout.read()
+    pg.start()
+    pg.wait_state("streaming", timeout=120)
+    load = _pgbench(pg, "-c", "4", "-j", "2", "-T", "12", "-n")
+    ddl = [
+        "ALTER TABLE pgbench_history ADD COLUMN note text DEFAULT 'during load'",
+        "CREATE INDEX CONCURRENTLY history_tid ON pgbench_history (tid)",
+        "ALTER TABLE pgbench_tellers ADD COLUMN extra int",
+        "CREATE TABLE side (id serial PRIMARY KEY, at timestamptz DEFAULT now())",
+        "INSERT INTO side DEFAULT VALUES",
+        "ALTER TABLE pgbench_tellers DROP COLUMN extra",
+    ]
+    seen = 0
+    for stmt in ddl:
+        # Some pgbench transactions between two DDL statements, so they interleave.
+        target = seen + 200
+        seen = sh.wait_until(lambda: (n := int(pg.sql_a("SELECT count(*) FROM pgbench_history")))
+                             >= target and n, 60, f"{target} pgbench transactions")
+        pg.sql_a(stmt)
+    assert load.poll() is None, "the load ended before the DDL did: make it longer"
+    out = load.communicate(timeout=120)[0]
+    assert load.returncode == 0, out
+    pg.wait_equal(*PGBENCH_TABLES, "side", timeout=120)
+    assert pg.sql_b("SELECT count(*) FROM pg_indexes WHERE indexname = 'history_tid'") == "1"
+    assert pg.status()["last_error"] is None

@@ -74,6 +74,7 @@ struct pga {
 	long group_max_ms;
 	char *ddl_prefix;
 	char *ddl_key;
+	volatile int *stop;
 
 	struct rel *rels;
 	size_t rel_cap, rel_count;
@@ -329,6 +330,11 @@ drain(struct pga *p, char **error_r)
 	return 0;
 }
 
+/*
+ * Wait until the standby's socket is ready.  No time limit: a long statement
+ * (an index build, a lock) is legitimate, and a dead peer is found by TCP
+ * keepalives; but a stop request ends the wait within a second.
+ */
 static int
 wait_socket(struct pga *p, bool want_write, char **error_r)
 {
@@ -337,26 +343,22 @@ wait_socket(struct pga *p, bool want_write, char **error_r)
 	if (want_write)
 		pfd.events |= POLLOUT;
 	for (;;) {
-		int n = poll(&pfd, 1, 60000);
+		int n = poll(&pfd, 1, 1000);
 		if (n > 0)
 			return 0;
-		if (n == 0) {
-			st_set_error(error_r, "the standby did not answer for 60s");
+		if (n < 0 && errno != EINTR) {
+			st_set_error(error_r, "poll: %s", strerror(errno));
 			return -1;
 		}
-		if (errno != EINTR) {
-			st_set_error(error_r, "poll: %s", strerror(errno));
+		if (p->stop != NULL && *p->stop) {
+			st_set_error(error_r, "stopped while waiting for the standby");
 			return -1;
 		}
 	}
 }
 
-/*
- * Send what libpq holds, reading results meanwhile (so neither side waits
- * on a full socket); with UNTIL_EMPTY, also wait for every pending result.
- */
 static int
-pump(struct pga *p, bool until_empty, char **error_r)
+pump_until(struct pga *p, size_t max_queued, char **error_r)
 {
 	for (;;) {
 		int f = PQflush(p->conn);
@@ -366,11 +368,25 @@ pump(struct pga *p, bool until_empty, char **error_r)
 		}
 		if (drain(p, error_r) < 0)
 			return -1;
-		if (f == 0 && (!until_empty || queued(p) == 0))
+		if (f == 0 && queued(p) <= max_queued)
 			return 0;
 		if (wait_socket(p, f == 1, error_r) < 0)
 			return -1;
 	}
+}
+
+/*
+ * Send what libpq holds, reading results meanwhile (so neither side waits
+ * on a full socket); with UNTIL_EMPTY, also wait for every pending result.
+ * Without it, still wait while more than MAX_IN_FLIGHT results are due: a
+ * huge source transaction must not queue without bound in this process.
+ */
+#define MAX_IN_FLIGHT 20000
+
+static int
+pump(struct pga *p, bool until_empty, char **error_r)
+{
+	return pump_until(p, until_empty ? 0 : MAX_IN_FLIGHT, error_r);
 }
 
 /*
@@ -995,6 +1011,7 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 	p->group_max_ms = opts->group_max_ms;
 	p->ddl_prefix = opts->ddl_prefix ? xstrdup(opts->ddl_prefix) : NULL;
 	p->ddl_key = opts->ddl_key ? xstrdup(opts->ddl_key) : NULL;
+	p->stop = opts->stop;
 
 	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
 			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL", lit, lit);

@@ -36,6 +36,7 @@ struct pga_options {
 	long group_max_ms;		/* ... and at most this old */
 	const char *ddl_prefix;		/* logical message prefix carrying DDL */
 	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
+	volatile int *stop;		/* non-zero: give up waiting for the standby */
 };
 
 struct pga_stats {

@@ -523,7 +523,7 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 
 	struct pga_options opts = {
 		.origin = origin, .group_max_txns = GROUP_MAX_TXNS, .group_max_ms = GROUP_MAX_MS,
-		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key,
+		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key, .stop = &r->stop_int,
 	};
 	pgo_lsn start;
 	s.apply = pga_new(tgt, &opts, &start, &err);

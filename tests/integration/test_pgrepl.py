@@ -128,6 +128,21 @@ def test_big_table_copied_in_block_ranges(harness):
     assert f"table=public.big rows={20000 - 20000 // 3} format=binary" in pg.daemon.output()
 
 
+def test_one_huge_transaction(pg):
+    """200,000 rows in one source transaction: applied in one piece, with
+    the results read as they come (bounded memory), and a long statement on
+    the standby is waited for, not timed out."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.sql_a("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g")
+    pg.sql_a("BEGIN; UPDATE t SET v = 'x' WHERE id % 2 = 0; DELETE FROM t WHERE id % 3 = 0; "
+             "COMMIT")
+    pg.wait_equal("t", timeout=300)
+    st = pg.status()
+    assert st["last_error"] is None and st["rows"] >= 200000 + 100000 + 66666
+
+
 def test_feedback_moves_the_slot(pg):
     pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
     pg.start()

@@ -25,96 +25,116 @@ INSERT INTO standin.ddl_key
     SELECT 1, pg_catalog.replace(pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text, '-', '')
     ON CONFLICT (id) DO NOTHING;
 
--- The statement of QUERY, checked to be one statement: trailing ';', blanks
--- and comments removed, CONCURRENTLY dropped.  NULL if it holds several.
+-- The statement of QUERY, checked to be one statement: trailing ';' and
+-- blanks removed, CONCURRENTLY dropped.  NULL if it holds several.  One pass
+-- over an array of the characters (linear in the length, even for long
+-- function bodies); the usual statement, without ';' inside or CONCURRENTLY,
+-- takes the short way.
 CREATE OR REPLACE FUNCTION standin.one_statement(query text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $fn$
 DECLARE
-    n int := length(query);
+    trimmed text := rtrim(query, E' \t\r\n;');
+    ch text[];
+    n int;
     i int := 1;
-    c text;
-    out text := '';
-    word text;
-    tag text;
     j int;
+    c text;
     depth int;
-    ended boolean := false;
+    tag text;
+    word text;
+    stmt_end int;          -- index of the first ';' outside quotes, or NULL
+    drops int[] := '{}';   -- start indexes of CONCURRENTLY words (13 characters)
+    result text := '';
+    from_i int := 1;
 BEGIN
+    IF strpos(trimmed, ';') = 0 AND trimmed !~* 'concurrently' THEN
+        RETURN btrim(trimmed, E' \t\r\n');
+    END IF;
+    ch := string_to_array(query, NULL);
+    n := coalesce(array_length(ch, 1), 0);
     WHILE i <= n LOOP
-        c := substr(query, i, 1);
-        IF c = '-' AND substr(query, i, 2) = '--' THEN
-            j := strpos(substr(query, i), E'\n');
-            i := CASE WHEN j = 0 THEN n + 1 ELSE i + j END;
-            out := out || ' ';
+        c := ch[i];
+        IF c = '-' AND i < n AND ch[i + 1] = '-' THEN
+            WHILE i <= n AND ch[i] <> E'\n' LOOP i := i + 1; END LOOP;
             CONTINUE;
-        ELSIF c = '/' AND substr(query, i, 2) = '/*' THEN
+        ELSIF c = '/' AND i < n AND ch[i + 1] = '*' THEN
             depth := 1;
             i := i + 2;
             WHILE i <= n AND depth > 0 LOOP
-                IF substr(query, i, 2) = '/*' THEN depth := depth + 1; i := i + 2;
-                ELSIF substr(query, i, 2) = '*/' THEN depth := depth - 1; i := i + 2;
+                IF ch[i] = '/' AND i < n AND ch[i + 1] = '*' THEN depth := depth + 1; i := i + 2;
+                ELSIF ch[i] = '*' AND i < n AND ch[i + 1] = '/' THEN depth := depth - 1; i := i + 2;
                 ELSE i := i + 1;
                 END IF;
             END LOOP;
-            out := out || ' ';
             CONTINUE;
         END IF;
-        IF ended THEN
+        IF stmt_end IS NOT NULL THEN
+            -- After the end: only blanks, ';' and comments may follow.
             IF c !~ '\s' AND c <> ';' THEN
                 RETURN NULL;
             END IF;
             i := i + 1;
-            CONTINUE;
-        END IF;
-        IF c = ';' THEN
-            ended := true;
+        ELSIF c = ';' THEN
+            stmt_end := i;
             i := i + 1;
         ELSIF c = '''' THEN
-            -- 'string', E'string' (backslash escapes), '' inside
+            -- 'string' ('' inside), or E'string' with backslash escapes
             j := i + 1;
             WHILE j <= n LOOP
-                IF substr(query, j, 1) = '\' AND i > 1 AND upper(substr(query, i - 1, 1)) = 'E' THEN
-                    j := j + 2;
-                ELSIF substr(query, j, 2) = '''''' THEN
-                    j := j + 2;
-                ELSIF substr(query, j, 1) = '''' THEN
-                    EXIT;
-                ELSE
-                    j := j + 1;
+                IF ch[j] = '\' AND i > 1 AND upper(ch[i - 1]) = 'E' THEN j := j + 2;
+                ELSIF ch[j] = '''' AND j < n AND ch[j + 1] = '''' THEN j := j + 2;
+                ELSIF ch[j] = '''' THEN EXIT;
+                ELSE j := j + 1;
                 END IF;
             END LOOP;
-            out := out || substr(query, i, j - i + 1);
             i := j + 1;
         ELSIF c = '"' THEN
             j := i + 1;
             WHILE j <= n LOOP
-                IF substr(query, j, 2) = '""' THEN j := j + 2;
-                ELSIF substr(query, j, 1) = '"' THEN EXIT;
+                IF ch[j] = '"' AND j < n AND ch[j + 1] = '"' THEN j := j + 2;
+                ELSIF ch[j] = '"' THEN EXIT;
                 ELSE j := j + 1;
                 END IF;
             END LOOP;
-            out := out || substr(query, i, j - i + 1);
             i := j + 1;
-        ELSIF c = '$' AND substr(query, i) ~ '^\$([A-Za-z_][A-Za-z_0-9]*)?\$' THEN
-            tag := substring(substr(query, i) FROM '^(\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$)');
-            j := strpos(substr(query, i + length(tag)), tag);
-            IF j = 0 THEN
-                j := n - i - length(tag) + 2;
+        ELSIF c = '$' THEN
+            -- $tag$ ... $tag$ (tag empty or an identifier); $1 is a parameter
+            j := i + 1;
+            WHILE j <= n AND ch[j] ~ '[A-Za-z_0-9]' LOOP j := j + 1; END LOOP;
+            IF j <= n AND ch[j] = '$' AND (j = i + 1 OR ch[i + 1] ~ '[A-Za-z_]') THEN
+                tag := array_to_string(ch[i:j], '');
+                i := j + 1;
+                -- find the closing tag
+                LOOP
+                    EXIT WHEN i > n;
+                    IF ch[i] = '$' AND array_to_string(ch[i:i + length(tag) - 1], '') = tag THEN
+                        i := i + length(tag);
+                        EXIT;
+                    END IF;
+                    i := i + 1;
+                END LOOP;
+            ELSE
+                i := j;
             END IF;
-            out := out || substr(query, i, length(tag) + j - 1 + length(tag));
-            i := i + length(tag) + j - 1 + length(tag);
         ELSIF c ~ '[A-Za-z_]' THEN
-            word := substring(substr(query, i) FROM '^([A-Za-z_][A-Za-z_0-9$]*)');
-            IF upper(word) <> 'CONCURRENTLY' THEN
-                out := out || word;
+            j := i;
+            WHILE j <= n AND ch[j] ~ '[A-Za-z_0-9$]' LOOP j := j + 1; END LOOP;
+            IF j - i = 12 AND upper(array_to_string(ch[i:j - 1], '')) = 'CONCURRENTLY' THEN
+                drops := drops || i;
             END IF;
-            i := i + length(word);
+            i := j;
         ELSE
-            out := out || c;
             i := i + 1;
         END IF;
     END LOOP;
-    RETURN btrim(out, E' \t\r\n');
+    -- The statement up to its ';' (or the end), without the CONCURRENTLY words.
+    n := coalesce(stmt_end - 1, n);
+    FOREACH j IN ARRAY drops LOOP
+        result := result || array_to_string(ch[from_i:j - 1], '');
+        from_i := j + 12;
+    END LOOP;
+    result := result || array_to_string(ch[from_i:n], '');
+    RETURN btrim(result, E' \t\r\n');
 END
 $fn$;
 

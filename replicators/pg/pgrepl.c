@@ -483,10 +483,15 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 
 	bool need_sync = r->resync || pgs_marker_present(marker) || progress == NULL;
 	if (need_sync) {
+		char stale_slot[64], peer_origin[96];
+		name_part(stale_slot, sizeof(stale_slot), "standin_", source);
+		name_part(peer_origin, sizeof(peer_origin), "standin_from_", target);
 		struct pgs_request req = {
 			.conf = conf, .source = source, .target = target, .slot = slot,
 			.publication = PUBLICATION, .origin = origin, .marker = marker,
 			.jobs = COPY_JOBS, .force = r->resync, .stop = &r->stop_int,
+			.stale_slot = stale_slot, .peer_origin = peer_origin,
+			.report_dir = node->state_dir,
 		};
 		pgo_lsn start;
 		st_notice("initial sync source=%s target=%s reason=%s", source, target,

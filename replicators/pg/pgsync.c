@@ -20,6 +20,7 @@
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "replicators/pg/pgconn.h"
+#include "replicators/pg/pgdiverge.h"
 
 #define MAX_JOBS 16
 
@@ -713,6 +714,36 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		static const char text[] = "initial sync in progress: the standby is incomplete\n";
 		if (st_durable_write(req->marker, text, sizeof(text) - 1, 0600, &err) < 0)
 			goto fail;
+	}
+
+	/* This node may have been a master whose last transactions its peer never
+	 * got (unplanned failover): before its content is replaced, keep them. */
+	step = "writing the divergence report";
+	if (req->stale_slot != NULL && req->report_dir != NULL) {
+		char *applied = NULL, *olit = pgc_literal(req->peer_origin);
+		char *q = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true) "
+				    "WHERE pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL",
+				    olit, olit);
+		int qrc = pgc_value(src, q, &applied, &err);
+		free(q);
+		free(olit);
+		pgo_lsn peer_applied = 0;
+		if (qrc < 0 || (applied != NULL && pgo_lsn_parse(applied, &peer_applied) < 0)) {
+			free(applied);
+			if (err == NULL)
+				err = xstrdup("bad origin progress");
+			goto fail;
+		}
+		free(applied);
+		struct pgd_result dr;
+		if (pgd_report(tgt, req->stale_slot, req->publication, peer_applied, req->report_dir,
+			       req->source, &dr, &err) < 0)
+			goto fail;
+		if (dr.transactions > 0)
+			st_warn("divergence: this node had transactions its new master never got; "
+				"written before the resync path=%s transactions=%u changes=%u",
+				st_q(dr.path), dr.transactions, dr.rows);
+		pgd_result_clear(&dr);
 	}
 
 	step = "preparing the master";

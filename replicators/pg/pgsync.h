@@ -30,6 +30,10 @@ struct pgs_request {
 	const char *origin;		/* replication origin on the target */
 	const char *marker;		/* marker file path */
 	unsigned jobs;			/* tables copied at once */
+	/* Divergence report (pgdiverge.h): the slot this node fed SOURCE with
+	 * when it was the master, SOURCE's origin for what it applied from us,
+	 * and where the report goes. */
+	const char *stale_slot, *peer_origin, *report_dir;
 	bool force;			/* overwrite a non-empty standby */
 	volatile int *stop;		/* non-zero: give up soon */
 };

@@ -471,3 +471,44 @@ def test_ddl_in_the_middle_of_load(pg):
     pg.wait_equal(*PGBENCH_TABLES, "side", timeout=120)
     assert pg.sql_b("SELECT count(*) FROM pg_indexes WHERE indexname = 'history_tid'") == "1"
     assert pg.status()["last_error"] is None
+
+
+def test_divergence_report_after_unplanned_failover(pg):
+    """The old master's transactions that the new master never got are
+    written as SQL before the old master is resynced from the new one."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY, v text); "
+             "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g")
+    d_b = pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("t")
+    d_b.stop()
+    # Node a goes on alone, then "dies": these never reach b.
+    pg.sql_a("INSERT INTO t VALUES (11, 'lost?')")
+    pg.sql_a("UPDATE t SET v = 'changed on a' WHERE id = 1")
+    pg.sql_a("DELETE FROM t WHERE id = 2")
+    # Failover: b is the master now, and takes writes.
+    for node in ("a", "b"):
+        r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        assert r.returncode == 0, r.stderr
+    pg.sql_b("INSERT INTO t VALUES (100, 'written on b')")
+    # Node a comes back as the standby: replaced by b's content, after the report.
+    d_a = StandinDaemon(PGREPL, pg.conf, "a", os.path.join(pg.base, "a", "run"),
+                        os.path.join(pg.base, "pgrepl-a.log"), ["--resync"])
+    pg.h.add_cleanup(d_a.stop)
+    sh.wait_until(lambda: d_a.status()["state"] == "streaming" or (
+        not d_a.running() and pytest.fail(d_a.output())), 60, "node a streaming from b")
+    sh.wait_until(lambda: pg.digest(pg.a, "t") == pg.digest(pg.b, "t"), 30, "a equal to b")
+    state_a = os.path.join(pg.base, "a", "state")
+    reports = [f for f in os.listdir(state_a) if f.startswith("divergence-b-")]
+    assert len(reports) == 1, os.listdir(state_a)
+    path = os.path.join(state_a, reports[0])
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    text = open(path).read()
+    assert "3 transactions (3 changes)" in text, text
+    assert """INSERT INTO "public"."t" ("id", "v") VALUES ('11', 'lost?');""" in text, text
+    assert """UPDATE "public"."t" SET "id" = '1', "v" = 'changed on a' WHERE "id" = '1';""" in text
+    assert """DELETE FROM "public"."t" WHERE "id" = '2';""" in text
+    assert "'v3'" not in text               # b had those
+    assert "divergence: this node had transactions" in d_a.output()
+    assert pg.a.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'standin_b'",
+                     db="groupware") == "0"

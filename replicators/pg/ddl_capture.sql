@@ -177,6 +177,10 @@ BEGIN
 END
 $fn$;
 
+-- What is installed: pgsync.c compares this to skip the installation (so a
+-- read-only, fenced master is still streamed from).  Change it with the SQL.
+COMMENT ON SCHEMA standin IS 'standin DDL capture 2';
+
 DO $do$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'standin_ddl') THEN

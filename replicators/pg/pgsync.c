@@ -63,16 +63,31 @@ pgs_ensure_publication(PGconn *src, const char *publication, char **error_r)
 	return rc;
 }
 
+#define DDL_CAPTURE_VERSION "standin DDL capture 2"	/* as in ddl_capture.sql */
+
 int
 pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
 {
-	/* Replica role: our own setup DDL must not fire the capture trigger. */
-	char *sql = xasprintf("BEGIN; SET LOCAL session_replication_role = replica;\n%s\nCOMMIT",
-			      ddl_capture_sql);
-	int rc = pgc_exec(src, sql, error_r);
+	char *installed = NULL;
+	int rc = 0;
 
-	free(sql);
 	*key_r = NULL;
+	if (pgc_value(src, "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') "
+			   "FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_event_trigger e "
+			   "ON e.evtname = 'standin_ddl' WHERE n.nspname = 'standin'",
+		      &installed, error_r) < 0)
+		return -1;
+	if (installed == NULL || strcmp(installed, DDL_CAPTURE_VERSION) != 0) {
+		/* Replica role: our own setup DDL must not fire the capture trigger. */
+		char *sql = xasprintf("BEGIN; SET LOCAL session_replication_role = replica;\n%s\n"
+				      "COMMIT", ddl_capture_sql);
+		rc = pgc_exec(src, sql, error_r);
+		free(sql);
+		if (rc == 0)
+			st_notice("installed DDL capture on the master version=%s",
+				  st_q(DDL_CAPTURE_VERSION));
+	}
+	free(installed);
 	if (rc < 0) {
 		char *why = *error_r;
 		*error_r = xasprintf("installing DDL capture on the master: %s", why);
@@ -109,13 +124,15 @@ pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r)
 	}
 	for (int i = 0; i < PQntuples(res); i++) {
 		const char *pv[] = { PQgetvalue(res, i, 0), PQgetvalue(res, i, 1) };
-		/* Only forward: a standby sequence ahead (used there) stays. */
+		/* Only forward: a standby sequence ahead (used there) stays.  One the
+		 * standby does not have yet (its CREATE is still in the stream) is
+		 * left for a later pass. */
 		PGresult *r2 = PQexecParams(tgt,
 			"SELECT pg_catalog.setval(s.oid, $2::pg_catalog.int8, true) "
 			"FROM pg_catalog.pg_class s JOIN pg_catalog.pg_sequences q "
 			"ON q.schemaname = s.relnamespace::pg_catalog.regnamespace::pg_catalog.text "
 			"AND q.sequencename = s.relname "
-			"WHERE s.oid = $1::pg_catalog.regclass "
+			"WHERE s.oid = pg_catalog.to_regclass($1) "
 			"AND (q.last_value IS NULL OR q.last_value < $2::pg_catalog.int8)",
 			2, NULL, pv, NULL, NULL, 0);
 		if (PQresultStatus(r2) != PGRES_TUPLES_OK) {

@@ -410,6 +410,17 @@ def test_sequences_follow_and_never_go_back(pg):
     first = pg.status()["sequences_synced_ms"]
     sh.wait_until(lambda: pg.status()["sequences_synced_ms"] != first, 30, "another sequence copy")
     assert pg.sql_b("SELECT last_value FROM s") == "1000"
+    # A sequence whose CREATE is still in the stream when sequences are copied
+    # (the copy runs first thing in a session) waits for it; no error loop.
+    pg.daemon.stop()
+    pg.sql_a("CREATE SEQUENCE late")
+    pg.sql_a("SELECT nextval('late') FROM generate_series(1, 7)")
+    pg.daemon.start()
+    pg.wait_state("streaming")
+    query(pg.daemon.sock, "sequences")
+    sh.wait_until(lambda: pg.sql_b("SELECT last_value FROM late") == "7", 30,
+                  "the late sequence on the standby")
+    assert pg.status()["last_error"] is None
 
 
 def test_follows_the_cluster_state(pg):
@@ -512,3 +523,18 @@ def test_divergence_report_after_unplanned_failover(pg):
     assert "divergence: this node had transactions" in d_a.output()
     assert pg.a.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'standin_b'",
                      db="groupware") == "0"
+
+
+def test_streams_from_a_read_only_master(pg):
+    """A fenced master (read-only, as a switchover leaves it) is still
+    streamed from after a restart: nothing is installed on it again."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    d = pg.start()
+    pg.wait_state("streaming")
+    pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
+    d.kill9()
+    d.start()
+    pg.wait_state("streaming")
+    pg.sql_a("SET default_transaction_read_only = off; INSERT INTO t VALUES (1)")
+    pg.wait_equal("t")
+    assert pg.status()["last_error"] is None

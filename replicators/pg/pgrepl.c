@@ -65,6 +65,11 @@ struct status {
 
 struct pgrepl {
 	struct st_daemon *d;
+	/* The engine's own copy of the configuration: a reload replaces the
+	 * runtime's (log level...), never this one under the engine's feet. */
+	struct st_conf *conf;
+	const struct st_node *node;
+	bool restart_pending;		/* a reload changed what only a restart applies */
 	pthread_t thread;
 	bool thread_started;
 	atomic_int stop;
@@ -595,9 +600,9 @@ static void *
 engine_main(void *arg)
 {
 	struct pgrepl *r = arg;
-	const struct st_conf *conf = r->d->conf;
-	const char *me = r->d->node->name;
-	char *path = st_cstate_path(r->d->node);
+	const struct st_conf *conf = r->conf;
+	const char *me = r->node->name;
+	char *path = st_cstate_path(r->node);
 	long retry_ms = RETRY_MIN_MS;
 
 	while (!stopping(r)) {
@@ -650,6 +655,18 @@ pgrepl_start(struct st_daemon *d, char **error_r)
 		return -1;
 	}
 	r->d = d;
+	char *errors = NULL;
+	r->conf = st_conf_load(d->config_path, &errors);
+	if (r->conf == NULL) {
+		st_set_error(error_r, "%s", errors);
+		free(errors);
+		return -1;
+	}
+	r->node = st_conf_node(r->conf, d->node->name);
+	if (r->node == NULL) {
+		st_set_error(error_r, "node %s is no longer in %s", d->node->name, d->config_path);
+		return -1;
+	}
 	r->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (r->wake_fd < 0) {
 		st_set_error(error_r, "eventfd: %s", strerror(errno));
@@ -689,14 +706,49 @@ pgrepl_stop(struct st_daemon *d)
 	engine_stop(d->priv);
 }
 
+static bool
+same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Does NEW change anything the engine uses ([pg], the nodes' directories)? */
+static bool
+engine_settings_changed(const struct st_conf *old, const struct st_conf *new)
+{
+	if (old->n_nodes != new->n_nodes ||
+	    old->service_enabled[ST_SVC_PG] != new->service_enabled[ST_SVC_PG] ||
+	    !same_str(old->pg.dbname, new->pg.dbname) || !same_str(old->pg.user, new->pg.user) ||
+	    !same_str(old->pg.passfile, new->pg.passfile) || old->pg.sslmode != new->pg.sslmode ||
+	    !same_str(old->pg.sslrootcert, new->pg.sslrootcert) ||
+	    old->pg.connect_timeout_ms != new->pg.connect_timeout_ms)
+		return true;
+	for (size_t i = 0; i < old->n_nodes; i++) {
+		if (!same_str(old->nodes[i].name, new->nodes[i].name) ||
+		    !same_str(old->nodes[i].state_dir, new->nodes[i].state_dir) ||
+		    !same_str(old->pg.endpoint[i], new->pg.endpoint[i]))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * SIGHUP: the runtime takes the new file (log level, admin group...); what
+ * the engine uses ([pg], the nodes) takes effect at the next restart, and
+ * status says so (restart_pending) instead of applying half of it.
+ */
 static int
 pgrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 {
-	(void)d;
-	(void)conf;
-	st_set_error(error_r, "standin-pgrepl takes configuration changes at restart "
-			      "(systemctl restart standin-pgrepl)");
-	return -1;
+	struct pgrepl *r = d->priv;
+
+	(void)error_r;
+	if (r->conf != NULL && engine_settings_changed(r->conf, conf)) {
+		r->restart_pending = true;
+		st_warn("the [pg] settings or the nodes changed: they take effect when "
+			"standin-pgrepl restarts (systemctl restart standin-pgrepl)");
+	}
+	return 0;
 }
 
 static char *
@@ -754,6 +806,7 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	if (st.applied_commit_time != 0)
 		json_object_set_new(obj, "applied_commit_ms",
 				    json_integer(pgo_ts_to_unix_ms(st.applied_commit_time)));
+	json_object_set_new(obj, "restart_pending", json_boolean(r->restart_pending));
 	json_object_set_new(obj, "sequences_synced_ms",
 			    st.sequences_synced_ms ? json_integer(st.sequences_synced_ms) : json_null());
 	json_t *sync = json_object();
@@ -856,6 +909,7 @@ main(int argc, char **argv)
 	G.wake_fd = -1;
 	int rc = st_daemon_main(n, argv, &pgrepl_ops, &G);
 	engine_stop(&G);
+	st_conf_free(&G.conf);
 	free(G.st.error);
 	if (G.wake_fd >= 0)
 		close(G.wake_fd);

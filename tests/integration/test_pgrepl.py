@@ -2,6 +2,7 @@
 odd data, conflicts, and kill -9 under load with nothing lost or doubled."""
 import os
 import random
+import signal
 import subprocess
 import time
 
@@ -538,3 +539,26 @@ def test_streams_from_a_read_only_master(pg):
     pg.sql_a("SET default_transaction_read_only = off; INSERT INTO t VALUES (1)")
     pg.wait_equal("t")
     assert pg.status()["last_error"] is None
+
+
+def test_sighup(pg):
+    """SIGHUP takes the runtime's settings; [pg] changes wait for a restart,
+    and status says so.  Streaming goes on either way."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    d = pg.start()
+    pg.wait_state("streaming")
+    text = open(pg.conf).read()
+    with open(pg.conf, "w") as f:
+        f.write(text.replace("name = itest\n", "name = itest\nlog_level = debug\n"))
+    d.proc.send_signal(signal.SIGHUP)
+    sh.wait_until(lambda: pg.status()["config_reloads"] == 1, 10, "the reload")
+    assert pg.status()["restart_pending"] is False
+    with open(pg.conf, "a") as f:
+        f.write("connect_timeout = 3s\n")
+    d.proc.send_signal(signal.SIGHUP)
+    sh.wait_until(lambda: pg.status()["config_reloads"] == 2, 10, "the second reload")
+    st = pg.status()
+    assert st["restart_pending"] is True and st["state"] == "streaming"
+    assert "take effect when standin-pgrepl restarts" in d.output()
+    pg.sql_a("INSERT INTO t VALUES (1)")
+    pg.wait_equal("t")

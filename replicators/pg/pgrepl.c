@@ -54,6 +54,7 @@ struct status {
 	pgo_lsn received, applied, flushed, server_end;
 	int64_t applied_commit_time;
 	long long oldest_pending_ms;	/* unix ms of the oldest commit not applied, 0 none */
+	bool caught_up;			/* everything received is applied and durable */
 	uint64_t txns, rows, groups, ddl, ddl_rejected;
 	double txns_per_s, rows_per_s;	/* over the last feedback interval */
 	long long last_message_ms;
@@ -225,6 +226,8 @@ publish(struct stream *s)
 	r->st.ddl = ps->ddl;
 	r->st.ddl_rejected = ps->ddl_rejected;
 	r->st.oldest_pending_ms = ps->applied_lsn >= s->last_commit_end ? 0 : s->oldest_pending_ms;
+	r->st.caught_up = !pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
+			  s->durable >= s->last_commit_end;
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -838,13 +841,20 @@ pgrepl_metrics(struct st_daemon *d, struct st_buf *out)
 	st_metric(out, "standin_pg_rows_total", "counter", "Rows applied.", labels, (double)st.rows);
 }
 
-/* "drain LSN": is everything up to LSN applied (and durable)? */
+/*
+ * "drain LSN": is everything the master wrote up to LSN (its
+ * pg_current_wal_lsn() once fenced) applied and durable here?  Either a
+ * commit at or past LSN is applied, or the stream has reached LSN and all it
+ * carried is applied and durable (WAL with nothing to replicate, such as the
+ * fencing itself, never shows up as an applied commit).
+ */
 static void
 cmd_drain(void *ctx, const char *args, struct st_buf *reply)
 {
 	struct st_daemon *d = ctx;
 	struct pgrepl *r = d->priv;
-	pgo_lsn want, applied, flushed;
+	pgo_lsn want, applied, flushed, received;
+	bool caught_up, streaming;
 
 	if (pgo_lsn_parse(args, &want) < 0) {
 		st_buf_puts(reply, "{\"error\":\"usage: drain LSN (e.g. drain 0/16B3748)\"}\n");
@@ -853,12 +863,17 @@ cmd_drain(void *ctx, const char *args, struct st_buf *reply)
 	pthread_mutex_lock(&r->lock);
 	applied = r->st.applied;
 	flushed = r->st.flushed;
+	received = r->st.received;
+	caught_up = r->st.caught_up;
+	streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
 	pthread_mutex_unlock(&r->lock);
-	char *a = lsn_text(applied), *f = lsn_text(flushed);
-	st_buf_printf(reply, "{\"drained\":%s,\"applied_lsn\":\"%s\",\"flushed_lsn\":\"%s\"}\n",
-		      applied >= want ? "true" : "false", a, f);
+	bool drained = streaming && (flushed >= want || (caught_up && received >= want));
+	char *a = lsn_text(applied), *f = lsn_text(flushed), *rc = lsn_text(received);
+	st_buf_printf(reply, "{\"drained\":%s,\"applied_lsn\":\"%s\",\"flushed_lsn\":\"%s\","
+		      "\"received_lsn\":\"%s\"}\n", drained ? "true" : "false", a, f, rc);
 	free(a);
 	free(f);
+	free(rc);
 }
 
 /* "sequences": copy the sequences now (switchover); see sequences_synced_ms. */

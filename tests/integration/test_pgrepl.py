@@ -1,5 +1,6 @@
 """standin-pgrepl against a real PostgreSQL 15 pair: initial sync, streaming,
 odd data, conflicts, and kill -9 under load with nothing lost or doubled."""
+import json
 import os
 import random
 import signal
@@ -562,3 +563,21 @@ def test_sighup(pg):
     assert "take effect when standin-pgrepl restarts" in d.output()
     pg.sql_a("INSERT INTO t VALUES (1)")
     pg.wait_equal("t")
+
+
+def test_drain_reaches_the_fenced_masters_position(pg):
+    """drain LSN, as a switchover uses it: the master's position after
+    fencing is past its last replicated commit, and is still reached."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
+    d = pg.start()
+    pg.wait_state("streaming")
+    pg.sql_a("INSERT INTO t SELECT generate_series(1, 1000)")
+    far = json.loads(query(d.sock, "drain FF/0"))
+    assert far["drained"] is False
+    assert "error" in json.loads(query(d.sock, "drain nonsense"))
+    # Fence: a change with nothing to replicate, then the master's position.
+    pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
+    lsn = pg.a.psql("SELECT pg_current_wal_lsn()")
+    sh.wait_until(lambda: json.loads(query(d.sock, f"drain {lsn}"))["drained"], 30,
+                  f"drain {lsn}")
+    assert pg.digest(pg.a, "t") == pg.digest(pg.b, "t")

@@ -93,7 +93,11 @@ pgc_connect(const struct st_conf *conf, const char *node, enum pgc_kind kind,
 		KV("sslrootcert", conf->pg.sslrootcert);
 	KV("connect_timeout", timeout);
 	KV("application_name", application_name);
-	KV("options", "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3");
+	/* default_transaction_read_only=off: a fenced node (read-only by
+	 * ALTER DATABASE ... SET, as a switchover leaves the old master) is
+	 * still written by standin when it becomes the standby. */
+	KV("options", "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 "
+		      "-c default_transaction_read_only=off");
 	KV("keepalives", "1");
 	KV("keepalives_idle", "30");
 	if (kind == PGC_REPLICATION)

@@ -55,6 +55,9 @@ struct status {
 	int64_t applied_commit_time;
 	long long oldest_pending_ms;	/* unix ms of the oldest commit not applied, 0 none */
 	bool caught_up;			/* everything received is applied and durable */
+	const char *reverse_state;	/* "requested", "done", "failed" or NULL */
+	pgo_lsn reverse_lsn;
+	char reverse_error[512];
 	uint64_t txns, rows, groups, ddl, ddl_rejected;
 	double txns_per_s, rows_per_s;	/* over the last feedback interval */
 	long long last_message_ms;
@@ -80,6 +83,7 @@ struct pgrepl {
 	ev_async async;
 	uint64_t error_seen;
 	atomic_int sequences_requested;	/* admin "sequences": copy them now */
+	atomic_int reverse_requested;	/* admin "reverse": switchover, see replicate() */
 
 	pthread_mutex_t lock;
 	struct status st;
@@ -203,6 +207,8 @@ struct stream {
 	pgo_lsn last_commit_end;	/* end LSN of the last Commit received */
 	long long next_feedback_ms;
 	long long oldest_pending_ms;
+	long long reverse_deadline_ms;	/* a reverse request waits this long for the drain */
+	pgo_lsn reverse_want;		/* the fenced master's position */
 	long long rate_ms;		/* when rate_txns/rate_rows were taken */
 	uint64_t rate_txns, rate_rows;
 };
@@ -294,6 +300,60 @@ handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r
 		s->last_commit_end = s->msg.u.commit.end_lsn;
 	}
 	return pga_message(s->apply, &s->msg, error_r);
+}
+
+static void
+set_reverse(struct pgrepl *r, const char *state, pgo_lsn lsn, const char *error)
+{
+	pthread_mutex_lock(&r->lock);
+	r->st.reverse_state = state;
+	r->st.reverse_lsn = lsn;
+	snprintf(r->st.reverse_error, sizeof(r->st.reverse_error), "%s", error ? error : "");
+	pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * A reverse request (switchover): once the fenced master's position is
+ * drained here, end the session with 2 so the engine can turn the direction
+ * around; give up (failed) if the drain does not come within 30 s.
+ */
+static int
+reverse_check(struct stream *s, char **error_r)
+{
+	struct pgrepl *r = s->r;
+	char *value = NULL;
+
+	if (s->reverse_deadline_ms == 0) {
+		if (s->seq_src == NULL &&
+		    (s->seq_src = pgc_connect(s->conf, s->source, PGC_NORMAL,
+					      "standin-pgrepl sequences", error_r)) == NULL)
+			return -1;
+		if (pgc_value(s->seq_src, "SELECT pg_catalog.pg_current_wal_lsn()", &value,
+			      error_r) < 0 || value == NULL || pgo_lsn_parse(value, &s->reverse_want) < 0) {
+			free(value);
+			return -1;
+		}
+		free(value);
+		s->reverse_deadline_ms = st_monotonic_ms() + 30000;
+		st_notice("reverse requested: waiting for the drain lsn=" PGO_LSN_FMT,
+			  PGO_LSN_ARGS(s->reverse_want));
+	}
+	bool drained = !pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
+		       s->durable >= s->last_commit_end &&
+		       (s->durable >= s->reverse_want || s->received >= s->reverse_want);
+	if (drained)
+		return 2;
+	if (st_monotonic_ms() > s->reverse_deadline_ms) {
+		char why[256];
+		snprintf(why, sizeof(why), "not drained within 30 s: the master is at " PGO_LSN_FMT
+			 ", received " PGO_LSN_FMT ", durable " PGO_LSN_FMT " (is it fenced?)",
+			 PGO_LSN_ARGS(s->reverse_want), PGO_LSN_ARGS(s->received),
+			 PGO_LSN_ARGS(s->durable));
+		set_reverse(r, "failed", 0, why);
+		atomic_store(&r->reverse_requested, 0);
+		s->reverse_deadline_ms = 0;
+	}
+	return 0;
 }
 
 /* Copy the sequences (periodically, and when asked by the admin socket). */
@@ -398,6 +458,11 @@ stream_loop(struct stream *s, char **error_r)
 		if (now >= s->next_sequences_ms || atomic_exchange(&r->sequences_requested, 0)) {
 			if (sync_sequences(s, error_r) < 0)
 				return -1;
+		}
+		if (atomic_load(&r->reverse_requested)) {
+			int rc = reverse_check(s, error_r);
+			if (rc != 0)
+				return rc;
 		}
 		if (!dry)
 			continue;
@@ -572,9 +637,9 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	s.next_feedback_ms = st_monotonic_ms();
 	s.next_cstate_ms = st_monotonic_ms() + IDLE_CHECK_MS;
 	s.next_sequences_ms = st_monotonic_ms();
-	if (stream_loop(&s, &err) < 0)
+	rc = stream_loop(&s, &err);
+	if (rc < 0)
 		goto fail;
-	rc = 0;
 	goto out;
 fail:
 	st_set_error(error_r, "%s -> %s: %s", source, target, err != NULL ? err : "unknown error");
@@ -597,6 +662,49 @@ out:
 	PQfinish(src);
 	PQfinish(tgt);
 	return rc;
+}
+
+/*
+ * Switchover, after the drain: this node (the standby) will be the master and
+ * OLD_SOURCE its standby.  Make this node feed OLD_SOURCE from now, with no
+ * copy, then idle until the cluster state says so.
+ */
+static void
+reverse(struct pgrepl *r, const struct st_conf *conf, const char *old_source, const char *me,
+	const char *cstate_path)
+{
+	char new_slot[64], new_origin[96], stale_slot[64], *err = NULL;
+	pgo_lsn start = 0;
+
+	name_part(new_slot, sizeof(new_slot), "standin_", old_source);
+	name_part(new_origin, sizeof(new_origin), "standin_from_", me);
+	name_part(stale_slot, sizeof(stale_slot), "standin_", me);
+	set_state(r, "reversing");
+	if (pgs_prepare_reverse(conf, me, old_source, PUBLICATION, new_slot, new_origin, stale_slot,
+				&start, &err) < 0) {
+		set_reverse(r, "failed", 0, err);
+		set_error(r, "error", err);
+		free(err);
+		atomic_store(&r->reverse_requested, 0);
+		return;
+	}
+	set_reverse(r, "done", start, NULL);
+	atomic_store(&r->reverse_requested, 0);
+	set_error(r, "reversed (waiting for the cluster state)", NULL);
+	/* Until the cluster state says this node is the master, pulling again from
+	 * the old master would find its slot gone: wait. */
+	while (!stopping(r)) {
+		struct st_cstate cs;
+		if (st_cstate_load(cstate_path, &cs, &err) == 0) {
+			const char *src = find_source(&cs, me);
+			if (src == NULL || strcmp(src, old_source) != 0)
+				break;
+		}
+		free(err);
+		err = NULL;
+		pause_ms(r, 500);
+	}
+	free(err);
 }
 
 static void *
@@ -630,7 +738,12 @@ engine_main(void *arg)
 		char src_name[ST_NAME_MAX + 1];
 		snprintf(src_name, sizeof(src_name), "%s", source);
 		long long began = st_monotonic_ms();
-		if (replicate(r, conf, src_name, me, cs.epoch, &err) == 0 || stopping(r)) {
+		int rrc = replicate(r, conf, src_name, me, cs.epoch, &err);
+		if (rrc == 2) {
+			reverse(r, conf, src_name, me, path);
+			continue;
+		}
+		if (rrc == 0 || stopping(r)) {
 			free(err);
 			continue;
 		}
@@ -810,6 +923,16 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 		json_object_set_new(obj, "applied_commit_ms",
 				    json_integer(pgo_ts_to_unix_ms(st.applied_commit_time)));
 	json_object_set_new(obj, "restart_pending", json_boolean(r->restart_pending));
+	json_t *rev = json_object();
+	json_object_set_new(rev, "state", st.reverse_state ? json_string(st.reverse_state) : json_null());
+	if (st.reverse_state != NULL && strcmp(st.reverse_state, "done") == 0) {
+		char *l = lsn_text(st.reverse_lsn);
+		json_object_set_new(rev, "lsn", json_string(l));
+		free(l);
+	}
+	if (st.reverse_error[0] != '\0')
+		json_object_set_new(rev, "error", json_string(st.reverse_error));
+	json_object_set_new(obj, "reverse", rev);
 	json_object_set_new(obj, "sequences_synced_ms",
 			    st.sequences_synced_ms ? json_integer(st.sequences_synced_ms) : json_null());
 	json_t *sync = json_object();
@@ -891,7 +1014,28 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 	st_buf_puts(reply, "{\"requested\":true}\n");
 }
 
+/*
+ * "reverse": the switchover's step on the standby, once the master is fenced:
+ * wait until its position is drained here, then make this node feed it
+ * (reverse.state in status: requested, done, failed).
+ */
+static void
+cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct pgrepl *r = d->priv;
+	uint64_t one = 1;
+
+	(void)args;
+	set_reverse(r, "requested", 0, NULL);
+	atomic_store(&r->reverse_requested, 1);
+	if (write(r->wake_fd, &one, sizeof(one)) < 0)
+		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
+	st_buf_puts(reply, "{\"requested\":true}\n");
+}
+
 static const struct st_ctl_command pgrepl_commands[] = {
+	{ "reverse", cmd_reverse, "switchover: once drained, make this standby feed its master" },
 	{ "drain", cmd_drain, "drain LSN: tell whether the standby has applied up to LSN" },
 	{ "sequences", cmd_sequences, "copy the master's sequences to the standby now" },
 	{ NULL, NULL, NULL },

@@ -152,6 +152,78 @@ out:
 }
 
 int
+pgs_prepare_reverse(const struct st_conf *conf, const char *new_source, const char *new_target,
+		    const char *publication, const char *new_slot, const char *new_origin,
+		    const char *stale_slot, pgo_lsn *start_r, char **error_r)
+{
+	PGconn *src = NULL, *tgt = NULL, *repl = NULL;
+	PGresult *res = NULL;
+	char *err = NULL, *key = NULL, *sql = NULL, *olit = NULL, *slot_id = pgc_ident(new_slot);
+	const char *step = "connecting";
+	pgo_lsn start = 0;
+	int rc = -1;
+
+	src = pgc_connect(conf, new_source, PGC_NORMAL, "standin-pgrepl reverse", &err);
+	if (src == NULL)
+		goto fail;
+	tgt = pgc_connect(conf, new_target, PGC_NORMAL, "standin-pgrepl reverse", &err);
+	if (tgt == NULL)
+		goto fail;
+	step = "preparing the new master";
+	if (pgs_ensure_publication(src, publication, &err) < 0 ||
+	    pgs_ensure_ddl_capture(src, &key, &err) < 0 ||
+	    pgs_free_slot(src, new_slot, true, &err) < 0)
+		goto fail;
+	step = "creating the replication slot";
+	repl = pgc_connect(conf, new_source, PGC_REPLICATION, "standin-pgrepl reverse", &err);
+	if (repl == NULL)
+		goto fail;
+	sql = xasprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput (SNAPSHOT 'nothing')", slot_id);
+	res = PQexec(repl, sql);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		err = pgc_result_error(res);
+		goto fail;
+	}
+	if (pgo_lsn_parse(PQgetvalue(res, 0, 1), &start) < 0) {
+		err = xasprintf("bad consistent point %s", PQgetvalue(res, 0, 1));
+		goto fail;
+	}
+	step = "setting the replication origin on the new standby";
+	olit = pgc_literal(new_origin);
+	free(sql);
+	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
+			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL; "
+			"SELECT pg_catalog.pg_replication_origin_advance(%s, '" PGO_LSN_FMT "')",
+			olit, olit, olit, PGO_LSN_ARGS(start));
+	if (pgc_exec(tgt, sql, &err) < 0)
+		goto fail;
+	step = "dropping the new standby's old slot";
+	if (pgs_free_slot(tgt, stale_slot, true, &err) < 0)
+		goto fail;
+	st_notice("reversed: %s now feeds %s from slot=%s start=" PGO_LSN_FMT, new_source,
+		  new_target, new_slot, PGO_LSN_ARGS(start));
+	*start_r = start;
+	rc = 0;
+	goto out;
+fail:
+	st_set_error(error_r, "reversing to %s -> %s failed %s: %s", new_source, new_target, step,
+		     err != NULL ? err : "unknown error");
+out:
+	PQclear(res);
+	PQfinish(repl);
+	PQfinish(src);
+	PQfinish(tgt);
+	if (key != NULL)
+		explicit_bzero(key, strlen(key));
+	free(key);
+	free(err);
+	free(sql);
+	free(olit);
+	free(slot_id);
+	return rc;
+}
+
+int
 pgs_free_slot(PGconn *c, const char *slot, bool drop, char **error_r)
 {
 	char *lit = pgc_literal(slot), *sql = NULL, *value = NULL;
@@ -223,7 +295,7 @@ run_tool(const struct st_conf *conf, const char *node, char *const argv[], char 
 		return -1;
 	}
 	snprintf(port, sizeof(port), "%d", port_n);
-	char *env[12];
+	char *env[14];
 	int n = 0;
 	env[n++] = xasprintf("PGHOST=%s", host);
 	env[n++] = xasprintf("PGPORT=%s", port);
@@ -235,6 +307,7 @@ run_tool(const struct st_conf *conf, const char *node, char *const argv[], char 
 	if (conf->pg.sslrootcert != NULL)
 		env[n++] = xasprintf("PGSSLROOTCERT=%s", conf->pg.sslrootcert);
 	env[n++] = xstrdup("PGAPPNAME=standin-pgrepl");
+	env[n++] = xstrdup("PGOPTIONS=-c default_transaction_read_only=off");
 	env[n++] = xstrdup("LC_ALL=C.UTF-8");
 	env[n++] = xstrdup("PATH=/usr/bin:/bin");
 	env[n] = NULL;

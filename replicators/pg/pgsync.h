@@ -66,6 +66,19 @@ int pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r) ST_WARN_UN
  */
 int pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r) ST_WARN_UNUSED;
 
+/*
+ * After a planned switchover, when NEW_TARGET (the old master, fenced) holds
+ * exactly what NEW_SOURCE holds (drained): make NEW_SOURCE feed NEW_TARGET
+ * with no copy.  A slot NEW_SLOT is created on NEW_SOURCE (no snapshot; its
+ * consistent point is "now", before NEW_SOURCE takes writes), NEW_ORIGIN on
+ * NEW_TARGET is advanced to that point, and NEW_TARGET's STALE_SLOT (the one
+ * NEW_SOURCE pulled with) is dropped.  *start_r: the consistent point.
+ */
+int pgs_prepare_reverse(const struct st_conf *conf, const char *new_source,
+			const char *new_target, const char *publication, const char *new_slot,
+			const char *new_origin, const char *stale_slot, pgo_lsn *start_r,
+			char **error_r) ST_WARN_UNUSED;
+
 /* Drop SLOT on the connection's server if it exists, ending its walsender if
  * it is still active (a previous run of ours, killed).  0 or -1. */
 int pgs_free_slot(PGconn *conn, const char *slot, bool drop, char **error_r) ST_WARN_UNUSED;

@@ -581,3 +581,38 @@ def test_drain_reaches_the_fenced_masters_position(pg):
     sh.wait_until(lambda: json.loads(query(d.sock, f"drain {lsn}"))["drained"], 30,
                   f"drain {lsn}")
     assert pg.digest(pg.a, "t") == pg.digest(pg.b, "t")
+
+
+def test_switchover_reverses_without_a_copy(pg):
+    """The pg steps of a planned switchover: fence a, drain, reverse on b,
+    flip the cluster state; the same daemons then replicate b -> a from
+    where a stopped, with no initial sync and nothing lost."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY, v text); "
+             "INSERT INTO t SELECT g, 'a' FROM generate_series(1, 500) g")
+    d_b = pg.start()
+    d_a = StandinDaemon(PGREPL, pg.conf, "a", os.path.join(pg.base, "a", "run"),
+                        os.path.join(pg.base, "pgrepl-a.log"))
+    pg.h.add_cleanup(d_a.stop)
+    pg.wait_state("streaming")
+    sh.wait_until(lambda: d_a.status()["state"] == "idle (master)", 30, "a idle as master")
+    pg.sql_a("UPDATE t SET v = 'last on a' WHERE id = 1")
+    # Fence a, then turn the direction around from b.
+    pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
+    assert '"requested":true' in query(d_b.sock, "reverse")
+    st = sh.wait_until(lambda: (s := d_b.status())["reverse"]["state"] != "requested" and s, 60,
+                       "the reverse on b")
+    assert st["reverse"]["state"] == "done", st
+    pg.wait_equal("t")
+    for node in ("a", "b"):
+        r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        assert r.returncode == 0, r.stderr
+    sh.wait_until(lambda: d_a.status()["state"] == "streaming", 60, "a streaming from b")
+    sh.wait_until(lambda: d_b.status()["state"] == "idle (master)", 30, "b idle as master")
+    pg.sql_b("INSERT INTO t VALUES (501, 'first on b'); UPDATE t SET v = 'b' WHERE id = 2")
+    sh.wait_until(lambda: pg.digest(pg.a, "t") == pg.digest(pg.b, "t"), 30, "a equal to b")
+    assert "initial sync" not in d_a.output()
+    assert pg.a.psql("SELECT count(*) FROM pg_replication_slots", db="groupware") == "0"
+    assert pg.b.psql("SELECT slot_name, active FROM pg_replication_slots", db="groupware") == \
+        "standin_a|t"
+    assert not [f for f in os.listdir(os.path.join(pg.base, "a", "state"))
+                if f.startswith("divergence")]

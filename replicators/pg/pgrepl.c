@@ -1027,6 +1027,15 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	uint64_t one = 1;
 
 	(void)args;
+	pthread_mutex_lock(&r->lock);
+	bool streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
+	pthread_mutex_unlock(&r->lock);
+	if (!streaming) {
+		/* Only a standby that streams from its master can take its place. */
+		st_buf_puts(reply, "{\"error\":\"not streaming: reverse is for the standby, "
+				   "while it streams from the master\"}\n");
+		return;
+	}
 	set_reverse(r, "requested", 0, NULL);
 	atomic_store(&r->reverse_requested, 1);
 	if (write(r->wake_fd, &one, sizeof(one)) < 0)

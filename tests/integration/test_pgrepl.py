@@ -596,6 +596,7 @@ def test_switchover_reverses_without_a_copy(pg):
     pg.wait_state("streaming")
     sh.wait_until(lambda: d_a.status()["state"] == "idle (master)", 30, "a idle as master")
     pg.sql_a("UPDATE t SET v = 'last on a' WHERE id = 1")
+    assert "not streaming" in query(d_a.sock, "reverse")     # the master cannot
     # Fence a, then turn the direction around from b.
     pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
     assert '"requested":true' in query(d_b.sock, "reverse")

@@ -328,7 +328,9 @@ reverse_check(struct stream *s, char **error_r)
 		    (s->seq_src = pgc_connect(s->conf, s->source, PGC_NORMAL,
 					      "standin-pgrepl sequences", error_r)) == NULL)
 			return -1;
-		if (pgc_value(s->seq_src, "SELECT pg_catalog.pg_current_wal_lsn()", &value,
+		/* The insert position, not pg_current_wal_lsn(): with asynchronous
+		 * commit a committed transaction may not be written yet. */
+		if (pgc_value(s->seq_src, "SELECT pg_catalog.pg_current_wal_insert_lsn()", &value,
 			      error_r) < 0 || value == NULL || pgo_lsn_parse(value, &s->reverse_want) < 0) {
 			free(value);
 			return -1;
@@ -966,7 +968,7 @@ pgrepl_metrics(struct st_daemon *d, struct st_buf *out)
 
 /*
  * "drain LSN": is everything the master wrote up to LSN (its
- * pg_current_wal_lsn() once fenced) applied and durable here?  Either a
+ * pg_current_wal_insert_lsn() once fenced) applied and durable here?  Either a
  * commit at or past LSN is applied, or the stream has reached LSN and all it
  * carried is applied and durable (WAL with nothing to replicate, such as the
  * fencing itself, never shows up as an applied commit).

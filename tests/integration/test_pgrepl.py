@@ -577,7 +577,7 @@ def test_drain_reaches_the_fenced_masters_position(pg):
     assert "error" in json.loads(query(d.sock, "drain nonsense"))
     # Fence: a change with nothing to replicate, then the master's position.
     pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
-    lsn = pg.a.psql("SELECT pg_current_wal_lsn()")
+    lsn = pg.a.psql("SELECT pg_current_wal_insert_lsn()")
     sh.wait_until(lambda: json.loads(query(d.sock, f"drain {lsn}"))["drained"], 30,
                   f"drain {lsn}")
     assert pg.digest(pg.a, "t") == pg.digest(pg.b, "t")

@@ -527,7 +527,7 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	  uint64_t epoch, char **error_r)
 {
 	const struct st_node *node = st_conf_node(conf, target);
-	char slot[64], origin[96], *marker = NULL, *err = NULL, *progress = NULL, *ddl_key = NULL;
+	char slot[64], origin[96], *marker = NULL, *err = NULL, *ddl_key = NULL;
 	struct stream s = { .r = r, .conf = conf, .source = source, .target = target,
 			    .epoch = epoch, .cstate_path = st_cstate_path(node) };
 	PGconn *tgt = NULL, *src = NULL;
@@ -547,16 +547,12 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	tgt = pgc_connect(conf, target, PGC_NORMAL, "standin-pgrepl apply", &err);
 	if (tgt == NULL)
 		goto fail;
-	char *olit = pgc_literal(origin);
-	char *sql = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true) "
-			      "WHERE pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL", olit, olit);
-	int qrc = pgc_value(tgt, sql, &progress, &err);
-	free(sql);
-	free(olit);
-	if (qrc < 0)
+	bool have_origin;
+	pgo_lsn progress;
+	if (pgs_origin_progress(tgt, origin, &have_origin, &progress, &err) < 0)
 		goto fail;
 
-	bool need_sync = r->resync || pgs_marker_present(marker) || progress == NULL;
+	bool need_sync = r->resync || pgs_marker_present(marker) || !have_origin;
 	if (need_sync) {
 		char stale_slot[64], peer_origin[96];
 		name_part(stale_slot, sizeof(stale_slot), "standin_", source);
@@ -570,7 +566,7 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 		};
 		pgo_lsn start;
 		st_notice("initial sync source=%s target=%s reason=%s", source, target,
-			  r->resync ? "--resync" : progress == NULL ? "no-replication-origin"
+			  r->resync ? "--resync" : !have_origin ? "no-replication-origin"
 								  : "unfinished-sync");
 		set_state(r, "initial sync");
 		if (pgs_initial_sync(&req, &r->st.sync, &start, &err) < 0)
@@ -648,7 +644,6 @@ fail:
 out:
 	free(err);
 	free(marker);
-	free(progress);
 	free(s.cstate_path);
 	PQfinish(s.seq_src);
 	PQfinish(s.seq_tgt);

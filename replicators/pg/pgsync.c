@@ -151,14 +151,117 @@ out:
 	return rc;
 }
 
+/* ------------------------------------------------------------ slots and origins */
+
+int
+pgs_origin_progress(PGconn *c, const char *origin, bool *exists_r, pgo_lsn *lsn_r,
+		    char **error_r)
+{
+	char *lit = pgc_literal(origin);
+	char *sql = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true) "
+			      "FROM pg_catalog.pg_replication_origin WHERE roname = %s", lit, lit);
+	PGresult *res = PQexec(c, sql);
+	int rc = -1;
+
+	*exists_r = false;
+	*lsn_r = 0;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		char *why = pgc_result_error(res);
+		st_set_error(error_r, "reading replication origin %s: %s", origin, why);
+		free(why);
+		goto out;
+	}
+	if (PQntuples(res) > 0) {
+		*exists_r = true;
+		if (!PQgetisnull(res, 0, 0) && pgo_lsn_parse(PQgetvalue(res, 0, 0), lsn_r) < 0) {
+			st_set_error(error_r, "replication origin %s: bad progress %s", origin,
+				     PQgetvalue(res, 0, 0));
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	PQclear(res);
+	free(sql);
+	free(lit);
+	return rc;
+}
+
+/* Create ORIGIN on C if it is missing and set its progress to LSN (backwards too). */
+static int
+set_origin(PGconn *c, const char *origin, pgo_lsn lsn, char **error_r)
+{
+	char *lit = pgc_literal(origin);
+	char *sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
+			      "WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL; "
+			      "SELECT pg_catalog.pg_replication_origin_advance(%s, '" PGO_LSN_FMT "')",
+			      lit, lit, lit, PGO_LSN_ARGS(lsn));
+	int rc = pgc_exec(c, sql, error_r);
+
+	free(sql);
+	free(lit);
+	return rc;
+}
+
+/*
+ * CREATE_REPLICATION_SLOT SLOT LOGICAL pgoutput on the replication
+ * connection REPL.  SNAPSHOT_MODE is 'export' (then *snapshot_r is the
+ * exported snapshot's name, kept valid while REPL stays idle) or 'nothing'.
+ */
+static int
+create_slot(PGconn *repl, const char *slot, const char *snapshot_mode, pgo_lsn *lsn_r,
+	    char **snapshot_r, char **error_r)
+{
+	char *id = pgc_ident(slot);
+	char *sql = xasprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput (SNAPSHOT '%s')", id,
+			      snapshot_mode);
+	PGresult *res = PQexec(repl, sql);
+	int rc = -1;
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		char *why = pgc_result_error(res);
+		st_set_error(error_r, "%s", why);
+		free(why);
+		goto out;
+	}
+	if (pgo_lsn_parse(PQgetvalue(res, 0, 1), lsn_r) < 0) {
+		st_set_error(error_r, "bad consistent point %s", PQgetvalue(res, 0, 1));
+		goto out;
+	}
+	if (snapshot_r != NULL)
+		*snapshot_r = xstrdup(PQgetvalue(res, 0, 2));
+	rc = 0;
+out:
+	PQclear(res);
+	free(sql);
+	free(id);
+	return rc;
+}
+
+/* Publication, DDL capture, and no slot named SLOT (a stale one is dropped). */
+static int
+prepare_source(PGconn *src, const char *publication, const char *slot, char **error_r)
+{
+	char *key = NULL;
+	int rc = 0;
+
+	if (pgs_ensure_publication(src, publication, error_r) < 0 ||
+	    pgs_ensure_ddl_capture(src, &key, error_r) < 0 ||
+	    pgs_free_slot(src, slot, true, error_r) < 0)
+		rc = -1;
+	if (key != NULL)
+		explicit_bzero(key, strlen(key));
+	free(key);
+	return rc;
+}
+
 int
 pgs_prepare_reverse(const struct st_conf *conf, const char *new_source, const char *new_target,
 		    const char *publication, const char *new_slot, const char *new_origin,
 		    const char *stale_slot, pgo_lsn *start_r, char **error_r)
 {
 	PGconn *src = NULL, *tgt = NULL, *repl = NULL;
-	PGresult *res = NULL;
-	char *err = NULL, *key = NULL, *sql = NULL, *olit = NULL, *slot_id = pgc_ident(new_slot);
+	char *err = NULL;
 	const char *step = "connecting";
 	pgo_lsn start = 0;
 	int rc = -1;
@@ -170,32 +273,14 @@ pgs_prepare_reverse(const struct st_conf *conf, const char *new_source, const ch
 	if (tgt == NULL)
 		goto fail;
 	step = "preparing the new master";
-	if (pgs_ensure_publication(src, publication, &err) < 0 ||
-	    pgs_ensure_ddl_capture(src, &key, &err) < 0 ||
-	    pgs_free_slot(src, new_slot, true, &err) < 0)
+	if (prepare_source(src, publication, new_slot, &err) < 0)
 		goto fail;
 	step = "creating the replication slot";
 	repl = pgc_connect(conf, new_source, PGC_REPLICATION, "standin-pgrepl reverse", &err);
-	if (repl == NULL)
+	if (repl == NULL || create_slot(repl, new_slot, "nothing", &start, NULL, &err) < 0)
 		goto fail;
-	sql = xasprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput (SNAPSHOT 'nothing')", slot_id);
-	res = PQexec(repl, sql);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		err = pgc_result_error(res);
-		goto fail;
-	}
-	if (pgo_lsn_parse(PQgetvalue(res, 0, 1), &start) < 0) {
-		err = xasprintf("bad consistent point %s", PQgetvalue(res, 0, 1));
-		goto fail;
-	}
 	step = "setting the replication origin on the new standby";
-	olit = pgc_literal(new_origin);
-	free(sql);
-	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
-			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL; "
-			"SELECT pg_catalog.pg_replication_origin_advance(%s, '" PGO_LSN_FMT "')",
-			olit, olit, olit, PGO_LSN_ARGS(start));
-	if (pgc_exec(tgt, sql, &err) < 0)
+	if (set_origin(tgt, new_origin, start, &err) < 0)
 		goto fail;
 	step = "dropping the new standby's old slot";
 	if (pgs_free_slot(tgt, stale_slot, true, &err) < 0)
@@ -209,17 +294,10 @@ fail:
 	st_set_error(error_r, "reversing to %s -> %s failed %s: %s", new_source, new_target, step,
 		     err != NULL ? err : "unknown error");
 out:
-	PQclear(res);
 	PQfinish(repl);
 	PQfinish(src);
 	PQfinish(tgt);
-	if (key != NULL)
-		explicit_bzero(key, strlen(key));
-	free(key);
 	free(err);
-	free(sql);
-	free(olit);
-	free(slot_id);
 	return rc;
 }
 
@@ -773,9 +851,7 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		 char **error_r)
 {
 	PGconn *src = NULL, *tgt = NULL, *repl = NULL;
-	PGresult *res = NULL;
-	char *err = NULL, *sql = NULL, *slot_id = pgc_ident(req->slot), *origin = NULL;
-	char *snapshot = NULL;
+	char *err = NULL, *snapshot = NULL;
 	const char *step = "connecting";
 	pgo_lsn consistent = 0;
 	int rc = -1;
@@ -810,21 +886,10 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 	 * got (unplanned failover): before its content is replaced, keep them. */
 	step = "writing the divergence report";
 	if (req->stale_slot != NULL && req->report_dir != NULL) {
-		char *applied = NULL, *olit = pgc_literal(req->peer_origin);
-		char *q = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true) "
-				    "WHERE pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL",
-				    olit, olit);
-		int qrc = pgc_value(src, q, &applied, &err);
-		free(q);
-		free(olit);
-		pgo_lsn peer_applied = 0;
-		if (qrc < 0 || (applied != NULL && pgo_lsn_parse(applied, &peer_applied) < 0)) {
-			free(applied);
-			if (err == NULL)
-				err = xstrdup("bad origin progress");
+		bool known;
+		pgo_lsn peer_applied;
+		if (pgs_origin_progress(src, req->peer_origin, &known, &peer_applied, &err) < 0)
 			goto fail;
-		}
-		free(applied);
 		struct pgd_result dr;
 		if (pgd_report(tgt, req->stale_slot, req->publication, peer_applied, req->report_dir,
 			       req->source, &dr, &err) < 0)
@@ -837,32 +902,13 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 	}
 
 	step = "preparing the master";
-	char *key = NULL;
-	if (pgs_ensure_publication(src, req->publication, &err) < 0 ||
-	    pgs_ensure_ddl_capture(src, &key, &err) < 0 ||
-	    pgs_free_slot(src, req->slot, true, &err) < 0) {
-		free(key);
+	if (prepare_source(src, req->publication, req->slot, &err) < 0)
 		goto fail;
-	}
-	free(key);
 
 	step = "creating the replication slot";
 	repl = pgc_connect(req->conf, req->source, PGC_REPLICATION, "standin-pgrepl sync", &err);
-	if (repl == NULL)
+	if (repl == NULL || create_slot(repl, req->slot, "export", &consistent, &snapshot, &err) < 0)
 		goto fail;
-	sql = xasprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput (SNAPSHOT 'export')", slot_id);
-	res = PQexec(repl, sql);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		err = pgc_result_error(res);
-		goto fail;
-	}
-	if (pgo_lsn_parse(PQgetvalue(res, 0, 1), &consistent) < 0) {
-		err = xasprintf("bad consistent point %s", PQgetvalue(res, 0, 1));
-		goto fail;
-	}
-	snapshot = xstrdup(PQgetvalue(res, 0, 2));
-	PQclear(res);
-	res = NULL;
 	st_notice("created replication slot slot=%s consistent_point=" PGO_LSN_FMT " snapshot=%s",
 		  st_q(req->slot), PGO_LSN_ARGS(consistent), snapshot);
 
@@ -877,13 +923,7 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		goto fail;
 
 	step = "setting the replication origin";
-	origin = pgc_literal(req->origin);
-	free(sql);
-	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
-			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL; "
-			"SELECT pg_catalog.pg_replication_origin_advance(%s, '" PGO_LSN_FMT "')",
-			origin, origin, origin, PGO_LSN_ARGS(consistent));
-	if (pgc_exec(tgt, sql, &err) < 0)
+	if (set_origin(tgt, req->origin, consistent, &err) < 0)
 		goto fail;
 	/* Committed with synchronous_commit on: durable before the marker goes. */
 	if (unlink(req->marker) < 0 && errno != ENOENT) {
@@ -899,14 +939,10 @@ fail:
 	st_set_error(error_r, "initial sync from %s to %s failed %s: %s", req->source, req->target,
 		     step, err != NULL ? err : "unknown error");
 out:
-	PQclear(res);
 	PQfinish(repl);
 	PQfinish(src);
 	PQfinish(tgt);
 	free(err);
-	free(sql);
-	free(slot_id);
-	free(origin);
 	free(snapshot);
 	return rc;
 }

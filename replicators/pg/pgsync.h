@@ -79,6 +79,13 @@ int pgs_prepare_reverse(const struct st_conf *conf, const char *new_source,
 			const char *new_origin, const char *stale_slot, pgo_lsn *start_r,
 			char **error_r) ST_WARN_UNUSED;
 
+/*
+ * ORIGIN's progress on C that is durable (pg_replication_origin_progress(
+ * origin, true)); *exists_r false (and *lsn_r 0) when there is no such origin.
+ */
+int pgs_origin_progress(PGconn *c, const char *origin, bool *exists_r, pgo_lsn *lsn_r,
+			char **error_r) ST_WARN_UNUSED;
+
 /* Drop SLOT on the connection's server if it exists, ending its walsender if
  * it is still active (a previous run of ours, killed).  0 or -1. */
 int pgs_free_slot(PGconn *conn, const char *slot, bool drop, char **error_r) ST_WARN_UNUSED;

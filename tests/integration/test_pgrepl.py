@@ -198,7 +198,7 @@ ODD_ROWS = r"""
 INSERT INTO "Odd Table" VALUES
  (1, 'it''s "quoted" \back\slash', 'été ☃ 日本', 12345678901234567890.0123456789, 1e-300,
   '\x00ff10', '{1,NULL,3}', '{"a b","c,d","e\"f",NULL}', '{"k": [1, 2]}', '{"z": 1, "a": null}',
-  '2026-11-23 12:34:56.789+05:30', '2000-02-29', '1 year 2 mons 3 days 04:05:06.789', 
+  '2026-11-23 12:34:56.789+05:30', '2000-02-29', '1 year 2 mons 3 days 04:05:06.789',
   'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', 42, ROW(1, 'one'), repeat('x', 1000000)),
  (2, NULL, NULL, NULL, 'NaN', NULL, '{}', NULL, 'null', '[]', 'infinity', NULL, NULL, NULL,
   NULL, NULL, NULL, NULL);

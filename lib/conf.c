@@ -70,6 +70,7 @@ st_conf_sslmode_name(int sslmode)
 	return sslmodes[sslmode];
 }
 static const char *const ldap_schemes[] = { "ldap", "ldaps", NULL };
+static const char *const ldap_sync_modes[] = { "persist", "poll", NULL };
 static const char *const imap_schemes[] = { "imap", "imaps", NULL };
 static const char *const dump_froms[] = { "standby", "master", NULL };
 static const char *const compressions[] = { "zstd", "none", NULL };
@@ -124,6 +125,10 @@ static const struct option options[] = {
 	  "StartTLS on ldap:// endpoints: no, try or demand." },
 	{ "ldap", "ca_file", OT_PATH, 0, C(ldap.ca_file), NULL, NULL, 0, 0,
 	  "CA certificate file used to check the servers' certificates." },
+	{ "ldap", "sync_mode", OT_ENUM, 0, C(ldap.sync_mode), "persist", ldap_sync_modes, 0, 0,
+	  "persist: refreshAndPersist, changes pushed as they happen; poll: refreshOnly every poll_interval." },
+	{ "ldap", "poll_interval", OT_DURATION, 0, C(ldap.poll_interval_ms), "60s", NULL, 1000, DAY_MS,
+	  "Time between two refreshes when sync_mode = poll." },
 	{ "ldap", "timeout", OT_DURATION, 0, C(ldap.timeout_ms), "30s", NULL, 1000, DAY_MS,
 	  "Network and operation timeout for LDAP." },
 

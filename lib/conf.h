@@ -45,6 +45,11 @@ enum st_log_dest {
 	ST_LOGDEST_SYSLOG,
 };
 
+enum st_ldap_sync_mode {
+	ST_LDAP_PERSIST,	/* refreshAndPersist */
+	ST_LDAP_POLL,		/* refreshOnly every poll_interval */
+};
+
 enum st_dump_from {
 	ST_DUMP_FROM_STANDBY,
 	ST_DUMP_FROM_MASTER,
@@ -81,6 +86,8 @@ struct st_conf_ldap {
 	char *password_file;
 	int starttls;			/* enum st_tls_mode */
 	char *ca_file;
+	int sync_mode;			/* enum st_ldap_sync_mode */
+	long poll_interval_ms;
 	long timeout_ms;
 };
 

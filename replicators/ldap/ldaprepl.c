@@ -1,0 +1,1163 @@
+/*
+ * standin-ldaprepl: keep the standby's slapd a live copy of the master's
+ * directory, through RFC 4533 Content Synchronization (syncrepl) against the
+ * master's syncprov overlay.
+ *
+ * Everything runs on the daemon's libev loop: the sync search is sent by
+ * hand with the Sync Request control on a connection of its own, its
+ * descriptor is watched with an ev_io and drained with ldap_result(...,
+ * LDAP_MSG_ONE, zero timeout); the changes go through the ordering queue
+ * (ldqueue.c) to the standby, pipelined on a second connection (ldapply.c).
+ *
+ * Refresh: every entry the master sends is upserted by entryUUID.  At the
+ * end of the refresh the standby is reconciled: after a present phase, or
+ * when there was no cookie (slapd then sends all of its content), every
+ * standby entry the master did not mention is deleted; after a delete
+ * phase, the entryUUIDs it named are.  Only then is the refresh's cookie
+ * stored.  Persist: each change's cookie is stored once that change and all
+ * before it are applied (ldq's cookie marks), at most every COOKIE_SAVE_MS.
+ * Apply is idempotent (entries keyed by entryUUID), so a kill -9 replays
+ * from the stored cookie with no loss and no duplicate.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ldap.h>
+
+#include "lib/cstate.h"
+#include "lib/daemon.h"
+#include "lib/durable.h"
+#include "lib/log.h"
+#include "replicators/ldap/ldapply.h"
+#include "replicators/ldap/ldentry.h"
+#include "replicators/ldap/ldqueue.h"
+#include "replicators/ldap/ldsync.h"
+
+#define QUEUE_ITEMS 512
+#define MAX_IN_FLIGHT 64
+#define TICK_MS 100
+#define COOKIE_SAVE_MS 200
+#define CSTATE_CHECK_MS 2000
+#define RETRY_MIN_MS 1000
+#define RETRY_MAX_MS 30000
+#define COOKIE_MAX 4096
+#define DEFER_ROUNDS 64
+
+enum phase {
+	PH_IDLE,		/* no session */
+	PH_REFRESH,		/* receiving the refresh */
+	PH_RECONCILE,		/* refresh received: finishing it on the standby */
+	PH_PERSIST,		/* refreshAndPersist: changes as they happen */
+	PH_POLL_WAIT,		/* refreshOnly: until the next poll */
+};
+
+enum reconcile_step {
+	RC_DRAIN,		/* wait until every queued change is applied */
+	RC_LIST,		/* listing the standby */
+	RC_DELETE,		/* deleting what the master does not have */
+};
+
+struct ldrepl {
+	struct st_daemon *d;
+	ev_timer tick, retry;
+	long retry_ms;
+
+	/* the session */
+	enum phase phase;
+	const char *state;		/* for status */
+	char source[ST_NAME_MAX + 1], target[ST_NAME_MAX + 1];
+	uint64_t epoch;
+	char *cookie_path;
+	LDAP *src, *tgt;
+	int sync_msgid;
+	ev_io src_io, tgt_io;
+	struct ldq q;
+	struct lda *apply;
+	bool src_paused;		/* queue full or reconciling: sync messages wait in libldap */
+	bool started_without_cookie;
+	bool present_phase;		/* a present phase was seen in this refresh */
+	bool refresh_required;		/* e-syncRefreshRequired: next session... */
+	bool next_without_cookie;	/* ... starts from scratch */
+	struct ldsync_cookie next_cookie;	/* ... or from this one */
+	struct lde_uuid_set seen, deleted;
+	enum reconcile_step rc_step;
+	unsigned defer_rounds;
+	size_t deferred_before;
+	struct ldsync_cookie stored;	/* durable */
+	struct ldsync_cookie received;	/* newest seen in the stream */
+	struct ldsync_cookie refresh_cookie;	/* the refresh's final cookie */
+	long long next_cookie_save_ms, next_cstate_ms, poll_due_ms;
+	long long session_started_ms, persist_since_ms;
+
+	/* counters */
+	uint64_t refresh_entries, reconcile_deletes, sessions, refreshes;
+	uint64_t rate_base, rate_ms;
+	double entries_per_s;
+	char *error;
+};
+
+static struct ldrepl G;
+
+static void session_end(struct ldrepl *r);
+static void src_drain(struct ldrepl *r);
+static void progress(struct ldrepl *r);
+
+/* ------------------------------------------------------------ errors */
+
+static void
+fail(struct ldrepl *r, const char *fmt, ...) ST_PRINTF(2, 3);
+
+/* The session stops with an error (status shows it) and starts again later. */
+static void
+fail(struct ldrepl *r, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+
+	va_start(ap, fmt);
+	msg = xvasprintf(fmt, ap);
+	va_end(ap);
+	st_error("%s -> %s: %s", r->source[0] ? r->source : "?", r->target[0] ? r->target : "?",
+		 st_q(msg));
+	st_daemon_set_error(r->d, "%s -> %s: %s", r->source, r->target, msg);
+	free(msg);
+	session_end(r);
+	r->state = "error";
+	r->d->state = r->state;
+	ev_timer_set(&r->retry, (double)r->retry_ms / 1000.0, 0.);
+	ev_timer_start(r->d->loop, &r->retry);
+	r->retry_ms = r->retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : r->retry_ms * 2;
+}
+
+static void
+set_state(struct ldrepl *r, const char *state)
+{
+	r->state = state;
+	r->d->state = state;
+}
+
+/* ------------------------------------------------------------ cookie file */
+
+/* The cookie file: "standin-ldaprepl cookie 1\n" then the cookie in hex. */
+static int
+cookie_load(const char *path, struct ldsync_cookie *c, char **error_r)
+{
+	char *data = NULL;
+	size_t len;
+	static const char head[] = "standin-ldaprepl cookie 1\n";
+
+	ldsync_cookie_clear(c);
+	if (access(path, F_OK) != 0 && errno == ENOENT)
+		return 0;
+	if (st_read_file(path, COOKIE_MAX * 2 + 64, &data, &len, error_r) < 0)
+		return -1;
+	if (len < sizeof(head) - 1 || memcmp(data, head, sizeof(head) - 1) != 0)
+		goto bad;
+	const char *hex = data + sizeof(head) - 1;
+	size_t n = strcspn(hex, "\n");
+	if (n % 2 != 0 || n / 2 > COOKIE_MAX)
+		goto bad;
+	uint8_t *bytes = xmalloc(n / 2 + 1);
+	for (size_t i = 0; i < n / 2; i++) {
+		unsigned v;
+		if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
+			free(bytes);
+			goto bad;
+		}
+		bytes[i] = (uint8_t)v;
+	}
+	ldsync_cookie_set(c, bytes, n / 2);
+	free(bytes);
+	free(data);
+	return 0;
+bad:
+	free(data);
+	st_set_error(error_r, "%s is not a standin-ldaprepl cookie file (remove it to refresh "
+		     "the whole directory again)", path);
+	return -1;
+}
+
+static int
+cookie_store(struct ldrepl *r, const struct ldsync_cookie *c, char **error_r)
+{
+	struct st_buf b;
+
+	st_buf_init(&b);
+	st_buf_puts(&b, "standin-ldaprepl cookie 1\n");
+	for (size_t i = 0; i < c->len; i++)
+		st_buf_printf(&b, "%02x", c->data[i]);
+	st_buf_puts(&b, "\n");
+	int rc = st_durable_write(r->cookie_path, b.data, b.len, 0600, error_r);
+	st_buf_free(&b);
+	if (rc == 0)
+		ldsync_cookie_copy(&r->stored, c);
+	return rc;
+}
+
+/* ------------------------------------------------------------ connections */
+
+static LDAP *
+connect_to(struct ldrepl *r, const char *node, char **error_r)
+{
+	const struct st_conf *conf = r->d->conf;
+	int i = st_conf_node_index(conf, node);
+	const char *uri = i >= 0 ? conf->ldap.endpoint[i] : NULL;
+	char *password = NULL;
+	LDAP *ld = NULL;
+	int rc, v3 = LDAP_VERSION3;
+	struct timeval tv = { conf->ldap.timeout_ms / 1000, (conf->ldap.timeout_ms % 1000) * 1000 };
+
+	if (uri == NULL) {
+		st_set_error(error_r, "no [ldap] endpoint.%s in %s", node, conf->path);
+		return NULL;
+	}
+	if ((rc = ldap_initialize(&ld, uri)) != LDAP_SUCCESS) {
+		st_set_error(error_r, "%s: %s", uri, ldap_err2string(rc));
+		return NULL;
+	}
+	ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &v3);
+	ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv);
+	ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);
+	ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF);
+	ldap_set_option(ld, LDAP_OPT_RESTART, LDAP_OPT_ON);
+	if (conf->ldap.ca_file != NULL || st_str_has_prefix(uri, "ldaps:") ||
+	    conf->ldap.starttls != ST_TLS_NO) {
+		int demand = LDAP_OPT_X_TLS_DEMAND, zero = 0;
+		if (conf->ldap.ca_file != NULL)
+			ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTFILE, conf->ldap.ca_file);
+		ldap_set_option(ld, LDAP_OPT_X_TLS_REQUIRE_CERT, &demand);
+		ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &zero);
+	}
+	if (!st_str_has_prefix(uri, "ldaps:") && conf->ldap.starttls != ST_TLS_NO) {
+		rc = ldap_start_tls_s(ld, NULL, NULL);
+		if (rc != LDAP_SUCCESS) {
+			if (conf->ldap.starttls == ST_TLS_DEMAND) {
+				char *diag = NULL;
+				ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
+				st_set_error(error_r, "%s: StartTLS failed: %s%s%s", uri,
+					     ldap_err2string(rc), diag ? ": " : "", diag ? diag : "");
+				ldap_memfree(diag);
+				goto fail;
+			}
+			st_warn("StartTLS failed; going on without TLS (starttls = try) uri=%s error=%s",
+				 st_q(uri), st_q(ldap_err2string(rc)));
+			ldap_unbind_ext_s(ld, NULL, NULL);
+			if (ldap_initialize(&ld, uri) != LDAP_SUCCESS) {
+				st_set_error(error_r, "%s: cannot start over", uri);
+				return NULL;
+			}
+			ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &v3);
+			ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv);
+			ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);
+			ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF);
+		}
+	}
+	if (st_secret_read(conf->ldap.password_file, &password, error_r) < 0)
+		goto fail;
+	struct berval cred = { .bv_len = strlen(password), .bv_val = password };
+	rc = ldap_sasl_bind_s(ld, conf->ldap.bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
+	st_secret_free(&password);
+	if (rc != LDAP_SUCCESS) {
+		char *diag = NULL;
+		ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
+		st_set_error(error_r, "%s: bind as %s failed: %s%s%s", uri, conf->ldap.bind_dn,
+			     ldap_err2string(rc), !st_str_empty(diag) ? ": " : "",
+			     !st_str_empty(diag) ? diag : "");
+		ldap_memfree(diag);
+		goto fail;
+	}
+	return ld;
+fail:
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return NULL;
+}
+
+static int
+ldap_fd(LDAP *ld)
+{
+	int fd = -1;
+
+	if (ldap_get_option(ld, LDAP_OPT_DESC, &fd) != LDAP_OPT_SUCCESS)
+		return -1;
+	return fd;
+}
+
+/* ------------------------------------------------------------ session */
+
+static const char *
+find_source(const struct st_cstate *cs, const char *target)
+{
+	for (size_t i = 0; i < cs->n_edges[ST_SVC_LDAP]; i++)
+		if (strcmp(cs->edges[ST_SVC_LDAP][i].target, target) == 0)
+			return cs->edges[ST_SVC_LDAP][i].source;
+	return NULL;
+}
+
+static void
+session_end(struct ldrepl *r)
+{
+	if (r->phase == PH_IDLE && r->src == NULL && r->tgt == NULL)
+		return;
+	ev_io_stop(r->d->loop, &r->src_io);
+	ev_io_stop(r->d->loop, &r->tgt_io);
+	lda_free(&r->apply);
+	ldq_clear(&r->q);
+	if (r->src != NULL)
+		ldap_unbind_ext_s(r->src, NULL, NULL);
+	if (r->tgt != NULL)
+		ldap_unbind_ext_s(r->tgt, NULL, NULL);
+	r->src = r->tgt = NULL;
+	lde_uuid_set_clear(&r->seen);
+	lde_uuid_set_clear(&r->deleted);
+	ldsync_cookie_clear(&r->received);
+	ldsync_cookie_clear(&r->refresh_cookie);
+	r->phase = PH_IDLE;
+}
+
+static int
+send_sync_search(struct ldrepl *r, const struct ldsync_cookie *cookie, char **error_r)
+{
+	const struct st_conf *conf = r->d->conf;
+	int mode = conf->ldap.sync_mode == ST_LDAP_POLL ? LDAP_SYNC_REFRESH_ONLY
+							 : LDAP_SYNC_REFRESH_AND_PERSIST;
+	LDAPControl ctrl = { .ldctl_oid = LDAP_CONTROL_SYNC, .ldctl_iscritical = 1 };
+	LDAPControl *ctrls[] = { &ctrl, NULL };
+
+	if (ldsync_request_value(mode, cookie, false, &ctrl.ldctl_value, error_r) < 0)
+		return -1;
+	int rc = ldap_search_ext(r->src, conf->ldap.suffix, LDAP_SCOPE_SUBTREE, "(objectClass=*)",
+				 lde_request_attrs, 0, ctrls, NULL, NULL, 0, &r->sync_msgid);
+	ber_memfree(ctrl.ldctl_value.bv_val);
+	if (rc != LDAP_SUCCESS) {
+		st_set_error(error_r, "cannot send the sync search: %s", ldap_err2string(rc));
+		return -1;
+	}
+	r->started_without_cookie = cookie == NULL || cookie->len == 0;
+	r->present_phase = false;
+	r->refresh_entries = 0;
+	r->defer_rounds = 0;
+	lde_uuid_set_clear(&r->seen);
+	lde_uuid_set_clear(&r->deleted);
+	ldsync_cookie_clear(&r->refresh_cookie);
+	lda_set_refresh(r->apply, true);
+	r->phase = PH_REFRESH;
+	r->refreshes++;
+	set_state(r, "refreshing");
+	st_notice("refresh from %s mode=%s cookie=%s", r->source,
+		  mode == LDAP_SYNC_REFRESH_ONLY ? "refreshOnly" : "refreshAndPersist",
+		  st_q(cookie != NULL && cookie->len > 0 ? (const char *)cookie->data : "none"));
+	return 0;
+}
+
+static void src_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void tgt_cb(struct ev_loop *loop, ev_io *w, int revents);
+
+static void
+session_start(struct ldrepl *r)
+{
+	const struct st_conf *conf = r->d->conf;
+	const struct st_node *node = r->d->node;
+	char *path = st_cstate_path(node), *err = NULL;
+	struct st_cstate cs;
+
+	int lrc = st_cstate_load(path, &cs, &err);
+	free(path);
+	if (lrc != 0) {
+		if (lrc > 0) {
+			free(err);
+			err = xasprintf("%s/%s does not exist (standinctl state init)", node->state_dir,
+					ST_CSTATE_FILE);
+		}
+		set_state(r, "no cluster state");
+		st_daemon_set_error(r->d, "%s", err);
+		free(err);
+		r->next_cstate_ms = st_monotonic_ms() + CSTATE_CHECK_MS;
+		return;
+	}
+	const char *source = find_source(&cs, node->name);
+	r->epoch = cs.epoch;
+	r->next_cstate_ms = st_monotonic_ms() + CSTATE_CHECK_MS;
+	if (source == NULL) {
+		r->source[0] = '\0';
+		set_state(r, strcmp(cs.master, node->name) == 0 ? "idle (master)" : "idle (no source)");
+		return;
+	}
+	snprintf(r->source, sizeof(r->source), "%s", source);
+	snprintf(r->target, sizeof(r->target), "%s", node->name);
+	free(r->cookie_path);
+	r->cookie_path = xasprintf("%s/ldaprepl-%s.cookie", node->state_dir, r->source);
+	r->sessions++;
+	r->session_started_ms = st_monotonic_ms();
+	set_state(r, "connecting");
+
+	struct ldsync_cookie start = { 0 };
+	if (cookie_load(r->cookie_path, &r->stored, &err) < 0)
+		goto fail;
+	if (r->refresh_required) {
+		r->refresh_required = false;
+		if (!r->next_without_cookie)
+			ldsync_cookie_copy(&start, &r->next_cookie);
+	} else {
+		ldsync_cookie_copy(&start, &r->stored);
+	}
+	r->tgt = connect_to(r, r->target, &err);
+	if (r->tgt == NULL)
+		goto fail;
+	r->src = connect_to(r, r->source, &err);
+	if (r->src == NULL)
+		goto fail;
+	ldq_init(&r->q, QUEUE_ITEMS);
+	r->apply = lda_new(r->tgt, conf->ldap.suffix, &r->q, MAX_IN_FLIGHT);
+	if (send_sync_search(r, &start, &err) < 0)
+		goto fail;
+	ldsync_cookie_clear(&start);
+	ev_io_init(&r->src_io, src_cb, ldap_fd(r->src), EV_READ);
+	ev_io_init(&r->tgt_io, tgt_cb, ldap_fd(r->tgt), EV_READ);
+	r->src_io.data = r->tgt_io.data = r;
+	ev_io_start(r->d->loop, &r->src_io);
+	ev_io_start(r->d->loop, &r->tgt_io);
+	r->src_paused = false;
+	st_daemon_set_error(r->d, NULL);
+	return;
+fail:
+	ldsync_cookie_clear(&start);
+	fail(r, "%s", err);
+	free(err);
+}
+
+/* ------------------------------------------------------------ the stream */
+
+static const struct berval *
+control_value(LDAPControl **ctrls, const char *oid)
+{
+	for (size_t i = 0; ctrls != NULL && ctrls[i] != NULL; i++)
+		if (strcmp(ctrls[i]->ldctl_oid, oid) == 0)
+			return &ctrls[i]->ldctl_value;
+	return NULL;
+}
+
+static void
+note_cookie(struct ldrepl *r, const struct ldsync_cookie *c)
+{
+	ldsync_cookie_copy(&r->received, c);
+	if (r->phase == PH_PERSIST)
+		ldq_push_cookie(&r->q, c);
+	else
+		ldsync_cookie_copy(&r->refresh_cookie, c);
+}
+
+static int
+on_entry(struct ldrepl *r, LDAPMessage *msg, char **error_r)
+{
+	LDAPControl **ctrls = NULL;
+	struct ldsync_state st;
+	char *dn = ldap_get_dn(r->src, msg);
+	int rc = -1;
+
+	if (ldap_get_entry_controls(r->src, msg, &ctrls) != LDAP_SUCCESS) {
+		st_set_error(error_r, "cannot read the controls of the entry %s", dn ? dn : "?");
+		goto out;
+	}
+	const struct berval *v = control_value(ctrls, LDAP_CONTROL_SYNC_STATE);
+	if (v == NULL) {
+		st_set_error(error_r, "the master sent the entry %s without a Sync State control",
+			     dn ? dn : "?");
+		goto out;
+	}
+	if (ldsync_parse_state(v, &st, error_r) < 0)
+		goto out;
+	bool refresh = r->phase != PH_PERSIST;
+	switch (st.state) {
+	case LDSYNC_PRESENT:
+		lde_uuid_set_add(&r->seen, st.uuid);
+		break;
+	case LDSYNC_ADD:
+	case LDSYNC_MODIFY: {
+		struct lde_entry *e = lde_entry_from_message(r->src, msg, error_r);
+		if (e == NULL) {
+			ldsync_state_clear(&st);
+			goto out;
+		}
+		if (refresh) {
+			lde_uuid_set_add(&r->seen, st.uuid);
+			lde_uuid_set_remove(&r->deleted, st.uuid);
+			r->refresh_entries++;
+		}
+		ldq_push(&r->q, LDQ_UPSERT, st.uuid, e->dn, e);
+		break;
+	}
+	case LDSYNC_DELETE:
+		if (refresh) {
+			lde_uuid_set_add(&r->deleted, st.uuid);
+			lde_uuid_set_remove(&r->seen, st.uuid);
+		} else {
+			ldq_push(&r->q, LDQ_DELETE, st.uuid, st_str_empty(dn) ? NULL : dn, NULL);
+		}
+		break;
+	}
+	if (st.has_cookie)
+		note_cookie(r, &st.cookie);
+	ldsync_state_clear(&st);
+	rc = 0;
+out:
+	if (dn != NULL)
+		ldap_memfree(dn);
+	ldap_controls_free(ctrls);
+	return rc;
+}
+
+static void refresh_done(struct ldrepl *r);
+
+static int
+on_intermediate(struct ldrepl *r, LDAPMessage *msg, char **error_r)
+{
+	char *oid = NULL;
+	struct berval *data = NULL;
+	struct ldsync_info info;
+	int rc = -1;
+
+	if (ldap_parse_intermediate(r->src, msg, &oid, &data, NULL, 0) != LDAP_SUCCESS) {
+		st_set_error(error_r, "cannot parse an intermediate response from the master");
+		goto out;
+	}
+	if (oid == NULL || strcmp(oid, LDAP_SYNC_INFO) != 0 || data == NULL) {
+		st_warn("ignored an intermediate response from the master oid=%s",
+			st_q(oid ? oid : "none"));
+		rc = 0;
+		goto out;
+	}
+	if (ldsync_parse_info(data, &info, error_r) < 0)
+		goto out;
+	if (info.has_cookie)
+		note_cookie(r, &info.cookie);
+	switch (info.kind) {
+	case LDSYNC_NEW_COOKIE:
+		break;
+	case LDSYNC_REFRESH_PRESENT:
+	case LDSYNC_REFRESH_DELETE:
+		if (info.kind == LDSYNC_REFRESH_PRESENT)
+			r->present_phase = true;
+		if (info.refresh_done && r->phase == PH_REFRESH)
+			refresh_done(r);
+		break;
+	case LDSYNC_ID_SET:
+		for (size_t i = 0; i < info.n_uuids; i++) {
+			if (r->phase == PH_PERSIST) {
+				if (info.refresh_deletes)
+					ldq_push(&r->q, LDQ_DELETE, info.uuids[i], NULL, NULL);
+			} else if (info.refresh_deletes) {
+				lde_uuid_set_add(&r->deleted, info.uuids[i]);
+				lde_uuid_set_remove(&r->seen, info.uuids[i]);
+			} else {
+				lde_uuid_set_add(&r->seen, info.uuids[i]);
+			}
+		}
+		break;
+	}
+	ldsync_info_clear(&info);
+	rc = 0;
+out:
+	ldap_memfree(oid);
+	if (data != NULL)
+		ber_bvfree(data);
+	return rc;
+}
+
+/* The sync search ended (refreshOnly's end, refreshRequired, or an error). */
+static int
+on_search_done(struct ldrepl *r, LDAPMessage *msg, char **error_r)
+{
+	int code = LDAP_OTHER;
+	char *diag = NULL;
+	LDAPControl **ctrls = NULL;
+	struct ldsync_done done = { 0 };
+	int rc = -1;
+
+	if (ldap_parse_result(r->src, msg, &code, NULL, &diag, NULL, &ctrls, 0) != LDAP_SUCCESS) {
+		st_set_error(error_r, "cannot parse the end of the sync search");
+		goto out;
+	}
+	const struct berval *v = control_value(ctrls, LDAP_CONTROL_SYNC_DONE);
+	if (v != NULL && ldsync_parse_done(v, &done, error_r) < 0)
+		goto out;
+	if (code == LDAP_SYNC_REFRESH_REQUIRED) {
+		/* RFC 4533 3.8: again, from the cookie given, or from scratch. */
+		r->refresh_required = true;
+		r->next_without_cookie = !done.has_cookie;
+		ldsync_cookie_clear(&r->next_cookie);
+		if (done.has_cookie)
+			ldsync_cookie_copy(&r->next_cookie, &done.cookie);
+		st_set_error(error_r, "the master asks for a new refresh (e-syncRefreshRequired)%s",
+			     done.has_cookie ? "" : ": the whole directory is compared again");
+		goto out;
+	}
+	if (code != LDAP_SUCCESS) {
+		st_set_error(error_r, "the master ended the sync search: %s (%d)%s%s",
+			     ldap_err2string(code), code, !st_str_empty(diag) ? ": " : "",
+			     !st_str_empty(diag) ? diag : "");
+		goto out;
+	}
+	if (r->phase != PH_REFRESH) {
+		st_set_error(error_r, "the master ended the sync search while persisting");
+		goto out;
+	}
+	/* refreshOnly: the end of the refresh. */
+	if (done.has_cookie)
+		note_cookie(r, &done.cookie);
+	if (!done.refresh_deletes)
+		r->present_phase = true;
+	r->sync_msgid = -1;
+	refresh_done(r);
+	rc = 0;
+out:
+	ldsync_done_clear(&done);
+	ldap_memfree(diag);
+	ldap_controls_free(ctrls);
+	return rc;
+}
+
+/* Sync messages, as many as the queue takes; libldap keeps the rest. */
+static void
+src_drain(struct ldrepl *r)
+{
+	struct timeval zero = { 0, 0 };
+	char *err = NULL;
+
+	while (r->src != NULL && (r->phase == PH_REFRESH || r->phase == PH_PERSIST)) {
+		if (ldq_full(&r->q)) {
+			/* Resumed by progress() once the standby has taken some. */
+			r->src_paused = true;
+			ev_io_stop(r->d->loop, &r->src_io);
+			break;
+		}
+		LDAPMessage *msg = NULL;
+		int type = ldap_result(r->src, LDAP_RES_ANY, LDAP_MSG_ONE, &zero, &msg);
+		if (type == 0)
+			break;
+		if (type < 0) {
+			int code = LDAP_SERVER_DOWN;
+			ldap_get_option(r->src, LDAP_OPT_RESULT_CODE, &code);
+			fail(r, "lost the connection to the master: %s", ldap_err2string(code));
+			return;
+		}
+		int rc = 0;
+		if (ldap_msgid(msg) != r->sync_msgid)
+			st_warn("a message from the master for no request msgid=%d", ldap_msgid(msg));
+		else if (type == LDAP_RES_SEARCH_ENTRY)
+			rc = on_entry(r, msg, &err);
+		else if (type == LDAP_RES_INTERMEDIATE)
+			rc = on_intermediate(r, msg, &err);
+		else if (type == LDAP_RES_SEARCH_RESULT)
+			rc = on_search_done(r, msg, &err);
+		ldap_msgfree(msg);
+		if (rc < 0) {
+			fail(r, "%s", err);
+			free(err);
+			return;
+		}
+	}
+	if (r->src_paused && r->src != NULL && !ldq_full(&r->q) &&
+	    (r->phase == PH_REFRESH || r->phase == PH_PERSIST)) {
+		r->src_paused = false;
+		ev_io_start(r->d->loop, &r->src_io);
+	}
+	progress(r);
+}
+
+static void
+src_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	src_drain(w->data);
+}
+
+/* ------------------------------------------------------------ end of a refresh */
+
+static void
+refresh_done(struct ldrepl *r)
+{
+	r->phase = PH_RECONCILE;
+	r->rc_step = RC_DRAIN;
+	r->deferred_before = 0;
+	r->src_paused = true;
+	ev_io_stop(r->d->loop, &r->src_io);
+	set_state(r, "reconciling");
+	st_info("refresh received entries=%" PRIu64 " present_phase=%s no_cookie=%s deleted=%zu",
+		r->refresh_entries, r->present_phase ? "yes" : "no",
+		r->started_without_cookie ? "yes" : "no", r->deleted.n);
+}
+
+/* After the standby's listing: delete what the master does not have. */
+static void
+queue_deletes(struct ldrepl *r)
+{
+	struct lda_listed *list;
+	size_t n;
+	bool all = r->started_without_cookie || r->present_phase;
+	size_t queued = 0;
+
+	lda_list_take(r->apply, &list, &n);
+	for (size_t i = 0; i < n; i++) {
+		bool go = all ? !lde_uuid_set_has(&r->seen, list[i].uuid)
+			      : lde_uuid_set_has(&r->deleted, list[i].uuid);
+		if (!go)
+			continue;
+		st_notice("deleting from the standby: not on the master dn=%s", st_q(list[i].dn));
+		ldq_push(&r->q, LDQ_DELETE, list[i].uuid, list[i].dn, NULL);
+		queued++;
+	}
+	r->reconcile_deletes += queued;
+	lda_list_free(list, n);
+}
+
+static void
+reconcile_step(struct ldrepl *r)
+{
+	char *err = NULL;
+
+	for (;;) {
+		if (!ldq_idle(&r->q) || lda_in_flight(r->apply) > 0)
+			return;
+		switch (r->rc_step) {
+		case RC_DRAIN:
+			if (lda_deferred(r->apply) > 0) {
+				size_t n = lda_deferred(r->apply);
+				if (++r->defer_rounds > DEFER_ROUNDS ||
+				    (r->deferred_before != 0 && n >= r->deferred_before)) {
+					fail(r, "%zu entries of the refresh have no parent on the standby "
+					     "(see the deferred lines in the log)", n);
+					return;
+				}
+				r->deferred_before = n;
+				lda_retry_deferred(r->apply);
+				if (lda_pump(r->apply, &err) < 0)
+					goto failed;
+				continue;
+			}
+			if (!r->started_without_cookie && !r->present_phase && r->deleted.n == 0) {
+				r->rc_step = RC_DELETE;
+				continue;
+			}
+			if (lda_list_start(r->apply, &err) < 0)
+				goto failed;
+			r->rc_step = RC_LIST;
+			return;
+		case RC_LIST:
+			if (!lda_list_done(r->apply))
+				return;
+			queue_deletes(r);
+			r->rc_step = RC_DELETE;
+			if (lda_pump(r->apply, &err) < 0)
+				goto failed;
+			continue;
+		case RC_DELETE:
+			lda_set_refresh(r->apply, false);
+			if (r->refresh_cookie.data != NULL && cookie_store(r, &r->refresh_cookie, &err) < 0)
+				goto failed;
+			st_notice("refresh done entries=%" PRIu64 " deleted=%" PRIu64 " cookie=%s",
+				  r->refresh_entries, r->reconcile_deletes,
+				  st_q(r->stored.data ? (const char *)r->stored.data : "none"));
+			lde_uuid_set_clear(&r->seen);
+			lde_uuid_set_clear(&r->deleted);
+			r->retry_ms = RETRY_MIN_MS;
+			if (r->d->conf->ldap.sync_mode == ST_LDAP_POLL) {
+				r->phase = PH_POLL_WAIT;
+				r->poll_due_ms = st_monotonic_ms() + r->d->conf->ldap.poll_interval_ms;
+				set_state(r, "waiting for the next poll");
+				return;
+			}
+			r->phase = PH_PERSIST;
+			r->persist_since_ms = st_monotonic_ms();
+			set_state(r, "persisting");
+			src_drain(r);
+			return;
+		}
+	}
+failed:
+	fail(r, "%s", err);
+	free(err);
+}
+
+/* ------------------------------------------------------------ apply side */
+
+static void
+progress(struct ldrepl *r)
+{
+	char *err = NULL;
+
+	if (r->apply == NULL)
+		return;
+	if (lda_pump(r->apply, &err) < 0) {
+		fail(r, "%s", err);
+		free(err);
+		return;
+	}
+	if (r->phase == PH_RECONCILE)
+		reconcile_step(r);
+	else if (r->src_paused && !ldq_full(&r->q) &&
+		 (r->phase == PH_REFRESH || r->phase == PH_PERSIST))
+		src_drain(r);
+}
+
+static void
+tgt_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct ldrepl *r = w->data;
+	char *err = NULL;
+
+	(void)loop;
+	(void)revents;
+	if (lda_read(r->apply, &err) < 0) {
+		fail(r, "%s", err);
+		free(err);
+		return;
+	}
+	progress(r);
+}
+
+static void
+save_cookie(struct ldrepl *r, bool force)
+{
+	struct ldsync_cookie c = { 0 };
+	char *err = NULL;
+
+	if (r->phase != PH_PERSIST || r->apply == NULL)
+		return;
+	if (!force && st_monotonic_ms() < r->next_cookie_save_ms)
+		return;
+	if (!ldq_take_applied(&r->q, &c))
+		return;
+	r->next_cookie_save_ms = st_monotonic_ms() + COOKIE_SAVE_MS;
+	if (cookie_store(r, &c, &err) < 0) {
+		ldsync_cookie_clear(&c);
+		fail(r, "%s", err);
+		free(err);
+		return;
+	}
+	ldsync_cookie_clear(&c);
+}
+
+static bool
+cstate_changed(struct ldrepl *r)
+{
+	char *path = st_cstate_path(r->d->node), *err = NULL;
+	struct st_cstate cs;
+	bool changed = false;
+
+	if (st_cstate_load(path, &cs, &err) == 0) {
+		const char *src = find_source(&cs, r->d->node->name);
+		changed = cs.epoch != r->epoch || (src == NULL) != (r->source[0] == '\0') ||
+			  (src != NULL && strcmp(src, r->source) != 0);
+	}
+	free(err);
+	free(path);
+	return changed;
+}
+
+static void
+tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct ldrepl *r = w->data;
+	long long now = st_monotonic_ms();
+
+	(void)loop;
+	(void)revents;
+	save_cookie(r, false);
+	const struct lda_stats *s = r->apply != NULL ? lda_stats(r->apply) : NULL;
+	uint64_t total = s != NULL ? s->adds + s->modifies + s->renames + s->deletes + s->unchanged : 0;
+	if (now - (long long)r->rate_ms >= 1000) {
+		r->entries_per_s = total >= r->rate_base && r->rate_ms > 0
+				   ? (double)(total - r->rate_base) * 1000.0 / (double)(now - (long long)r->rate_ms)
+				   : 0.0;
+		r->rate_base = total;
+		r->rate_ms = (uint64_t)now;
+	}
+	if (r->phase == PH_POLL_WAIT && now >= r->poll_due_ms) {
+		char *err = NULL;
+		struct ldsync_cookie c = { 0 };
+		ldsync_cookie_copy(&c, &r->stored);
+		if (send_sync_search(r, &c, &err) < 0) {
+			fail(r, "%s", err);
+			free(err);
+		} else {
+			ev_io_start(loop, &r->src_io);
+		}
+		ldsync_cookie_clear(&c);
+	}
+	if (now >= r->next_cstate_ms) {
+		r->next_cstate_ms = now + CSTATE_CHECK_MS;
+		if (ev_is_active(&r->retry))
+			return;
+		if (r->phase == PH_IDLE || cstate_changed(r)) {
+			if (r->phase != PH_IDLE) {
+				st_notice("cluster state changed: ending this session");
+				save_cookie(r, true);
+				session_end(r);
+			}
+			session_start(r);
+		}
+	}
+}
+
+static void
+retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	session_start(w->data);
+}
+
+/* ------------------------------------------------------------ daemon ops */
+
+static int
+ldrepl_start(struct st_daemon *d, char **error_r)
+{
+	struct ldrepl *r = d->priv;
+
+	if (!d->conf->service_enabled[ST_SVC_LDAP]) {
+		st_set_error(error_r, "%s has no [ldap] section: nothing to replicate", d->config_path);
+		return -1;
+	}
+	r->d = d;
+	r->retry_ms = RETRY_MIN_MS;
+	r->sync_msgid = -1;
+	ev_timer_init(&r->tick, tick_cb, TICK_MS / 1000.0, TICK_MS / 1000.0);
+	r->tick.data = r;
+	ev_timer_start(d->loop, &r->tick);
+	ev_timer_init(&r->retry, retry_cb, 1.0, 0.);
+	r->retry.data = r;
+	set_state(r, "starting");
+	session_start(r);
+	return 0;
+}
+
+static void
+ldrepl_stop(struct st_daemon *d)
+{
+	struct ldrepl *r = d->priv;
+
+	save_cookie(r, true);
+	ev_timer_stop(d->loop, &r->tick);
+	ev_timer_stop(d->loop, &r->retry);
+	session_end(r);
+}
+
+static void
+cookie_json(json_t *obj, const char *key, const struct ldsync_cookie *c)
+{
+	json_object_set_new(obj, key, c->data != NULL ? json_stringn((const char *)c->data, c->len)
+						       : json_null());
+}
+
+static void
+ldrepl_status(struct st_daemon *d, json_t *obj)
+{
+	struct ldrepl *r = d->priv;
+	const struct lda_stats *s = r->apply != NULL ? lda_stats(r->apply) : NULL;
+	char applied[128], received[128], durable[128];
+	/* Applied: every change up to it is on the standby; durable: the cookie
+	 * file says so (written at most every COOKIE_SAVE_MS). */
+	const struct ldsync_cookie *ac = r->apply != NULL && r->q.applied.data != NULL ? &r->q.applied
+										     : &r->stored;
+	bool have_a = ac->data != NULL && ldsync_cookie_csn(ac, applied, sizeof(applied)) == 0;
+	bool have_d = r->stored.data != NULL && ldsync_cookie_csn(&r->stored, durable, sizeof(durable)) == 0;
+	bool have_r = r->received.data != NULL &&
+		      ldsync_cookie_csn(&r->received, received, sizeof(received)) == 0;
+
+	json_object_set_new(obj, "state", json_string(r->state ? r->state : "starting"));
+	json_object_set_new(obj, "source", r->source[0] ? json_string(r->source) : json_null());
+	json_object_set_new(obj, "target", r->target[0] ? json_string(r->target) : json_null());
+	json_object_set_new(obj, "mode", json_string(d->conf->ldap.sync_mode == ST_LDAP_POLL
+						      ? "refreshOnly" : "refreshAndPersist"));
+	cookie_json(obj, "cookie", &r->stored);
+	json_object_set_new(obj, "applied_csn", have_a ? json_string(applied) : json_null());
+	json_object_set_new(obj, "durable_csn", have_d ? json_string(durable) : json_null());
+	json_object_set_new(obj, "received_csn", have_r ? json_string(received) : json_null());
+	double lag = 0;
+	if (have_a && have_r && strcmp(received, applied) > 0) {
+		long long ra = ldsync_csn_ms(received), aa = ldsync_csn_ms(applied);
+		lag = ra > aa && aa > 0 ? (double)(ra - aa) / 1000.0 : 0;
+	}
+	json_object_set_new(obj, "lag_seconds", r->phase == PH_PERSIST ? json_real(lag) : json_null());
+	json_object_set_new(obj, "queued", json_integer(r->apply ? (json_int_t)ldq_count(&r->q) : 0));
+	json_object_set_new(obj, "in_flight", json_integer(r->apply ? lda_in_flight(r->apply) : 0));
+	json_object_set_new(obj, "entries_per_second", json_real(r->entries_per_s));
+	json_t *c = json_object();
+	json_object_set_new(c, "adds", json_integer(s ? (json_int_t)s->adds : 0));
+	json_object_set_new(c, "modifies", json_integer(s ? (json_int_t)s->modifies : 0));
+	json_object_set_new(c, "renames", json_integer(s ? (json_int_t)s->renames : 0));
+	json_object_set_new(c, "deletes", json_integer(s ? (json_int_t)s->deletes : 0));
+	json_object_set_new(c, "unchanged", json_integer(s ? (json_int_t)s->unchanged : 0));
+	json_object_set_new(c, "adopted", json_integer(s ? (json_int_t)s->adopted : 0));
+	json_object_set_new(obj, "session", c);
+	json_object_set_new(obj, "refresh_entries", json_integer((json_int_t)r->refresh_entries));
+	json_object_set_new(obj, "reconcile_deletes", json_integer((json_int_t)r->reconcile_deletes));
+	json_object_set_new(obj, "refreshes", json_integer((json_int_t)r->refreshes));
+}
+
+static void
+ldrepl_metrics(struct st_daemon *d, struct st_buf *out)
+{
+	struct ldrepl *r = d->priv;
+	const struct lda_stats *s = r->apply != NULL ? lda_stats(r->apply) : NULL;
+	char labels[128];
+
+	snprintf(labels, sizeof(labels), "node=\"%s\",source=\"%s\"", d->node->name, r->source);
+	st_metric(out, "standin_ldap_persisting", "gauge", "1 while changes stream live.", labels,
+		  r->phase == PH_PERSIST);
+	st_metric(out, "standin_ldap_entries_applied_total", "counter",
+		  "Entries added, modified, renamed or deleted in this session.", labels,
+		  s ? (double)(s->adds + s->modifies + s->renames + s->deletes) : 0);
+	st_metric(out, "standin_ldap_queued", "gauge", "Changes received, not yet applied.", labels,
+		  r->apply ? (double)ldq_count(&r->q) : 0);
+}
+
+/*
+ * "drain CSN": is everything the master wrote up to its contextCSN CSN
+ * applied here and the cookie saying so durable?
+ */
+static void
+cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct ldrepl *r = d->priv;
+	char applied[128];
+
+	while (*args == ' ')
+		args++;
+	if (ldsync_csn_ms(args) < 0) {
+		st_buf_puts(reply, "{\"error\":\"usage: drain CSN (the master's contextCSN, e.g. "
+				   "20261123105305.397177Z#000000#001#000000)\"}\n");
+		return;
+	}
+	save_cookie(r, true);
+	bool have = r->stored.data != NULL && ldsync_cookie_csn(&r->stored, applied, sizeof(applied)) == 0;
+	bool drained = r->phase == PH_PERSIST && have && strcmp(applied, args) >= 0;
+	json_t *o = json_object();
+	json_object_set_new(o, "drained", json_boolean(drained));
+	json_object_set_new(o, "applied_csn", have ? json_string(applied) : json_null());
+	char *text = json_dumps(o, JSON_COMPACT);
+	st_buf_printf(reply, "%s\n", text);
+	free(text);
+	json_decref(o);
+}
+
+/*
+ * "reverse NODE", on the master's daemon during a switchover, once this
+ * master is fenced and NODE (its standby) has drained: NODE becomes the
+ * master and this node its standby.  Both directories are equal now, so
+ * this node will resume from NODE's contextCSN instead of comparing the
+ * whole directory: the cookie for source NODE is written here.
+ */
+static void
+cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct ldrepl *r = d->priv;
+	char *err = NULL, node[ST_NAME_MAX + 1];
+	LDAP *ld = NULL;
+	LDAPMessage *res = NULL;
+	struct berval **vals = NULL;
+	json_t *o = json_object();
+
+	while (*args == ' ')
+		args++;
+	snprintf(node, sizeof(node), "%s", args);
+	node[strcspn(node, " ")] = '\0';
+	if (st_conf_node(d->conf, node) == NULL || strcmp(node, d->node->name) == 0) {
+		err = xasprintf("usage: reverse NODE (the standby that becomes the master; "
+				"not this node)");
+		goto out;
+	}
+	if (r->phase != PH_IDLE && r->source[0] != '\0') {
+		err = xasprintf("this node replicates from %s: reverse is for the master's daemon",
+				r->source);
+		goto out;
+	}
+	ld = connect_to(r, node, &err);
+	if (ld == NULL)
+		goto out;
+	static char *attrs[] = { "contextCSN", NULL };
+	struct timeval tv = { d->conf->ldap.timeout_ms / 1000, 0 };
+	int rc = ldap_search_ext_s(ld, d->conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)",
+				   attrs, 0, NULL, NULL, &tv, 1, &res);
+	LDAPMessage *e = rc == LDAP_SUCCESS ? ldap_first_entry(ld, res) : NULL;
+	vals = e != NULL ? ldap_get_values_len(ld, e, "contextCSN") : NULL;
+	if (vals == NULL || vals[0] == NULL) {
+		err = xasprintf("no contextCSN on %s's %s: %s", node, d->conf->ldap.suffix,
+				rc == LDAP_SUCCESS ? "is syncprov configured there?"
+						   : ldap_err2string(rc));
+		goto out;
+	}
+	struct st_buf csns;
+	st_buf_init(&csns);
+	for (size_t i = 0; vals[i] != NULL; i++) {
+		if (i > 0)
+			st_buf_puts(&csns, ";");
+		st_buf_append(&csns, vals[i]->bv_val, vals[i]->bv_len);
+	}
+	st_buf_puts(&csns, "");
+	struct ldsync_cookie c = { 0 };
+	ldsync_cookie_from_csn(&c, csns.data);
+	free(r->cookie_path);
+	r->cookie_path = xasprintf("%s/ldaprepl-%s.cookie", d->node->state_dir, node);
+	if (cookie_store(r, &c, &err) == 0) {
+		st_notice("reverse: will replicate from %s starting at its contextCSN cookie=%s", node,
+			  st_q((const char *)c.data));
+		json_object_set_new(o, "cookie", json_string((const char *)c.data));
+	}
+	ldsync_cookie_clear(&c);
+	st_buf_free(&csns);
+out:
+	if (vals != NULL)
+		ldap_value_free_len(vals);
+	if (res != NULL)
+		ldap_msgfree(res);
+	if (ld != NULL)
+		ldap_unbind_ext_s(ld, NULL, NULL);
+	if (err != NULL)
+		json_object_set_new(o, "error", json_string(err));
+	else
+		json_object_set_new(o, "done", json_true());
+	char *text = json_dumps(o, JSON_COMPACT);
+	st_buf_printf(reply, "%s\n", text);
+	free(text);
+	json_decref(o);
+	free(err);
+}
+
+static const struct st_ctl_command ldrepl_commands[] = {
+	{ "drain", cmd_drain, "drain CSN: tell whether the master's contextCSN CSN is applied here" },
+	{ "reverse", cmd_reverse, "reverse NODE: on the master, start the reverse direction from NODE's contextCSN" },
+	{ NULL, NULL, NULL },
+};
+
+static const struct st_daemon_ops ldrepl_ops = {
+	.program = "standin-ldaprepl",
+	.summary = "replicate the LDAP directory from the master to this standby (RFC 4533)",
+	.start = ldrepl_start,
+	.stop = ldrepl_stop,
+	.status = ldrepl_status,
+	.metrics = ldrepl_metrics,
+	.commands = ldrepl_commands,
+};
+
+int
+main(int argc, char **argv)
+{
+	int rc = st_daemon_main(argc, argv, &ldrepl_ops, &G);
+
+	session_end(&G);
+	ldsync_cookie_clear(&G.stored);
+	ldsync_cookie_clear(&G.next_cookie);
+	free(G.cookie_path);
+	free(G.error);
+	return rc;
+}

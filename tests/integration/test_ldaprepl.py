@@ -1,0 +1,297 @@
+"""standin-ldaprepl against a real slapd 2.5 pair (master with syncprov):
+refresh, persist, renames and moves, binary and large values, deletes made
+while the replicator is down, a standby with content of its own, conflicts,
+drain, and kill -9 under load with the two directories compared entry by
+entry (DN, entryUUID and every attribute) at the end."""
+import base64
+import os
+import random
+import threading
+
+import pytest
+
+import standin_harness as sh
+from standin_bin import STANDINCTL, StandinDaemon, query, run
+
+pytestmark = pytest.mark.servers
+
+LDAPREPL = "replicators/ldap/standin-ldaprepl"
+ATTRS = ["*", "entryUUID", "createTimestamp", "creatorsName", "modifyTimestamp", "modifiersName"]
+
+
+class LdapEnv:
+    """slapd a (master, base entries) and b (standby, empty), standin.conf,
+    cluster state, and standin-ldaprepl on node b (start())."""
+
+    def __init__(self, harness, standby_base=False, extra=""):
+        self.h = harness
+        password = "pw-" + os.urandom(6).hex()
+        self.a = harness.start_slapd("a", "master", password=password)
+        self.b = harness.start_slapd("b", "standby", password=password, load_base=standby_base)
+        self.suffix = self.a.suffix
+        self.base = harness.mkdir("standin")
+        self.conf = self.write_conf(extra)
+        for node in ("a", "b"):
+            r = run(STANDINCTL, "-c", self.conf, "-n", node, "state", "init", "--master", "a")
+            assert r.returncode == 0, r.stderr
+        self.daemon = None
+
+    def write_conf(self, extra):
+        text = "[cluster]\nname = ltest\n"
+        for s in (self.a, self.b):
+            for d in ("state", "run"):
+                os.makedirs(os.path.join(self.base, s.node, d), exist_ok=True)
+            text += (f"[node {s.node}]\naddress = {s.host}\n"
+                     f"state_dir = {self.base}/{s.node}/state\nrun_dir = {self.base}/{s.node}/run\n")
+        text += "[ldap]\n"
+        for s in (self.a, self.b):
+            text += f"endpoint.{s.node} = {s.uri}\n"
+        text += (f"suffix = {self.suffix}\nbind_dn = {self.a.rootdn}\n"
+                 f"password_file = {self.a.password_file}\ntimeout = 5s\n{extra}")
+        path = os.path.join(self.base, "standin.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self):
+        if self.daemon is None:
+            self.daemon = StandinDaemon(LDAPREPL, self.conf, "b", os.path.join(self.base, "b", "run"),
+                                        os.path.join(self.base, "ldaprepl-b.log"))
+            self.h.add_cleanup(self.daemon.stop)
+        else:
+            self.daemon.start()
+        return self.daemon
+
+    def status(self):
+        return self.daemon.status()
+
+    def alive(self):
+        if self.daemon is not None and not self.daemon.running():
+            raise sh.StopWaiting(f"standin-ldaprepl exited {self.daemon.proc.returncode}:\n"
+                                 f"{self.daemon.output()[-3000:]}")
+
+    def wait_state(self, state, timeout=60):
+        def check():
+            self.alive()
+            st = self.status()
+            return st if st["state"] == state else None
+        return sh.wait_until(check, timeout, f"standin-ldaprepl state {state}")
+
+    def content(self, server):
+        """{entryUUID: (dn, {attr lowercased: sorted values})}"""
+        out = {}
+        for dn, attrs in server.search(attrs=ATTRS):
+            norm = {k.lower(): sorted(v, key=lambda x: x if isinstance(x, bytes) else x.encode())
+                    for k, v in attrs.items()}
+            out[norm["entryuuid"][0]] = (dn.lower(), norm)
+        return out
+
+    def diff(self):
+        ca, cb = self.content(self.a), self.content(self.b)
+        problems = []
+        for u, (dn, attrs) in ca.items():
+            if u not in cb:
+                problems.append(f"missing on the standby: {dn} ({u})")
+            elif cb[u] != (dn, attrs):
+                problems.append(f"differs: {dn}: master {attrs} standby {cb[u]}")
+        for u, (dn, _) in cb.items():
+            if u not in ca:
+                problems.append(f"only on the standby: {dn} ({u})")
+        return problems, len(ca)
+
+    def wait_equal(self, timeout=90):
+        def same():
+            self.alive()
+            problems, n = self.diff()
+            if problems:
+                raise AssertionError(f"{len(problems)} differences, e.g. {problems[:3]}")
+            return n
+        return sh.wait_until(same, timeout, "the standby directory to equal the master's",
+                             interval=0.3)
+
+    def context_csn(self, server):
+        r = server.search(scope="base", attrs=["contextCSN"])
+        return max(r[0][1]["contextCSN"])
+
+
+def people_ldif(suffix, first, count, extra=""):
+    out = []
+    for i in range(first, first + count):
+        out.append(f"dn: uid=u{i},ou=people,{suffix}\nobjectClass: inetOrgPerson\nuid: u{i}\n"
+                   f"cn: User {i}\nsn: S{i}\nmail: u{i}@example.com\n{extra}")
+    return "\n".join(out)
+
+
+@pytest.fixture
+def env(harness):
+    return LdapEnv(harness)
+
+
+def test_refresh_then_persist_every_kind_of_change(env):
+    a, suffix = env.a, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 300))
+    d = env.start()
+    env.wait_state("persisting")
+    assert env.wait_equal() == 302
+    st = env.status()
+    assert st["source"] == "a" and st["target"] == "b" and st["applied_csn"]
+
+    # add, modify (replace, add value, delete attribute), binary, big group, 8-bit DN
+    photo = bytes(range(256)) * 40
+    members = "".join(f"member: uid=u{i % 300},ou=people,{suffix}\n" for i in range(300)) + \
+        "".join(f"member: cn=ghost{i},{suffix}\n" for i in range(2700))
+    a.ldapadd(f"dn: ou=groups,{suffix}\nobjectClass: organizationalUnit\nou: groups\n\n"
+              f"dn: cn=all,ou=groups,{suffix}\nobjectClass: groupOfNames\ncn: all\n{members}\n"
+              f"dn: cn=J\u00f6rg M\u00fcller,ou=people,{suffix}\nobjectClass: inetOrgPerson\n"
+              f"cn: J\u00f6rg M\u00fcller\nsn: M\u00fcller\ndescription: caf\u00e9 \u2603\n")
+    import base64
+    a.ldapmodify(f"dn: uid=u1,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: Changed\n-\n"
+                 f"add: telephoneNumber\ntelephoneNumber: +1 555 0100\n-\ndelete: mail\n-\n"
+                 f"add: jpegPhoto\njpegPhoto:: {base64.b64encode(photo).decode()}\n")
+    # rename, move to another parent, delete
+    a.ldapmodify(f"dn: uid=u2,ou=people,{suffix}\nchangetype: modrdn\nnewrdn: uid=u2renamed\n"
+                 f"deleteoldrdn: 1\n\n"
+                 f"dn: uid=u3,ou=people,{suffix}\nchangetype: modrdn\nnewrdn: uid=u3\n"
+                 f"deleteoldrdn: 1\nnewsuperior: ou=groups,{suffix}\n")
+    a.ldapdelete(f"uid=u4,ou=people,{suffix}")
+    # a group member removed (one value of 3000)
+    a.ldapmodify(f"dn: cn=all,ou=groups,{suffix}\nchangetype: modify\ndelete: member\n"
+                 f"member: cn=ghost7,{suffix}\n")
+    env.wait_equal()
+    got = env.b.search(f"uid=u1,ou=people,{suffix}", scope="base", attrs=["jpegPhoto"])
+    assert got[0][1]["jpegPhoto"][0] == photo
+    assert env.b.search(f"uid=u3,ou=groups,{suffix}", scope="base")
+    st = env.status()
+    assert st["session"]["renames"] >= 2, st
+    sh.wait_until(lambda: env.status()["lag_seconds"] == 0, 10, "lag 0")
+
+    # drain: the master's contextCSN is applied and durable
+    csn = env.context_csn(a)
+    reply = sh.wait_until(lambda: (lambda r: r if '"drained":true' in r else None)(
+        query(d.sock, f"drain {csn}")), 30, "drain")
+    assert csn in reply
+    bad = query(d.sock, "drain nonsense")
+    assert "usage" in bad
+
+
+def test_changes_while_down_resume_from_cookie(env):
+    a, suffix = env.a, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 100))
+    d = env.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    cookie = os.path.join(env.base, "b", "state", "ldaprepl-a.cookie")
+    sh.wait_until(lambda: os.path.exists(cookie), 10, "the cookie file")
+    assert os.stat(cookie).st_mode & 0o777 == 0o600
+    d.stop()
+    # while it is down: deletes (leaf and a subtree), a modify, adds, a rename
+    a.ldapadd(f"dn: ou=tmp,{suffix}\nobjectClass: organizationalUnit\nou: tmp\n\n"
+              f"dn: cn=x,ou=tmp,{suffix}\nobjectClass: person\ncn: x\nsn: x\n")
+    d.start()
+    env.wait_equal()
+    d.stop()
+    a.ldapdelete(*[f"uid=u{i},ou=people,{suffix}" for i in range(10)])
+    a.ldapdelete(f"ou=tmp,{suffix}", recursive=True)
+    a.ldapmodify(f"dn: uid=u50,ou=people,{suffix}\nchangetype: modify\nreplace: cn\ncn: Fifty\n")
+    a.ldapmodify(f"dn: uid=u60,ou=people,{suffix}\nchangetype: modrdn\nnewrdn: uid=u60b\ndeleteoldrdn: 1\n")
+    a.ldapadd(people_ldif(suffix, 1000, 20))
+    d.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    st = env.status()
+    assert st["refreshes"] == 1
+    # The master restarted (its sessionlog is gone): a present phase reconciles.
+    d.stop()
+    a.stop()
+    a.start()
+    a.ldapdelete(*[f"uid=u{i},ou=people,{suffix}" for i in range(20, 25)])
+    d.start()
+    env.wait_equal()
+
+
+def test_standby_with_content_of_its_own(harness):
+    env = LdapEnv(harness, standby_base=True)
+    a, b, suffix = env.a, env.b, env.suffix
+    # The standby was set up on its own: the same base DNs with other
+    # entryUUIDs, and an entry the master does not have (with a child).
+    b.ldapadd(f"dn: ou=stale,{suffix}\nobjectClass: organizationalUnit\nou: stale\n\n"
+              f"dn: cn=old,ou=stale,{suffix}\nobjectClass: person\ncn: old\nsn: old\n")
+    a.ldapadd(people_ldif(suffix, 0, 50))
+    env.start()
+    env.wait_state("persisting")
+    assert env.wait_equal() == 52
+    st = env.status()
+    assert st["session"]["adopted"] == 2, st
+    assert st["reconcile_deletes"] == 2, st
+    assert "deleting from the standby: not on the master dn=\"cn=old,ou=stale" in env.daemon.output()
+
+
+def test_conflict_stops_and_names_the_entry(env):
+    a, b, suffix = env.a, env.b, env.suffix
+    env.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    # Someone writes to the standby: the master's add of the same DN conflicts.
+    b.ldapadd(f"dn: uid=clash,ou=people,{suffix}\nobjectClass: account\nuid: clash\n")
+    a.ldapadd(f"dn: uid=clash,ou=people,{suffix}\nobjectClass: inetOrgPerson\nuid: clash\ncn: c\nsn: c\n")
+    st = env.wait_state("error")
+    err = st["last_error"]
+    assert "uid=clash,ou=people" in err and "Already exists" in err, err
+    # Nothing after it is skipped: a later change waits too.
+    a.ldapadd(people_ldif(suffix, 0, 3))
+    # The administrator removes the standby's own entry; the retry goes on.
+    b.ldapdelete(f"uid=clash,ou=people,{suffix}")
+    env.wait_state("persisting", timeout=90)
+    env.wait_equal()
+
+
+def test_kill9_during_refresh_and_load(env):
+    a, suffix = env.a, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 3000))
+    d = env.start()
+    stop = threading.Event()
+    errors = []
+
+    def load():
+        i = 10000
+        try:
+            while not stop.is_set() and i < 16000:
+                a.ldapadd(people_ldif(suffix, i, 200))
+                n = random.randrange(3000)
+                a.ldapmodify(f"dn: uid=u{n},ou=people,{suffix}\nchangetype: modify\n"
+                             f"replace: sn\nsn: v{i}\n")
+                a.ldapdelete(f"uid=u{i + 7},ou=people,{suffix}")
+                i += 200
+        except Exception as e:   # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        for k in range(6):
+            sh.wait_until(lambda: d.running(), 10, "daemon running")
+            # kill at a different point each time: during refresh, reconcile, persist
+            deadline = 0.3 + random.random() * 1.5
+            try:
+                sh.wait_until(lambda: False, deadline, "a moment", interval=0.05)
+            except sh.HarnessError:
+                pass
+            d.kill9()
+            d.start()
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    env.wait_state("persisting", timeout=120)
+    n = env.wait_equal(timeout=180)
+    assert n > 3000
+
+
+def test_bad_config_and_no_section(harness, tmp_path):
+    conf = tmp_path / "standin.conf"
+    conf.write_text("[cluster]\nname = x\n"
+                    + "".join(f"[node {n}]\naddress = 127.0.0.{i + 1}\nstate_dir = {tmp_path}/{n}/s\n"
+                              f"run_dir = {tmp_path}/{n}/r\n" for i, n in enumerate("ab")))
+    r = run(LDAPREPL, "-c", str(conf), "-n", "a", timeout=20)
+    assert r.returncode != 0
+    assert "no [ldap] section" in r.stderr + r.stdout

@@ -41,6 +41,7 @@
 #define PUMP_ROUNDS 8
 
 enum conn_state {
+	CONN_NEW,		/* just accepted */
 	CONN_HELD,		/* paused: accepted, nothing read, nothing sent */
 	CONN_CONNECTING,
 	CONN_FORWARDING,
@@ -424,6 +425,8 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)revents;
 	switch (c->state) {
+	case CONN_NEW:
+		return;
 	case CONN_HELD:
 		c->svc->timeouts++;
 		st_warn("client held too long while paused, closing service=%s client=%s "
@@ -592,6 +595,8 @@ conn_cb(struct ev_loop *loop, ev_io *w, int revents)
 	else
 		c = (struct px_conn *)((char *)w - offsetof(struct px_conn, bio));
 	switch (c->state) {
+	case CONN_NEW:
+		return;
 	case CONN_HELD:
 		held_readable(c);
 		return;
@@ -830,10 +835,13 @@ px_listen(struct px_service *svc, char **error_r)
 
 	if (spec == NULL)
 		return 0;
+	/* Allocated once: libev keeps pointers to the watchers inside. */
+	size_t n = 1;
+	for (const char *p = spec; *p != '\0'; p++)
+		n += *p == ',' || *p == ' ';
+	svc->listeners = xcalloc(n, sizeof(*svc->listeners));
 	copy = xstrdup(spec);
 	for (char *tok = strtok_r(copy, ", ", &save); tok != NULL; tok = strtok_r(NULL, ", ", &save)) {
-		svc->listeners = xrealloc(svc->listeners,
-					  (svc->n_listeners + 1) * sizeof(*svc->listeners));
 		if (listen_one(svc, tok, &svc->listeners[svc->n_listeners], error_r) < 0) {
 			free(copy);
 			return -1;

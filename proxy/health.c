@@ -7,7 +7,7 @@
  *   imap  connect, read the greeting: "* OK" or "* PREAUTH"
  *   ldap, and TLS endpoints: the connection is accepted
  *
- * A check must end within min(connect_timeout, health_interval).  A change
+ * A check must end within connect_timeout and 3/4 of health_interval.  A change
  * of state is logged; a dead master is an error in the log and in status,
  * but the proxy does not fail over on its own (standinctl failover does).
  */
@@ -204,8 +204,9 @@ check_start(struct px_health *h)
 	}
 	freeaddrinfo(res);
 	long limit = px->conf->proxy.connect_timeout_ms;
-	if (px->conf->proxy.health_interval_ms < limit)
-		limit = px->conf->proxy.health_interval_ms;
+	/* Ends before the next round starts. */
+	if (px->conf->proxy.health_interval_ms * 3 / 4 < limit)
+		limit = px->conf->proxy.health_interval_ms * 3 / 4;
 	ev_io_set(&h->io, h->fd, EV_WRITE);
 	ev_io_start(px->loop, &h->io);
 	ev_timer_set(&h->timer, limit / 1000.0, 0.);

@@ -112,7 +112,9 @@ struct st_conf_proxy {
 	long pause_timeout_ms;
 	long drain_time_ms;
 	long idle_timeout_ms;
+	long first_byte_timeout_ms;
 	long health_interval_ms;
+	bool splice;
 	long max_clients;
 	bool proxy_protocol[ST_SVC_COUNT];
 };

@@ -4,12 +4,15 @@
  *   standinctl [-c FILE] [-n NODE] status [--json]
  *   standinctl [-c FILE] config check|show
  *   standinctl [-c FILE] [-n NODE] state show | state init --master NODE [--force]
+ *   standinctl [-c FILE] [-n NODE] proxy status | pause SVC | resume SVC | switch SVC NODE
+ *                                        | drop SVC
  *
  * Later issues add switchover, failover and dump here (failover/, dumpers/).
  */
 #include "config.h"
 
 #include "lib/conf.h"
+#include "lib/ctl.h"
 #include "lib/cstate.h"
 #include "lib/durable.h"
 #include "lib/log.h"
@@ -41,6 +44,10 @@ usage(FILE *out)
 		"  state show [--json]             this node's cluster state (epoch, master, directions)\n"
 		"  state init --master NODE [--force]\n"
 		"                                  create this node's first cluster state (epoch 1)\n"
+		"  proxy status                    this node's standin-proxy, as JSON\n"
+		"  proxy pause|resume SERVICE|all  hold new clients / forward them again\n"
+		"  proxy switch SERVICE NODE       send clients of SERVICE to NODE\n"
+		"  proxy drop SERVICE|all          close the service's client sessions\n"
 		"  version                         print the version\n"
 		"\n"
 		"Options:\n"
@@ -264,6 +271,49 @@ cmd_status(const struct ctl_opts *o, int argc, char **argv)
 	return ret;
 }
 
+/* Pass one command to this node's standin-proxy; print its JSON answer. */
+static int
+cmd_proxy(const struct ctl_opts *o, int argc, char **argv)
+{
+	struct st_buf line;
+	char *path, *reply = NULL, *error = NULL;
+	int ret = 1;
+
+	if (argc < 2) {
+		fprintf(stderr, "standinctl: usage: proxy status | pause SERVICE|all | resume "
+			"SERVICE|all | switch SERVICE NODE | drop SERVICE|all\n");
+		return 2;
+	}
+	struct st_conf *conf = load_conf(o);
+	const struct st_node *node = local_node(conf, o);
+	st_buf_init(&line);
+	for (int i = 1; i < argc; i++) {
+		if (strpbrk(argv[i], " \t\r\n") != NULL || argv[i][0] == '\0') {
+			fprintf(stderr, "standinctl: proxy: bad argument %s\n", st_q(argv[i]));
+			ret = 2;
+			goto out;
+		}
+		st_buf_printf(&line, "%s%s", i > 1 ? " " : "", argv[i]);
+	}
+	path = xasprintf("%s/standin-proxy.sock", node->run_dir);
+	if (st_ctl_query(path, line.data, 10000, &reply, &error) < 0) {
+		fprintf(stderr, "standinctl: standin-proxy on node %s (%s): %s\n", node->name, path,
+			error);
+		free(path);
+		goto out;
+	}
+	free(path);
+	fputs(reply, stdout);
+	/* The proxy answers {"ok":false,"error":...} to a command it refused. */
+	ret = strstr(reply, "\"ok\":false") != NULL || strstr(reply, "\"error\"") == reply + 1 ? 1 : 0;
+out:
+	free(reply);
+	free(error);
+	st_buf_free(&line);
+	st_conf_free(&conf);
+	return ret;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -308,6 +358,8 @@ main(int argc, char **argv)
 		return cmd_config(&o, argc, argv);
 	if (strcmp(argv[0], "state") == 0)
 		return cmd_state(&o, argc, argv);
+	if (strcmp(argv[0], "proxy") == 0)
+		return cmd_proxy(&o, argc, argv);
 	if (strcmp(argv[0], "version") == 0) {
 		printf("standinctl %s\n", PACKAGE_VERSION);
 		return 0;

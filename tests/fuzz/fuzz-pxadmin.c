@@ -1,0 +1,48 @@
+/*
+ * fuzz-pxadmin: libFuzzer target for standin-proxy's admin command parser
+ * (bytes from the admin socket) and its endpoint parser.  A parse either
+ * succeeds with a sane command or fails with a message; never a crash.
+ */
+#include "config.h"
+
+#include "proxy/pxparse.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char *line = xstrndup((const char *)data, size), *error = NULL, *host = NULL;
+	struct px_cmd cmd;
+	int port;
+	bool tls;
+
+	if (px_cmd_parse(line, &cmd, &error) == 0) {
+		if (cmd.verb > PX_CMD_DROP || cmd.service < PX_ALL_SERVICES ||
+		    cmd.service >= ST_SVC_COUNT || strlen(cmd.node) > ST_NAME_MAX)
+			abort();
+		if (cmd.verb == PX_CMD_SWITCH && cmd.node[0] == '\0')
+			abort();
+	} else if (error == NULL) {
+		abort();
+	}
+	free(error);
+	error = NULL;
+	for (int s = 0; s < ST_SVC_COUNT; s++) {
+		if (px_endpoint_parse((enum st_service)s, line, &host, &port, &tls, &error) == 0) {
+			if (host == NULL || port < 1 || port > 65535)
+				abort();
+		} else if (error == NULL) {
+			abort();
+		}
+		free(host);
+		free(error);
+		host = error = NULL;
+	}
+	free(line);
+	return 0;
+}

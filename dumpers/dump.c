@@ -529,7 +529,10 @@ pg_connstr(const struct st_conf *conf, int idx, const char *dbname)
 	conn_append(&b, "connect_timeout", timeout);
 	conn_append(&b, "application_name", "standin-dump");
 	free(host);
-	return st_buf_steal(&b);
+	char *res = st_buf_steal(&b);
+
+	st_buf_free(&b);
+	return res;
 }
 
 static PGconn *
@@ -624,7 +627,10 @@ db_file_part(const char *db)
 		else
 			st_buf_printf(&b, "%%%02X", *p);
 	}
-	return st_buf_steal(&b);
+	char *res = st_buf_steal(&b);
+
+	st_buf_free(&b);
+	return res;
 }
 
 /* Run CMDS with stdout into a new file PATH. */
@@ -774,6 +780,7 @@ pg_position(const struct dump_ctx *c, char **pos_r, char **error_r)
 	}
 	PQclear(r);
 	*pos_r = st_buf_steal(&b);
+	st_buf_free(&b);
 	return 0;
 }
 

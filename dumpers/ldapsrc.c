@@ -293,6 +293,7 @@ dump_ldap_export(const struct st_conf *conf, int node_idx, FILE *out, unsigned l
 		ents[n].depth = depth;
 		ents[n].seq = n;
 		ents[n].text = st_buf_steal(&b);
+		st_buf_free(&b);
 		n++;
 	}
 	qsort(ents, n, sizeof(*ents), by_depth);

@@ -95,7 +95,10 @@ child_stderr(int fd)
 			st_buf_puts(&b, "; ");
 		st_buf_puts(&b, line);
 	}
-	return st_buf_steal(&b);
+	char *res = st_buf_steal(&b);
+
+	st_buf_free(&b);
+	return res;
 }
 
 static void

@@ -82,6 +82,12 @@ dump_ldap_context_csn(const struct st_conf *conf, int node_idx, struct dump_csns
 		return -1;
 	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0,
 			       NULL, NULL, NULL, 1, &res);
+	if (rc == LDAP_NO_SUCH_OBJECT) {
+		/* No suffix entry yet: nothing replicated, no position. */
+		ldap_msgfree(res);
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return 0;
+	}
 	if (rc != LDAP_SUCCESS) {
 		st_set_error(error_r, "LDAP %s (node %s): read contextCSN of %s: %s",
 			     conf->ldap.endpoint[node_idx], conf->nodes[node_idx].name,

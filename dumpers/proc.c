@@ -288,14 +288,16 @@ dump_proc_run(const struct dump_cmd *cmds, size_t n, int out_fd, dump_consume_fn
 			     timeout_ms / 1000);
 		goto out;
 	}
-	/* Report the first command that failed by itself (not by SIGPIPE
-	 * because a later one died). */
-	for (int pass = 0; pass < 2; pass++) {
+	/* Report the first command that failed by itself.  A command killed
+	 * by SIGPIPE stopped because a later one stopped reading: that one
+	 * failed (and is reported), or it had read all it needed (pg_restore
+	 * --list reads only the table of contents). */
+	for (int pass = 0; pass < 1; pass++) {
 		for (size_t i = 0; i < n; i++) {
 			int st = ch[i].status;
 			if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
 				continue;
-			if (pass == 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE)
+			if (i + 1 < n && WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE)
 				continue;
 			char *how = describe_status(st), *err = child_stderr(ch[i].errfd);
 			st_set_error(error_r, "%s failed (%s)%s%s", cmds[i].what, how,

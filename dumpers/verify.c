@@ -339,6 +339,14 @@ dump_verify(const struct st_conf *conf, const char *path, const struct dump_veri
 				if (rc == 0)
 					st_buf_printf(report, "%s: pg_restore --list read the archive "
 						      "(%lu lines)\n", fn, cc.lines);
+				if (rc == 0 && zst) {
+					/* --list reads only the table of contents: check
+					 * the whole compressed stream too. */
+					char *targv[] = { zstd, "-q", "-t", full, NULL };
+					struct dump_cmd cmd = { targv, "zstd -t" };
+					rc = dump_proc_run(&cmd, 1, -1, NULL, NULL, verify_envp, 3600L * 1000,
+							   error_r);
+				}
 			} else if (zst) {
 				char *zargv[] = { zstd, "-q", "-t", full, NULL };
 				struct dump_cmd cmd = { zargv, "zstd -t" };

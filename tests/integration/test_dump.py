@@ -9,12 +9,51 @@ import subprocess
 import pytest
 
 import standin_harness as sh
-from standin_bin import STANDINCTL, run
-from test_pgrepl import PgEnv
+from standin_bin import PGREPL, STANDINCTL, StandinDaemon, run, write_pg_conf
 
 pytestmark = pytest.mark.servers
 
 PG_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+
+
+class PgEnv:
+    """A master (a) and standby (b) PostgreSQL with database groupware,
+    standin.conf and the cluster state; standin-pgrepl on b by start()."""
+
+    def __init__(self, harness):
+        self.h = harness
+        password = "pw-" + os.urandom(6).hex()
+        self.a = harness.start_pg("a", fsync=False, password=password)
+        self.b = harness.start_pg("b", fsync=False, password=password)
+        for s in (self.a, self.b):
+            s.create_database("groupware")
+        self.base = harness.mkdir("standin")
+        self.conf = write_pg_conf(self.base, sh.Pair(self.a, self.b))
+        for node in ("a", "b"):
+            r = run(STANDINCTL, "-c", self.conf, "-n", node, "state", "init", "--master", "a")
+            assert r.returncode == 0, r.stderr
+        self.daemon = None
+
+    def start(self):
+        self.daemon = StandinDaemon(PGREPL, self.conf, "b", os.path.join(self.base, "b", "run"),
+                                    os.path.join(self.base, "pgrepl-b.log"))
+        self.h.add_cleanup(self.daemon.stop)
+
+    def wait_state(self, state, timeout=60):
+        def check():
+            if not self.daemon.running():
+                raise sh.StopWaiting(f"standin-pgrepl exited:\n{self.daemon.output()[-3000:]}")
+            return self.daemon.status()["state"] == state
+        sh.wait_until(check, timeout, f"standin-pgrepl state {state}")
+
+    def digest(self, server, table):
+        return server.psql(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY "
+                           f"t::text), '')) FROM {table} t", db="groupware")
+
+    def wait_equal(self, *tables, timeout=60):
+        def same():
+            return all(self.digest(self.a, t) == self.digest(self.b, t) for t in tables)
+        sh.wait_until(same, timeout, f"standby to equal the master on {tables}")
 
 
 def ctl(conf, node, *args, timeout=300):

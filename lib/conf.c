@@ -208,6 +208,12 @@ static const struct option options[] = {
 	  "Time after which a dump command is killed and the dump fails." },
 	{ "dump", "max_age", OT_DURATION, 0, C(dump.max_age_ms), "26h", NULL, 60000, 365 * DAY_MS,
 	  "Age past which the last good dump shows as a warning in status." },
+	{ "dump", "pg_databases", OT_STRING, 0, C(dump.pg_databases), NULL, NULL, 0, 0,
+	  "Databases dumped, separated by spaces or commas; default: every database that accepts connections." },
+	{ "dump", "pg_bindir", OT_PATH, 0, C(dump.pg_bindir), "/usr/lib/postgresql/15/bin", NULL, 0, 0,
+	  "Directory of pg_dump, pg_dumpall and pg_restore (of the servers' major version or newer)." },
+	{ "dump", "slapcat_config", OT_PATH, F_PER_NODE, C(dump.slapcat_config), NULL, NULL, 0, 0,
+	  "slapd.conf file or cn=config directory of the local slapd on each node, as slapcat_config.NODE, for slapcat; a node without one is exported over LDAP." },
 };
 
 #undef C

@@ -131,6 +131,9 @@ struct st_conf_dump {
 	long jobs;
 	long timeout_ms;
 	long max_age_ms;
+	char *pg_databases;		/* NULL: every database */
+	char *pg_bindir;
+	char *slapcat_config[ST_MAX_NODES];
 };
 
 struct st_conf {

@@ -6,11 +6,14 @@
  *   standinctl [-c FILE] [-n NODE] state show | state init --master NODE [--force]
  *   standinctl [-c FILE] [-n NODE] proxy status | pause SVC | resume SVC | switch SVC NODE
  *                                        | drop SVC
+ *   standinctl [-c FILE] [-n NODE] dump pg|ldap|all [--from master|standby] [-v]
+ *   standinctl [-c FILE] dump-verify [--restore [--node NODE]] DUMP
  *
- * Later issues add switchover, failover and dump here (failover/, dumpers/).
+ * Later issues add switchover and failover here (failover/).
  */
 #include "config.h"
 
+#include "dumpers/dump.h"
 #include "lib/conf.h"
 #include "lib/ctl.h"
 #include "lib/cstate.h"
@@ -48,6 +51,11 @@ usage(FILE *out)
 		"  proxy pause|resume SERVICE|all  hold new clients / forward them again\n"
 		"  proxy switch SERVICE NODE       send clients of SERVICE to NODE\n"
 		"  proxy drop SERVICE|all          close the service's client sessions\n"
+		"  dump pg|ldap|all [--from master|standby] [-v]\n"
+		"                                  dump, verify the files and prune old dumps (cron)\n"
+		"  dump-verify [--restore [--node NODE]] DUMP\n"
+		"                                  check a dump: manifest, then pg_restore --list\n"
+		"                                  (or a scratch restore) or an LDIF parse\n"
 		"  version                         print the version\n"
 		"\n"
 		"Options:\n"
@@ -314,6 +322,142 @@ out:
 	return ret;
 }
 
+static int
+cmd_dump(const struct ctl_opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "from", required_argument, NULL, 'f' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct dump_opts d = { .from = -1 };
+	enum st_service svcs[2];
+	size_t n_svcs = 0;
+	int opt, lock, ret = 0;
+	char *error = NULL;
+
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "v", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'f':
+			if (strcmp(optarg, "master") == 0) {
+				d.from = ST_DUMP_FROM_MASTER;
+			} else if (strcmp(optarg, "standby") == 0) {
+				d.from = ST_DUMP_FROM_STANDBY;
+			} else {
+				fprintf(stderr, "standinctl: --from master or --from standby, not %s\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'v':
+			d.verbose = true;
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "standinctl: usage: dump pg|ldap|all [--from master|standby] [-v]\n");
+		return 2;
+	}
+	struct st_conf *conf = load_conf(o);
+	const char *what = argv[optind];
+	if (strcmp(what, "all") == 0) {
+		if (conf->service_enabled[ST_SVC_PG])
+			svcs[n_svcs++] = ST_SVC_PG;
+		if (conf->service_enabled[ST_SVC_LDAP])
+			svcs[n_svcs++] = ST_SVC_LDAP;
+	} else if (strcmp(what, "pg") == 0 || strcmp(what, "ldap") == 0) {
+		(void)st_service_parse(what, &svcs[0]);
+		n_svcs = 1;
+	} else {
+		fprintf(stderr, "standinctl: dump pg, ldap or all, not %s\n", what);
+		st_conf_free(&conf);
+		return 2;
+	}
+	if (!conf->dump_present) {
+		fprintf(stderr, "standinctl: %s has no [dump] section (see standin.conf(5))\n",
+			conf->path);
+		st_conf_free(&conf);
+		return 2;
+	}
+	const struct st_node *node = local_node(conf, o);
+	lock = dump_lock(conf, &error);
+	if (lock < 0) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		free(error);
+		st_conf_free(&conf);
+		return 1;
+	}
+	for (size_t i = 0; i < n_svcs; i++) {
+		if (dump_service(conf, node, svcs[i], &d, &error) < 0) {
+			fprintf(stderr, "standinctl: %s\n", error);
+			free(error);
+			error = NULL;
+			ret = 1;
+		}
+	}
+	close(lock);
+	st_conf_free(&conf);
+	return ret;
+}
+
+static int
+cmd_dump_verify(const struct ctl_opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "restore", no_argument, NULL, 'r' },
+		{ "node", required_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct dump_verify_opts v = { 0 };
+	struct st_conf *conf = NULL;
+	struct st_buf report;
+	char *error = NULL;
+	int opt, ret;
+
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'r':
+			v.restore = true;
+			break;
+		case 'n':
+			v.node = optarg;
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "standinctl: usage: dump-verify [--restore [--node NODE]] DUMP\n");
+		return 2;
+	}
+	/* The configuration is needed for pg_bindir and --restore only: a dump
+	 * copied to another machine can be checked without one. */
+	if (v.restore || access(o->config_path, R_OK) == 0)
+		conf = load_conf(o);
+	if (conf != NULL && !conf->dump_present) {
+		fprintf(stderr, "standinctl: %s has no [dump] section (see standin.conf(5))\n",
+			conf->path);
+		st_conf_free(&conf);
+		return 2;
+	}
+	st_buf_init(&report);
+	ret = dump_verify(conf, argv[optind], &v, &report, &error);
+	fputs(report.data, stdout);
+	if (ret < 0) {
+		fprintf(stderr, "standinctl: dump-verify: %s\n", error);
+		free(error);
+	} else {
+		printf("%s: good\n", argv[optind]);
+	}
+	st_buf_free(&report);
+	st_conf_free(&conf);
+	return ret < 0 ? 1 : 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -360,6 +504,10 @@ main(int argc, char **argv)
 		return cmd_state(&o, argc, argv);
 	if (strcmp(argv[0], "proxy") == 0)
 		return cmd_proxy(&o, argc, argv);
+	if (strcmp(argv[0], "dump") == 0)
+		return cmd_dump(&o, argc, argv);
+	if (strcmp(argv[0], "dump-verify") == 0)
+		return cmd_dump_verify(&o, argc, argv);
 	if (strcmp(argv[0], "version") == 0) {
 		printf("standinctl %s\n", PACKAGE_VERSION);
 		return 0;

@@ -10,6 +10,7 @@
 
 #include "tools/status.h"
 
+#include "dumpers/dump.h"
 #include "lib/ctl.h"
 #include "lib/log.h"
 
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define STATUS_TIMEOUT_MS 2000
@@ -160,6 +162,69 @@ print_table(struct row *rows, size_t n, FILE *out)
 }
 
 static void
+format_age(long long secs, char *out, size_t len)
+{
+	if (secs < 0)
+		secs = 0;
+	if (secs >= 86400)
+		snprintf(out, len, "%lldd%02lldh", secs / 86400, secs % 86400 / 3600);
+	else if (secs >= 3600)
+		snprintf(out, len, "%lldh%02lldm", secs / 3600, secs % 3600 / 60);
+	else
+		snprintf(out, len, "%lldm%02llds", secs / 60, secs % 60);
+}
+
+/* The newest dump of each dumped service: a line each (or JSON), and a
+ * warning when it is older than [dump] max_age or missing. */
+static void
+dumps_status(const struct st_conf *conf, json_t *json, FILE *out)
+{
+	static const enum st_service svcs[] = { ST_SVC_PG, ST_SVC_LDAP };
+
+	if (!conf->dump_present)
+		return;
+	for (size_t i = 0; i < ST_ARRAY_SIZE(svcs); i++) {
+		enum st_service svc = svcs[i];
+		struct dump_info info;
+		char *err = NULL, age[32];
+		int rc;
+
+		if (!conf->service_enabled[svc])
+			continue;
+		rc = dump_newest(conf, svc, &info, &err);
+		long long secs = rc == 0 ? (long long)(time(NULL) - info.created) : -1;
+		bool old = rc != 0 || secs * 1000 > conf->dump.max_age_ms;
+		if (json != NULL) {
+			json_t *o = json_object();
+			json_object_set_new(o, "service", json_string(st_service_name(svc)));
+			json_object_set_new(o, "dump", rc == 0 ? json_string(info.name) : json_null());
+			json_object_set_new(o, "node", rc == 0 ? json_string(info.node) : json_null());
+			json_object_set_new(o, "age_seconds", rc == 0 ? json_integer(secs) : json_null());
+			json_object_set_new(o, "size_bytes", rc == 0 ? json_integer((json_int_t)info.size)
+							      : json_null());
+			json_object_set_new(o, "warning", json_boolean(old));
+			if (rc < 0)
+				json_object_set_new(o, "error", json_string(err));
+			json_array_append_new(json, o);
+		} else if (rc < 0) {
+			fprintf(out, "warning: dump %s: %s\n", st_service_name(svc), err);
+		} else if (rc == 1) {
+			fprintf(out, "warning: dump %s: no good dump in %s/%s\n", st_service_name(svc),
+				conf->dump.dir, st_service_name(svc));
+		} else {
+			format_age(secs, age, sizeof(age));
+			fprintf(out, "%sdump %s: %s, %s old, %.1f MB, from node %s%s\n",
+				old ? "warning: " : "", st_service_name(svc), info.name, age,
+				(double)info.size / 1e6, info.node,
+				old ? " (older than [dump] max_age)" : "");
+		}
+		if (rc == 0)
+			dump_info_free(&info);
+		free(err);
+	}
+}
+
+static void
 print_json(const struct st_conf *conf, struct row *rows, size_t n, struct st_cstate *states,
 	   int *state_rc, FILE *out)
 {
@@ -194,6 +259,9 @@ print_json(const struct st_conf *conf, struct row *rows, size_t n, struct st_cst
 		json_array_append_new(arr, o);
 	}
 	json_object_set_new(root, "daemons", arr);
+	json_t *dumps = json_array();
+	dumps_status(conf, dumps, NULL);
+	json_object_set_new(root, "dumps", dumps);
 	s = json_dumps(root, JSON_INDENT(2));
 	fprintf(out, "%s\n", s);
 	free(s);
@@ -264,6 +332,7 @@ st_status_print(const struct st_conf *conf, bool json, FILE *out)
 					(unsigned long long)states[i].epoch,
 					(unsigned long long)max_epoch);
 		}
+		dumps_status(conf, NULL, out);
 	}
 
 	for (size_t i = 0; i < n; i++) {

@@ -1,0 +1,321 @@
+/*
+ * ldapsrc.c: contextCSN and LDIF export over LDAP (libldap, synchronous:
+ * standinctl is a command, not an event loop).
+ */
+#include "config.h"
+
+#include "dumpers/ldapsrc.h"
+
+#include <ctype.h>
+#include <ldap.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static LDAP *
+ldap_open_node(const struct st_conf *conf, int node_idx, char **error_r)
+{
+	const char *uri = conf->ldap.endpoint[node_idx];
+	const char *node = conf->nodes[node_idx].name;
+	LDAP *ld = NULL;
+	char *pw = NULL, *err = NULL;
+	int rc, version = LDAP_VERSION3;
+	struct timeval tv = { .tv_sec = conf->ldap.timeout_ms / 1000,
+			      .tv_usec = (conf->ldap.timeout_ms % 1000) * 1000 };
+	struct berval cred;
+
+	rc = ldap_initialize(&ld, uri);
+	if (rc != LDAP_SUCCESS) {
+		st_set_error(error_r, "LDAP %s (node %s): %s", uri, node, ldap_err2string(rc));
+		return NULL;
+	}
+	ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &version);
+	ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv);
+	ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);
+	ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF);
+	if (conf->ldap.ca_file != NULL)
+		ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTFILE, conf->ldap.ca_file);
+	if (conf->ldap.starttls != ST_TLS_NO && strncmp(uri, "ldap://", 7) == 0) {
+		int zero = 0;
+		ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &zero);
+		rc = ldap_start_tls_s(ld, NULL, NULL);
+		if (rc != LDAP_SUCCESS && conf->ldap.starttls == ST_TLS_DEMAND) {
+			st_set_error(error_r, "LDAP %s (node %s): StartTLS: %s", uri, node,
+				     ldap_err2string(rc));
+			goto fail;
+		}
+	}
+	if (st_secret_read(conf->ldap.password_file, &pw, &err) < 0) {
+		st_set_error(error_r, "[ldap] password_file: %s", err);
+		free(err);
+		goto fail;
+	}
+	cred.bv_val = pw;
+	cred.bv_len = strlen(pw);
+	rc = ldap_sasl_bind_s(ld, conf->ldap.bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
+	st_secret_free(&pw);
+	if (rc != LDAP_SUCCESS) {
+		st_set_error(error_r, "LDAP %s (node %s): bind as %s: %s", uri, node, conf->ldap.bind_dn,
+			     ldap_err2string(rc));
+		goto fail;
+	}
+	return ld;
+fail:
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return NULL;
+}
+
+int
+dump_ldap_context_csn(const struct st_conf *conf, int node_idx, struct dump_csns *r,
+		      char **error_r)
+{
+	char *attrs[] = { "contextCSN", NULL };
+	LDAPMessage *res = NULL, *e;
+	struct berval **vals;
+	LDAP *ld;
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	ld = ldap_open_node(conf, node_idx, error_r);
+	if (ld == NULL)
+		return -1;
+	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0,
+			       NULL, NULL, NULL, 1, &res);
+	if (rc == LDAP_NO_SUCH_OBJECT) {
+		/* No suffix entry yet: nothing replicated, no position. */
+		ldap_msgfree(res);
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return 0;
+	}
+	if (rc != LDAP_SUCCESS) {
+		st_set_error(error_r, "LDAP %s (node %s): read contextCSN of %s: %s",
+			     conf->ldap.endpoint[node_idx], conf->nodes[node_idx].name,
+			     conf->ldap.suffix, ldap_err2string(rc));
+		ldap_msgfree(res);
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return -1;
+	}
+	e = ldap_first_entry(ld, res);
+	if (e != NULL && (vals = ldap_get_values_len(ld, e, "contextCSN")) != NULL) {
+		for (size_t i = 0; vals[i] != NULL && r->n < DUMP_MAX_CSNS; i++) {
+			if (vals[i]->bv_len < sizeof(r->csn[0]))
+				snprintf(r->csn[r->n++], sizeof(r->csn[0]), "%.*s", (int)vals[i]->bv_len,
+					 vals[i]->bv_val);
+		}
+		ldap_value_free_len(vals);
+	}
+	ldap_msgfree(res);
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return 0;
+}
+
+int
+dump_csn_time(const char *csn, long long *ms_r)
+{
+	struct tm tm;
+	int v[6], us = 0;
+
+	/* YYYYmmddHHMMSS.uuuuuuZ#... */
+	if (strlen(csn) < 22 || csn[14] != '.' || csn[21] != 'Z')
+		return -1;
+	for (int i = 0; i < 21; i++) {
+		if (i != 14 && !isdigit((unsigned char)csn[i]))
+			return -1;
+	}
+	sscanf(csn, "%4d%2d%2d%2d%2d%2d.%6d", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &us);
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = v[0] - 1900;
+	tm.tm_mon = v[1] - 1;
+	tm.tm_mday = v[2];
+	tm.tm_hour = v[3];
+	tm.tm_min = v[4];
+	tm.tm_sec = v[5];
+	*ms_r = (long long)timegm(&tm) * 1000 + us / 1000;
+	return 0;
+}
+
+/* The serverID field of a CSN ("...#cnt#SID#mod"), or NULL. */
+static const char *
+csn_sid(const char *csn, size_t *len_r)
+{
+	const char *p = strchr(csn, '#');
+
+	if (p == NULL || (p = strchr(p + 1, '#')) == NULL)
+		return NULL;
+	p++;
+	const char *end = strchr(p, '#');
+	*len_r = end ? (size_t)(end - p) : strlen(p);
+	return p;
+}
+
+long long
+dump_csn_lag_ms(const struct dump_csns *master, const struct dump_csns *standby)
+{
+	long long lag = 0;
+
+	for (size_t i = 0; i < master->n; i++) {
+		size_t ml, sl;
+		const char *msid = csn_sid(master->csn[i], &ml);
+		long long mt, st;
+		bool found = false;
+
+		if (msid == NULL || dump_csn_time(master->csn[i], &mt) < 0)
+			return -1;
+		for (size_t k = 0; k < standby->n; k++) {
+			const char *ssid = csn_sid(standby->csn[k], &sl);
+			if (ssid == NULL || sl != ml || memcmp(ssid, msid, ml) != 0)
+				continue;
+			if (dump_csn_time(standby->csn[k], &st) < 0)
+				return -1;
+			found = true;
+			/* Behind: at least 1 ms, even within one millisecond. */
+			if (strcmp(standby->csn[k], master->csn[i]) < 0) {
+				long long d = mt - st > 0 ? mt - st : 1;
+				if (d > lag)
+					lag = d;
+			}
+		}
+		if (!found)
+			return -1;
+	}
+	return lag;
+}
+
+/* ---------------------------------------------------------------------- */
+
+/* Attributes computed by slapd, which slapadd would refuse. */
+static bool
+dynamic_attr(const char *a)
+{
+	static const char *const dyn[] = { "hasSubordinates", "entryDN", "subschemaSubentry",
+					   "numSubordinates", NULL };
+	for (int i = 0; dyn[i]; i++) {
+		if (strcasecmp(a, dyn[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool
+ldif_safe(const char *v, size_t len)
+{
+	if (len == 0)
+		return true;
+	if (v[0] == ' ' || v[0] == ':' || v[0] == '<' || v[len - 1] == ' ')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)v[i];
+		if (c < 0x20 || c >= 0x7f)
+			return false;
+	}
+	return true;
+}
+
+static void
+ldif_line(struct st_buf *b, const char *attr, const char *v, size_t len)
+{
+	if (ldif_safe(v, len)) {
+		st_buf_printf(b, "%s: ", attr);
+		st_buf_append(b, v, len);
+		st_buf_puts(b, "\n");
+		return;
+	}
+	char *enc = xmalloc(4 * ((len + 2) / 3) + 1);
+	EVP_EncodeBlock((unsigned char *)enc, (const unsigned char *)v, (int)len);
+	st_buf_printf(b, "%s:: %s\n", attr, enc);
+	free(enc);
+}
+
+struct exported {
+	int depth;
+	size_t seq;
+	char *text;
+};
+
+static int
+by_depth(const void *a, const void *b)
+{
+	const struct exported *x = a, *y = b;
+
+	if (x->depth != y->depth)
+		return x->depth < y->depth ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+int
+dump_ldap_export(const struct st_conf *conf, int node_idx, FILE *out, unsigned long *entries_r,
+		 char **error_r)
+{
+	char *attrs[] = { "*", "+", NULL };
+	LDAPMessage *res = NULL;
+	struct exported *ents = NULL;
+	size_t n = 0, cap = 0;
+	LDAP *ld;
+	int rc, ret = -1;
+
+	ld = ldap_open_node(conf, node_idx, error_r);
+	if (ld == NULL)
+		return -1;
+	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_SUBTREE, "(objectClass=*)", attrs, 0,
+			       NULL, NULL, NULL, 0, &res);
+	if (rc != LDAP_SUCCESS) {
+		st_set_error(error_r, "LDAP %s (node %s): export of %s: %s",
+			     conf->ldap.endpoint[node_idx], conf->nodes[node_idx].name,
+			     conf->ldap.suffix, ldap_err2string(rc));
+		goto out;
+	}
+	for (LDAPMessage *e = ldap_first_entry(ld, res); e != NULL; e = ldap_next_entry(ld, e)) {
+		struct st_buf b;
+		BerElement *ber = NULL;
+		char *dn = ldap_get_dn(ld, e);
+		LDAPDN parsed = NULL;
+		int depth = 0;
+
+		if (dn == NULL)
+			continue;
+		if (ldap_str2dn(dn, &parsed, LDAP_DN_FORMAT_LDAPV3) == LDAP_SUCCESS && parsed != NULL) {
+			while (parsed[depth] != NULL)
+				depth++;
+			ldap_dnfree(parsed);
+		}
+		st_buf_init(&b);
+		ldif_line(&b, "dn", dn, strlen(dn));
+		for (char *a = ldap_first_attribute(ld, e, &ber); a != NULL;
+		     a = ldap_next_attribute(ld, e, ber)) {
+			struct berval **vals = dynamic_attr(a) ? NULL : ldap_get_values_len(ld, e, a);
+			for (size_t i = 0; vals != NULL && vals[i] != NULL; i++)
+				ldif_line(&b, a, vals[i]->bv_val, vals[i]->bv_len);
+			ldap_value_free_len(vals);
+			ldap_memfree(a);
+		}
+		ber_free(ber, 0);
+		ldap_memfree(dn);
+		st_buf_puts(&b, "\n");
+		if (n == cap) {
+			cap = cap ? cap * 2 : 1024;
+			ents = xrealloc(ents, cap * sizeof(*ents));
+		}
+		ents[n].depth = depth;
+		ents[n].seq = n;
+		ents[n].text = st_buf_steal(&b);
+		st_buf_free(&b);
+		n++;
+	}
+	qsort(ents, n, sizeof(*ents), by_depth);
+	for (size_t i = 0; i < n; i++) {
+		if (fputs(ents[i].text, out) == EOF) {
+			st_set_error(error_r, "write of the LDIF export failed");
+			goto out;
+		}
+	}
+	*entries_r = n;
+	ret = 0;
+out:
+	for (size_t i = 0; i < n; i++)
+		free(ents[i].text);
+	free(ents);
+	ldap_msgfree(res);
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return ret;
+}

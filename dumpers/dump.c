@@ -894,6 +894,58 @@ out:
 	return ret;
 }
 
+/*
+ * The LDAP standby's lag: the standby's own contextCSN is made of its own
+ * CSNs (entryCSN cannot be replicated over LDAP), so the position is the CSN
+ * standin-ldaprepl reports as applied (from the master's cookies), compared
+ * with the master's contextCSN.  ms, or -1 with *why_r.
+ */
+static long long
+ldap_lag_ms(const struct dump_ctx *c, int master, struct st_buf *pos, char **why_r)
+{
+	const struct st_node *n = &c->conf->nodes[c->node];
+	char *path = xasprintf("%s/standin-ldaprepl.sock", n->run_dir), *reply = NULL, *err = NULL;
+	long long lag = -1;
+	json_error_t jerr;
+	json_t *o = NULL;
+	struct dump_csns mc, ac = { .n = 1 };
+
+	if (st_ctl_query(path, "status", PGREPL_STATUS_TIMEOUT_MS, &reply, &err) < 0) {
+		*why_r = xasprintf("standin-ldaprepl on node %s does not answer on %s (%s), so its "
+				   "position is unknown", n->name, path, err);
+		goto out;
+	}
+	o = json_loads(reply, 0, &jerr);
+	json_t *state = json_object_get(o, "state"), *csn = json_object_get(o, "applied_csn");
+	const char *sv = json_is_string(state) ? json_string_value(state) : "in an unknown state";
+	if (strcmp(sv, "persisting") != 0 && strcmp(sv, "waiting for the next poll") != 0) {
+		*why_r = xasprintf("standin-ldaprepl on node %s is %s, not persisting", n->name, sv);
+		goto out;
+	}
+	if (!json_is_string(csn) || strlen(json_string_value(csn)) >= sizeof(ac.csn[0])) {
+		*why_r = xasprintf("standin-ldaprepl on node %s reports no applied CSN", n->name);
+		goto out;
+	}
+	snprintf(ac.csn[0], sizeof(ac.csn[0]), "%s", json_string_value(csn));
+	if (dump_ldap_context_csn(c->conf, master, &mc, &err) < 0) {
+		*why_r = xasprintf("cannot read the master's contextCSN: %s", err);
+		goto out;
+	}
+	lag = dump_csn_lag_ms(&mc, &ac);
+	if (lag < 0)
+		*why_r = xasprintf("the CSN applied on node %s (%s) is of no serverID of the "
+				   "master's contextCSN", n->name, ac.csn[0]);
+	st_buf_puts(pos, "master ");
+	csns_line(&mc, pos);
+	st_buf_printf(pos, " applied %s", ac.csn[0]);
+out:
+	json_decref(o);
+	free(reply);
+	free(err);
+	free(path);
+	return lag;
+}
+
 /* ------------------------------------------------------------ the run */
 
 /* Pick the node and check the standby's lag.  Fills c->node and the
@@ -938,23 +990,7 @@ choose_node(struct dump_ctx *c, const struct dump_opts *o, char **error_r)
 		if (c->svc == ST_SVC_PG) {
 			lag = pg_lag_ms(c, &why);
 		} else {
-			struct dump_csns mc, sc;
-			if (dump_ldap_context_csn(conf, master, &mc, &err) < 0) {
-				why = xasprintf("cannot read the master's contextCSN: %s", err);
-			} else if (dump_ldap_context_csn(conf, standby, &sc, &err) < 0) {
-				why = xasprintf("cannot read the standby's contextCSN: %s", err);
-			} else {
-				lag = dump_csn_lag_ms(&mc, &sc);
-				if (lag < 0)
-					why = xasprintf("the standby's contextCSN has no change of the "
-							"master's (never replicated)");
-				st_buf_puts(&pos, "master ");
-				csns_line(&mc, &pos);
-				st_buf_puts(&pos, " standby ");
-				csns_line(&sc, &pos);
-			}
-			free(err);
-			err = NULL;
+			lag = ldap_lag_ms(c, master, &pos, &why);
 		}
 		if (lag >= 0 && lag > conf->dump.max_lag_ms) {
 			free(why);

@@ -295,3 +295,19 @@ def test_bad_config_and_no_section(harness, tmp_path):
     r = run(LDAPREPL, "-c", str(conf), "-n", "a", timeout=20)
     assert r.returncode != 0
     assert "no [ldap] section" in r.stderr + r.stdout
+
+
+def test_dump_from_the_standby_uses_the_applied_csn(harness):
+    dumpdir = harness.mkdir("dumps")
+    env = LdapEnv(harness, extra=f"[dump]\ndir = {dumpdir}\nmax_lag = 1m\n")
+    env.a.ldapadd(people_ldif(env.suffix, 0, 20))
+    env.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    r = run(STANDINCTL, "-c", env.conf, "-n", "b", "dump", "ldap", "-v", timeout=60)
+    assert r.returncode == 0, r.stderr
+    manifests = [os.path.join(dp, f) for dp, _, fs in os.walk(dumpdir) for f in fs
+                 if f.endswith(".manifest")]
+    assert len(manifests) == 1
+    text = open(manifests[0]).read()
+    assert "standby" in text and f"applied {env.status()['applied_csn']}" in text, text

@@ -311,3 +311,18 @@ def test_dump_from_the_standby_uses_the_applied_csn(harness):
     assert len(manifests) == 1
     text = open(manifests[0]).read()
     assert "standby" in text and f"applied {env.status()['applied_csn']}" in text, text
+
+
+def test_poll_mode_refresh_only(harness):
+    env = LdapEnv(harness, extra="sync_mode = poll\npoll_interval = 1s\n")
+    a, suffix = env.a, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 30))
+    env.start()
+    env.wait_state("waiting for the next poll")
+    env.wait_equal()
+    assert env.status()["mode"] == "refreshOnly"
+    a.ldapdelete(*[f"uid=u{i},ou=people,{suffix}" for i in range(5)])
+    a.ldapmodify(f"dn: uid=u9,ou=people,{suffix}\nchangetype: modrdn\nnewrdn: uid=u9b\ndeleteoldrdn: 1\n")
+    a.ldapadd(people_ldif(suffix, 100, 5))
+    env.wait_equal()
+    sh.wait_until(lambda: env.status()["refreshes"] >= 2, 30, "a second poll")

@@ -326,3 +326,41 @@ def test_poll_mode_refresh_only(harness):
     a.ldapadd(people_ldif(suffix, 100, 5))
     env.wait_equal()
     sh.wait_until(lambda: env.status()["refreshes"] >= 2, 30, "a second poll")
+
+
+def test_switchover_reverses_without_a_reload(env):
+    """drain on b, reverse on a (the master's daemon), flip the cluster state:
+    a then replicates from b starting at b's contextCSN, with no full refresh."""
+    a, b, suffix = env.a, env.b, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 40))
+    d_b = env.start()
+    d_a = StandinDaemon(LDAPREPL, env.conf, "a", os.path.join(env.base, "a", "run"),
+                        os.path.join(env.base, "ldaprepl-a.log"))
+    env.h.add_cleanup(d_a.stop)
+    env.wait_state("persisting")
+    sh.wait_until(lambda: d_a.status()["state"] == "idle (master)", 30, "a idle as master")
+    a.ldapmodify(f"dn: uid=u1,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: last on a\n")
+    csn = env.context_csn(a)
+    sh.wait_until(lambda: '"drained":true' in query(d_b.sock, f"drain {csn}"), 30, "b drained")
+    env.wait_equal()
+    assert "reverse is for the master" in query(d_b.sock, "reverse a")
+    reply = query(d_a.sock, "reverse b")
+    assert '"done":true' in reply, reply
+    for node in ("a", "b"):
+        r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        assert r.returncode == 0, r.stderr
+    sh.wait_until(lambda: d_a.status()["state"] == "persisting", 60, "a persisting from b")
+    sh.wait_until(lambda: d_b.status()["state"] == "idle (master)", 30, "b idle as master")
+    b.ldapmodify(f"dn: uid=u2,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: first on b\n")
+    b.ldapadd(people_ldif(suffix, 500, 3))
+    b.ldapdelete(f"uid=u3,ou=people,{suffix}")
+    # now b is the source: compare with b as the master side
+    env.a, env.b = b, a
+    try:
+        env.daemon = d_a
+        env.wait_equal()
+    finally:
+        env.a, env.b = a, b
+    st = d_a.status()
+    assert st["refresh_entries"] < 10, st          # no reload of the directory
+    assert st["reconcile_deletes"] == 0, st

@@ -61,6 +61,18 @@ write_config() {
 	printf '%s' "$STANDIN_IMAP_A_MASTER_PASSWORD" >"$d/imap.secret"
 	printf 'alice\nbob\n' >"$d/imap-users"
 	umask 022
+	# Free loopback ports for the proxies: pg, ldap, imap on node a, then on b.
+	local ports
+	ports=$("$py" -c 'import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+	read -r PROXY_PG_A PROXY_LDAP_A PROXY_IMAP_A PROXY_PG_B PROXY_LDAP_B PROXY_IMAP_B <<<"$ports"
+	printf 'PROXY_PG_A=%s\nPROXY_LDAP_A=%s\nPROXY_IMAP_A=%s\nPROXY_PG_B=%s\nPROXY_LDAP_B=%s\nPROXY_IMAP_B=%s\n' \
+		$ports >"$box/proxy.env"
+	# Clients of the proxies log in with the master's password.
+	(umask 077 && printf '127.0.0.1:%s:*:%s:%s\n' "$PROXY_PG_A" "$STANDIN_PG_A_USER" "$STANDIN_PG_A_PASSWORD" \
+		"$PROXY_PG_B" "$STANDIN_PG_A_USER" "$STANDIN_PG_A_PASSWORD" >>"$d/pgpass")
 	cat >"$conf" <<EOF
 # standin.conf of the sandbox ($box), written by sandbox.sh.
 # The same file serves both nodes; each program is told its node with -n.
@@ -102,6 +114,16 @@ admin_user = $STANDIN_IMAP_A_MASTER_USER
 password_file = $d/imap.secret
 users_file = $d/imap-users
 workers = 2
+
+[proxy]
+# What clients use instead of a floating IP: each node's proxy sends them
+# to the current master.
+pg_listen.a = 127.0.0.1:$PROXY_PG_A
+ldap_listen.a = 127.0.0.1:$PROXY_LDAP_A
+imap_listen.a = 127.0.0.1:$PROXY_IMAP_A
+pg_listen.b = 127.0.0.1:$PROXY_PG_B
+ldap_listen.b = 127.0.0.1:$PROXY_LDAP_B
+imap_listen.b = 127.0.0.1:$PROXY_IMAP_B
 EOF
 	mkdir -p "$box"/{a,b}/standin/{state,run}
 }
@@ -186,17 +208,30 @@ start_daemon() {
 	echo "$name for node $node started (pid $!, log $log)"
 }
 
-# wait_streaming NODE NAME: poll the daemon's status until it streams (90 s).
+# wait_proxy NODE: poll until node NODE's proxy answers its status (30 s).
+wait_proxy() {
+	local sock=$box/$1/standin/run/standin-proxy.sock i
+	for ((i = 0; i < 300; i++)); do
+		echo status | socat -t 2 - "UNIX-CONNECT:$sock" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "standin-proxy on node $1 does not answer; its log:" >&2
+	tail -20 "$box/$1/standin/standin-proxy.log" >&2
+	return 1
+}
+
+# wait_streaming NODE NAME [STATE]: poll the daemon's status until it is in
+# STATE (default streaming; 90 s).
 wait_streaming() {
-	local node=$1 name=$2 i state=
+	local node=$1 name=$2 want=${3:-streaming} i state=
 	local sock=$box/$node/standin/run/$name.sock
 	for ((i = 0; i < 900; i++)); do
 		state=$(echo status | socat -t 2 - "UNIX-CONNECT:$sock" 2>/dev/null |
 			"$py" -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null) || true
-		[ "$state" = streaming ] && return 0
+		[ "$state" = "$want" ] && return 0
 		sleep 0.1
 	done
-	echo "$name on node $node is not streaming (state: ${state:-no answer}); its log:" >&2
+	echo "$name on node $node is not $want (state: ${state:-no answer}); its log:" >&2
 	tail -20 "$box/$node/standin/$name.log" >&2
 	return 1
 }
@@ -211,15 +246,72 @@ pg_b() {
 		"host=$STANDIN_PG_B_HOST port=$STANDIN_PG_B_PORT user=$STANDIN_PG_B_USER dbname=groupware" "$@"
 }
 
-# More writes on the master, now that the stream runs: DML and DDL.
+# psql through node N's standin-proxy (which sends it to the master).
+pg_proxy() {
+	local node=$1 port_var
+	shift
+	# shellcheck disable=SC1091
+	. "$box/proxy.env"
+	port_var=PROXY_PG_${node^^}
+	PGPASSFILE=$box/conf/pgpass /usr/lib/postgresql/15/bin/psql -X -q -v ON_ERROR_STOP=1 \
+		"host=127.0.0.1 port=${!port_var} user=$STANDIN_PG_A_USER dbname=groupware" "$@"
+}
+
+# More writes on the master, now that the stream runs: DML and DDL, sent
+# through node b's proxy, which forwards them to the master (a).
 write_more_data() {
 	# shellcheck disable=SC1091
 	. "$box/servers.env"
-	pg_a <<'SQL'
+	echo "psql to node b's proxy lands on the server with port $(pg_proxy b -A -t -c "SHOW port") (node a, the master, has $STANDIN_PG_A_PORT)"
+	pg_proxy b <<'SQL'
 INSERT INTO contacts (name, email) VALUES ('Carol Ann Duffy', 'carol@example.com');
 ALTER TABLE contacts ADD COLUMN phone text;
 UPDATE contacts SET phone = '+44 20 7946 0000' WHERE name LIKE 'Alice%';
 SQL
+}
+
+ldap_people() {
+	ldapsearch -x -LLL -o ldif_wrap=no -H "$1" -D "$STANDIN_LDAP_A_ROOTDN" \
+		-y "$box/conf/ldap.secret" -b "ou=people,$STANDIN_LDAP_A_SUFFIX" \
+		'(objectClass=inetOrgPerson)' '*' entryUUID 2>/dev/null | sort
+}
+
+write_more_ldap() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	ldapmodify -x -H "$STANDIN_LDAP_A_URI" -D "$STANDIN_LDAP_A_ROOTDN" \
+		-y "$box/conf/ldap.secret" >/dev/null <<EOF
+dn: uid=bob,ou=people,$STANDIN_LDAP_A_SUFFIX
+changetype: add
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob Dylan
+sn: Dylan
+mail: bob@example.com
+
+dn: uid=bob,ou=people,$STANDIN_LDAP_A_SUFFIX
+changetype: modrdn
+newrdn: uid=robert
+deleteoldrdn: 1
+EOF
+}
+
+# wait_ldap_equal: poll until node b's people (with entryUUIDs) equal node a's (30 s).
+wait_ldap_equal() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	local a b i
+	for ((i = 0; i < 300; i++)); do
+		a=$(ldap_people "$STANDIN_LDAP_A_URI")
+		b=$(ldap_people "$STANDIN_LDAP_B_URI")
+		if [ -n "$a" ] && [ "$a" = "$b" ]; then
+			echo "people on node b equal node a's, entryUUIDs included ($(grep -c '^dn:' <<<"$a") entries)"
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "node b's directory did not catch up with node a's" >&2
+	return 1
 }
 
 # wait_pg_equal: poll until node b's contacts equal node a's (30 s).
@@ -284,15 +376,26 @@ start() {
 	start_daemon standin-pgrepl replicators/pg/standin-pgrepl a
 	start_daemon standin-pgrepl replicators/pg/standin-pgrepl b
 	wait_streaming b standin-pgrepl
-	say "more writes on the master, through the stream: INSERT, ALTER TABLE, UPDATE"
+	say "standin-ldaprepl on both nodes: b refreshes from a's syncprov, then persists"
+	start_daemon standin-ldaprepl replicators/ldap/standin-ldaprepl a
+	start_daemon standin-ldaprepl replicators/ldap/standin-ldaprepl b
+	wait_streaming b standin-ldaprepl persisting
+	say "standin-proxy on both nodes: clients of either node reach the master"
+	start_daemon standin-proxy proxy/standin-proxy a
+	start_daemon standin-proxy proxy/standin-proxy b
+	wait_proxy b
+	say "more writes on the master, through the streams: INSERT, ALTER TABLE, UPDATE; an LDAP add and rename"
 	write_more_data
+	write_more_ldap
 	wait_pg_equal
+	wait_ldap_equal
 	show_data
 	cat <<EOF
 
-Replicated so far: PostgreSQL (standin-pgrepl).  LDAP and IMAP replication,
-standin-proxy and standinctl switchover come with their issues: node b's
-directory and mailboxes stay empty until then.
+Replicated so far: PostgreSQL (standin-pgrepl) and LDAP (standin-ldaprepl);
+clients go through standin-proxy on either node.  IMAP replication and
+standinctl switchover come with their issues: node b's mailboxes stay empty
+until then.
 EOF
 	say "standinctl status"
 	"$ctl" -c "$conf" status || true

@@ -99,7 +99,6 @@ struct ldrepl {
 	uint64_t refresh_entries, reconcile_deletes, sessions, refreshes;
 	uint64_t rate_base, rate_ms;
 	double entries_per_s;
-	char *error;
 };
 
 static struct ldrepl G;
@@ -1158,6 +1157,5 @@ main(int argc, char **argv)
 	ldsync_cookie_clear(&G.stored);
 	ldsync_cookie_clear(&G.next_cookie);
 	free(G.cookie_path);
-	free(G.error);
 	return rc;
 }

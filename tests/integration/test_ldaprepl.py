@@ -157,7 +157,14 @@ def test_refresh_then_persist_every_kind_of_change(env):
     # a group member removed (one value of 3000)
     a.ldapmodify(f"dn: cn=all,ou=groups,{suffix}\nchangetype: modify\ndelete: member\n"
                  f"member: cn=ghost7,{suffix}\n")
+    # a very large entry: a 3 MB photo and 2,000 values of another attribute
+    big = os.urandom(3 * 1024 * 1024)
+    a.ldapadd(f"dn: cn=big,{suffix}\nobjectClass: inetOrgPerson\ncn: big\nsn: big\n"
+              f"jpegPhoto:: {base64.b64encode(big).decode()}\n"
+              + "".join(f"telephoneNumber: +1 555 {i:06d}\n" for i in range(2000)))
     env.wait_equal()
+    got = env.b.search(f"cn=big,{suffix}", scope="base", attrs=["jpegPhoto"])
+    assert got[0][1]["jpegPhoto"][0] == big
     got = env.b.search(f"uid=u1,ou=people,{suffix}", scope="base", attrs=["jpegPhoto"])
     assert got[0][1]["jpegPhoto"][0] == photo
     assert env.b.search(f"uid=u3,ou=groups,{suffix}", scope="base")

@@ -385,6 +385,40 @@ describe_failure(struct lda *a, LDAPMessage *msg, int *rc_r)
 	return text;
 }
 
+/*
+ * slapd names the attribute but not the value it refused ("objectClass:
+ * value #1 invalid per syntax"): name it, from the master's entry.
+ */
+static char *
+offending_value(const struct lde_entry *e, const char *why)
+{
+	const char *p = strstr(why, ": value #");
+	unsigned idx;
+
+	if (e == NULL || p == NULL || sscanf(p, ": value #%u", &idx) != 1)
+		return NULL;
+	const char *start = p;
+	while (start > why && start[-1] != ' ' && start[-1] != ':')
+		start--;
+	char *attr = xstrndup(start, (size_t)(p - start));
+	const struct lde_attr *a = lde_entry_get(e, attr);
+	char *out = NULL;
+	if (a != NULL && idx < a->n) {
+		const struct berval *v = &a->vals[idx];
+		bool text = true;
+		for (size_t i = 0; text && i < v->bv_len && i < 200; i++)
+			text = (unsigned char)v->bv_val[i] >= 0x20 && v->bv_val[i] != 0x7f;
+		if (text && v->bv_len <= 200)
+			out = xasprintf(" (the master's value #%u of %s is %s)", idx, attr,
+					st_q(v->bv_val));
+		else
+			out = xasprintf(" (the master's value #%u of %s: %lu bytes)", idx, attr,
+					(unsigned long)v->bv_len);
+	}
+	free(attr);
+	return out;
+}
+
 /* A write failed with RC: retry, reconcile or stop. */
 static int
 write_failed(struct lda *a, struct op *op, int rc, const char *why, char **error_r)
@@ -409,8 +443,10 @@ write_failed(struct lda *a, struct op *op, int rc, const char *why, char **error
 		defer(a, op);
 		return 0;
 	}
-	st_set_error(error_r, "the standby refused the %s of %s: %s", step_name(op->step),
-		     dn != NULL ? dn : "(unknown DN)", why);
+	char *value = offending_value(item->entry, why);
+	st_set_error(error_r, "the standby refused the %s of %s: %s%s", step_name(op->step),
+		     dn != NULL ? dn : "(unknown DN)", why, value != NULL ? value : "");
+	free(value);
 	op_free(op);
 	return -1;
 }

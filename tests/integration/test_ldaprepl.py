@@ -23,10 +23,10 @@ class LdapEnv:
     """slapd a (master, base entries) and b (standby, empty), standin.conf,
     cluster state, and standin-ldaprepl on node b (start())."""
 
-    def __init__(self, harness, standby_base=False, extra=""):
+    def __init__(self, harness, standby_base=False, extra="", master_conf=""):
         self.h = harness
         password = "pw-" + os.urandom(6).hex()
-        self.a = harness.start_slapd("a", "master", password=password)
+        self.a = harness.start_slapd("a", "master", password=password, extra_conf=master_conf)
         self.b = harness.start_slapd("b", "standby", password=password, load_base=standby_base)
         self.suffix = self.a.suffix
         self.base = harness.mkdir("standin")
@@ -372,3 +372,31 @@ def test_switchover_reverses_without_a_reload(env):
     st = d_a.status()
     assert st["refresh_entries"] < 10, st          # no reload of the directory
     assert st["reconcile_deletes"] == 0, st
+
+
+EXTRA_SCHEMA = (
+    "attributetype ( 1.3.6.1.4.1.99999.1 NAME 'standinTestAttr' EQUALITY caseIgnoreMatch "
+    "SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )\n"
+    "objectclass ( 1.3.6.1.4.1.99999.2 NAME 'standinTestClass' AUXILIARY MAY standinTestAttr )\n")
+
+
+def test_entry_the_standby_schema_refuses_stops_the_stream(harness):
+    env = LdapEnv(harness, master_conf=EXTRA_SCHEMA)   # the standby lacks this schema
+    a, suffix = env.a, env.suffix
+    env.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    a.ldapadd(f"dn: cn=odd,{suffix}\nobjectClass: person\nobjectClass: standinTestClass\n"
+              f"cn: odd\nsn: odd\nstandinTestAttr: hello\n")
+    a.ldapadd(people_ldif(suffix, 0, 2))                # after it: must wait, not be skipped
+    st = env.wait_state("error")
+    err = st["last_error"]
+    assert "cn=odd," in err and "standinTestClass" in err, err
+    assert not env.b.search(f"uid=u1,ou=people,{suffix}", scope="base")
+    # Still refused on every retry, with the same message.
+    sh.wait_until(lambda: env.daemon.output().count("cn=odd,") >= 2, 30, "a retry")
+    assert not env.b.search(f"uid=u1,ou=people,{suffix}", scope="base")
+    # The administrator removes it on the master: the stream goes on.
+    a.ldapdelete(f"cn=odd,{suffix}")
+    env.wait_state("persisting", timeout=60)
+    env.wait_equal()

@@ -37,6 +37,7 @@ struct lda {
 	struct ldq *q;
 	unsigned max_in_flight, in_flight;
 	bool refresh;
+	const struct lde_uuid_set *standby_had;	/* refresh: the standby's UUIDs at its start */
 	struct op *ops;			/* in flight */
 	struct lde_entry **deferred;
 	size_t n_deferred;
@@ -101,6 +102,14 @@ void
 lda_set_refresh(struct lda *a, bool refresh)
 {
 	a->refresh = refresh;
+	if (!refresh)
+		a->standby_had = NULL;
+}
+
+void
+lda_set_standby_had(struct lda *a, const struct lde_uuid_set *had)
+{
+	a->standby_had = had;
 }
 
 unsigned
@@ -653,7 +662,14 @@ lda_pump(struct lda *a, char **error_r)
 			item->state = LDQ_RUNNING;
 			struct op *op = xcalloc(1, sizeof(*op));
 			op->item = item;
-			rc = send_lookup(a, op, error_r);
+			/* A refresh into a standby that did not have this entryUUID when
+			 * it started: add at once (an add that finds the DN taken goes
+			 * through the usual reconciliation). */
+			if (a->refresh && a->standby_had != NULL && item->kind == LDQ_UPSERT &&
+			    item->retries == 0 && !lde_uuid_set_has(a->standby_had, item->uuid))
+				rc = send_add(a, op, error_r);
+			else
+				rc = send_lookup(a, op, error_r);
 		}
 		if (rc < 0)
 			return -1;

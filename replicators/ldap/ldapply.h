@@ -44,6 +44,9 @@ struct lda *lda_new(LDAP *target, const char *suffix, struct ldq *q, unsigned ma
 void lda_free(struct lda **a);
 
 void lda_set_refresh(struct lda *a, bool refresh);
+/* During this refresh, entryUUIDs not in HAD (the standby's when the refresh
+ * began; kept by the caller) are added without a lookup first. */
+void lda_set_standby_had(struct lda *a, const struct lde_uuid_set *had);
 
 /* Start what the queue allows. */
 int lda_pump(struct lda *a, char **error_r) ST_WARN_UNUSED;

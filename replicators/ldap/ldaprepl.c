@@ -51,6 +51,7 @@
 
 enum phase {
 	PH_IDLE,		/* no session */
+	PH_LISTING,		/* before a refresh from scratch: which entryUUIDs the standby has */
 	PH_REFRESH,		/* receiving the refresh */
 	PH_RECONCILE,		/* refresh received: finishing it on the standby */
 	PH_PERSIST,		/* refreshAndPersist: changes as they happen */
@@ -86,6 +87,7 @@ struct ldrepl {
 	bool next_without_cookie;	/* ... starts from scratch */
 	struct ldsync_cookie next_cookie;	/* ... or from this one */
 	struct lde_uuid_set seen, deleted;
+	struct lde_uuid_set standby_had;	/* PH_LISTING's result, for the refresh */
 	enum reconcile_step rc_step;
 	unsigned defer_rounds;
 	size_t deferred_before;
@@ -314,6 +316,7 @@ session_end(struct ldrepl *r)
 	r->src = r->tgt = NULL;
 	lde_uuid_set_clear(&r->seen);
 	lde_uuid_set_clear(&r->deleted);
+	lde_uuid_set_clear(&r->standby_had);
 	ldsync_cookie_clear(&r->received);
 	ldsync_cookie_clear(&r->refresh_cookie);
 	r->phase = PH_IDLE;
@@ -413,14 +416,23 @@ session_start(struct ldrepl *r)
 		goto fail;
 	ldq_init(&r->q, QUEUE_ITEMS);
 	r->apply = lda_new(r->tgt, conf->ldap.suffix, &r->q, MAX_IN_FLIGHT);
-	if (send_sync_search(r, &start, &err) < 0)
-		goto fail;
-	ldsync_cookie_clear(&start);
 	ev_io_init(&r->src_io, src_cb, ldap_fd(r->src), EV_READ);
 	ev_io_init(&r->tgt_io, tgt_cb, ldap_fd(r->tgt), EV_READ);
 	r->src_io.data = r->tgt_io.data = r;
-	ev_io_start(r->d->loop, &r->src_io);
 	ev_io_start(r->d->loop, &r->tgt_io);
+	if (start.len == 0) {
+		/* The master will send everything: list the standby first, so
+		 * that entries it does not have are added without a lookup. */
+		if (lda_list_start(r->apply, &err) < 0)
+			goto fail;
+		r->phase = PH_LISTING;
+		set_state(r, "listing the standby");
+	} else {
+		if (send_sync_search(r, &start, &err) < 0)
+			goto fail;
+		ev_io_start(r->d->loop, &r->src_io);
+	}
+	ldsync_cookie_clear(&start);
 	r->src_paused = false;
 	st_daemon_set_error(r->d, NULL);
 	return;
@@ -765,6 +777,7 @@ reconcile_step(struct ldrepl *r)
 				  st_q(r->stored.data ? (const char *)r->stored.data : "none"));
 			lde_uuid_set_clear(&r->seen);
 			lde_uuid_set_clear(&r->deleted);
+			lde_uuid_set_clear(&r->standby_had);
 			r->retry_ms = RETRY_MIN_MS;
 			if (r->d->conf->ldap.sync_mode == ST_LDAP_POLL) {
 				r->phase = PH_POLL_WAIT;
@@ -786,6 +799,29 @@ failed:
 
 /* ------------------------------------------------------------ apply side */
 
+/* The standby's entryUUIDs are known: start the refresh from scratch. */
+static void
+listing_done(struct ldrepl *r)
+{
+	struct lda_listed *list;
+	size_t n;
+	char *err = NULL;
+
+	lda_list_take(r->apply, &list, &n);
+	lde_uuid_set_clear(&r->standby_had);
+	for (size_t i = 0; i < n; i++)
+		lde_uuid_set_add(&r->standby_had, list[i].uuid);
+	lda_list_free(list, n);
+	st_info("the standby holds %zu entries before the refresh", r->standby_had.n);
+	if (send_sync_search(r, NULL, &err) < 0) {
+		fail(r, "%s", err);
+		free(err);
+		return;
+	}
+	lda_set_standby_had(r->apply, &r->standby_had);
+	ev_io_start(r->d->loop, &r->src_io);
+}
+
 static void
 progress(struct ldrepl *r)
 {
@@ -796,6 +832,11 @@ progress(struct ldrepl *r)
 	if (lda_pump(r->apply, &err) < 0) {
 		fail(r, "%s", err);
 		free(err);
+		return;
+	}
+	if (r->phase == PH_LISTING) {
+		if (lda_list_done(r->apply))
+			listing_done(r);
 		return;
 	}
 	if (r->phase == PH_RECONCILE)

@@ -408,6 +408,8 @@ session_start(struct ldrepl *r)
 	} else {
 		ldsync_cookie_copy(&start, &r->stored);
 	}
+	/* Cookies merge into the position we start from. */
+	ldsync_cookie_copy(&r->received, &start);
 	r->tgt = connect_to(r, r->target, &err);
 	if (r->tgt == NULL)
 		goto fail;
@@ -453,14 +455,17 @@ control_value(LDAPControl **ctrls, const char *oid)
 	return NULL;
 }
 
+/* A cookie from the stream: merged into what we know (a persist-stage
+ * cookie carries one serverID's CSN only), then queued behind the changes
+ * it follows. */
 static void
 note_cookie(struct ldrepl *r, const struct ldsync_cookie *c)
 {
-	ldsync_cookie_copy(&r->received, c);
+	ldsync_cookie_merge(&r->received, c);
 	if (r->phase == PH_PERSIST)
-		ldq_push_cookie(&r->q, c);
+		ldq_push_cookie(&r->q, &r->received);
 	else
-		ldsync_cookie_copy(&r->refresh_cookie, c);
+		ldsync_cookie_copy(&r->refresh_cookie, &r->received);
 }
 
 static int

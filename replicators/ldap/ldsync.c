@@ -414,6 +414,115 @@ ldsync_cookie_csn(const struct ldsync_cookie *c, char *out, size_t size)
 	return found ? 0 : -1;
 }
 
+#define MAX_SIDS 32
+
+struct csn_vec {
+	char csn[MAX_SIDS][128];
+	size_t n;
+};
+
+/* The serverID field of a CSN (time#count#sid#mod), or "" */
+static void
+csn_sid(const char *csn, char *out, size_t size)
+{
+	const char *p = strchr(csn, '#');
+
+	out[0] = '\0';
+	if (p == NULL || (p = strchr(p + 1, '#')) == NULL)
+		return;
+	p++;
+	size_t n = strcspn(p, "#");
+	if (n < size) {
+		memcpy(out, p, n);
+		out[n] = '\0';
+	}
+}
+
+static void
+vec_add(struct csn_vec *v, const char *csn, size_t len)
+{
+	char c[128], sid[32], other[32];
+
+	if (len == 0 || len >= sizeof(c))
+		return;
+	memcpy(c, csn, len);
+	c[len] = '\0';
+	csn_sid(c, sid, sizeof(sid));
+	for (size_t i = 0; i < v->n; i++) {
+		csn_sid(v->csn[i], other, sizeof(other));
+		if (strcmp(sid, other) == 0) {
+			if (strcmp(c, v->csn[i]) > 0)
+				memcpy(v->csn[i], c, len + 1);
+			return;
+		}
+	}
+	if (v->n < MAX_SIDS)
+		memcpy(v->csn[v->n++], c, len + 1);
+}
+
+/* Add the csn= values of C to V; append C's rid= and sid= fields to REST
+ * and its others (delcsn=...) to TAIL. */
+static void
+cookie_split(const struct ldsync_cookie *c, struct csn_vec *v, struct st_buf *rest,
+	     struct st_buf *tail)
+{
+	const char *p = (const char *)c->data, *end = p + c->len;
+
+	while (p != NULL && p < end) {
+		const char *item_end = memchr(p, ',', (size_t)(end - p));
+		if (item_end == NULL)
+			item_end = end;
+		if (item_end - p > 4 && memcmp(p, "csn=", 4) == 0) {
+			for (const char *q = p + 4; q < item_end;) {
+				const char *semi = memchr(q, ';', (size_t)(item_end - q));
+				const char *q_end = semi != NULL ? semi : item_end;
+				vec_add(v, q, (size_t)(q_end - q));
+				q = q_end + 1;
+			}
+		} else if (rest != NULL && item_end > p) {
+			struct st_buf *b = item_end - p > 4 && (memcmp(p, "rid=", 4) == 0 ||
+								memcmp(p, "sid=", 4) == 0) ? rest : tail;
+			st_buf_puts(b, ",");
+			st_buf_append(b, p, (size_t)(item_end - p));
+		}
+		p = item_end + 1;
+	}
+}
+
+void
+ldsync_cookie_merge(struct ldsync_cookie *acc, const struct ldsync_cookie *in)
+{
+	struct csn_vec v = { .n = 0 };
+	struct st_buf out;
+
+	if (in->data == NULL)
+		return;
+	if (acc->data == NULL) {
+		ldsync_cookie_copy(acc, in);
+		return;
+	}
+	struct st_buf tail;
+
+	st_buf_init(&out);
+	st_buf_init(&tail);
+	cookie_split(acc, &v, NULL, NULL);
+	cookie_split(in, &v, &out, &tail);
+	if (v.n > 0) {
+		st_buf_puts(&out, ",csn=");
+		for (size_t i = 0; i < v.n; i++)
+			st_buf_printf(&out, "%s%s", i > 0 ? ";" : "", v.csn[i]);
+	}
+	if (tail.len > 0)
+		st_buf_append(&out, tail.data, tail.len);
+	/* every field was written with a leading comma */
+	if (out.len > 0)
+		ldsync_cookie_set(acc, out.data + 1, out.len - 1);
+	else
+		ldsync_cookie_set(acc, "", 0);
+	st_buf_free(&out);
+	st_buf_free(&tail);
+}
+
 void
 ldsync_cookie_from_csn(struct ldsync_cookie *c, const char *csn)
 {

@@ -100,6 +100,15 @@ bool ldsync_cookie_equal(const struct ldsync_cookie *a, const struct ldsync_cook
  */
 int ldsync_cookie_csn(const struct ldsync_cookie *c, char *out, size_t size);
 
+/*
+ * Fold IN into ACC: slapd's cookies in the persist stage carry only the CSN
+ * of the change they come with, so a cookie kept as received would forget
+ * the other serverIDs of the master's contextCSN (and the next start would
+ * be a full refresh).  ACC keeps the newest CSN of every serverID seen, and
+ * IN's other fields (rid, sid).
+ */
+void ldsync_cookie_merge(struct ldsync_cookie *acc, const struct ldsync_cookie *in);
+
 /* "rid=000,csn=CSN": the cookie a consumer sends to start right after CSN. */
 void ldsync_cookie_from_csn(struct ldsync_cookie *c, const char *csn);
 

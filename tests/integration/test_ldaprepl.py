@@ -400,3 +400,33 @@ def test_entry_the_standby_schema_refuses_stops_the_stream(harness):
     a.ldapdelete(f"cn=odd,{suffix}")
     env.wait_state("persisting", timeout=60)
     env.wait_equal()
+
+
+def test_restart_resumes_when_the_master_has_several_server_ids(env):
+    """A master whose contextCSN holds several serverIDs (its serverID was
+    changed, or entries were loaded elsewhere): persist-stage cookies name
+    one of them only, and a cookie stored as received would forget the
+    others (a full refresh at the next start)."""
+    a, suffix = env.a, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 300))
+    a.stop()
+    with open(a.conf) as f:
+        text = f.read()
+    with open(a.conf, "w") as f:
+        f.write(text.replace(f"serverID {a.server_id}\n", "serverID 7\n"))
+    a.start()
+    a.ldapmodify(f"dn: uid=u0,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: sid 7\n")
+    assert len(a.search(scope="base", attrs=["contextCSN"])[0][1]["contextCSN"]) == 2
+    d = env.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    a.ldapmodify(f"dn: uid=u1,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: live\n")
+    env.wait_equal()
+    sh.wait_until(lambda: (s := env.status())["durable_csn"] == s["applied_csn"], 10, "cookie stored")
+    d.stop()
+    a.ldapmodify(f"dn: uid=u2,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: while down\n")
+    d.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    st = env.status()
+    assert st["refresh_entries"] < 10, st     # resumed, not the whole directory again

@@ -266,6 +266,38 @@ START_TEST(test_cookie_csn)
 }
 END_TEST
 
+START_TEST(test_cookie_merge)
+{
+	struct ldsync_cookie acc = { 0 }, in = { 0 };
+	const char *full = "rid=000,csn=20261123100000.000000Z#000000#000#000000;"
+			   "20261123100500.000000Z#000000#001#000000";
+
+	/* An empty accumulator takes the cookie as it is. */
+	ldsync_cookie_set(&in, full, strlen(full));
+	ldsync_cookie_merge(&acc, &in);
+	ck_assert_str_eq((char *)acc.data, full);
+	/* A persist-stage cookie with serverID 001 only: 000 is kept. */
+	const char *live = "rid=000,csn=20261123110000.000000Z#000000#001#000000";
+	ldsync_cookie_set(&in, live, strlen(live));
+	ldsync_cookie_merge(&acc, &in);
+	ck_assert_str_eq((char *)acc.data, "rid=000,csn=20261123100000.000000Z#000000#000#000000;"
+					   "20261123110000.000000Z#000000#001#000000");
+	/* An older CSN never moves a serverID back; a new serverID is added. */
+	const char *old = "rid=000,sid=002,csn=20261123090000.000000Z#000000#001#000000;"
+			  "20261123120000.000000Z#000000#002#000000,delcsn=x";
+	ldsync_cookie_set(&in, old, strlen(old));
+	ldsync_cookie_merge(&acc, &in);
+	ck_assert_str_eq((char *)acc.data, "rid=000,sid=002,csn=20261123100000.000000Z#000000#000#000000;"
+					   "20261123110000.000000Z#000000#001#000000;"
+					   "20261123120000.000000Z#000000#002#000000,delcsn=x");
+	char csn[64];
+	ck_assert_int_eq(ldsync_cookie_csn(&acc, csn, sizeof(csn)), 0);
+	ck_assert_str_eq(csn, "20261123120000.000000Z#000000#002#000000");
+	ldsync_cookie_clear(&acc);
+	ldsync_cookie_clear(&in);
+}
+END_TEST
+
 START_TEST(test_uuid_text)
 {
 	char text[LDSYNC_UUID_TEXT];
@@ -614,6 +646,7 @@ ldsync_suite(void)
 	tcase_add_test(tc, test_done);
 	tcase_add_test(tc, test_request);
 	tcase_add_test(tc, test_cookie_csn);
+	tcase_add_test(tc, test_cookie_merge);
 	tcase_add_test(tc, test_uuid_text);
 	tcase_add_test(tc, test_diff);
 	tcase_add_test(tc, test_values_equal);

@@ -10,6 +10,9 @@
 #include "lib/log.h"
 #include "replicators/ldap/ldapply.h"
 
+#define CACHE_SLOTS 8192
+#define CACHE_MAX_BYTES (256 * 1024)	/* bigger entries are looked up each time */
+
 enum step {
 	STEP_LOOKUP,		/* search (entryUUID=U) */
 	STEP_ADD,
@@ -38,6 +41,12 @@ struct lda {
 	unsigned max_in_flight, in_flight;
 	bool refresh;
 	const struct lde_uuid_set *standby_had;	/* refresh: the standby's UUIDs at its start */
+	/* While persisting: the entries as last applied, so that a change to
+	 * one of them needs no lookup (direct-mapped, a collision evicts). */
+	struct cache_slot {
+		uint8_t uuid[LDSYNC_UUID_LEN];
+		struct lde_entry *e;
+	} *cache;
 	struct op *ops;			/* in flight */
 	struct lde_entry **deferred;
 	size_t n_deferred;
@@ -93,6 +102,9 @@ lda_free(struct lda **ap)
 	free(a->deferred);
 	free(a->deferred_uuids);
 	lda_list_free(a->list, a->n_list);
+	for (size_t i = 0; a->cache != NULL && i < CACHE_SLOTS; i++)
+		lde_entry_free(&a->cache[i].e);
+	free(a->cache);
 	free(a->suffix);
 	free(a);
 	*ap = NULL;
@@ -270,6 +282,64 @@ send_occupant(struct lda *a, struct op *op, char **error_r)
 	return sent(a, op, rc, msgid, op->item->entry->dn, error_r);
 }
 
+/* ------------------------------------------------------------ entry cache */
+
+static struct cache_slot *
+cache_slot(struct lda *a, const uint8_t *uuid)
+{
+	uint32_t h = 2166136261u;
+
+	if (a->cache == NULL)
+		a->cache = xcalloc(CACHE_SLOTS, sizeof(*a->cache));
+	for (int i = 0; i < LDSYNC_UUID_LEN; i++)
+		h = (h ^ uuid[i]) * 16777619u;
+	return &a->cache[h % CACHE_SLOTS];
+}
+
+/* Take the cached entry of UUID out of the cache (the caller owns it). */
+static struct lde_entry *
+cache_take(struct lda *a, const uint8_t *uuid)
+{
+	struct cache_slot *c = cache_slot(a, uuid);
+	struct lde_entry *e = NULL;
+
+	if (c->e != NULL && memcmp(c->uuid, uuid, LDSYNC_UUID_LEN) == 0) {
+		e = c->e;
+		c->e = NULL;
+	}
+	return e;
+}
+
+static void
+cache_drop(struct lda *a, const uint8_t *uuid)
+{
+	struct lde_entry *e = cache_take(a, uuid);
+
+	lde_entry_free(&e);
+}
+
+/* ITEM's entry is now what the standby holds: keep it (taken from ITEM). */
+static void
+cache_keep(struct lda *a, struct ldq_item *item)
+{
+	size_t bytes = 0;
+
+	if (item->entry == NULL)
+		return;
+	for (size_t i = 0; i < item->entry->n; i++)
+		for (size_t j = 0; j < item->entry->attrs[i].n; j++)
+			bytes += item->entry->attrs[i].vals[j].bv_len;
+	if (bytes > CACHE_MAX_BYTES) {
+		cache_drop(a, item->uuid);
+		return;
+	}
+	struct cache_slot *c = cache_slot(a, item->uuid);
+	lde_entry_free(&c->e);
+	memcpy(c->uuid, item->uuid, LDSYNC_UUID_LEN);
+	c->e = item->entry;
+	item->entry = NULL;
+}
+
 /* ------------------------------------------------------------ steps */
 
 static void
@@ -331,6 +401,7 @@ after_lookup(struct lda *a, struct op *op, char **error_r)
 	lde_diff(item->entry, op->found, &mods, &n);
 	if (n == 0) {
 		a->stats.unchanged++;
+		cache_keep(a, item);
 		finish(a, op);
 		return 0;
 	}
@@ -438,6 +509,7 @@ write_failed(struct lda *a, struct op *op, int rc, const char *why, char **error
 	const char *dn = op->found != NULL ? op->found->dn : item->entry != NULL ? item->entry->dn
 										     : item->dn;
 
+	cache_drop(a, item->uuid);
 	if (explainable && item->retries < 3 && ldq_has_earlier(a->q, item)) {
 		/* An earlier change still in flight may be the cause: again after it. */
 		item->data = NULL;
@@ -484,6 +556,7 @@ handle_result(struct lda *a, struct op *op, LDAPMessage *msg, char **error_r)
 		}
 		a->stats.adds++;
 		st_debug("added dn=%s", st_q(op->item->entry->dn));
+		cache_keep(a, op->item);
 		finish(a, op);
 		break;
 	case STEP_MODRDN:
@@ -503,9 +576,11 @@ handle_result(struct lda *a, struct op *op, LDAPMessage *msg, char **error_r)
 			break;
 		}
 		a->stats.modifies++;
+		cache_keep(a, op->item);
 		finish(a, op);
 		break;
 	case STEP_DELETE:
+		cache_drop(a, op->item->uuid);
 		if (rc == LDAP_NO_SUCH_OBJECT) {
 			a->stats.missing_deletes++;
 			finish(a, op);
@@ -647,6 +722,44 @@ lda_read(struct lda *a, char **error_r)
 	}
 }
 
+/*
+ * While persisting, a change to an entry applied before, at the same DN,
+ * goes out without a lookup: the standby holds what was applied.  true when
+ * it did (*rc_r is the result).
+ */
+static bool
+from_cache(struct lda *a, struct op *op, int *rc_r, char **error_r)
+{
+	struct ldq_item *item = op->item;
+	const char *dn = item->kind == LDQ_UPSERT ? item->entry->dn : item->dn;
+	struct lde_entry *cached;
+
+	if (dn == NULL || (cached = cache_take(a, item->uuid)) == NULL)
+		return false;
+	if (strcmp(cached->dn, dn) != 0) {
+		lde_entry_free(&cached);	/* a rename: look it up */
+		return false;
+	}
+	op->found = cached;
+	op->n_found = 1;
+	if (item->kind == LDQ_DELETE) {
+		*rc_r = send_delete(a, op, error_r);
+		return true;
+	}
+	LDAPMod **mods;
+	size_t n;
+	lde_diff(item->entry, op->found, &mods, &n);
+	if (n == 0) {
+		a->stats.unchanged++;
+		cache_keep(a, item);
+		finish(a, op);
+		*rc_r = 0;
+		return true;
+	}
+	*rc_r = send_modify(a, op, mods, error_r);
+	return true;
+}
+
 int
 lda_pump(struct lda *a, char **error_r)
 {
@@ -668,6 +781,8 @@ lda_pump(struct lda *a, char **error_r)
 			if (a->refresh && a->standby_had != NULL && item->kind == LDQ_UPSERT &&
 			    item->retries == 0 && !lde_uuid_set_has(a->standby_had, item->uuid))
 				rc = send_add(a, op, error_r);
+			else if (!a->refresh && item->retries == 0 && from_cache(a, op, &rc, error_r))
+				;
 			else
 				rc = send_lookup(a, op, error_r);
 		}

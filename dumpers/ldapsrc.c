@@ -13,8 +13,8 @@
 #include <string.h>
 #include <strings.h>
 
-static LDAP *
-ldap_open_node(const struct st_conf *conf, int node_idx, char **error_r)
+LDAP *
+dump_ldap_open_node(const struct st_conf *conf, int node_idx, char **error_r)
 {
 	const char *uri = conf->ldap.endpoint[node_idx];
 	const char *node = conf->nodes[node_idx].name;
@@ -77,7 +77,7 @@ dump_ldap_context_csn(const struct st_conf *conf, int node_idx, struct dump_csns
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	ld = ldap_open_node(conf, node_idx, error_r);
+	ld = dump_ldap_open_node(conf, node_idx, error_r);
 	if (ld == NULL)
 		return -1;
 	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0,
@@ -254,7 +254,7 @@ dump_ldap_export(const struct st_conf *conf, int node_idx, FILE *out, unsigned l
 	LDAP *ld;
 	int rc, ret = -1;
 
-	ld = ldap_open_node(conf, node_idx, error_r);
+	ld = dump_ldap_open_node(conf, node_idx, error_r);
 	if (ld == NULL)
 		return -1;
 	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_SUBTREE, "(objectClass=*)", attrs, 0,

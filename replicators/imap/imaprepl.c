@@ -1,0 +1,1043 @@
+/*
+ * standin-imaprepl: keep every mailbox of every user on the standby's IMAP
+ * server equal to the master's, over IMAP (libetpan).
+ *
+ * Threads: the main thread runs the daemon's libev loop (status socket,
+ * timers, the IDLE descriptors, the cluster state); a pool of [imap]
+ * workers threads runs the blocking libetpan sessions.  Work is a queue of
+ * jobs under one mutex:
+ *   TREE user        mirror the folder tree and subscriptions, STATUS every
+ *                    folder, queue a FOLDER job for each one that changed
+ *   FOLDER user/f    one folder pass (imsync.c)
+ *   IDLE user        (re)start the IDLE session on the user's INBOX
+ * A user's TREE job never runs beside that user's FOLDER jobs, and a folder
+ * has at most one job running; a folder asked for again while it runs is
+ * queued again when it ends.  Workers tell the main thread through an
+ * ev_async.
+ *
+ * A full pass (every full_pass_interval, at start, and on "drain") queues a
+ * TREE job per user and ends when the queue is empty and no job runs.
+ * Between passes, each user's INBOX is watched with IDLE: its descriptor is
+ * an ev_io in the main thread; when it becomes readable a FOLDER job for
+ * INBOX goes to the front of the queue and the IDLE is restarted.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "dumpers/ldapsrc.h"
+#include "lib/cstate.h"
+#include "lib/daemon.h"
+#include "lib/durable.h"
+#include "lib/log.h"
+#include "replicators/imap/imsync.h"
+
+#define TICK_MS 500
+#define CSTATE_CHECK_MS 2000
+#define RETRY_MIN_MS 1000
+#define RETRY_MAX_MS 60000
+#define IDLE_REFRESH_S (25 * 60)
+#define USERS_MAX 100000
+
+enum job_kind { JOB_TREE, JOB_FOLDER, JOB_IDLE };
+/* OFF: none; QUEUED: an IDLE job is queued or running; READY: it ended, the
+ * main thread arms it; WATCHING: the main thread watches its descriptor. */
+enum idle_state { IDLE_OFF, IDLE_QUEUED, IDLE_READY, IDLE_WATCHING };
+
+struct folder {
+	char *name;
+	bool queued, running, again;
+	struct folder *next;
+};
+
+struct user {
+	char *name;
+	bool listed;			/* in the current user list */
+	bool tree_queued, tree_running;
+	int running;			/* FOLDER jobs running */
+	uint64_t behind, messages;
+	size_t n_folders;
+	char *error;
+	struct folder *folders;
+	/* IDLE; the session belongs to the main thread while WATCHING. */
+	enum idle_state idle_state;
+	struct im_sess *idle;
+	bool idle_restart;		/* the IDLE job restarts the session it has */
+	ev_io idle_io;
+	ev_timer idle_timer;
+	long long idle_retry_ms;
+	struct user *next;
+};
+
+struct job {
+	enum job_kind kind;
+	struct user *u;
+	struct folder *f;
+	struct job *next;
+};
+
+struct imrepl {
+	struct st_daemon *d;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	pthread_t *threads;
+	size_t n_threads;
+	struct job *head, *tail;
+	size_t queued, running;
+	bool quit;
+	atomic_bool stopping;
+	ev_async wake;
+	ev_timer tick, pass_timer;
+
+	struct user *users;
+	size_t n_users;
+
+	/* Session parameters (valid while a source is set). */
+	char source[ST_NAME_MAX + 1];
+	uint64_t epoch;
+	struct im_endpoint src_ep, tgt_ep;
+	struct im_login src_login, tgt_login;
+	char *password;
+	char *state_root;
+	struct im_env env;
+	struct im_counters c;
+	bool active;			/* a source is set and workers run */
+
+	/* Passes. */
+	bool pass_active, pass_wanted;
+	long long pass_started_ms, last_pass_ms, last_clean_start_ms, last_clean_end_ms;
+	uint64_t passes, pass_errors_now;
+	long long next_cstate_ms;
+	char *last_error;		/* of the current pass, under mu */
+	long long drain_from_ms;
+	uint64_t appended_base;
+	long long rate_ms;
+	double msgs_per_s;
+};
+
+static struct imrepl G;
+
+static void idle_arm(struct imrepl *r, struct user *u);
+
+/* ------------------------------------------------------------ users */
+
+static struct user *
+user_find(struct imrepl *r, const char *name)
+{
+	for (struct user *u = r->users; u; u = u->next)
+		if (strcmp(u->name, name) == 0)
+			return u;
+	return NULL;
+}
+
+static void
+user_add(struct imrepl *r, const char *name)
+{
+	struct user *u = user_find(r, name);
+
+	if (u != NULL) {
+		u->listed = true;
+		return;
+	}
+	u = xcalloc(1, sizeof(*u));
+	u->name = xstrdup(name);
+	u->listed = true;
+	u->idle_io.fd = -1;
+	u->next = r->users;
+	r->users = u;
+	r->n_users++;
+	st_info("user %s added", st_q(name));
+}
+
+static bool
+valid_user(const char *s)
+{
+	if (*s == '\0' || strlen(s) > 255)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s <= ' ' || *s == '"' || *s == '\\' || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static int
+load_users_file(struct imrepl *r, const char *path, char **error_r)
+{
+	char *text = NULL, *save = NULL;
+	size_t len = 0, lineno = 0;
+
+	if (st_read_file(path, 64u << 20, &text, &len, error_r) < 0)
+		return -1;
+	if (memchr(text, '\0', len) != NULL) {
+		st_set_error(error_r, "%s: holds a NUL byte", path);
+		free(text);
+		return -1;
+	}
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		lineno++;
+		char *s = line + strspn(line, " \t"), *e = s + strlen(s);
+		while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+			*--e = '\0';
+		if (*s == '\0' || *s == '#')
+			continue;
+		if (!valid_user(s)) {
+			st_set_error(error_r, "%s: line %zu: %s is not a valid IMAP user name", path, lineno, st_q(s));
+			free(text);
+			return -1;
+		}
+		if (r->n_users >= USERS_MAX) {
+			st_set_error(error_r, "%s: more than %d users", path, USERS_MAX);
+			free(text);
+			return -1;
+		}
+		user_add(r, s);
+	}
+	free(text);
+	return 0;
+}
+
+static int
+load_users_ldap(struct imrepl *r, char **error_r)
+{
+	const struct st_conf *conf = r->d->conf;
+	int idx = st_conf_node_index(conf, r->source);
+	LDAP *ld = dump_ldap_open_node(conf, idx, error_r);
+	LDAPMessage *res = NULL;
+	char *attrs[] = { conf->imap.users_ldap_attribute, NULL };
+	struct timeval tv = { conf->ldap.timeout_ms / 1000, 0 };
+	int rc;
+
+	if (ld == NULL)
+		return -1;
+	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_SUBTREE, conf->imap.users_ldap_filter, attrs, 0,
+			       NULL, NULL, &tv, 0, &res);
+	if (rc != LDAP_SUCCESS) {
+		st_set_error(error_r, "users from LDAP (node %s, base %s, filter %s): %s", r->source,
+			     conf->ldap.suffix, conf->imap.users_ldap_filter, ldap_err2string(rc));
+		ldap_msgfree(res);
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return -1;
+	}
+	for (LDAPMessage *e = ldap_first_entry(ld, res); e; e = ldap_next_entry(ld, e)) {
+		struct berval **v = ldap_get_values_len(ld, e, conf->imap.users_ldap_attribute);
+		for (size_t i = 0; v && v[i]; i++) {
+			char *name = xstrndup(v[i]->bv_val, v[i]->bv_len);
+			if (strlen(name) == v[i]->bv_len && valid_user(name) && r->n_users < USERS_MAX)
+				user_add(r, name);
+			else {
+				char *dn = ldap_get_dn(ld, e);
+				st_warn("users from LDAP: %s of %s is not a usable IMAP user name; skipped",
+					conf->imap.users_ldap_attribute, dn ? dn : "?");
+				ldap_memfree(dn);
+			}
+			free(name);
+		}
+		if (v)
+			ldap_value_free_len(v);
+	}
+	ldap_msgfree(res);
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return 0;
+}
+
+static int
+load_users(struct imrepl *r, char **error_r)
+{
+	const struct st_conf *conf = r->d->conf;
+
+	for (struct user *u = r->users; u; u = u->next)
+		u->listed = false;
+	int rc = conf->imap.users_file ? load_users_file(r, conf->imap.users_file, error_r)
+				       : load_users_ldap(r, error_r);
+	if (rc < 0) {
+		for (struct user *u = r->users; u; u = u->next)
+			u->listed = true;	/* keep serving the users we had */
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ the queue (under mu) */
+
+static void
+push_job(struct imrepl *r, enum job_kind kind, struct user *u, struct folder *f, bool front)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+
+	j->kind = kind;
+	j->u = u;
+	j->f = f;
+	if (front) {
+		j->next = r->head;
+		r->head = j;
+		if (r->tail == NULL)
+			r->tail = j;
+	} else {
+		if (r->tail)
+			r->tail->next = j;
+		else
+			r->head = j;
+		r->tail = j;
+	}
+	r->queued++;
+	pthread_cond_signal(&r->cv);
+}
+
+static struct folder *
+folder_get(struct user *u, const char *name)
+{
+	for (struct folder *f = u->folders; f; f = f->next)
+		if (strcmp(f->name, name) == 0)
+			return f;
+	struct folder *f = xcalloc(1, sizeof(*f));
+	f->name = xstrdup(name);
+	f->next = u->folders;
+	u->folders = f;
+	return f;
+}
+
+static void
+want_folder(struct imrepl *r, struct user *u, const char *name, bool front)
+{
+	struct folder *f = folder_get(u, name);
+
+	if (f->running)
+		f->again = true;
+	else if (!f->queued) {
+		f->queued = true;
+		push_job(r, JOB_FOLDER, u, f, front);
+	}
+}
+
+static void
+want_tree(struct imrepl *r, struct user *u)
+{
+	if (!u->tree_queued) {
+		u->tree_queued = true;
+		push_job(r, JOB_TREE, u, NULL, false);
+	}
+}
+
+static bool
+runnable(const struct job *j)
+{
+	switch (j->kind) {
+	case JOB_TREE:
+		return j->u->running == 0;
+	case JOB_FOLDER:
+		return !j->u->tree_running && !j->f->running;
+	default:
+		return true;
+	}
+}
+
+static struct job *
+take_job(struct imrepl *r)
+{
+	struct job *prev = NULL;
+
+	for (struct job *j = r->head; j; prev = j, j = j->next) {
+		if (!runnable(j))
+			continue;
+		if (prev)
+			prev->next = j->next;
+		else
+			r->head = j->next;
+		if (r->tail == j)
+			r->tail = prev;
+		r->queued--;
+		r->running++;
+		switch (j->kind) {
+		case JOB_TREE:
+			j->u->tree_queued = false;
+			j->u->tree_running = true;
+			break;
+		case JOB_FOLDER:
+			j->f->queued = false;
+			j->f->running = true;
+			j->u->running++;
+			break;
+		default:
+			break;
+		}
+		return j;
+	}
+	return NULL;
+}
+
+static void
+note_error(struct imrepl *r, struct user *u, const char *err)
+{
+	free(u->error);
+	u->error = err ? xstrdup(err) : NULL;
+	if (err) {
+		free(r->last_error);
+		r->last_error = xstrdup(err);
+		r->pass_errors_now++;
+	}
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void
+run_idle_job(struct imrepl *r, struct user *u)
+{
+	struct im_sess *s = u->idle;
+	char *err = NULL;
+	struct im_status st;
+
+	u->idle = NULL;
+	if (s != NULL && u->idle_restart) {
+		if (im_idle_done(s) < 0 || im_idle_start(s) < 0) {
+			st_info("user %s: IDLE restart: %s", st_q(u->name), im_sess_error(s));
+			im_sess_close(s);
+			s = NULL;
+		}
+	} else if (s != NULL) {
+		im_sess_close(s);
+		s = NULL;
+	}
+	if (s == NULL) {
+		s = im_sess_open(r->env.src, u->name, &err);
+		if (s != NULL && !im_sess_has(s, "IDLE")) {
+			free(err);
+			err = xasprintf("the master's IMAP server has no IDLE; new mail waits for the next full pass");
+			im_sess_close(s);
+			s = NULL;
+		}
+		if (s != NULL && (im_select(s, "INBOX", true, &st) < 0 || im_idle_start(s) < 0)) {
+			free(err);
+			err = xstrdup(im_sess_error(s));
+			im_sess_close(s);
+			s = NULL;
+		}
+	}
+	pthread_mutex_lock(&r->mu);
+	u->idle = s;
+	if (s == NULL)
+		st_info("user %s: no IDLE session: %s", st_q(u->name), err ? err : "?");
+	pthread_mutex_unlock(&r->mu);
+	free(err);
+}
+
+static void *
+worker_main(void *arg)
+{
+	struct imrepl *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		struct job *j = NULL;
+
+		while (!r->quit && (j = take_job(r)) == NULL)
+			pthread_cond_wait(&r->cv, &r->mu);
+		if (r->quit)
+			break;
+		pthread_mutex_unlock(&r->mu);
+
+		char *err = NULL;
+		struct im_tree tree = { 0 };
+		int rc = 0;
+		switch (j->kind) {
+		case JOB_TREE:
+			rc = im_sync_tree(&r->env, j->u->name, &tree, &err);
+			break;
+		case JOB_FOLDER:
+			rc = im_sync_folder(&r->env, j->u->name, j->f->name, &err);
+			break;
+		case JOB_IDLE:
+			run_idle_job(r, j->u);
+			break;
+		}
+		if (rc < 0 && !atomic_load(&r->stopping))
+			st_error("%s", err);
+
+		pthread_mutex_lock(&r->mu);
+		r->running--;
+		switch (j->kind) {
+		case JOB_TREE:
+			j->u->tree_running = false;
+			if (rc == 0) {
+				uint64_t behind = 0;
+				for (size_t i = 0; i < tree.n; i++) {
+					behind += tree.v[i].behind;
+					if (tree.v[i].changed)
+						want_folder(r, j->u, tree.v[i].folder, false);
+				}
+				j->u->behind = behind;
+				j->u->messages = tree.messages;
+				j->u->n_folders = tree.n;
+				note_error(r, j->u, NULL);
+				if (j->u->idle_state == IDLE_OFF && j->u->idle_retry_ms == 0) {
+					j->u->idle_state = IDLE_QUEUED;
+					j->u->idle_restart = false;
+					push_job(r, JOB_IDLE, j->u, NULL, false);
+				}
+			} else {
+				note_error(r, j->u, err);
+			}
+			break;
+		case JOB_FOLDER:
+			j->f->running = false;
+			j->u->running--;
+			if (rc < 0)
+				note_error(r, j->u, err);
+			if (j->f->again) {
+				j->f->again = false;
+				j->f->queued = true;
+				push_job(r, JOB_FOLDER, j->u, j->f, true);
+			}
+			break;
+		case JOB_IDLE:
+			j->u->idle_state = IDLE_READY;
+			break;
+		}
+		/* Jobs that waited for this one may run now. */
+		pthread_cond_broadcast(&r->cv);
+		free(j);
+		free(err);
+		im_tree_free(&tree);
+		ev_async_send(r->d->loop, &r->wake);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+/* ------------------------------------------------------------ IDLE (main thread) */
+
+static void
+idle_disarm(struct imrepl *r, struct user *u)
+{
+	ev_io_stop(r->d->loop, &u->idle_io);
+	ev_timer_stop(r->d->loop, &u->idle_timer);
+}
+
+static void
+idle_kick(struct imrepl *r, struct user *u, bool changed)
+{
+	idle_disarm(r, u);
+	pthread_mutex_lock(&r->mu);
+	if (changed)
+		want_folder(r, u, "INBOX", true);
+	u->idle_state = IDLE_QUEUED;
+	u->idle_restart = true;
+	push_job(r, JOB_IDLE, u, NULL, !changed);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void
+idle_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct user *u = w->data;
+
+	(void)loop;
+	(void)revents;
+	idle_kick(&G, u, true);
+}
+
+static void
+idle_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct user *u = w->data;
+
+	(void)loop;
+	(void)revents;
+	idle_kick(&G, u, false);
+}
+
+/* Called in the main thread after an IDLE job ended (under mu). */
+static void
+idle_arm(struct imrepl *r, struct user *u)
+{
+	if (u->idle == NULL) {
+		u->idle_state = IDLE_OFF;
+		u->idle_retry_ms = st_monotonic_ms() + 10000;
+		return;
+	}
+	u->idle_state = IDLE_WATCHING;
+	ev_io_init(&u->idle_io, idle_io_cb, im_idle_fd(u->idle), EV_READ);
+	u->idle_io.data = u;
+	ev_timer_init(&u->idle_timer, idle_timer_cb, IDLE_REFRESH_S, 0.);
+	u->idle_timer.data = u;
+	ev_timer_start(r->d->loop, &u->idle_timer);
+	if (im_idle_buffered(u->idle)) {
+		/* Bytes already read past "+ idling": the descriptor will not tell. */
+		u->idle_state = IDLE_QUEUED;
+		ev_timer_stop(r->d->loop, &u->idle_timer);
+		want_folder(r, u, "INBOX", true);
+		u->idle_restart = true;
+		push_job(r, JOB_IDLE, u, NULL, false);
+		return;
+	}
+	ev_io_start(r->d->loop, &u->idle_io);
+}
+
+/* ------------------------------------------------------------ passes (main thread) */
+
+static void
+set_state(struct imrepl *r, const char *state)
+{
+	r->d->state = state;
+}
+
+static void
+start_pass(struct imrepl *r)
+{
+	char *err = NULL;
+
+	if (!r->active)
+		return;
+	if (r->pass_active) {
+		r->pass_wanted = true;
+		return;
+	}
+	if (load_users(r, &err) < 0) {
+		st_daemon_set_error(r->d, "%s", err);
+		free(err);
+	}
+	r->pass_active = true;
+	r->pass_wanted = false;
+	r->pass_started_ms = st_now_ms();
+	pthread_mutex_lock(&r->mu);
+	r->pass_errors_now = 0;
+	free(r->last_error);
+	r->last_error = NULL;
+	for (struct user *u = r->users; u; u = u->next)
+		if (u->listed)
+			want_tree(r, u);
+	pthread_mutex_unlock(&r->mu);
+	st_debug("full pass started (%zu users)", r->n_users);
+}
+
+static void
+wake_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct imrepl *r = w->data;
+
+	(void)loop;
+	(void)revents;
+	pthread_mutex_lock(&r->mu);
+	for (struct user *u = r->users; u; u = u->next)
+		if (u->idle_state == IDLE_READY)
+			idle_arm(r, u);
+	bool idle_now = r->queued == 0 && r->running == 0;
+	uint64_t errors = r->pass_errors_now;
+	char *last = r->last_error ? xstrdup(r->last_error) : NULL;
+	pthread_mutex_unlock(&r->mu);
+
+	if (r->pass_active && idle_now) {
+		long long now = st_now_ms();
+		r->pass_active = false;
+		r->passes++;
+		r->last_pass_ms = now - r->pass_started_ms;
+		if (errors == 0) {
+			r->last_clean_start_ms = r->pass_started_ms;
+			r->last_clean_end_ms = now;
+			st_daemon_set_error(r->d, NULL);
+			set_state(r, "streaming");
+		} else {
+			st_daemon_set_error(r->d, "%s", last ? last : "errors in the last pass");
+			set_state(r, "error");
+		}
+		st_info("full pass done in %lld ms, %" PRIu64 " error(s)", r->last_pass_ms, errors);
+		if (r->pass_wanted)
+			start_pass(r);
+	}
+	free(last);
+}
+
+/* ------------------------------------------------------------ direction */
+
+static const char *
+find_source(const struct st_cstate *cs, const char *target)
+{
+	for (size_t i = 0; i < cs->n_edges[ST_SVC_IMAP]; i++)
+		if (strcmp(cs->edges[ST_SVC_IMAP][i].target, target) == 0)
+			return cs->edges[ST_SVC_IMAP][i].source;
+	return NULL;
+}
+
+static void
+stop_workers(struct imrepl *r)
+{
+	if (r->n_threads == 0)
+		return;
+	atomic_store(&r->stopping, true);
+	pthread_mutex_lock(&r->mu);
+	r->quit = true;
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	for (size_t i = 0; i < r->n_threads; i++)
+		pthread_join(r->threads[i], NULL);
+	free(r->threads);
+	r->threads = NULL;
+	r->n_threads = 0;
+	/* Drop what was queued, and every IDLE session. */
+	while (r->head) {
+		struct job *j = r->head;
+		r->head = j->next;
+		free(j);
+	}
+	r->tail = NULL;
+	r->queued = r->running = 0;
+	for (struct user *u = r->users; u; u = u->next) {
+		idle_disarm(r, u);
+		im_sess_close(u->idle);
+		u->idle = NULL;
+		u->idle_state = IDLE_OFF;
+		u->tree_queued = u->tree_running = false;
+		u->running = 0;
+		for (struct folder *f = u->folders; f; f = f->next)
+			f->queued = f->running = f->again = false;
+	}
+	r->quit = false;
+	atomic_store(&r->stopping, false);
+	r->pass_active = false;
+	r->active = false;
+	im_endpoint_free(&r->src_ep);
+	im_endpoint_free(&r->tgt_ep);
+	st_secret_free(&r->password);
+	free(r->state_root);
+	r->state_root = NULL;
+}
+
+static int
+start_direction(struct imrepl *r, const char *source, char **error_r)
+{
+	const struct st_conf *conf = r->d->conf;
+	int si = st_conf_node_index(conf, source), ti = st_conf_node_index(conf, r->d->node->name);
+	char *err = NULL;
+
+	if (si < 0 || ti < 0) {
+		st_set_error(error_r, "cluster state names node %s, which %s does not have", source,
+			     r->d->config_path);
+		return -1;
+	}
+	if (im_endpoint_parse(conf->imap.endpoint[si], &r->src_ep, error_r) < 0 ||
+	    im_endpoint_parse(conf->imap.endpoint[ti], &r->tgt_ep, error_r) < 0)
+		return -1;
+	if (st_secret_read(conf->imap.password_file, &r->password, &err) < 0) {
+		st_set_error(error_r, "[imap] password_file: %s", err);
+		free(err);
+		return -1;
+	}
+	r->state_root = xasprintf("%s/imaprepl-%s", r->d->node->state_dir, source);
+	if (st_mkdir_p(r->state_root, 0700, error_r) < 0)
+		return -1;
+	struct im_login base = {
+		.starttls = conf->imap.starttls, .ca_file = conf->imap.ca_file,
+		.admin_user = conf->imap.admin_user, .separator = conf->imap.master_separator,
+		.password = r->password, .timeout_ms = conf->imap.timeout_ms,
+	};
+	r->src_login = base;
+	r->src_login.node = conf->nodes[si].name;
+	r->src_login.ep = &r->src_ep;
+	r->tgt_login = base;
+	r->tgt_login.node = conf->nodes[ti].name;
+	r->tgt_login.ep = &r->tgt_ep;
+	snprintf(r->source, sizeof(r->source), "%s", source);
+	r->env = (struct im_env){ .src = &r->src_login, .tgt = &r->tgt_login, .state_root = r->state_root,
+				  .src_node = r->source, .c = &r->c, .stopping = &r->stopping };
+	r->n_threads = (size_t)conf->imap.workers;
+	r->threads = xcalloc(r->n_threads, sizeof(*r->threads));
+	for (size_t i = 0; i < r->n_threads; i++) {
+		int e = pthread_create(&r->threads[i], NULL, worker_main, r);
+		if (e != 0) {
+			r->n_threads = i;
+			st_set_error(error_r, "cannot start worker thread: %s", strerror(e));
+			return -1;
+		}
+	}
+	r->active = true;
+	st_notice("replicating IMAP from node %s to node %s with %zu workers", source, r->d->node->name,
+		  r->n_threads);
+	set_state(r, "initial-sync");
+	start_pass(r);
+	return 0;
+}
+
+static void
+check_cstate(struct imrepl *r)
+{
+	char *path = st_cstate_path(r->d->node), *err = NULL;
+	struct st_cstate cs;
+	int rc = st_cstate_load(path, &cs, &err);
+
+	free(path);
+	if (rc != 0) {
+		if (rc < 0)
+			st_daemon_set_error(r->d, "%s", err);
+		else if (r->active)
+			st_warn("no cluster state on this node: replication stopped");
+		free(err);
+		if (r->active)
+			stop_workers(r);
+		set_state(r, rc < 0 ? "error" : "no-cluster-state");
+		return;
+	}
+	const char *src = find_source(&cs, r->d->node->name);
+	if (r->active && (src == NULL || strcmp(src, r->source) != 0 || cs.epoch != r->epoch)) {
+		st_notice("cluster state changed (epoch %" PRIu64 "): restarting replication", cs.epoch);
+		stop_workers(r);
+	}
+	r->epoch = cs.epoch;
+	if (src == NULL) {
+		r->source[0] = '\0';
+		set_state(r, strcmp(cs.master, r->d->node->name) == 0 ? "master" : "no-source");
+		return;
+	}
+	if (!r->active && start_direction(r, src, &err) < 0) {
+		st_daemon_set_error(r->d, "%s", err);
+		free(err);
+		stop_workers(r);
+		set_state(r, "error");
+	}
+}
+
+static void
+tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct imrepl *r = w->data;
+	long long now = st_monotonic_ms();
+
+	(void)loop;
+	(void)revents;
+	if (now >= r->next_cstate_ms) {
+		r->next_cstate_ms = now + CSTATE_CHECK_MS;
+		check_cstate(r);
+	}
+	if (now - r->rate_ms >= 1000) {
+		uint64_t a = atomic_load(&r->c.appended);
+		r->msgs_per_s = r->rate_ms > 0 ? (double)(a - r->appended_base) * 1000.0 / (double)(now - r->rate_ms) : 0;
+		r->appended_base = a;
+		r->rate_ms = now;
+	}
+	if (!r->active)
+		return;
+	/* Users whose IDLE failed: try again now and then. */
+	pthread_mutex_lock(&r->mu);
+	for (struct user *u = r->users; u; u = u->next)
+		if (u->listed && u->idle_state == IDLE_OFF && u->idle_retry_ms > 0 &&
+		    now >= u->idle_retry_ms) {
+			u->idle_retry_ms = 0;
+			u->idle_state = IDLE_QUEUED;
+			u->idle_restart = false;
+			push_job(r, JOB_IDLE, u, NULL, false);
+		}
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void
+pass_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	start_pass(w->data);
+}
+
+/* ------------------------------------------------------------ daemon ops */
+
+static int
+imrepl_start(struct st_daemon *d, char **error_r)
+{
+	struct imrepl *r = d->priv;
+
+	if (!d->conf->service_enabled[ST_SVC_IMAP]) {
+		st_set_error(error_r, "%s has no [imap] section: nothing to replicate", d->config_path);
+		return -1;
+	}
+	r->d = d;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	ev_async_init(&r->wake, wake_cb);
+	r->wake.data = r;
+	ev_async_start(d->loop, &r->wake);
+	ev_timer_init(&r->tick, tick_cb, TICK_MS / 1000.0, TICK_MS / 1000.0);
+	r->tick.data = r;
+	ev_timer_start(d->loop, &r->tick);
+	double every = (double)d->conf->imap.full_pass_interval_ms / 1000.0;
+	ev_timer_init(&r->pass_timer, pass_timer_cb, every, every);
+	r->pass_timer.data = r;
+	ev_timer_start(d->loop, &r->pass_timer);
+	set_state(r, "starting");
+	check_cstate(r);
+	return 0;
+}
+
+static void
+imrepl_stop(struct st_daemon *d)
+{
+	struct imrepl *r = d->priv;
+
+	stop_workers(r);
+	ev_timer_stop(d->loop, &r->tick);
+	ev_timer_stop(d->loop, &r->pass_timer);
+	ev_async_stop(d->loop, &r->wake);
+}
+
+static void
+imrepl_status(struct st_daemon *d, json_t *obj)
+{
+	struct imrepl *r = d->priv;
+	uint64_t behind = 0, messages = 0, folders = 0;
+	size_t users = 0, idling = 0, user_errors = 0;
+
+	pthread_mutex_lock(&r->mu);
+	for (struct user *u = r->users; u; u = u->next) {
+		if (!u->listed)
+			continue;
+		users++;
+		behind += u->behind;
+		messages += u->messages;
+		folders += u->n_folders;
+		idling += u->idle_state == IDLE_WATCHING;
+		user_errors += u->error != NULL;
+	}
+	size_t queued = r->queued, running = r->running;
+	pthread_mutex_unlock(&r->mu);
+
+	json_object_set_new(obj, "source", r->source[0] ? json_string(r->source) : json_null());
+	json_object_set_new(obj, "epoch", json_integer((json_int_t)r->epoch));
+	json_object_set_new(obj, "users", json_integer((json_int_t)users));
+	json_object_set_new(obj, "folders", json_integer((json_int_t)folders));
+	json_object_set_new(obj, "messages", json_integer((json_int_t)messages));
+	json_object_set_new(obj, "messages_behind", json_integer((json_int_t)behind));
+	json_object_set_new(obj, "users_in_error", json_integer((json_int_t)user_errors));
+	json_object_set_new(obj, "idling", json_integer((json_int_t)idling));
+	json_object_set_new(obj, "jobs_queued", json_integer((json_int_t)queued));
+	json_object_set_new(obj, "jobs_running", json_integer((json_int_t)running));
+	json_object_set_new(obj, "pass_active", json_boolean(r->pass_active));
+	json_object_set_new(obj, "passes", json_integer((json_int_t)r->passes));
+	json_object_set_new(obj, "last_pass_ms", json_integer(r->last_pass_ms));
+	json_object_set_new(obj, "last_clean_pass_start_ms", json_integer(r->last_clean_start_ms));
+	json_object_set_new(obj, "appended", json_integer((json_int_t)atomic_load(&r->c.appended)));
+	json_object_set_new(obj, "appended_bytes", json_integer((json_int_t)atomic_load(&r->c.appended_bytes)));
+	json_object_set_new(obj, "flag_updates", json_integer((json_int_t)atomic_load(&r->c.flag_updates)));
+	json_object_set_new(obj, "expunged", json_integer((json_int_t)atomic_load(&r->c.expunged)));
+	json_object_set_new(obj, "folders_created", json_integer((json_int_t)atomic_load(&r->c.folders_created)));
+	json_object_set_new(obj, "folders_renamed", json_integer((json_int_t)atomic_load(&r->c.folders_renamed)));
+	json_object_set_new(obj, "folders_deleted", json_integer((json_int_t)atomic_load(&r->c.folders_deleted)));
+	json_object_set_new(obj, "reconciled", json_integer((json_int_t)atomic_load(&r->c.reconciled)));
+	json_object_set_new(obj, "recovered", json_integer((json_int_t)atomic_load(&r->c.recovered)));
+	json_object_set_new(obj, "standby_extra", json_integer((json_int_t)atomic_load(&r->c.standby_extra)));
+	json_object_set_new(obj, "messages_per_s", json_real(r->msgs_per_s));
+	/* Lag: since the start of the last pass that ended clean, while one runs or errors remain. */
+	json_t *lag = json_null();
+	if (r->active && r->last_clean_end_ms > 0) {
+		bool quiet = !r->pass_active && d->last_error == NULL && queued == 0 && running == 0;
+		lag = json_real(quiet ? 0.0 : (double)(st_now_ms() - r->last_clean_start_ms) / 1000.0);
+	}
+	json_object_set_new(obj, "lag_seconds", lag);
+	json_object_set_new(obj, "lag_bytes", json_null());
+}
+
+static void
+imrepl_metrics(struct st_daemon *d, struct st_buf *out)
+{
+	struct imrepl *r = d->priv;
+	char labels[128];
+
+	snprintf(labels, sizeof(labels), "node=\"%s\"", d->node->name);
+	st_metric(out, "standin_imap_appended_total", "counter", "Messages copied to the standby.", labels,
+		  (double)atomic_load(&r->c.appended));
+	st_metric(out, "standin_imap_flag_updates_total", "counter", "Flag changes applied.", labels,
+		  (double)atomic_load(&r->c.flag_updates));
+	st_metric(out, "standin_imap_expunged_total", "counter", "Messages expunged on the standby.", labels,
+		  (double)atomic_load(&r->c.expunged));
+	st_metric(out, "standin_imap_passes_total", "counter", "Full passes completed.", labels, (double)r->passes);
+}
+
+/*
+ * "drain [MS]": is everything the master had at MS (ms since the epoch;
+ * default now) on the standby?  Yes once a full pass that started at or
+ * after MS ended without error; a pass is started when needed.
+ */
+static void
+cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct imrepl *r = d->priv;
+	long long from = st_now_ms();
+
+	while (*args == ' ')
+		args++;
+	if (*args) {
+		char *e;
+		from = strtoll(args, &e, 10);
+		if (*e != '\0' || from <= 0) {
+			st_buf_puts(reply, "{\"error\":\"usage: drain [MS] (milliseconds since the epoch)\"}\n");
+			return;
+		}
+	}
+	bool drained = r->active && r->last_clean_start_ms >= from;
+	if (!drained && r->active && (!r->pass_active || r->pass_started_ms < from))
+		start_pass(r);
+	json_t *o = json_object();
+	json_object_set_new(o, "drained", json_boolean(drained));
+	json_object_set_new(o, "since_ms", json_integer(from));
+	json_object_set_new(o, "last_clean_pass_start_ms", json_integer(r->last_clean_start_ms));
+	if (!r->active)
+		json_object_set_new(o, "error", json_string("not replicating (no source in the cluster state)"));
+	char *text = json_dumps(o, JSON_COMPACT);
+	st_buf_printf(reply, "%s\n", text);
+	free(text);
+	json_decref(o);
+}
+
+static void
+cmd_pass(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct imrepl *r = d->priv;
+
+	(void)args;
+	start_pass(r);
+	st_buf_printf(reply, "{\"pass_active\":%s}\n", r->pass_active ? "true" : "false");
+}
+
+static const struct st_ctl_command imrepl_commands[] = {
+	{ "drain", cmd_drain, "drain [MS]: tell whether everything the master had at MS is on the standby" },
+	{ "pass", cmd_pass, "pass: start a full pass now" },
+	{ NULL, NULL, NULL },
+};
+
+static const struct st_daemon_ops imrepl_ops = {
+	.program = "standin-imaprepl",
+	.summary = "replicate every IMAP mailbox from the master to this standby",
+	.start = imrepl_start,
+	.stop = imrepl_stop,
+	.status = imrepl_status,
+	.metrics = imrepl_metrics,
+	.commands = imrepl_commands,
+};
+
+int
+main(int argc, char **argv)
+{
+	int rc = st_daemon_main(argc, argv, &imrepl_ops, &G);
+
+	for (struct user *u = G.users; u;) {
+		struct user *next = u->next;
+		for (struct folder *f = u->folders; f;) {
+			struct folder *fn = f->next;
+			free(f->name);
+			free(f);
+			f = fn;
+		}
+		im_sess_close(u->idle);
+		free(u->error);
+		free(u->name);
+		free(u);
+		u = next;
+	}
+	free(G.last_error);
+	return rc;
+}

@@ -1,0 +1,890 @@
+/*
+ * imsess.c: IMAP sessions over libetpan (see imsess.h).
+ *
+ * libetpan 1.9.4 traps handled here: unsolicited EXPUNGE/VANISHED are not
+ * relied upon (expunges are found by UID comparison); every wait is
+ * bounded by mailimap_set_timeout; data already in the stream's read
+ * buffer when IDLE starts is reported, since the descriptor would not
+ * become readable for it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <libetpan/libetpan.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "lib/conf.h"
+#include "replicators/imap/imsess.h"
+
+struct im_sess {
+	mailimap *imap;
+	char *desc;		/* "IMAP server of node b (127.0.0.1:10143) as alice" */
+	char *error;
+	bool broken;
+	bool idling;
+	const struct im_login *login;
+};
+
+/* -- endpoints ---------------------------------------------------------- */
+
+int
+im_endpoint_parse(const char *uri, struct im_endpoint *ep, char **error_r)
+{
+	const char *p, *host, *end;
+	size_t hlen;
+
+	memset(ep, 0, sizeof(*ep));
+	if (st_str_has_prefix(uri, "imap://"))
+		p = uri + 7;
+	else if (st_str_has_prefix(uri, "imaps://")) {
+		p = uri + 8;
+		ep->imaps = true;
+	} else {
+		st_set_error(error_r, "\"%s\" is not an imap:// or imaps:// URI", uri);
+		return -1;
+	}
+	if (*p == '[') {
+		host = p + 1;
+		end = strchr(host, ']');
+		if (end == NULL)
+			goto bad;
+		hlen = (size_t)(end - host);
+		p = end + 1;
+	} else {
+		host = p;
+		hlen = strcspn(p, ":/");
+		p += hlen;
+	}
+	if (hlen == 0)
+		goto bad;
+	ep->port = ep->imaps ? 993 : 143;
+	if (*p == ':') {
+		char *e;
+		unsigned long port = strtoul(p + 1, &e, 10);
+		if (e == p + 1 || port == 0 || port > 65535)
+			goto bad;
+		ep->port = (unsigned)port;
+		p = e;
+	}
+	if (*p == '/')
+		p++;
+	if (*p != '\0')
+		goto bad;
+	ep->host = xstrndup(host, hlen);
+	return 0;
+bad:
+	st_set_error(error_r, "\"%s\" is not a valid IMAP URI (imap[s]://HOST[:PORT])", uri);
+	return -1;
+}
+
+void
+im_endpoint_free(struct im_endpoint *ep)
+{
+	free(ep->host);
+	ep->host = NULL;
+}
+
+/* -- errors ------------------------------------------------------------- */
+
+static const char *
+etpan_error(int r)
+{
+	switch (r) {
+	case MAILIMAP_ERROR_STREAM:
+		return "connection lost or timed out";
+	case MAILIMAP_ERROR_PARSE:
+		return "reply not understood";
+	case MAILIMAP_ERROR_CONNECTION_REFUSED:
+		return "connection refused";
+	case MAILIMAP_ERROR_MEMORY:
+		return "out of memory";
+	case MAILIMAP_ERROR_LOGIN:
+		return "login refused";
+	case MAILIMAP_ERROR_SSL:
+		return "TLS handshake failed (certificate not trusted, or not TLS)";
+	case MAILIMAP_ERROR_PROTOCOL:
+		return "protocol error";
+	default:
+		return "command refused";
+	}
+}
+
+static int
+fail(struct im_sess *s, int r, const char *fmt, ...) ST_PRINTF(3, 4);
+
+static int
+fail(struct im_sess *s, int r, const char *fmt, ...)
+{
+	va_list ap;
+	char *what;
+	const char *said = s->imap && s->imap->imap_response ? s->imap->imap_response : NULL;
+
+	va_start(ap, fmt);
+	what = xvasprintf(fmt, ap);
+	va_end(ap);
+	free(s->error);
+	if (said && *said && r != MAILIMAP_ERROR_STREAM)
+		s->error = xasprintf("%s: %s: %s (server said: %s)", s->desc, what, etpan_error(r), said);
+	else
+		s->error = xasprintf("%s: %s: %s", s->desc, what, etpan_error(r));
+	free(what);
+	if (r == MAILIMAP_ERROR_STREAM || r == MAILIMAP_ERROR_PARSE || r == MAILIMAP_ERROR_PROTOCOL ||
+	    r == MAILIMAP_ERROR_MEMORY)
+		s->broken = true;
+	return -1;
+}
+
+const char *
+im_sess_error(const struct im_sess *s)
+{
+	return s->error ? s->error : "no error";
+}
+
+bool
+im_sess_broken(const struct im_sess *s)
+{
+	return s->broken;
+}
+
+bool
+im_sess_has(const struct im_sess *s, const char *capability)
+{
+	return mailimap_has_extension(s->imap, (char *)capability) == 1;
+}
+
+/* -- connecting --------------------------------------------------------- */
+
+static void
+tls_setup(struct mailstream_ssl_context *ctx, void *data)
+{
+	struct im_sess *s = data;
+	SSL_CTX *ssl = mailstream_ssl_get_openssl_ssl_ctx(ctx);
+
+	mailstream_ssl_set_server_name(ctx, s->login->ep->host);
+	if (ssl == NULL)
+		return;
+	SSL_CTX_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+	if (s->login->ca_file)
+		SSL_CTX_load_verify_locations(ssl, s->login->ca_file, NULL);
+	else
+		SSL_CTX_set_default_verify_paths(ssl);
+	X509_VERIFY_PARAM_set1_host(SSL_CTX_get0_param(ssl), s->login->ep->host, 0);
+}
+
+struct im_sess *
+im_sess_open(const struct im_login *login, const char *user, char **error_r)
+{
+	struct im_sess *s = xcalloc(1, sizeof(*s));
+	const struct im_endpoint *ep = login->ep;
+	char *who;
+	int r;
+
+	s->login = login;
+	s->desc = xasprintf("IMAP server of node %s (%s:%u) for user \"%s\"", login->node, ep->host,
+			    ep->port, user);
+	s->imap = mailimap_new(0, NULL);
+	if (s->imap == NULL) {
+		st_set_error(error_r, "%s: out of memory", s->desc);
+		im_sess_close(s);
+		return NULL;
+	}
+	mailimap_set_timeout(s->imap, (time_t)((login->timeout_ms + 999) / 1000));
+	if (ep->imaps)
+		r = mailimap_ssl_connect_with_callback(s->imap, ep->host, (uint16_t)ep->port, tls_setup, s);
+	else
+		r = mailimap_socket_connect(s->imap, ep->host, (uint16_t)ep->port);
+	if (r != MAILIMAP_NO_ERROR_NON_AUTHENTICATED && r != MAILIMAP_NO_ERROR_AUTHENTICATED) {
+		fail(s, r, "connect");
+		goto out_err;
+	}
+	if (!ep->imaps && login->starttls != ST_TLS_NO) {
+		struct mailimap_capability_data *pre = NULL;
+		r = mailimap_capability(s->imap, &pre);
+		if (pre)
+			mailimap_capability_data_free(pre);
+		if (r != MAILIMAP_NO_ERROR) {
+			fail(s, r, "CAPABILITY");
+			goto out_err;
+		}
+		bool has = im_sess_has(s, "STARTTLS");
+		if (has) {
+			r = mailimap_socket_starttls_with_callback(s->imap, tls_setup, s);
+			if (r != MAILIMAP_NO_ERROR) {
+				fail(s, r, "STARTTLS");
+				goto out_err;
+			}
+		} else if (login->starttls == ST_TLS_DEMAND) {
+			free(s->error);
+			s->error = xasprintf("%s: the server does not offer STARTTLS, and [imap] starttls = demand",
+					     s->desc);
+			goto out_err;
+		}
+	}
+	who = xasprintf("%s%s%s", user, login->separator, login->admin_user);
+	r = mailimap_login(s->imap, who, login->password);
+	if (r != MAILIMAP_NO_ERROR) {
+		fail(s, r, "LOGIN as \"%s\" (check [imap] admin_user, password_file and the server's "
+			   "master user setup)", who);
+		free(who);
+		goto out_err;
+	}
+	free(who);
+	/* Capabilities after login can differ (Dovecot sends more). */
+	struct mailimap_capability_data *caps = NULL;
+	r = mailimap_capability(s->imap, &caps);
+	if (caps)
+		mailimap_capability_data_free(caps);
+	if (r != MAILIMAP_NO_ERROR) {
+		fail(s, r, "CAPABILITY");
+		goto out_err;
+	}
+	return s;
+out_err:
+	st_set_error(error_r, "%s", s->error ? s->error : "connect failed");
+	im_sess_close(s);
+	return NULL;
+}
+
+void
+im_sess_close(struct im_sess *s)
+{
+	if (s == NULL)
+		return;
+	if (s->imap) {
+		/* LOGOUT in the middle of IDLE would wait for the server's timeout. */
+		if (!s->broken && !s->idling && s->imap->imap_stream)
+			mailimap_logout(s->imap);
+		mailimap_free(s->imap);
+	}
+	free(s->desc);
+	free(s->error);
+	free(s);
+}
+
+/* -- folders ------------------------------------------------------------ */
+
+void
+im_folders_free(struct im_folders *f)
+{
+	for (size_t i = 0; i < f->n; i++)
+		free(f->v[i].name);
+	free(f->v);
+	f->v = NULL;
+	f->n = 0;
+}
+
+int
+im_list(struct im_sess *s, bool subscribed, struct im_folders *out)
+{
+	clist *list = NULL;
+	int r = subscribed ? mailimap_lsub(s->imap, "", "*", &list) : mailimap_list(s->imap, "", "*", &list);
+
+	memset(out, 0, sizeof(*out));
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, subscribed ? "LSUB \"\" *" : "LIST \"\" *");
+	out->v = xcalloc((size_t)clist_count(list) + 1, sizeof(*out->v));
+	for (clistiter *it = clist_begin(list); it; it = clist_next(it)) {
+		struct mailimap_mailbox_list *mb = clist_content(it);
+		struct im_folder *f = &out->v[out->n];
+		bool nonexistent = false;
+
+		if (mb->mb_name == NULL)
+			continue;
+		f->name = xstrdup(mb->mb_name);
+		f->delim = mb->mb_delimiter;
+		if (mb->mb_flag) {
+			if (mb->mb_flag->mbf_type == MAILIMAP_MBX_LIST_FLAGS_SFLAG &&
+			    mb->mb_flag->mbf_sflag == MAILIMAP_MBX_LIST_SFLAG_NOSELECT)
+				f->noselect = true;
+			for (clistiter *o = mb->mb_flag->mbf_oflags ? clist_begin(mb->mb_flag->mbf_oflags) : NULL;
+			     o; o = clist_next(o)) {
+				struct mailimap_mbx_list_oflag *of = clist_content(o);
+				if (of->of_type == MAILIMAP_MBX_LIST_OFLAG_FLAG_EXT && of->of_flag_ext &&
+				    strcasecmp(of->of_flag_ext, "NonExistent") == 0)
+					nonexistent = true;
+			}
+		}
+		if (nonexistent)
+			f->noselect = true;
+		out->n++;
+	}
+	mailimap_list_result_free(list);
+	return 0;
+}
+
+static void
+status_from_info(clist *infos, struct im_status *st)
+{
+	for (clistiter *it = infos ? clist_begin(infos) : NULL; it; it = clist_next(it)) {
+		struct mailimap_status_info *i = clist_content(it);
+
+		switch (i->st_att) {
+		case MAILIMAP_STATUS_ATT_MESSAGES:
+			st->messages = i->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_UIDNEXT:
+			st->uidnext = i->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_UIDVALIDITY:
+			st->uidvalidity = i->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_HIGHESTMODSEQ:
+			if (st->highestmodseq == 0)
+				st->highestmodseq = i->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_EXTENSION:
+			if (i->st_ext_data && i->st_ext_data->ext_extension &&
+			    i->st_ext_data->ext_extension->ext_id == MAILIMAP_EXTENSION_CONDSTORE &&
+			    i->st_ext_data->ext_type == MAILIMAP_CONDSTORE_TYPE_STATUS_INFO) {
+				struct mailimap_condstore_status_info *c = i->st_ext_data->ext_data;
+				st->highestmodseq = c->cs_highestmodseq_value;
+			}
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+int
+im_status(struct im_sess *s, const char *mailbox, struct im_status *st)
+{
+	struct mailimap_status_att_list *atts = mailimap_status_att_list_new_empty();
+	struct mailimap_mailbox_data_status *res = NULL;
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_MESSAGES);
+	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDNEXT);
+	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDVALIDITY);
+	if (mailimap_has_condstore(s->imap))
+		mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
+	r = mailimap_status(s->imap, mailbox, atts, &res);
+	mailimap_status_att_list_free(atts);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "STATUS \"%s\"", mailbox);
+	status_from_info(res->st_info_list, st);
+	mailimap_mailbox_data_status_free(res);
+	return 0;
+}
+
+int
+im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_status *st)
+{
+	uint64_t modseq = 0;
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	if (mailimap_has_condstore(s->imap))
+		r = readonly ? mailimap_examine_condstore(s->imap, mailbox, &modseq)
+			     : mailimap_select_condstore(s->imap, mailbox, &modseq);
+	else
+		r = readonly ? mailimap_examine(s->imap, mailbox) : mailimap_select(s->imap, mailbox);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "%s \"%s\"", readonly ? "EXAMINE" : "SELECT", mailbox);
+	struct mailimap_selection_info *si = s->imap->imap_selection_info;
+	if (si) {
+		st->uidvalidity = si->sel_uidvalidity;
+		st->uidnext = si->sel_uidnext;
+		st->messages = si->sel_exists;
+	}
+	st->highestmodseq = modseq;
+	if (st->uidvalidity == 0)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "%s \"%s\" gave no UIDVALIDITY",
+			    readonly ? "EXAMINE" : "SELECT", mailbox);
+	return 0;
+}
+
+/* -- UID lists ---------------------------------------------------------- */
+
+void
+im_uids_free(struct im_uids *u)
+{
+	free(u->v);
+	memset(u, 0, sizeof(*u));
+}
+
+void
+im_uids_add(struct im_uids *u, uint32_t uid)
+{
+	if (u->n == u->cap) {
+		u->cap = u->cap ? u->cap * 2 : 256;
+		u->v = xrealloc(u->v, u->cap * sizeof(*u->v));
+	}
+	u->v[u->n++] = uid;
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int
+im_search_from(struct im_sess *s, uint32_t first, struct im_uids *out)
+{
+	clist *res = NULL;
+	struct mailimap_search_key *key =
+		mailimap_search_key_new_uid(mailimap_set_new_interval(first ? first : 1, 0));
+	int r = mailimap_uid_search(s->imap, NULL, key, &res);
+
+	mailimap_search_key_free(key);
+	memset(out, 0, sizeof(*out));
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "UID SEARCH UID %" PRIu32 ":*", first);
+	for (clistiter *it = clist_begin(res); it; it = clist_next(it)) {
+		uint32_t uid = *(uint32_t *)clist_content(it);
+		/* "N:*" matches the highest UID even when it is below N. */
+		if (uid >= first)
+			im_uids_add(out, uid);
+	}
+	mailimap_search_result_free(res);
+	if (out->n > 1)
+		qsort(out->v, out->n, sizeof(*out->v), cmp_u32);
+	return 0;
+}
+
+/* A set of ranges from UIDS (sorted copy). */
+static struct mailimap_set *
+set_from_uids(const uint32_t *uids, size_t n)
+{
+	uint32_t *v = xmalloc((n ? n : 1) * sizeof(*v));
+	struct mailimap_set *set = mailimap_set_new_empty();
+
+	memcpy(v, uids, n * sizeof(*v));
+	qsort(v, n, sizeof(*v), cmp_u32);
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j + 1 < n && (v[j + 1] == v[j] || v[j + 1] == v[j] + 1))
+			j++;
+		mailimap_set_add_interval(set, v[i], v[j]);
+		i = j + 1;
+	}
+	free(v);
+	return set;
+}
+
+/* -- flags -------------------------------------------------------------- */
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char *
+im_flags_normalise(const char *flags)
+{
+	char *copy = xstrdup(flags), **v = NULL, *save = NULL;
+	size_t n = 0, cap = 0;
+	struct st_buf b;
+
+	for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+		if (strcasecmp(t, "\\Recent") == 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 8;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		v[n++] = t;
+	}
+	if (n > 1)
+		qsort(v, n, sizeof(*v), cmp_str);
+	st_buf_init(&b);
+	st_buf_puts(&b, "");
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0 && strcmp(v[i], v[i - 1]) == 0)
+			continue;
+		if (b.len)
+			st_buf_puts(&b, " ");
+		st_buf_puts(&b, v[i]);
+	}
+	free(v);
+	free(copy);
+	char *out = st_buf_steal(&b);
+	st_buf_free(&b);
+	return out;
+}
+
+static void
+flag_to_buf(struct st_buf *b, const struct mailimap_flag *f)
+{
+	const char *name = NULL;
+
+	switch (f->fl_type) {
+	case MAILIMAP_FLAG_ANSWERED: name = "\\Answered"; break;
+	case MAILIMAP_FLAG_FLAGGED: name = "\\Flagged"; break;
+	case MAILIMAP_FLAG_DELETED: name = "\\Deleted"; break;
+	case MAILIMAP_FLAG_SEEN: name = "\\Seen"; break;
+	case MAILIMAP_FLAG_DRAFT: name = "\\Draft"; break;
+	case MAILIMAP_FLAG_KEYWORD:
+		if (f->fl_data.fl_keyword) {
+			if (b->len)
+				st_buf_puts(b, " ");
+			st_buf_puts(b, f->fl_data.fl_keyword);
+		}
+		return;
+	case MAILIMAP_FLAG_EXTENSION:
+		if (f->fl_data.fl_extension) {
+			if (b->len)
+				st_buf_puts(b, " ");
+			st_buf_printf(b, "\\%s", f->fl_data.fl_extension);
+		}
+		return;
+	default:
+		return;
+	}
+	if (b->len)
+		st_buf_puts(b, " ");
+	st_buf_puts(b, name);
+}
+
+static struct mailimap_flag_list *
+flag_list_from(const char *flags)
+{
+	struct mailimap_flag_list *fl = mailimap_flag_list_new_empty();
+	char *copy = xstrdup(flags ? flags : ""), *save = NULL;
+
+	for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+		struct mailimap_flag *f;
+
+		if (strcasecmp(t, "\\Seen") == 0)
+			f = mailimap_flag_new_seen();
+		else if (strcasecmp(t, "\\Answered") == 0)
+			f = mailimap_flag_new_answered();
+		else if (strcasecmp(t, "\\Flagged") == 0)
+			f = mailimap_flag_new_flagged();
+		else if (strcasecmp(t, "\\Deleted") == 0)
+			f = mailimap_flag_new_deleted();
+		else if (strcasecmp(t, "\\Draft") == 0)
+			f = mailimap_flag_new_draft();
+		else if (strcasecmp(t, "\\Recent") == 0)
+			continue;
+		else if (t[0] == '\\')
+			f = mailimap_flag_new_flag_extension(xstrdup(t + 1));
+		else
+			f = mailimap_flag_new_flag_keyword(xstrdup(t));
+		mailimap_flag_list_add(fl, f);
+	}
+	free(copy);
+	return fl;
+}
+
+/* -- fetching ----------------------------------------------------------- */
+
+void
+im_msg_key(uint64_t size, int64_t date, const char *msgid, size_t msgid_len, unsigned char key[IM_KEY_LEN])
+{
+	char head[64];
+	int n = snprintf(head, sizeof(head), "%" PRIu64 " %" PRId64 " ", size, date);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned int len = IM_KEY_LEN;
+
+	/* Header lines are compared without their line ends and folding. */
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	EVP_DigestUpdate(ctx, head, (size_t)n);
+	for (size_t i = 0; i < msgid_len; i++) {
+		char c = msgid[i];
+		if (c == '\r' || c == '\n' || c == ' ' || c == '\t')
+			continue;
+		EVP_DigestUpdate(ctx, &c, 1);
+	}
+	EVP_DigestFinal_ex(ctx, key, &len);
+	EVP_MD_CTX_free(ctx);
+}
+
+static int64_t
+date_to_epoch(const struct mailimap_date_time *dt, int *zone_r)
+{
+	struct tm tm = {
+		.tm_year = dt->dt_year - 1900, .tm_mon = dt->dt_month - 1, .tm_mday = dt->dt_day,
+		.tm_hour = dt->dt_hour, .tm_min = dt->dt_min, .tm_sec = dt->dt_sec,
+	};
+	int z = dt->dt_zone, az = z < 0 ? -z : z;
+	int64_t off = (int64_t)((az / 100) * 3600 + (az % 100) * 60) * (z < 0 ? -1 : 1);
+
+	*zone_r = z;
+	return (int64_t)timegm(&tm) - off;
+}
+
+static struct mailimap_date_time *
+epoch_to_date(int64_t epoch, int zone)
+{
+	int az = zone < 0 ? -zone : zone;
+	int64_t off = (int64_t)((az / 100) * 3600 + (az % 100) * 60) * (zone < 0 ? -1 : 1);
+	time_t local = (time_t)(epoch + off);
+	struct tm tm;
+
+	gmtime_r(&local, &tm);
+	return mailimap_date_time_new(tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+				      tm.tm_sec, zone);
+}
+
+void
+im_msgs_free(struct im_msgs *m)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		free(m->v[i].flags);
+		free(m->v[i].body);
+	}
+	free(m->v);
+	memset(m, 0, sizeof(*m));
+}
+
+static int
+cmp_msg(const void *a, const void *b)
+{
+	uint32_t x = ((const struct im_msg *)a)->uid, y = ((const struct im_msg *)b)->uid;
+	return x < y ? -1 : x > y;
+}
+
+static void
+msg_from_att(const struct mailimap_msg_att *att, int what, struct im_msg *m)
+{
+	const char *mid = NULL;
+	size_t mid_len = 0;
+	struct st_buf fb;
+	bool have_date = false;
+
+	memset(m, 0, sizeof(*m));
+	st_buf_init(&fb);
+	st_buf_puts(&fb, "");
+	for (clistiter *it = clist_begin(att->att_list); it; it = clist_next(it)) {
+		struct mailimap_msg_att_item *item = clist_content(it);
+
+		if (item->att_type == MAILIMAP_MSG_ATT_ITEM_DYNAMIC) {
+			clist *fl = item->att_data.att_dyn->att_list;
+			for (clistiter *f = fl ? clist_begin(fl) : NULL; f; f = clist_next(f)) {
+				struct mailimap_flag_fetch *ff = clist_content(f);
+				if (ff->fl_type == MAILIMAP_FLAG_FETCH_OTHER && ff->fl_flag)
+					flag_to_buf(&fb, ff->fl_flag);
+			}
+			continue;
+		}
+		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
+			continue;
+		struct mailimap_msg_att_static *st = item->att_data.att_static;
+		switch (st->att_type) {
+		case MAILIMAP_MSG_ATT_UID:
+			m->uid = st->att_data.att_uid;
+			break;
+		case MAILIMAP_MSG_ATT_RFC822_SIZE:
+			m->size = st->att_data.att_rfc822_size;
+			break;
+		case MAILIMAP_MSG_ATT_INTERNALDATE:
+			if (st->att_data.att_internal_date) {
+				m->date = date_to_epoch(st->att_data.att_internal_date, &m->zone);
+				have_date = true;
+			}
+			break;
+		case MAILIMAP_MSG_ATT_BODY_SECTION: {
+			struct mailimap_msg_att_body_section *bs = st->att_data.att_body_section;
+			if (bs->sec_section && bs->sec_section->sec_spec) {
+				mid = bs->sec_body_part;
+				mid_len = bs->sec_body_part ? bs->sec_length : 0;
+			} else if (what & IM_F_BODY) {
+				m->body_len = bs->sec_body_part ? bs->sec_length : 0;
+				m->body = xmalloc(m->body_len + 1);
+				if (m->body_len)
+					memcpy(m->body, bs->sec_body_part, m->body_len);
+				m->body[m->body_len] = '\0';
+			}
+			break;
+		}
+		default:
+			break;
+		}
+	}
+	char *norm = im_flags_normalise(fb.data);
+	st_buf_free(&fb);
+	m->flags = norm;
+	if (what & IM_F_META)
+		im_msg_key(m->size, have_date ? m->date : 0, mid, mid_len, m->key);
+}
+
+int
+im_fetch(struct im_sess *s, const uint32_t *uids, size_t n, uint32_t first, int what,
+	 uint64_t changedsince, struct im_msgs *out)
+{
+	struct mailimap_fetch_type *ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	struct mailimap_set *set = uids ? set_from_uids(uids, n) : mailimap_set_new_interval(first ? first : 1, 0);
+	clist *res = NULL;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (uids && n == 0) {
+		mailimap_set_free(set);
+		mailimap_fetch_type_free(ft);
+		return 0;
+	}
+	mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_uid());
+	if (what & IM_F_FLAGS)
+		mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_flags());
+	if (what & IM_F_META) {
+		clist *hdrs = clist_new();
+		clist_append(hdrs, xstrdup("Message-ID"));
+		mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_rfc822_size());
+		mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_internaldate());
+		mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_body_peek_section(
+			mailimap_section_new_header_fields(mailimap_header_list_new(hdrs))));
+	}
+	if (what & IM_F_BODY)
+		mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_body_peek_section(
+			mailimap_section_new(NULL)));
+	if (changedsince > 0)
+		r = mailimap_uid_fetch_changedsince(s->imap, set, ft, changedsince, &res);
+	else
+		r = mailimap_uid_fetch(s->imap, set, ft, &res);
+	mailimap_fetch_type_free(ft);
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "UID FETCH%s", changedsince ? " CHANGEDSINCE" : "");
+	out->cap = (size_t)clist_count(res) + 1;
+	out->v = xcalloc(out->cap, sizeof(*out->v));
+	for (clistiter *it = clist_begin(res); it; it = clist_next(it)) {
+		struct im_msg m;
+
+		msg_from_att(clist_content(it), what, &m);
+		if (m.uid == 0 || (!uids && m.uid < first)) {
+			free(m.flags);
+			free(m.body);
+			continue;
+		}
+		out->v[out->n++] = m;
+	}
+	mailimap_fetch_list_free(res);
+	if (out->n > 1)
+		qsort(out->v, out->n, sizeof(*out->v), cmp_msg);
+	return 0;
+}
+
+/* -- changing ----------------------------------------------------------- */
+
+int
+im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m, uint32_t *uidvalidity_r,
+	  uint32_t *uid_r)
+{
+	struct mailimap_flag_list *fl = flag_list_from(m->flags);
+	struct mailimap_date_time *dt = epoch_to_date(m->date, m->zone);
+	uint32_t validity = 0, uid = 0;
+	int r = mailimap_uidplus_append(s->imap, mailbox, fl, dt, m->body, m->body_len, &validity, &uid);
+
+	mailimap_flag_list_free(fl);
+	mailimap_date_time_free(dt);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "APPEND to \"%s\" (%zu bytes)", mailbox, m->body_len);
+	if (uid == 0)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "APPEND to \"%s\" gave no APPENDUID (the server "
+			    "needs UIDPLUS)", mailbox);
+	*uidvalidity_r = validity;
+	*uid_r = uid;
+	return 0;
+}
+
+int
+im_store_flags(struct im_sess *s, const uint32_t *uids, size_t n, const char *flags)
+{
+	struct mailimap_set *set = set_from_uids(uids, n);
+	struct mailimap_store_att_flags *sf = mailimap_store_att_flags_new_set_flags_silent(flag_list_from(flags));
+	int r = mailimap_uid_store(s->imap, set, sf);
+
+	mailimap_store_att_flags_free(sf);
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "UID STORE FLAGS.SILENT (%s) on %zu message(s)", flags, n);
+	return 0;
+}
+
+int
+im_expunge_uids(struct im_sess *s, const uint32_t *uids, size_t n)
+{
+	struct mailimap_set *set;
+	struct mailimap_store_att_flags *sf;
+	int r;
+
+	if (n == 0)
+		return 0;
+	if (!mailimap_has_extension(s->imap, "UIDPLUS"))
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "the server has no UIDPLUS, so UID EXPUNGE of "
+			    "exactly the expunged messages is impossible");
+	set = set_from_uids(uids, n);
+	sf = mailimap_store_att_flags_new_add_flags_silent(flag_list_from("\\Deleted"));
+	r = mailimap_uid_store(s->imap, set, sf);
+	mailimap_store_att_flags_free(sf);
+	if (r == MAILIMAP_NO_ERROR)
+		r = mailimap_uid_expunge(s->imap, set);
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "UID EXPUNGE of %zu message(s)", n);
+	return 0;
+}
+
+int
+im_create(struct im_sess *s, const char *mailbox)
+{
+	int r = mailimap_create(s->imap, mailbox);
+	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "CREATE \"%s\"", mailbox);
+}
+
+int
+im_delete(struct im_sess *s, const char *mailbox)
+{
+	int r = mailimap_delete(s->imap, mailbox);
+	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "DELETE \"%s\"", mailbox);
+}
+
+int
+im_rename(struct im_sess *s, const char *from, const char *to)
+{
+	int r = mailimap_rename(s->imap, from, to);
+	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "RENAME \"%s\" \"%s\"", from, to);
+}
+
+int
+im_subscribe(struct im_sess *s, const char *mailbox, bool on)
+{
+	int r = on ? mailimap_subscribe(s->imap, mailbox) : mailimap_unsubscribe(s->imap, mailbox);
+	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "%s \"%s\"", on ? "SUBSCRIBE" : "UNSUBSCRIBE", mailbox);
+}
+
+/* -- IDLE --------------------------------------------------------------- */
+
+int
+im_idle_start(struct im_sess *s)
+{
+	int r = mailimap_idle(s->imap);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "IDLE");
+	s->idling = true;
+	return 0;
+}
+
+int
+im_idle_fd(struct im_sess *s)
+{
+	return mailimap_idle_get_fd(s->imap);
+}
+
+bool
+im_idle_buffered(struct im_sess *s)
+{
+	return s->imap->imap_stream && s->imap->imap_stream->read_buffer_len > 0;
+}
+
+int
+im_idle_done(struct im_sess *s)
+{
+	int r = mailimap_idle_done(s->imap);
+	s->idling = false;
+	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "IDLE DONE");
+}

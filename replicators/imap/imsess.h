@@ -1,0 +1,135 @@
+/*
+ * imsess.h: one IMAP session of standin-imaprepl, over libetpan.
+ *
+ * A thin, blocking layer: every call is one IMAP command (libetpan cannot
+ * pipeline), bounded by the session's timeout, and returns 0 or -1 with
+ * im_sess_error() naming the server, the user, the command and the
+ * server's answer.  Used from worker threads, one session per thread.
+ */
+#ifndef STANDIN_IMSESS_H
+#define STANDIN_IMSESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/util.h"
+#include "replicators/imap/imstate.h"
+
+struct im_endpoint {
+	char *host;
+	unsigned port;
+	bool imaps;
+};
+
+/* Parse imap://HOST[:PORT] or imaps://HOST[:PORT] ([v6] allowed). */
+int im_endpoint_parse(const char *uri, struct im_endpoint *ep, char **error_r) ST_WARN_UNUSED;
+void im_endpoint_free(struct im_endpoint *ep);
+
+struct im_login {
+	const char *node;		/* for messages */
+	const struct im_endpoint *ep;
+	int starttls;			/* ST_TLS_NO / TRY / DEMAND */
+	const char *ca_file;		/* NULL: the system's CAs */
+	const char *admin_user;
+	const char *separator;		/* "*": log in as USER*ADMIN */
+	const char *password;
+	long timeout_ms;
+};
+
+struct im_sess;
+
+struct im_sess *im_sess_open(const struct im_login *login, const char *user, char **error_r);
+void im_sess_close(struct im_sess *s);
+const char *im_sess_error(const struct im_sess *s);
+bool im_sess_broken(const struct im_sess *s);	/* the connection is unusable */
+bool im_sess_has(const struct im_sess *s, const char *capability);
+
+struct im_folder {
+	char *name;
+	char delim;
+	bool noselect;
+};
+struct im_folders {
+	struct im_folder *v;
+	size_t n;
+};
+void im_folders_free(struct im_folders *f);
+int im_list(struct im_sess *s, bool subscribed, struct im_folders *out);
+
+struct im_status {
+	uint32_t uidvalidity, uidnext, messages;
+	uint64_t highestmodseq;		/* 0: the server has no CONDSTORE */
+};
+int im_status(struct im_sess *s, const char *mailbox, struct im_status *st);
+
+/* SELECT (with CONDSTORE when the server has it); st->messages is EXISTS. */
+int im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_status *st);
+
+struct im_uids {
+	uint32_t *v;
+	size_t n, cap;
+};
+void im_uids_free(struct im_uids *u);
+void im_uids_add(struct im_uids *u, uint32_t uid);
+/* UID SEARCH UID FIRST:* (FIRST 1 for all), sorted ascending. */
+int im_search_from(struct im_sess *s, uint32_t first, struct im_uids *out);
+
+struct im_msg {
+	uint32_t uid;
+	uint64_t size;			/* RFC822.SIZE */
+	int64_t date;			/* INTERNALDATE as seconds since the epoch */
+	int zone;			/* its zone, +HHMM as an integer */
+	char *flags;			/* "\Seen $Label1", sorted, no \Recent */
+	unsigned char key[IM_KEY_LEN];	/* identity: size, date and Message-ID */
+	char *body;			/* BODY.PEEK[] when asked for */
+	size_t body_len;
+};
+struct im_msgs {
+	struct im_msg *v;
+	size_t n, cap;
+};
+void im_msgs_free(struct im_msgs *m);
+
+enum {
+	IM_F_FLAGS = 1,
+	IM_F_META = 2,			/* size, date, identity key */
+	IM_F_BODY = 4,
+};
+/*
+ * UID FETCH of the UIDs in UIDS[0..N) (any order; compressed into ranges),
+ * or of FIRST:* when UIDS is NULL, with the parts WHAT asks for; when
+ * CHANGEDSINCE > 0 only messages whose flags changed after it.  Results
+ * sorted by UID.
+ */
+int im_fetch(struct im_sess *s, const uint32_t *uids, size_t n, uint32_t first, int what,
+	     uint64_t changedsince, struct im_msgs *out);
+
+/* APPEND with flags and INTERNALDATE; *uid_r from APPENDUID. */
+int im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m,
+	      uint32_t *uidvalidity_r, uint32_t *uid_r);
+
+/* UID STORE FLAGS.SILENT (FLAGS) on the given UIDs. */
+int im_store_flags(struct im_sess *s, const uint32_t *uids, size_t n, const char *flags);
+
+/* Mark the given UIDs \Deleted and UID EXPUNGE exactly them. */
+int im_expunge_uids(struct im_sess *s, const uint32_t *uids, size_t n);
+
+int im_create(struct im_sess *s, const char *mailbox);
+int im_delete(struct im_sess *s, const char *mailbox);
+int im_rename(struct im_sess *s, const char *from, const char *to);
+int im_subscribe(struct im_sess *s, const char *mailbox, bool on);
+
+/* IDLE: start (after SELECT), the descriptor to watch, whether bytes are already buffered, done. */
+int im_idle_start(struct im_sess *s);
+int im_idle_fd(struct im_sess *s);
+bool im_idle_buffered(struct im_sess *s);
+int im_idle_done(struct im_sess *s);
+
+/* The identity key of a message (exposed for tests). */
+void im_msg_key(uint64_t size, int64_t date, const char *msgid, size_t msgid_len,
+		unsigned char key[IM_KEY_LEN]);
+/* Normalise a flag list: split on spaces, drop \Recent, sort, dedupe. */
+char *im_flags_normalise(const char *flags);
+
+#endif

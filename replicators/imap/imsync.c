@@ -1,0 +1,989 @@
+/*
+ * imsync.c: one user's folder tree, one folder's messages (see imsync.h).
+ *
+ * A folder pass, with S the source (EXAMINE, read-only) and T the target:
+ *  1. UIDVALIDITY: if either side's differs from the state (the folder was
+ *     recreated), or the state is new and T is not empty, the map is
+ *     rebuilt by content: messages are paired by their identity key
+ *     (RFC822.SIZE, INTERNALDATE and Message-ID), in UID order.  Nothing is
+ *     copied twice; T's messages that were copies of messages S no longer
+ *     has are expunged; T's messages of unknown origin are left and counted.
+ *  2. Pending intents (an APPEND batch cut by a crash): T's messages from
+ *     the batch's recorded UIDNEXT on are paired with the batch by key; the
+ *     unpaired ones are copied again by step 3.
+ *  3. New messages: S's UIDs from the state's UIDNEXT on that are not in the
+ *     map are copied in batches (at most BATCH_MSGS messages or BATCH_BYTES):
+ *     journal the batch's intents and fdatasync, APPEND each with its flags
+ *     and INTERNALDATE, journal the APPENDUIDs and fdatasync.
+ *  4. Flags: S's messages changed since the state's modseq (CHANGEDSINCE),
+ *     or all of them when it is unknown, compared with T's and stored.
+ *  5. Expunges: when S's count differs from the map's, S's UIDs are listed
+ *     and T's copies of the missing ones are expunged (UID EXPUNGE).
+ *  6. Checkpoint: the state file is rewritten and the journal emptied.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/durable.h"
+#include "lib/log.h"
+#include "replicators/imap/imsync.h"
+
+#define BATCH_MSGS 64
+#define BATCH_BYTES (16u << 20)
+
+void
+im_tree_free(struct im_tree *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		free(t->v[i].folder);
+	free(t->v);
+	memset(t, 0, sizeof(*t));
+}
+
+char *
+im_state_path(const char *root, const char *user, const char *folder)
+{
+	char *u = im_name_hex(user), *f = folder ? im_name_hex(folder) : NULL;
+	char *p = f ? xasprintf("%s/%s/%s", root, u, f) : xasprintf("%s/%s", root, u);
+
+	free(u);
+	free(f);
+	return p;
+}
+
+/* -- a folder pass ------------------------------------------------------- */
+
+struct pass {
+	const struct im_env *env;
+	const char *user, *folder;
+	struct im_sess *src, *tgt;
+	struct im_state st;
+	struct im_status s, t;
+	uint32_t tgt_uidnext;	/* lower bound of the next target UID */
+	char *err;
+};
+
+static int
+pass_fail(struct pass *p, const char *fmt, ...) ST_PRINTF(2, 3);
+
+static int
+pass_fail(struct pass *p, const char *fmt, ...)
+{
+	va_list ap;
+	char *what;
+
+	va_start(ap, fmt);
+	what = xvasprintf(fmt, ap);
+	va_end(ap);
+	free(p->err);
+	p->err = xasprintf("user %s folder %s: %s", st_q(p->user), st_q(p->folder), what);
+	free(what);
+	return -1;
+}
+
+static int
+sess_fail(struct pass *p, struct im_sess *s)
+{
+	return pass_fail(p, "%s", im_sess_error(s));
+}
+
+static int
+state_fail(struct pass *p, char *err)
+{
+	pass_fail(p, "%s", err);
+	free(err);
+	return -1;
+}
+
+static int
+jlog(struct pass *p, const char *fmt, ...) ST_PRINTF(2, 3);
+
+static int
+jlog(struct pass *p, const char *fmt, ...)
+{
+	char line[512], *err = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (im_state_log(&p->st, &err, "%s", line) < 0)
+		return state_fail(p, err);
+	return 0;
+}
+
+static int
+jsync(struct pass *p)
+{
+	char *err = NULL;
+
+	if (im_state_sync(&p->st, &err) < 0)
+		return state_fail(p, err);
+	return 0;
+}
+
+static int
+cmp_key(const struct im_msg *a, const struct im_msg *b)
+{
+	int c = memcmp(a->key, b->key, IM_KEY_LEN);
+	if (c != 0)
+		return c;
+	return a->uid < b->uid ? -1 : a->uid > b->uid;
+}
+
+static int
+cmp_key_q(const void *a, const void *b)
+{
+	return cmp_key(*(const struct im_msg *const *)a, *(const struct im_msg *const *)b);
+}
+
+static struct im_msg **
+by_key(struct im_msgs *m)
+{
+	struct im_msg **v = xmalloc((m->n ? m->n : 1) * sizeof(*v));
+
+	for (size_t i = 0; i < m->n; i++)
+		v[i] = &m->v[i];
+	qsort(v, m->n, sizeof(*v), cmp_key_q);
+	return v;
+}
+
+/* Is UID among the target UIDs of the map?  (Builds a sorted copy once.) */
+static uint32_t *
+tgt_uids_sorted(const struct im_state *st)
+{
+	uint32_t *v = xmalloc((st->n_map ? st->n_map : 1) * sizeof(*v));
+
+	for (size_t i = 0; i < st->n_map; i++)
+		v[i] = st->map[i].tgt;
+	for (size_t i = 1; i < st->n_map; i++) {	/* nearly sorted: insertion sort */
+		uint32_t x = v[i];
+		size_t j = i;
+		while (j > 0 && v[j - 1] > x) {
+			v[j] = v[j - 1];
+			j--;
+		}
+		v[j] = x;
+	}
+	return v;
+}
+
+static bool
+in_sorted(const uint32_t *v, size_t n, uint32_t x)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (v[mid] < x)
+			lo = mid + 1;
+		else if (v[mid] > x)
+			hi = mid;
+		else
+			return true;
+	}
+	return false;
+}
+
+/* Step 1: rebuild the map by content. */
+static int
+reconcile(struct pass *p, bool source_recreated)
+{
+	struct im_msgs sm = { 0 }, tm = { 0 };
+	struct im_msg **sv = NULL, **tv = NULL;
+	struct im_uids drop = { 0 };
+	uint32_t *old_tgt = NULL;
+	size_t old_n = 0, matched = 0, extra = 0;
+	int rc = -1;
+
+	st_notice("user %s folder %s: pairing messages by content (source UIDVALIDITY %" PRIu32 ", "
+		  "standby %" PRIu32 ", state %" PRIu32 "/%" PRIu32 ")", st_q(p->user), st_q(p->folder),
+		  p->s.uidvalidity, p->t.uidvalidity, p->st.src_uidvalidity, p->st.tgt_uidvalidity);
+	if (source_recreated) {
+		/* T's copies of the old source folder's messages. */
+		old_tgt = tgt_uids_sorted(&p->st);
+		old_n = p->st.n_map;
+	}
+	if (im_fetch(p->src, NULL, 0, 1, IM_F_META, 0, &sm) < 0) {
+		sess_fail(p, p->src);
+		goto out;
+	}
+	if (im_fetch(p->tgt, NULL, 0, 1, IM_F_META, 0, &tm) < 0) {
+		sess_fail(p, p->tgt);
+		goto out;
+	}
+	if (jlog(p, "V %" PRIu32 " %" PRIu32, p->s.uidvalidity, p->t.uidvalidity) < 0)
+		goto out;
+	sv = by_key(&sm);
+	tv = by_key(&tm);
+	for (size_t i = 0, j = 0; j < tm.n; ) {
+		int c = i < sm.n ? memcmp(sv[i]->key, tv[j]->key, IM_KEY_LEN) : 1;
+		if (i < sm.n && c == 0) {
+			if (jlog(p, "M %" PRIu32 " %" PRIu32, sv[i]->uid, tv[j]->uid) < 0)
+				goto out;
+			matched++;
+			i++;
+			j++;
+		} else if (i < sm.n && c < 0) {
+			i++;
+		} else {
+			if (old_tgt && in_sorted(old_tgt, old_n, tv[j]->uid))
+				im_uids_add(&drop, tv[j]->uid);
+			else
+				extra++;
+			j++;
+		}
+	}
+	if (drop.n > 0) {
+		if (im_expunge_uids(p->tgt, drop.v, drop.n) < 0) {
+			sess_fail(p, p->tgt);
+			goto out;
+		}
+		atomic_fetch_add(&p->env->c->expunged, drop.n);
+	}
+	if (extra > 0) {
+		st_warn("user %s folder %s: the standby has %zu message(s) the master does not have; "
+			"left in place", st_q(p->user), st_q(p->folder), extra);
+		atomic_fetch_add(&p->env->c->standby_extra, extra);
+	}
+	if (jsync(p) < 0)
+		goto out;
+	atomic_fetch_add(&p->env->c->reconciled, 1);
+	st_notice("user %s folder %s: %zu message(s) already on the standby, %zu to copy, %zu expunged",
+		  st_q(p->user), st_q(p->folder), matched, sm.n - matched, drop.n);
+	rc = 0;
+out:
+	free(sv);
+	free(tv);
+	free(old_tgt);
+	im_uids_free(&drop);
+	im_msgs_free(&sm);
+	im_msgs_free(&tm);
+	return rc;
+}
+
+/* Step 2: an APPEND batch was cut short. */
+static int
+resolve_intents(struct pass *p)
+{
+	struct im_uids cand = { 0 }, fresh = { 0 };
+	struct im_msgs tm = { 0 };
+	uint32_t *mapped = tgt_uids_sorted(&p->st);
+	size_t paired = 0;
+	int rc = -1;
+
+	if (im_search_from(p->tgt, p->st.intent_tgt_uidnext, &cand) < 0) {
+		sess_fail(p, p->tgt);
+		goto out;
+	}
+	for (size_t i = 0; i < cand.n; i++)
+		if (!in_sorted(mapped, p->st.n_map, cand.v[i]))
+			im_uids_add(&fresh, cand.v[i]);
+	if (fresh.n > 0 && im_fetch(p->tgt, fresh.v, fresh.n, 0, IM_F_META, 0, &tm) < 0) {
+		sess_fail(p, p->tgt);
+		goto out;
+	}
+	/* In order: the batch was appended in source UID order. */
+	size_t j = 0;
+	for (size_t i = 0; i < p->st.n_intents && j < tm.n; i++) {
+		const struct im_intent *in = &p->st.intents[i];
+		if (im_state_find(&p->st, in->src))
+			continue;
+		for (size_t k = j; k < tm.n; k++) {
+			if (memcmp(tm.v[k].key, in->key, IM_KEY_LEN) == 0) {
+				if (jlog(p, "M %" PRIu32 " %" PRIu32, in->src, tm.v[k].uid) < 0)
+					goto out;
+				paired++;
+				j = k + 1;
+				break;
+			}
+		}
+	}
+	if (jlog(p, "C") < 0 || jsync(p) < 0)
+		goto out;
+	if (p->st.src_uidnext > 0) {
+		/* Unpaired ones are copied again from the lowest one on. */
+		for (size_t i = 0; i < p->st.n_intents; i++)
+			if (!im_state_find(&p->st, p->st.intents[i].src) && p->st.intents[i].src < p->st.src_uidnext)
+				p->st.src_uidnext = p->st.intents[i].src;
+	}
+	atomic_fetch_add(&p->env->c->recovered, paired);
+	st_notice("user %s folder %s: interrupted copy resolved: %zu message(s) were on the standby "
+		  "already, %zu will be copied", st_q(p->user), st_q(p->folder), paired,
+		  p->st.n_intents - paired);
+	rc = 0;
+out:
+	free(mapped);
+	im_uids_free(&cand);
+	im_uids_free(&fresh);
+	im_msgs_free(&tm);
+	return rc;
+}
+
+static int
+copy_batch(struct pass *p, const uint32_t *uids, size_t n)
+{
+	struct im_msgs m = { 0 };
+	int rc = -1;
+
+	if (im_fetch(p->src, uids, n, 0, IM_F_FLAGS | IM_F_META | IM_F_BODY, 0, &m) < 0)
+		return sess_fail(p, p->src);
+	if (m.n == 0) {
+		rc = 0;
+		goto out;
+	}
+	if (jlog(p, "A %" PRIu32, p->tgt_uidnext) < 0)
+		goto out;
+	for (size_t i = 0; i < m.n; i++) {
+		char hex[2 * IM_KEY_LEN + 1];
+		im_key_hex(m.v[i].key, hex);
+		if (jlog(p, "I %" PRIu32 " %" PRIu64 " %" PRId64 " %s", m.v[i].uid, m.v[i].size, m.v[i].date,
+			 hex) < 0)
+			goto out;
+	}
+	if (jsync(p) < 0)
+		goto out;
+	for (size_t i = 0; i < m.n; i++) {
+		uint32_t validity, uid;
+
+		if (atomic_load(p->env->stopping)) {
+			pass_fail(p, "stopping");
+			goto out;
+		}
+		if (im_append(p->tgt, p->folder, &m.v[i], &validity, &uid) < 0) {
+			sess_fail(p, p->tgt);
+			goto out;
+		}
+		if (validity != p->t.uidvalidity) {
+			pass_fail(p, "the standby's UIDVALIDITY changed from %" PRIu32 " to %" PRIu32
+				  " during the pass; the next pass pairs messages by content",
+				  p->t.uidvalidity, validity);
+			goto out;
+		}
+		if (jlog(p, "M %" PRIu32 " %" PRIu32, m.v[i].uid, uid) < 0)
+			goto out;
+		if (uid >= p->tgt_uidnext)
+			p->tgt_uidnext = uid + 1;
+		atomic_fetch_add(&p->env->c->appended, 1);
+		atomic_fetch_add(&p->env->c->appended_bytes, m.v[i].body_len);
+	}
+	if (jlog(p, "C") < 0 || jsync(p) < 0)
+		goto out;
+	rc = 0;
+out:
+	im_msgs_free(&m);
+	return rc;
+}
+
+/* Step 3. */
+static int
+copy_new(struct pass *p)
+{
+	struct im_uids all = { 0 }, todo = { 0 };
+	struct im_msgs sizes = { 0 };
+	int rc = -1;
+
+	if (im_search_from(p->src, p->st.src_uidnext ? p->st.src_uidnext : 1, &all) < 0)
+		return sess_fail(p, p->src);
+	for (size_t i = 0; i < all.n; i++)
+		if (!im_state_find(&p->st, all.v[i]))
+			im_uids_add(&todo, all.v[i]);
+	if (todo.n > 0 && im_fetch(p->src, todo.v, todo.n, 0, IM_F_META, 0, &sizes) < 0) {
+		sess_fail(p, p->src);
+		goto out;
+	}
+	for (size_t i = 0; i < sizes.n;) {
+		uint32_t batch[BATCH_MSGS];
+		size_t n = 0;
+		uint64_t bytes = 0;
+
+		while (i < sizes.n && n < BATCH_MSGS && (n == 0 || bytes + sizes.v[i].size <= BATCH_BYTES)) {
+			bytes += sizes.v[i].size;
+			batch[n++] = sizes.v[i++].uid;
+		}
+		if (copy_batch(p, batch, n) < 0)
+			goto out;
+	}
+	if (p->s.uidnext > p->st.src_uidnext && jlog(p, "U %" PRIu32, p->s.uidnext) < 0)
+		goto out;
+	rc = 0;
+out:
+	im_uids_free(&all);
+	im_uids_free(&todo);
+	im_msgs_free(&sizes);
+	return rc;
+}
+
+struct change {
+	uint32_t tgt;
+	const char *flags;
+};
+
+static int
+cmp_change(const void *a, const void *b)
+{
+	const struct change *x = a, *y = b;
+	int c = strcmp(x->flags, y->flags);
+	return c ? c : (x->tgt < y->tgt ? -1 : x->tgt > y->tgt);
+}
+
+/* Step 4. */
+static int
+sync_flags(struct pass *p)
+{
+	bool full = p->st.src_modseq == 0 || p->s.highestmodseq == 0;
+	struct im_msgs sm = { 0 }, tm = { 0 };
+	struct change *ch = NULL;
+	size_t n = 0;
+	int rc = -1;
+
+	if (!full && p->s.highestmodseq == p->st.src_modseq)
+		return 0;
+	if (p->st.n_map == 0)
+		goto done;
+	if (im_fetch(p->src, NULL, 0, 1, IM_F_FLAGS, full ? 0 : p->st.src_modseq, &sm) < 0)
+		return sess_fail(p, p->src);
+	if (full && im_fetch(p->tgt, NULL, 0, 1, IM_F_FLAGS, 0, &tm) < 0) {
+		sess_fail(p, p->tgt);
+		goto out;
+	}
+	ch = xmalloc((sm.n ? sm.n : 1) * sizeof(*ch));
+	for (size_t i = 0, j = 0; i < sm.n; i++) {
+		const struct im_pair *pr = im_state_find(&p->st, sm.v[i].uid);
+		if (pr == NULL)
+			continue;
+		if (full) {
+			while (j < tm.n && tm.v[j].uid < pr->tgt)
+				j++;
+			/* tm is sorted by target UID; pairs are nearly in the same order. */
+			const struct im_msg *t = NULL;
+			if (j < tm.n && tm.v[j].uid == pr->tgt)
+				t = &tm.v[j];
+			else {
+				size_t lo = 0, hi = tm.n;
+				while (lo < hi) {
+					size_t mid = lo + (hi - lo) / 2;
+					if (tm.v[mid].uid < pr->tgt)
+						lo = mid + 1;
+					else
+						hi = mid;
+				}
+				if (lo < tm.n && tm.v[lo].uid == pr->tgt)
+					t = &tm.v[lo];
+				j = 0;
+			}
+			if (t != NULL && strcmp(t->flags, sm.v[i].flags) == 0)
+				continue;
+		}
+		ch[n].tgt = pr->tgt;
+		ch[n].flags = sm.v[i].flags;
+		n++;
+	}
+	qsort(ch, n, sizeof(*ch), cmp_change);
+	for (size_t i = 0; i < n;) {
+		size_t k = i;
+		struct im_uids u = { 0 };
+		while (k < n && strcmp(ch[k].flags, ch[i].flags) == 0)
+			im_uids_add(&u, ch[k++].tgt);
+		int r = im_store_flags(p->tgt, u.v, u.n, ch[i].flags);
+		im_uids_free(&u);
+		if (r < 0) {
+			sess_fail(p, p->tgt);
+			goto out;
+		}
+		atomic_fetch_add(&p->env->c->flag_updates, k - i);
+		i = k;
+	}
+done:
+	if (p->s.highestmodseq > 0 && jlog(p, "Q %" PRIu64, p->s.highestmodseq) < 0)
+		goto out;
+	rc = 0;
+out:
+	free(ch);
+	im_msgs_free(&sm);
+	im_msgs_free(&tm);
+	return rc;
+}
+
+/* Step 5. */
+static int
+sync_expunges(struct pass *p)
+{
+	struct im_uids all = { 0 }, gone_src = { 0 }, gone_tgt = { 0 };
+	int rc = -1;
+
+	if (im_search_from(p->src, 1, &all) < 0)
+		return sess_fail(p, p->src);
+	for (size_t i = 0, j = 0; i < p->st.n_map; i++) {
+		while (j < all.n && all.v[j] < p->st.map[i].src)
+			j++;
+		if (j < all.n && all.v[j] == p->st.map[i].src)
+			continue;
+		im_uids_add(&gone_src, p->st.map[i].src);
+		im_uids_add(&gone_tgt, p->st.map[i].tgt);
+	}
+	if (gone_tgt.n > 0) {
+		if (im_expunge_uids(p->tgt, gone_tgt.v, gone_tgt.n) < 0) {
+			sess_fail(p, p->tgt);
+			goto out;
+		}
+		for (size_t i = 0; i < gone_src.n; i++)
+			if (jlog(p, "X %" PRIu32, gone_src.v[i]) < 0)
+				goto out;
+		atomic_fetch_add(&p->env->c->expunged, gone_tgt.n);
+	}
+	rc = 0;
+out:
+	im_uids_free(&all);
+	im_uids_free(&gone_src);
+	im_uids_free(&gone_tgt);
+	return rc;
+}
+
+/*
+ * The standby lost copies (expunged there by someone else): drop them from
+ * the map so that they are copied again, and say so.
+ */
+static int
+check_target(struct pass *p)
+{
+	struct im_uids all = { 0 };
+	uint32_t lowest = 0;
+	size_t lost = 0;
+	int rc = -1;
+
+	if (im_search_from(p->tgt, 1, &all) < 0)
+		return sess_fail(p, p->tgt);
+	for (size_t i = 0; i < p->st.n_map;) {
+		uint32_t t = p->st.map[i].tgt, s = p->st.map[i].src;
+		if (in_sorted(all.v, all.n, t)) {
+			i++;
+			continue;
+		}
+		if (jlog(p, "X %" PRIu32, s) < 0)
+			goto out;
+		if (lowest == 0 || s < lowest)
+			lowest = s;
+		lost++;
+	}
+	if (lost > 0) {
+		st_warn("user %s folder %s: %zu message(s) were removed from the standby by someone "
+			"else; copying them again", st_q(p->user), st_q(p->folder), lost);
+		if (jlog(p, "U %" PRIu32, lowest) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	im_uids_free(&all);
+	return rc;
+}
+
+static int
+folder_pass(struct pass *p)
+{
+	char *err = NULL;
+	char *path = im_state_path(p->env->state_root, p->user, p->folder);
+	char *dir = im_state_path(p->env->state_root, p->user, NULL);
+	int rc;
+
+	rc = st_mkdir_p(dir, 0700, &err);
+	free(dir);
+	if (rc == 0)
+		rc = im_state_load(&p->st, path, p->env->src_node, &err);
+	free(path);
+	if (rc < 0)
+		return state_fail(p, err);
+
+	if (im_select(p->src, p->folder, true, &p->s) < 0)
+		return sess_fail(p, p->src);
+	if (im_select(p->tgt, p->folder, false, &p->t) < 0)
+		return sess_fail(p, p->tgt);
+	p->tgt_uidnext = p->t.uidnext;
+
+	bool fresh = p->st.src_uidvalidity == 0 && p->st.n_map == 0;
+	bool src_changed = !fresh && p->st.src_uidvalidity != p->s.uidvalidity;
+	bool tgt_changed = !fresh && p->st.tgt_uidvalidity != p->t.uidvalidity;
+	if (fresh && p->t.messages == 0 && !p->st.pending) {
+		if (jlog(p, "V %" PRIu32 " %" PRIu32, p->s.uidvalidity, p->t.uidvalidity) < 0)
+			return -1;
+	} else if (fresh || src_changed || tgt_changed) {
+		if (p->st.pending && jlog(p, "C") < 0)
+			return -1;
+		if (reconcile(p, src_changed && !tgt_changed) < 0)
+			return -1;
+	}
+	if (p->st.pending && resolve_intents(p) < 0)
+		return -1;
+	if (copy_new(p) < 0 || sync_flags(p) < 0)
+		return -1;
+	if (p->s.messages != p->st.n_map && sync_expunges(p) < 0)
+		return -1;
+	/* The standby's count, after what this pass did, tells whether it lost copies. */
+	struct im_status t2;
+	if (im_status(p->tgt, p->folder, &t2) == 0 && t2.messages < p->st.n_map && check_target(p) < 0)
+		return -1;
+	if (im_state_checkpoint(&p->st, &err) < 0)
+		return state_fail(p, err);
+	return 0;
+}
+
+static struct im_sess *
+open_side(const struct im_env *env, bool source, const char *user, char **error_r)
+{
+	return im_sess_open(source ? env->src : env->tgt, user, error_r);
+}
+
+int
+im_sync_folder(const struct im_env *env, const char *user, const char *folder, char **error_r)
+{
+	struct pass p = { .env = env, .user = user, .folder = folder };
+	char *err = NULL;
+	int rc = -1;
+
+	im_state_init(&p.st);
+	p.src = open_side(env, true, user, &err);
+	if (p.src == NULL)
+		goto out;
+	p.tgt = open_side(env, false, user, &err);
+	if (p.tgt == NULL)
+		goto out;
+	rc = folder_pass(&p);
+	if (rc < 0) {
+		err = p.err;
+		p.err = NULL;
+	}
+out:
+	if (rc < 0)
+		st_set_error(error_r, "%s", err ? err : "folder pass failed");
+	free(err);
+	free(p.err);
+	im_state_free(&p.st);
+	im_sess_close(p.src);
+	im_sess_close(p.tgt);
+	return rc;
+}
+
+/* -- the folder tree ----------------------------------------------------- */
+
+struct known {
+	char *name;		/* folder name (from the state file's name) */
+	uint32_t src_uidvalidity, tgt_uidvalidity;
+	uint32_t src_uidnext;
+	uint64_t src_modseq;
+	size_t n_map;
+	bool seen;		/* still on the source */
+};
+
+static void
+known_free(struct known *k, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(k[i].name);
+	free(k);
+}
+
+static int
+load_known(const struct im_env *env, const char *user, struct known **out, size_t *n_out, char **error_r)
+{
+	char *dir = im_state_path(env->state_root, user, NULL);
+	DIR *d = opendir(dir);
+	struct known *v = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+
+	*out = NULL;
+	*n_out = 0;
+	if (d == NULL) {
+		free(dir);
+		return 0;
+	}
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		size_t len = strlen(e->d_name);
+		if (len < 7 || strcmp(e->d_name + len - 6, ".state") != 0)
+			continue;
+		char *hex = xstrndup(e->d_name, len - 6), *name = im_name_unhex(hex);
+		if (name == NULL) {
+			free(hex);
+			continue;
+		}
+		char *path = xasprintf("%s/%s", dir, hex), *err = NULL;
+		struct im_state st;
+		im_state_init(&st);
+		if (im_state_load(&st, path, env->src_node, &err) < 0) {
+			st_set_error(error_r, "user %s: %s", st_q(user), err);
+			free(err);
+			rc = -1;
+		} else {
+			if (n == cap) {
+				cap = cap ? 2 * cap : 16;
+				v = xrealloc(v, cap * sizeof(*v));
+			}
+			v[n++] = (struct known){ .name = name, .src_uidvalidity = st.src_uidvalidity,
+						 .tgt_uidvalidity = st.tgt_uidvalidity,
+						 .src_uidnext = st.src_uidnext, .src_modseq = st.src_modseq,
+						 .n_map = st.n_map };
+			name = NULL;
+		}
+		im_state_free(&st);
+		free(path);
+		free(hex);
+		free(name);
+		if (rc < 0)
+			break;
+	}
+	closedir(d);
+	free(dir);
+	if (rc < 0) {
+		known_free(v, n);
+		return -1;
+	}
+	*out = v;
+	*n_out = n;
+	return 0;
+}
+
+static const struct im_folder *
+find_folder(const struct im_folders *f, const char *name)
+{
+	for (size_t i = 0; i < f->n; i++)
+		if (strcmp(f->v[i].name, name) == 0)
+			return &f->v[i];
+	return NULL;
+}
+
+static struct known *
+find_known(struct known *k, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(k[i].name, name) == 0)
+			return &k[i];
+	return NULL;
+}
+
+static bool
+is_inbox(const char *name)
+{
+	return strcasecmp(name, "INBOX") == 0;
+}
+
+static int
+cmp_depth_desc(const void *a, const void *b)
+{
+	size_t x = strlen(*(char *const *)a), y = strlen(*(char *const *)b);
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int
+rename_state(const struct im_env *env, const char *user, const char *from, const char *to, char **error_r)
+{
+	char *a = im_state_path(env->state_root, user, from), *b = im_state_path(env->state_root, user, to);
+	int rc = 0;
+
+	for (int i = 0; i < 2 && rc == 0; i++) {
+		const char *suffix = i == 0 ? ".journal" : ".state";
+		char *x = xasprintf("%s%s", a, suffix), *y = xasprintf("%s%s", b, suffix);
+		if (rename(x, y) < 0 && errno != ENOENT) {
+			st_set_error(error_r, "cannot rename %s to %s: %s", x, y, strerror(errno));
+			rc = -1;
+		}
+		if (rc == 0 && i == 1 && st_fsync_parent_dir(y, error_r) < 0)
+			rc = -1;
+		free(x);
+		free(y);
+	}
+	free(a);
+	free(b);
+	return rc;
+}
+
+int
+im_sync_tree(const struct im_env *env, const char *user, struct im_tree *out, char **error_r)
+{
+	struct im_sess *src = NULL, *tgt = NULL;
+	struct im_folders sl = { 0 }, tl = { 0 }, ss = { 0 }, ts = { 0 };
+	struct known *known = NULL;
+	size_t n_known = 0;
+	struct im_status *stat = NULL;
+	char *err = NULL;
+	char **gone = NULL;
+	size_t n_gone = 0;
+	int rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if ((src = im_sess_open(env->src, user, &err)) == NULL || (tgt = im_sess_open(env->tgt, user, &err)) == NULL)
+		goto out;
+	if (im_list(src, false, &sl) < 0 || im_list(src, true, &ss) < 0) {
+		err = xstrdup(im_sess_error(src));
+		goto out;
+	}
+	if (im_list(tgt, false, &tl) < 0 || im_list(tgt, true, &ts) < 0) {
+		err = xstrdup(im_sess_error(tgt));
+		goto out;
+	}
+	if (load_known(env, user, &known, &n_known, &err) < 0)
+		goto out;
+
+	/* STATUS of every selectable source folder. */
+	stat = xcalloc(sl.n + 1, sizeof(*stat));
+	for (size_t i = 0; i < sl.n; i++) {
+		if (sl.v[i].noselect)
+			continue;
+		if (im_status(src, sl.v[i].name, &stat[i]) < 0) {
+			err = xasprintf("user %s: %s", st_q(user), im_sess_error(src));
+			goto out;
+		}
+	}
+
+	/* Folders gone from the source: renamed, or deleted. */
+	gone = xcalloc(n_known + 1, sizeof(*gone));
+	for (size_t k = 0; k < n_known; k++) {
+		const struct im_folder *f = find_folder(&sl, known[k].name);
+		if (f != NULL && !f->noselect)
+			continue;
+		/* A rename: exactly one new source folder with the same UIDVALIDITY. */
+		ssize_t cand = -1;
+		int count = 0;
+		for (size_t i = 0; i < sl.n; i++) {
+			if (sl.v[i].noselect || find_known(known, n_known, sl.v[i].name) ||
+			    find_folder(&tl, sl.v[i].name) || stat[i].uidvalidity != known[k].src_uidvalidity ||
+			    stat[i].uidnext < known[k].src_uidnext)
+				continue;
+			cand = (ssize_t)i;
+			count++;
+		}
+		int same_validity = 0;
+		for (size_t j = 0; j < n_known; j++)
+			if (known[j].src_uidvalidity == known[k].src_uidvalidity)
+				same_validity++;
+		if (count == 1 && same_validity == 1 && find_folder(&tl, known[k].name) && !is_inbox(known[k].name)) {
+			const char *to = sl.v[cand].name;
+			st_notice("user %s: folder %s was renamed to %s on the master; renaming it on the standby",
+				  st_q(user), st_q(known[k].name), st_q(to));
+			if (im_rename(tgt, known[k].name, to) < 0) {
+				err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+				goto out;
+			}
+			if (rename_state(env, user, known[k].name, to, &err) < 0)
+				goto out;
+			free(known[k].name);
+			known[k].name = xstrdup(to);
+			atomic_fetch_add(&env->c->folders_renamed, 1);
+			/* The target's list changed: it now has TO (and not FROM). */
+			im_folders_free(&tl);
+			if (im_list(tgt, false, &tl) < 0) {
+				err = xstrdup(im_sess_error(tgt));
+				goto out;
+			}
+			continue;
+		}
+		gone[n_gone++] = known[k].name;
+	}
+	qsort(gone, n_gone, sizeof(*gone), cmp_depth_desc);
+	for (size_t i = 0; i < n_gone; i++) {
+		if (is_inbox(gone[i]))
+			continue;
+		if (find_folder(&tl, gone[i])) {
+			st_notice("user %s: folder %s was deleted on the master; deleting it on the standby",
+				  st_q(user), st_q(gone[i]));
+			if (im_delete(tgt, gone[i]) < 0) {
+				err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+				goto out;
+			}
+			atomic_fetch_add(&env->c->folders_deleted, 1);
+		}
+		char *path = im_state_path(env->state_root, user, gone[i]);
+		int r = im_state_remove(path, &err);
+		free(path);
+		if (r < 0)
+			goto out;
+	}
+
+	/* Folders new on the source. */
+	for (size_t i = 0; i < sl.n; i++) {
+		if (sl.v[i].noselect || find_folder(&tl, sl.v[i].name))
+			continue;
+		if (im_create(tgt, sl.v[i].name) < 0) {
+			err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+			goto out;
+		}
+		atomic_fetch_add(&env->c->folders_created, 1);
+	}
+	for (size_t i = 0; i < tl.n; i++)
+		if (!tl.v[i].noselect && !find_folder(&sl, tl.v[i].name) && !find_known(known, n_known, tl.v[i].name))
+			st_debug("user %s: the standby has folder %s, which the master does not; left alone",
+				 st_q(user), st_q(tl.v[i].name));
+
+	/* Subscriptions. */
+	for (size_t i = 0; i < ss.n; i++) {
+		if (find_folder(&ts, ss.v[i].name))
+			continue;
+		if (im_subscribe(tgt, ss.v[i].name, true) < 0) {
+			err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+			goto out;
+		}
+		atomic_fetch_add(&env->c->subscriptions, 1);
+	}
+	for (size_t i = 0; i < ts.n; i++) {
+		if (find_folder(&ss, ts.v[i].name))
+			continue;
+		if (im_subscribe(tgt, ts.v[i].name, false) < 0) {
+			err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+			goto out;
+		}
+		atomic_fetch_add(&env->c->subscriptions, 1);
+	}
+
+	/* What each folder needs. */
+	out->v = xcalloc(sl.n + 1, sizeof(*out->v));
+	for (size_t i = 0; i < sl.n; i++) {
+		if (sl.v[i].noselect)
+			continue;
+		const struct known *k = find_known(known, n_known, sl.v[i].name);
+		struct im_todo *t = &out->v[out->n++];
+		t->folder = xstrdup(sl.v[i].name);
+		out->messages += stat[i].messages;
+		if (k == NULL) {
+			t->changed = true;
+			t->behind = stat[i].messages;
+			continue;
+		}
+		t->behind = stat[i].messages > k->n_map ? stat[i].messages - k->n_map : 0;
+		t->changed = k->src_uidvalidity != stat[i].uidvalidity || k->src_uidnext != stat[i].uidnext ||
+			     k->n_map != stat[i].messages || stat[i].highestmodseq == 0 ||
+			     k->src_modseq != stat[i].highestmodseq;
+		if (!t->changed) {
+			/* The standby's side: recreated, or messages removed there. */
+			struct im_status ts_;
+			if (im_status(tgt, sl.v[i].name, &ts_) < 0) {
+				err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+				goto out;
+			}
+			t->changed = ts_.uidvalidity != k->tgt_uidvalidity || ts_.messages != k->n_map;
+		}
+	}
+	rc = 0;
+out:
+	if (rc < 0) {
+		st_set_error(error_r, "%s", err ? err : "folder tree pass failed");
+		im_tree_free(out);
+	}
+	free(err);
+	free(gone);
+	free(stat);
+	known_free(known, n_known);
+	im_folders_free(&sl);
+	im_folders_free(&tl);
+	im_folders_free(&ss);
+	im_folders_free(&ts);
+	im_sess_close(src);
+	im_sess_close(tgt);
+	return rc;
+}

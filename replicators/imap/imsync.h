@@ -1,0 +1,58 @@
+/*
+ * imsync.h: what standin-imaprepl does to one user (the folder tree and
+ * subscriptions) and to one folder (messages, flags, expunges).  Blocking;
+ * run on worker threads, one job at a time per folder and never a folder
+ * job of a user while that user's tree job runs (the scheduler in
+ * imaprepl.c sees to it).
+ */
+#ifndef STANDIN_IMSYNC_H
+#define STANDIN_IMSYNC_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "replicators/imap/imsess.h"
+
+struct im_counters {
+	atomic_uint_fast64_t appended, appended_bytes, flag_updates, expunged;
+	atomic_uint_fast64_t folders_created, folders_renamed, folders_deleted;
+	atomic_uint_fast64_t subscriptions, reconciled, recovered, standby_extra;
+};
+
+struct im_env {
+	const struct im_login *src, *tgt;
+	const char *state_root;		/* STATE_DIR/imaprepl-SOURCE */
+	const char *src_node;
+	struct im_counters *c;
+	const atomic_bool *stopping;	/* set: give up between messages */
+};
+
+struct im_todo {
+	char *folder;
+	uint64_t behind;		/* source messages not on the standby yet (estimate) */
+	bool changed;			/* needs a folder pass */
+};
+
+struct im_tree {
+	struct im_todo *v;
+	size_t n;
+	uint64_t messages;		/* on the source, all folders */
+};
+void im_tree_free(struct im_tree *t);
+
+/*
+ * Mirror USER's folder tree and subscriptions, then STATUS every source
+ * folder: OUT lists them, with changed set where the folder's state says a
+ * folder pass is due.  Returns 0 or -1 with a message naming the server,
+ * user and folder.
+ */
+int im_sync_tree(const struct im_env *env, const char *user, struct im_tree *out, char **error_r) ST_WARN_UNUSED;
+
+/* One folder pass: new messages, flag changes, expunges. */
+int im_sync_folder(const struct im_env *env, const char *user, const char *folder, char **error_r) ST_WARN_UNUSED;
+
+/* STATE_ROOT/USERHEX/FOLDERHEX, without suffix. */
+char *im_state_path(const char *root, const char *user, const char *folder);
+
+#endif

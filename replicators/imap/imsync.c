@@ -553,7 +553,7 @@ out:
  * the map so that they are copied again, and say so.
  */
 static int
-check_target(struct pass *p)
+check_target(struct pass *p, size_t *lost_r)
 {
 	struct im_uids all = { 0 };
 	uint32_t lowest = 0;
@@ -580,6 +580,7 @@ check_target(struct pass *p)
 		if (jlog(p, "U %" PRIu32, lowest) < 0)
 			goto out;
 	}
+	*lost_r = lost;
 	rc = 0;
 out:
 	im_uids_free(&all);
@@ -628,7 +629,9 @@ folder_pass(struct pass *p)
 		return -1;
 	/* The standby's count, after what this pass did, tells whether it lost copies. */
 	struct im_status t2;
-	if (im_status(p->tgt, p->folder, &t2) == 0 && t2.messages < p->st.n_map && check_target(p) < 0)
+	size_t lost = 0;
+	if (im_status(p->tgt, p->folder, &t2) == 0 && t2.messages < p->st.n_map &&
+	    (check_target(p, &lost) < 0 || (lost > 0 && copy_new(p) < 0)))
 		return -1;
 	if (im_state_checkpoint(&p->st, &err) < 0)
 		return state_fail(p, err);

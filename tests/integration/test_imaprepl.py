@@ -339,11 +339,11 @@ def test_drain_and_switchover_reverse(env):
     # the master) replicates b -> a.  It has no state for source b, so it pairs
     # the messages by content: nothing is copied again.
     env.start("a")
-    env.wait_status(lambda s: s["state"] == "master", "a idle as master", node="a")
+    env.wait_status(lambda s: s["state"] == "idle (master)", "a idle as master", node="a")
     for node in ("a", "b"):
         r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "init", "--master", "b", "--force")
         assert r.returncode == 0, r.stderr + r.stdout
-    env.wait_status(lambda s: s["state"] == "master", "b idle as master")
+    env.wait_status(lambda s: s["state"] == "idle (master)", "b idle as master")
     env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "reverse pass", node="a")
     b.append("alice", "INBOX", message(500))
     with env.imap(b, "alice") as c:

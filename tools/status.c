@@ -77,6 +77,10 @@ format_lag(json_t *obj)
 	json_t *secs = json_object_get(obj, "lag_seconds");
 	json_t *bytes = json_object_get(obj, "lag_bytes");
 
+	json_t *behind = json_object_get(obj, "messages_behind");
+
+	if (json_is_number(secs) && json_is_integer(behind) && json_integer_value(behind) > 0)
+		return xasprintf("%.1fs/%lldmsg", json_number_value(secs), (long long)json_integer_value(behind));
 	if (json_is_number(secs)) {
 		double v = json_number_value(secs);
 		if (json_is_integer(bytes))

@@ -19,7 +19,8 @@
 
 #include <libetpan/libetpan.h>
 #include <openssl/evp.h>
-#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
 #include "lib/conf.h"
@@ -163,21 +164,69 @@ im_sess_has(const struct im_sess *s, const char *capability)
 
 /* -- connecting --------------------------------------------------------- */
 
+/*
+ * Debian's libetpan does TLS with GnuTLS and checks no certificate, so the
+ * check is done here, before LOGIN: the server's certificate (libetpan
+ * gives the leaf only, so intermediates belong in [imap] ca_file) must
+ * chain to ca_file (or the system's CAs) and name the endpoint's host.
+ */
 static void
 tls_setup(struct mailstream_ssl_context *ctx, void *data)
 {
 	struct im_sess *s = data;
-	SSL_CTX *ssl = mailstream_ssl_get_openssl_ssl_ctx(ctx);
 
 	mailstream_ssl_set_server_name(ctx, s->login->ep->host);
-	if (ssl == NULL)
-		return;
-	SSL_CTX_set_verify(ssl, SSL_VERIFY_PEER, NULL);
-	if (s->login->ca_file)
-		SSL_CTX_load_verify_locations(ssl, s->login->ca_file, NULL);
-	else
-		SSL_CTX_set_default_verify_paths(ssl);
-	X509_VERIFY_PARAM_set1_host(SSL_CTX_get0_param(ssl), s->login->ep->host, 0);
+}
+
+static int
+tls_verify(struct im_sess *s)
+{
+	unsigned char *der = NULL;
+	ssize_t n = s->imap->imap_stream ? mailstream_ssl_get_certificate(s->imap->imap_stream, &der) : -1;
+	const unsigned char *p = der;
+	X509 *leaf = n > 0 ? d2i_X509(NULL, &p, (long)n) : NULL;
+	X509_STORE *store = NULL;
+	X509_STORE_CTX *ctx = NULL;
+	const char *why = NULL;
+	int rc = -1;
+
+	free(der);
+	if (leaf == NULL) {
+		why = "the server sent no certificate";
+		goto out;
+	}
+	store = X509_STORE_new();
+	ctx = X509_STORE_CTX_new();
+	if (s->login->ca_file ? X509_STORE_load_file(store, s->login->ca_file) != 1
+			      : X509_STORE_set_default_paths(store) != 1) {
+		why = "cannot load the CA certificates ([imap] ca_file)";
+		goto out;
+	}
+	if (X509_STORE_CTX_init(ctx, store, leaf, NULL) != 1) {
+		why = "out of memory";
+		goto out;
+	}
+	/* An IP address is checked against the certificate's IP entries, a name against its DNS names. */
+	X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(ctx);
+	if (X509_VERIFY_PARAM_set1_ip_asc(param, s->login->ep->host) != 1)
+		X509_VERIFY_PARAM_set1_host(param, s->login->ep->host, 0);
+	if (X509_verify_cert(ctx) != 1) {
+		why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+		goto out;
+	}
+	rc = 0;
+out:
+	if (rc < 0) {
+		free(s->error);
+		s->error = xasprintf("%s: TLS certificate not accepted: %s (CA file %s)", s->desc,
+				     why ? why : "unknown reason",
+				     s->login->ca_file ? s->login->ca_file : "the system's");
+		s->broken = true;
+	}
+	X509_STORE_CTX_free(ctx);
+	X509_STORE_free(store);
+	X509_free(leaf);
+	return rc;
 }
 
 struct im_sess *
@@ -206,6 +255,8 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 		fail(s, r, "connect");
 		goto out_err;
 	}
+	if (ep->imaps && tls_verify(s) < 0)
+		goto out_err;
 	if (!ep->imaps && login->starttls != ST_TLS_NO) {
 		struct mailimap_capability_data *pre = NULL;
 		r = mailimap_capability(s->imap, &pre);
@@ -222,6 +273,8 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 				fail(s, r, "STARTTLS");
 				goto out_err;
 			}
+			if (tls_verify(s) < 0)
+				goto out_err;
 		} else if (login->starttls == ST_TLS_DEMAND) {
 			free(s->error);
 			s->error = xasprintf("%s: the server does not offer STARTTLS, and [imap] starttls = demand",

@@ -71,6 +71,7 @@ st_conf_sslmode_name(int sslmode)
 }
 static const char *const ldap_schemes[] = { "ldap", "ldaps", NULL };
 static const char *const ldap_sync_modes[] = { "persist", "poll", NULL };
+static const char *const imap_logins[] = { "master-user", "sasl-plain", NULL };
 static const char *const imap_schemes[] = { "imap", "imaps", NULL };
 static const char *const dump_froms[] = { "standby", "master", NULL };
 static const char *const compressions[] = { "zstd", "none", NULL };
@@ -140,6 +141,9 @@ static const struct option options[] = {
 	  "File (mode 0600) holding the admin user's password." },
 	{ "imap", "master_separator", OT_STRING, 0, C(imap.master_separator), "*", NULL, 0, 0,
 	  "Dovecot master user separator (user*admin)." },
+	{ "imap", "login", OT_ENUM, 0, C(imap.login), "master-user", imap_logins, 0, 0,
+	  "How the admin user acts as each user: master-user (LOGIN user*admin, Dovecot) or "
+	  "sasl-plain (AUTHENTICATE PLAIN with the user as authorization identity)." },
 	{ "imap", "starttls", OT_ENUM, 0, C(imap.starttls), "no", tls_modes, 0, 0,
 	  "STARTTLS on imap:// endpoints: no, try or demand." },
 	{ "imap", "ca_file", OT_PATH, 0, C(imap.ca_file), NULL, NULL, 0, 0,

@@ -50,6 +50,11 @@ enum st_ldap_sync_mode {
 	ST_LDAP_POLL,		/* refreshOnly every poll_interval */
 };
 
+enum st_imap_login {
+	ST_IMAP_LOGIN_MASTER_USER,	/* LOGIN user<separator>admin */
+	ST_IMAP_LOGIN_SASL_PLAIN,	/* AUTHENTICATE PLAIN, authzid user, authcid admin */
+};
+
 enum st_dump_from {
 	ST_DUMP_FROM_STANDBY,
 	ST_DUMP_FROM_MASTER,
@@ -96,6 +101,7 @@ struct st_conf_imap {
 	char *admin_user;
 	char *password_file;
 	char *master_separator;
+	int login;			/* enum st_imap_login */
 	int starttls;			/* enum st_tls_mode */
 	char *ca_file;
 	char *users_file;

@@ -735,6 +735,7 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 	struct im_login base = {
 		.starttls = conf->imap.starttls, .ca_file = conf->imap.ca_file,
 		.admin_user = conf->imap.admin_user, .separator = conf->imap.master_separator,
+		.login = conf->imap.login,
 		.password = r->password, .timeout_ms = conf->imap.timeout_ms,
 	};
 	r->src_login = base;

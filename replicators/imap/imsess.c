@@ -282,15 +282,27 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 			goto out_err;
 		}
 	}
-	who = xasprintf("%s%s%s", user, login->separator, login->admin_user);
-	r = mailimap_login(s->imap, who, login->password);
-	if (r != MAILIMAP_NO_ERROR) {
-		fail(s, r, "LOGIN as \"%s\" (check [imap] admin_user, password_file and the server's "
-			   "master user setup)", who);
+	if (login->login == ST_IMAP_LOGIN_SASL_PLAIN) {
+		/* libetpan's "login" is the authorization identity, "auth_name" the authentication one. */
+		r = mailimap_authenticate(s->imap, "PLAIN", login->ep->host, NULL, NULL, user,
+					  login->admin_user, login->password, NULL);
+		if (r != MAILIMAP_NO_ERROR) {
+			fail(s, r, "AUTHENTICATE PLAIN as \"%s\" for \"%s\" (check [imap] admin_user, "
+				   "password_file and that the server lets it act for other users)",
+			     login->admin_user, user);
+			goto out_err;
+		}
+	} else {
+		who = xasprintf("%s%s%s", user, login->separator, login->admin_user);
+		r = mailimap_login(s->imap, who, login->password);
+		if (r != MAILIMAP_NO_ERROR) {
+			fail(s, r, "LOGIN as \"%s\" (check [imap] admin_user, password_file and the "
+				   "server's master user setup)", who);
+			free(who);
+			goto out_err;
+		}
 		free(who);
-		goto out_err;
 	}
-	free(who);
 	/* Capabilities after login can differ (Dovecot sends more). */
 	struct mailimap_capability_data *caps = NULL;
 	r = mailimap_capability(s->imap, &caps);

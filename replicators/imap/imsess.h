@@ -32,6 +32,7 @@ struct im_login {
 	int starttls;			/* ST_TLS_NO / TRY / DEMAND */
 	const char *ca_file;		/* NULL: the system's CAs */
 	const char *admin_user;
+	int login;			/* enum st_imap_login */
 	const char *separator;		/* "*": log in as USER*ADMIN */
 	const char *password;
 	long timeout_ms;

@@ -471,3 +471,15 @@ def test_users_from_ldap_and_new_users_without_restart(harness):
     env.wait_status(lambda s: s["users"] == 3 and s["appended"] == 3, "dave replicated")
     env.users = ["alice", "bob", "dave"]
     env.wait_equal()
+
+
+def test_sasl_plain_with_authorization_identity(harness):
+    env = ImapEnv(harness, users=("alice",), extra="login = sasl-plain\n")
+    env.a.append("alice", "INBOX", message(7), flags=("\\Seen",))
+    env.start()
+    st = env.wait_status(lambda s: s["passes"] >= 1, "first pass")
+    assert st["state"] == "streaming" and st["appended"] == 1, st
+    env.wait_equal()
+    # Dovecot took the admin's credentials for alice through SASL PLAIN.
+    with open(env.a.logfile, errors="replace") as f:
+        assert "user=<alice>, method=PLAIN" in f.read()

@@ -32,6 +32,7 @@ struct im_sess {
 	char *error;
 	bool broken;
 	bool idling;
+	bool qresync;		/* ENABLE QRESYNC done */
 	const struct im_login *login;
 };
 
@@ -311,6 +312,21 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 	if (r != MAILIMAP_NO_ERROR) {
 		fail(s, r, "CAPABILITY");
 		goto out_err;
+	}
+	if (mailimap_has_qresync(s->imap) && mailimap_has_enable(s->imap)) {
+		clist *want = clist_new();
+		struct mailimap_capability_data *res = NULL;
+		clist_append(want, mailimap_capability_new(MAILIMAP_CAPABILITY_NAME, NULL, xstrdup("QRESYNC")));
+		struct mailimap_capability_data *cd = mailimap_capability_data_new(want);
+		r = mailimap_enable(s->imap, cd, &res);
+		mailimap_capability_data_free(cd);
+		if (res)
+			mailimap_capability_data_free(res);
+		if (r != MAILIMAP_NO_ERROR) {
+			fail(s, r, "ENABLE QRESYNC");
+			goto out_err;
+		}
+		s->qresync = true;
 	}
 	return s;
 out_err:
@@ -830,6 +846,56 @@ im_fetch(struct im_sess *s, const uint32_t *uids, size_t n, uint32_t first, int 
 	mailimap_fetch_list_free(res);
 	if (out->n > 1)
 		qsort(out->v, out->n, sizeof(*out->v), cmp_msg);
+	return 0;
+}
+
+bool
+im_sess_qresync(const struct im_sess *s)
+{
+	return s->qresync;
+}
+
+int
+im_vanished(struct im_sess *s, uint64_t modseq, uint32_t uidnext, struct im_uids *out)
+{
+	struct mailimap_fetch_type *ft;
+	struct mailimap_set *set;
+	struct mailimap_qresync_vanished *van = NULL;
+	clist *res = NULL;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!s->qresync || modseq == 0)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "VANISHED needs QRESYNC and a known modseq");
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_uid());
+	set = mailimap_set_new_interval(1, 0);
+	r = mailimap_uid_fetch_qresync(s->imap, set, ft, modseq, &res, &van);
+	mailimap_fetch_type_free(ft);
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "UID FETCH (CHANGEDSINCE %" PRIu64 " VANISHED)", modseq);
+	if (res)
+		mailimap_fetch_list_free(res);
+	if (van != NULL && van->qr_known_uids != NULL) {
+		for (clistiter *it = clist_begin(van->qr_known_uids->set_list); it; it = clist_next(it)) {
+			struct mailimap_set_item *item = clist_content(it);
+			uint32_t first = item->set_first, last = item->set_last ? item->set_last : uidnext - 1;
+			if (first > last) {
+				uint32_t t = first;
+				first = last;
+				last = t;
+			}
+			if (last >= uidnext)
+				last = uidnext - 1;
+			for (uint64_t u = first; u <= last && u > 0; u++)
+				im_uids_add(out, (uint32_t)u);
+		}
+	}
+	if (van)
+		mailimap_qresync_vanished_free(van);
+	if (out->n > 1)
+		qsort(out->v, out->n, sizeof(*out->v), cmp_u32);
 	return 0;
 }
 

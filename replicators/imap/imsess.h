@@ -106,6 +106,16 @@ enum {
 int im_fetch(struct im_sess *s, const uint32_t *uids, size_t n, uint32_t first, int what,
 	     uint64_t changedsince, struct im_msgs *out);
 
+/*
+ * QRESYNC (RFC 7162): UIDs below UIDNEXT expunged since MODSEQ, from
+ * UID FETCH 1:* (UID) (CHANGEDSINCE MODSEQ VANISHED).  The server may name
+ * more (expunged earlier); libetpan keeps only the first VANISHED response,
+ * so callers check the result against the message count.  -1 also when
+ * the session has no QRESYNC enabled.
+ */
+int im_vanished(struct im_sess *s, uint64_t modseq, uint32_t uidnext, struct im_uids *out);
+bool im_sess_qresync(const struct im_sess *s);
+
 /* APPEND with flags and INTERNALDATE; *uid_r from APPENDUID. */
 int im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m,
 	      uint32_t *uidvalidity_r, uint32_t *uid_r);

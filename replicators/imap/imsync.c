@@ -68,6 +68,7 @@ struct pass {
 	struct im_state st;
 	struct im_status s, t;
 	uint32_t tgt_uidnext;	/* lower bound of the next target UID */
+	uint64_t modseq_before;	/* the state's modseq when the pass began */
 	char *err;
 };
 
@@ -513,22 +514,39 @@ out:
 	return rc;
 }
 
-/* Step 5. */
+/*
+ * Step 5.  With QRESYNC, the UIDs VANISHED since the modseq of the last
+ * pass; otherwise (or when the count still disagrees after them) every
+ * source UID, compared with the map.
+ */
 static int
-sync_expunges(struct pass *p)
+sync_expunges(struct pass *p, bool by_vanished)
 {
 	struct im_uids all = { 0 }, gone_src = { 0 }, gone_tgt = { 0 };
 	int rc = -1;
 
-	if (im_search_from(p->src, 1, &all) < 0)
-		return sess_fail(p, p->src);
-	for (size_t i = 0, j = 0; i < p->st.n_map; i++) {
-		while (j < all.n && all.v[j] < p->st.map[i].src)
-			j++;
-		if (j < all.n && all.v[j] == p->st.map[i].src)
-			continue;
-		im_uids_add(&gone_src, p->st.map[i].src);
-		im_uids_add(&gone_tgt, p->st.map[i].tgt);
+	if (by_vanished) {
+		if (im_vanished(p->src, p->modseq_before, p->s.uidnext, &all) < 0)
+			return sess_fail(p, p->src);
+		for (size_t i = 0, j = 0; i < p->st.n_map; i++) {
+			while (j < all.n && all.v[j] < p->st.map[i].src)
+				j++;
+			if (j < all.n && all.v[j] == p->st.map[i].src) {
+				im_uids_add(&gone_src, p->st.map[i].src);
+				im_uids_add(&gone_tgt, p->st.map[i].tgt);
+			}
+		}
+	} else {
+		if (im_search_from(p->src, 1, &all) < 0)
+			return sess_fail(p, p->src);
+		for (size_t i = 0, j = 0; i < p->st.n_map; i++) {
+			while (j < all.n && all.v[j] < p->st.map[i].src)
+				j++;
+			if (j < all.n && all.v[j] == p->st.map[i].src)
+				continue;
+			im_uids_add(&gone_src, p->st.map[i].src);
+			im_uids_add(&gone_tgt, p->st.map[i].tgt);
+		}
 	}
 	if (gone_tgt.n > 0) {
 		if (im_expunge_uids(p->tgt, gone_tgt.v, gone_tgt.n) < 0) {
@@ -539,6 +557,8 @@ sync_expunges(struct pass *p)
 			if (jlog(p, "X %" PRIu32, gone_src.v[i]) < 0)
 				goto out;
 		atomic_fetch_add(&p->env->c->expunged, gone_tgt.n);
+		st_info("user %s folder %s: %zu message(s) expunged on the standby (found by %s)",
+			st_q(p->user), st_q(p->folder), gone_tgt.n, by_vanished ? "VANISHED" : "UID comparison");
 	}
 	rc = 0;
 out:
@@ -609,6 +629,7 @@ folder_pass(struct pass *p)
 		return sess_fail(p, p->tgt);
 	p->tgt_uidnext = p->t.uidnext;
 
+	p->modseq_before = p->st.src_modseq;
 	bool fresh = p->st.src_uidvalidity == 0 && p->st.n_map == 0;
 	bool src_changed = !fresh && p->st.src_uidvalidity != p->s.uidvalidity;
 	bool tgt_changed = !fresh && p->st.tgt_uidvalidity != p->t.uidvalidity;
@@ -625,8 +646,21 @@ folder_pass(struct pass *p)
 		return -1;
 	if (copy_new(p) < 0 || sync_flags(p) < 0)
 		return -1;
-	if (p->s.messages != p->st.n_map && sync_expunges(p) < 0)
-		return -1;
+	if (p->s.messages != p->st.n_map) {
+		bool vanished = im_sess_qresync(p->src) && p->modseq_before > 0 &&
+				p->s.uidvalidity == p->st.src_uidvalidity;
+		if (vanished && sync_expunges(p, true) < 0)
+			return -1;
+		/* libetpan keeps one VANISHED response only: the count has the last word. */
+		if (p->s.messages != p->st.n_map) {
+			if (vanished)
+				st_info("user %s folder %s: VANISHED left %zu mapped for %" PRIu32
+					" messages; comparing UIDs", st_q(p->user), st_q(p->folder),
+					p->st.n_map, p->s.messages);
+			if (sync_expunges(p, false) < 0)
+				return -1;
+		}
+	}
 	/* The standby's count, after what this pass did, tells whether it lost copies. */
 	struct im_status t2;
 	size_t lost = 0;

@@ -232,6 +232,8 @@ def test_initial_sync_then_push_flags_expunges_folders(env):
     # The rename was a RENAME: nothing was copied again.
     assert st["appended"] == 61, st
     assert st["last_error"] is None
+    # QRESYNC told which messages were expunged (no listing of every UID).
+    assert "3 message(s) expunged on the standby (found by VANISHED)" in env.daemon.output()
 
 
 def test_odd_content_byte_for_byte(env):

@@ -118,21 +118,35 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    return text.rsplit(")", 1)[1].split()
+
+
 def server_cpu(server):
     """CPU seconds of a Dovecot server so far: its master process, the
-    children it has reaped (imap, imap-login, auth...) and its live ones."""
+    children it has reaped (imap, imap-login, auth...) and its children not
+    reaped yet, zombies included (a zombie's time is in neither the live
+    processes nor the master's cutime).  Retried if the master reaped a child
+    while the children were read."""
     pid = server.pid
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    total = sum(int(x) for x in fields[11:15])
-    for child in sh.process_tree(pid)[1:]:
-        try:
-            with open(f"/proc/{child}/stat") as f:
-                cf = f.read().rsplit(")", 1)[1].split()
-            total += int(cf[11]) + int(cf[12])
-        except OSError:
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    for _ in range(10):
+        m = _stat_fields(pid)
+        total = sum(int(x) for x in m[11:15])      # utime stime cutime cstime
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == pid:
+                continue
+            try:
+                f = _stat_fields(name)
+            except OSError:
+                continue
+            if int(f[1]) == pid:                     # ppid
+                total += int(f[11]) + int(f[12])
+        if _stat_fields(pid)[13:15] == m[13:15]:
+            return total / tick
+    return total / tick
 
 
 def q(name):
@@ -642,9 +656,13 @@ class Bench:
     # -- wiping a target -------------------------------------------------------
 
     def wipe(self, server):
+        """Remove the user's mail on SERVER, then sync(2) and let the disk
+        settle (--settle seconds) so the deletion is not timed with the sync."""
         home = server.home(USER)
         shutil.rmtree(home)
         server.add_user_home(USER)
+        os.sync()
+        time.sleep(self.args.settle)
 
     # -- (a) initial sync -------------------------------------------------------
 
@@ -866,6 +884,7 @@ def main():
     p.add_argument("--first", choices=SIDES, default="standin", help="who goes first in odd rounds")
     p.add_argument("--workers", type=int, default=0, help="[imap] workers (0: the default)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
+    p.add_argument("--settle", type=float, default=3, help="(a): seconds of rest after wiping a target")
     p.add_argument("--keep", action="store_true", help="keep the servers' directories")
     args = p.parse_args()
     only = set(args.only.split(","))

@@ -422,6 +422,8 @@ class Bench:
 
     def write_conf(self):
         text = "[cluster]\nname = benchimap\n"
+        if self.args.debug_log:
+            text += "log_level = debug\n"
         for s in (self.a, self.b):
             text += (f"[node {s.node}]\naddress = {s.host}\n"
                      f"state_dir = {self.base}/{s.node}/state\nrun_dir = {self.base}/{s.node}/run\n")
@@ -885,6 +887,7 @@ def main():
     p.add_argument("--workers", type=int, default=0, help="[imap] workers (0: the default)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
     p.add_argument("--settle", type=float, default=3, help="(a): seconds of rest after wiping a target")
+    p.add_argument("--debug-log", action="store_true", help="standin-imaprepl logs at level debug (job times)")
     p.add_argument("--keep", action="store_true", help="keep the servers' directories")
     args = p.parse_args()
     only = set(args.only.split(","))

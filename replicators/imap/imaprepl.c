@@ -111,6 +111,14 @@ struct imrepl {
 	struct im_counters c;
 	bool active;			/* a source is set and workers run */
 
+	/*
+	 * Sessions between jobs (under mu), newest first, at most n_threads:
+	 * the next job of the same user, on whichever worker, goes on with
+	 * them instead of logging in again.
+	 */
+	struct spare *spares;
+	size_t n_spares;
+
 	/* Passes. */
 	bool pass_active, pass_wanted;
 	long long pass_started_ms, last_pass_ms, last_clean_start_ms, last_clean_end_ms;
@@ -121,6 +129,11 @@ struct imrepl {
 	uint64_t appended_base;
 	long long rate_ms;
 	double msgs_per_s;
+};
+
+struct spare {
+	struct im_conns c;
+	struct spare *next;
 };
 
 static struct imrepl G;
@@ -428,10 +441,73 @@ run_idle_job(struct imrepl *r, struct user *u)
 	free(err);
 }
 
+/* Under mu: move USER's newest spare sessions (if any) into C, which is empty. */
+static void
+spare_take(struct imrepl *r, const char *user, struct im_conns *c)
+{
+	for (struct spare **pp = &r->spares; *pp; pp = &(*pp)->next) {
+		struct spare *sp = *pp;
+		if (strcmp(sp->c.user, user) != 0)
+			continue;
+		*pp = sp->next;
+		r->n_spares--;
+		*c = sp->c;
+		free(sp);
+		return;
+	}
+}
+
+/*
+ * Under mu: keep C's sessions (if any) as spares and empty C; returns the
+ * spares to close (outside mu): the oldest beyond n_threads, and those
+ * unused for IM_CONNS_IDLE_MS.
+ */
+static struct spare *
+spare_put(struct imrepl *r, struct im_conns *c)
+{
+	struct spare *old = NULL;
+	long long now = st_monotonic_ms();
+	size_t n = 0;
+
+	if (c->user != NULL) {
+		struct spare *sp = xcalloc(1, sizeof(*sp));
+		sp->c = *c;
+		sp->next = r->spares;
+		r->spares = sp;
+		r->n_spares++;
+		memset(c, 0, sizeof(*c));
+	}
+	for (struct spare **pp = &r->spares; *pp;) {
+		struct spare *sp = *pp;
+		if (n < r->n_threads && now - sp->c.used_ms <= IM_CONNS_IDLE_MS) {
+			n++;
+			pp = &sp->next;
+			continue;
+		}
+		*pp = sp->next;
+		r->n_spares--;
+		sp->next = old;
+		old = sp;
+	}
+	return old;
+}
+
+static void
+spares_close(struct spare *sp)
+{
+	while (sp) {
+		struct spare *next = sp->next;
+		im_conns_close(&sp->c);
+		free(sp);
+		sp = next;
+	}
+}
+
 static void *
 worker_main(void *arg)
 {
 	struct imrepl *r = arg;
+	struct im_conns conns = { 0 };
 
 	pthread_mutex_lock(&r->mu);
 	for (;;) {
@@ -446,12 +522,19 @@ worker_main(void *arg)
 		char *err = NULL;
 		struct im_tree tree = { 0 };
 		int rc = 0;
+		long long t0 = st_monotonic_ms();
+
+		if (j->kind != JOB_IDLE) {
+			pthread_mutex_lock(&r->mu);
+			spare_take(r, j->u->name, &conns);
+			pthread_mutex_unlock(&r->mu);
+		}
 		switch (j->kind) {
 		case JOB_TREE:
-			rc = im_sync_tree(&r->env, j->u->name, &tree, &err);
+			rc = im_sync_tree(&r->env, &conns, j->u->name, &tree, &err);
 			break;
 		case JOB_FOLDER:
-			rc = im_sync_folder(&r->env, j->u->name, j->f->name, &err);
+			rc = im_sync_folder(&r->env, &conns, j->u->name, j->f->name, &err);
 			break;
 		case JOB_IDLE:
 			run_idle_job(r, j->u);
@@ -459,6 +542,10 @@ worker_main(void *arg)
 		}
 		if (rc < 0 && !atomic_load(&r->stopping))
 			st_error("%s", err);
+		st_debug("user %s%s%s: %s job %s in %lld ms", st_q(j->u->name), j->kind == JOB_FOLDER ? " folder " : "",
+			 j->kind == JOB_FOLDER ? st_q(j->f->name) : "",
+			 j->kind == JOB_TREE ? "tree" : j->kind == JOB_FOLDER ? "folder" : "IDLE",
+			 rc < 0 ? "failed" : "done", st_monotonic_ms() - t0);
 
 		pthread_mutex_lock(&r->mu);
 		r->running--;
@@ -506,8 +593,15 @@ worker_main(void *arg)
 		free(err);
 		im_tree_free(&tree);
 		ev_async_send(r->d->loop, &r->wake);
+		struct spare *old = spare_put(r, &conns);
+		if (old != NULL) {
+			pthread_mutex_unlock(&r->mu);
+			spares_close(old);
+			pthread_mutex_lock(&r->mu);
+		}
 	}
 	pthread_mutex_unlock(&r->mu);
+	im_conns_close(&conns);
 	return NULL;
 }
 
@@ -680,6 +774,9 @@ stop_workers(struct imrepl *r)
 	free(r->threads);
 	r->threads = NULL;
 	r->n_threads = 0;
+	spares_close(r->spares);
+	r->spares = NULL;
+	r->n_spares = 0;
 	/* Drop what was queued, and every IDLE session. */
 	while (r->head) {
 		struct job *j = r->head;

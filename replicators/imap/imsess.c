@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "lib/conf.h"
+#include "lib/log.h"
 #include "replicators/imap/imsess.h"
 
 struct im_sess {
@@ -33,6 +34,8 @@ struct im_sess {
 	bool broken;
 	bool idling;
 	bool qresync;		/* ENABLE QRESYNC done */
+	bool no_multiappend;	/* the server refused one: append one by one */
+	bool selected;		/* a mailbox is selected */
 	const struct im_login *login;
 };
 
@@ -470,6 +473,7 @@ im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_statu
 			     : mailimap_select_condstore(s->imap, mailbox, &modseq);
 	else
 		r = readonly ? mailimap_examine(s->imap, mailbox) : mailimap_select(s->imap, mailbox);
+	s->selected = r == MAILIMAP_NO_ERROR;
 	if (r != MAILIMAP_NO_ERROR)
 		return fail(s, r, "%s \"%s\"", readonly ? "EXAMINE" : "SELECT", mailbox);
 	struct mailimap_selection_info *si = s->imap->imap_selection_info;
@@ -482,6 +486,23 @@ im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_statu
 	if (st->uidvalidity == 0)
 		return fail(s, MAILIMAP_ERROR_PROTOCOL, "%s \"%s\" gave no UIDVALIDITY",
 			    readonly ? "EXAMINE" : "SELECT", mailbox);
+	return 0;
+}
+
+int
+im_unselect(struct im_sess *s)
+{
+	int r;
+
+	if (!s->selected)
+		return 0;
+	if (!im_sess_has(s, "UNSELECT"))
+		return 1;
+	/* libetpan has no UNSELECT of its own. */
+	r = mailimap_custom_command(s->imap, "UNSELECT");
+	s->selected = false;
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "UNSELECT");
 	return 0;
 }
 
@@ -919,6 +940,150 @@ im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m, uint32
 			    "needs UIDPLUS)", mailbox);
 	*uidvalidity_r = validity;
 	*uid_r = uid;
+	return 0;
+}
+
+/* An IMAP atom as a flag: "\\Seen", "$Label1"; nothing that needs quoting. */
+static bool
+flag_is_atom(const char *t, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)t[i];
+		if (c <= ' ' || c >= 0x7f || strchr("(){%*\"]", c) || (c == '\\' && i > 0))
+			return false;
+	}
+	return len > 0 && !(len == 1 && t[0] == '\\');
+}
+
+static bool
+flags_are_atoms(const char *flags)
+{
+	for (const char *p = flags ? flags : ""; *p;) {
+		size_t len = strcspn(p, " ");
+		if (len > 0 && !flag_is_atom(p, len))
+			return false;
+		p += len;
+		p += strspn(p, " ");
+	}
+	return true;
+}
+
+/* MAILBOX as an astring: quoted when it can be, else a LITERAL+ literal. */
+static void
+astring_to_buf(struct st_buf *b, const char *mailbox)
+{
+	bool quotable = true;
+
+	for (const unsigned char *p = (const unsigned char *)mailbox; *p; p++)
+		if (*p < ' ' || *p >= 0x7f)
+			quotable = false;
+	if (!quotable) {
+		st_buf_printf(b, "{%zu+}\r\n%s", strlen(mailbox), mailbox);
+		return;
+	}
+	st_buf_puts(b, "\"");
+	for (const char *p = mailbox; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			st_buf_puts(b, "\\");
+		st_buf_append(b, p, 1);
+	}
+	st_buf_puts(b, "\"");
+}
+
+static void
+uids_from_set(const struct mailimap_set *set, uint32_t *uids, size_t n, size_t *got_r)
+{
+	size_t got = 0;
+
+	for (clistiter *it = clist_begin(set->set_list); it; it = clist_next(it)) {
+		const struct mailimap_set_item *item = clist_content(it);
+		uint32_t first = item->set_first, last = item->set_last;
+		if (first == 0 || last < first)
+			break;		/* "*" or a descending range: not what APPENDUID gives */
+		for (uint64_t u = first; u <= last; u++) {
+			if (got == n) {
+				*got_r = n + 1;
+				return;
+			}
+			uids[got++] = (uint32_t)u;
+		}
+	}
+	*got_r = got;
+}
+
+int
+im_append_many(struct im_sess *s, const char *mailbox, const struct im_msg *v, size_t n,
+	       uint32_t *uidvalidity_r, uint32_t *uids_r)
+{
+	static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					"Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	struct st_buf cmd;
+	uint64_t bytes = 0;
+	size_t got = 0;
+	int r;
+
+	if (s->no_multiappend || n < 2 || !im_sess_has(s, "MULTIAPPEND") || !im_sess_has(s, "LITERAL+"))
+		return 1;
+	for (size_t i = 0; i < n; i++) {
+		if (memchr(v[i].body, '\0', v[i].body_len) || !flags_are_atoms(v[i].flags))
+			return 1;
+		bytes += v[i].body_len;
+	}
+	st_buf_init(&cmd);
+	st_buf_puts(&cmd, "APPEND ");
+	astring_to_buf(&cmd, mailbox);
+	for (size_t i = 0; i < n; i++) {
+		const struct im_msg *m = &v[i];
+		int zone = m->zone, az = zone < 0 ? -zone : zone;
+		int64_t off = (int64_t)((az / 100) * 3600 + (az % 100) * 60) * (zone < 0 ? -1 : 1);
+		time_t local = (time_t)(m->date + off);
+		struct tm tm;
+
+		gmtime_r(&local, &tm);
+		st_buf_puts(&cmd, " (");
+		for (const char *p = m->flags ? m->flags : ""; *p;) {
+			size_t len = strcspn(p, " ");
+			if (len > 0 && !(len == 7 && strncasecmp(p, "\\Recent", 7) == 0)) {
+				if (cmd.data[cmd.len - 1] != '(')
+					st_buf_puts(&cmd, " ");
+				st_buf_append(&cmd, p, len);
+			}
+			p += len;
+			p += strspn(p, " ");
+		}
+		st_buf_printf(&cmd, ") \"%02d-%s-%04d %02d:%02d:%02d %c%04d\" {%zu+}\r\n", tm.tm_mday,
+			      months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+			      zone < 0 ? '-' : '+', az, m->body_len);
+		st_buf_append(&cmd, m->body, m->body_len);
+	}
+	/* libetpan sends "TAG " CMD " " CRLF: the space at the end is harmless. */
+	r = mailimap_custom_command(s->imap, cmd.data);
+	st_buf_free(&cmd);
+	if (r == MAILIMAP_ERROR_CUSTOM_COMMAND) {
+		/* NO or BAD: RFC 3502 says nothing was stored. */
+		st_warn("%s: MULTIAPPEND of %zu messages to \"%s\" refused (server said: %s); appending one "
+			"by one from now on", s->desc, n, mailbox,
+			s->imap->imap_response ? s->imap->imap_response : "nothing");
+		s->no_multiappend = true;
+		return 1;
+	}
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "APPEND of %zu messages to \"%s\" (%" PRIu64 " bytes)", n, mailbox, bytes);
+	*uidvalidity_r = 0;
+	for (clistiter *it = clist_begin(s->imap->imap_response_info->rsp_extension_list); it;
+	     it = clist_next(it)) {
+		struct mailimap_extension_data *ext = clist_content(it);
+		if (ext->ext_extension != &mailimap_extension_uidplus || ext->ext_type != MAILIMAP_UIDPLUS_RESP_CODE_APND)
+			continue;
+		const struct mailimap_uidplus_resp_code_apnd *apnd = ext->ext_data;
+		*uidvalidity_r = apnd->uid_uidvalidity;
+		if (apnd->uid_set)
+			uids_from_set(apnd->uid_set, uids_r, n, &got);
+		break;
+	}
+	if (got != n)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "APPEND of %zu messages to \"%s\" gave %s APPENDUID "
+			    "(the server needs UIDPLUS)", n, mailbox, got == 0 ? "no" : "a wrong");
 	return 0;
 }
 

@@ -66,6 +66,12 @@ int im_status(struct im_sess *s, const char *mailbox, struct im_status *st);
 
 /* SELECT (with CONDSTORE when the server has it); st->messages is EXISTS. */
 int im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_status *st);
+/*
+ * UNSELECT (RFC 3691): leave the selected mailbox without expunging, so
+ * that a later STATUS of it is not answered from this session's stale
+ * view.  1 when the server has no UNSELECT.
+ */
+int im_unselect(struct im_sess *s);
 
 struct im_uids {
 	uint32_t *v;
@@ -119,6 +125,17 @@ bool im_sess_qresync(const struct im_sess *s);
 /* APPEND with flags and INTERNALDATE; *uid_r from APPENDUID. */
 int im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m,
 	      uint32_t *uidvalidity_r, uint32_t *uid_r);
+
+/*
+ * MULTIAPPEND (RFC 3502) of V[0..N) in one command with non-synchronising
+ * literals (LITERAL+, RFC 7888): one transaction on the server, so all or
+ * none are stored; UIDS_R[i] from APPENDUID.  Returns 1, having sent
+ * nothing, where it cannot be used (no MULTIAPPEND or LITERAL+, a NUL byte
+ * in a message, a flag that is not an atom; or the server refused an
+ * earlier one, which stores nothing): the caller appends one by one.
+ */
+int im_append_many(struct im_sess *s, const char *mailbox, const struct im_msg *v, size_t n,
+		   uint32_t *uidvalidity_r, uint32_t *uids_r);
 
 /* UID STORE FLAGS.SILENT (FLAGS) on the given UIDs. */
 int im_store_flags(struct im_sess *s, const uint32_t *uids, size_t n, const char *flags);

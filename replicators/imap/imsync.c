@@ -13,8 +13,9 @@
  *     unpaired ones are copied again by step 3.
  *  3. New messages: S's UIDs from the state's UIDNEXT on that are not in the
  *     map are copied in batches (at most BATCH_MSGS messages or BATCH_BYTES):
- *     journal the batch's intents and fdatasync, APPEND each with its flags
- *     and INTERNALDATE, journal the APPENDUIDs and fdatasync.
+ *     journal the batch's intents and fdatasync, APPEND them with their flags
+ *     and INTERNALDATE (one MULTIAPPEND command, one transaction on T, where
+ *     T has it; else one by one), journal the APPENDUIDs and fdatasync.
  *  4. Flags: S's messages changed since the state's modseq (CHANGEDSINCE),
  *     or all of them when it is unknown, compared with T's and stored.
  *  5. Expunges: when S's count differs from the map's, S's UIDs are listed
@@ -330,12 +331,13 @@ out:
 }
 
 static int
-copy_batch(struct pass *p, const uint32_t *uids, size_t n)
+copy_batch(struct pass *p, const uint32_t *src_uids, size_t n)
 {
 	struct im_msgs m = { 0 };
+	uint32_t validity = 0, *uids = NULL;
 	int rc = -1;
 
-	if (im_fetch(p->src, uids, n, 0, IM_F_FLAGS | IM_F_META | IM_F_BODY, 0, &m) < 0)
+	if (im_fetch(p->src, src_uids, n, 0, IM_F_FLAGS | IM_F_META | IM_F_BODY, 0, &m) < 0)
 		return sess_fail(p, p->src);
 	if (m.n == 0) {
 		rc = 0;
@@ -352,14 +354,18 @@ copy_batch(struct pass *p, const uint32_t *uids, size_t n)
 	}
 	if (jsync(p) < 0)
 		goto out;
+	uids = xcalloc(m.n, sizeof(*uids));
+	int many = im_append_many(p->tgt, p->folder, m.v, m.n, &validity, uids);
+	if (many < 0) {
+		sess_fail(p, p->tgt);
+		goto out;
+	}
 	for (size_t i = 0; i < m.n; i++) {
-		uint32_t validity, uid;
-
 		if (atomic_load(p->env->stopping)) {
 			pass_fail(p, "stopping");
 			goto out;
 		}
-		if (im_append(p->tgt, p->folder, &m.v[i], &validity, &uid) < 0) {
+		if (many == 1 && im_append(p->tgt, p->folder, &m.v[i], &validity, &uids[i]) < 0) {
 			sess_fail(p, p->tgt);
 			goto out;
 		}
@@ -369,17 +375,20 @@ copy_batch(struct pass *p, const uint32_t *uids, size_t n)
 				  p->t.uidvalidity, validity);
 			goto out;
 		}
-		if (jlog(p, "M %" PRIu32 " %" PRIu32, m.v[i].uid, uid) < 0)
+		if (jlog(p, "M %" PRIu32 " %" PRIu32, m.v[i].uid, uids[i]) < 0)
 			goto out;
-		if (uid >= p->tgt_uidnext)
-			p->tgt_uidnext = uid + 1;
+		if (uids[i] >= p->tgt_uidnext)
+			p->tgt_uidnext = uids[i] + 1;
 		atomic_fetch_add(&p->env->c->appended, 1);
 		atomic_fetch_add(&p->env->c->appended_bytes, m.v[i].body_len);
 	}
 	if (jlog(p, "C") < 0 || jsync(p) < 0)
 		goto out;
+	st_debug("user %s folder %s: %zu message(s) appended %s", st_q(p->user), st_q(p->folder), m.n,
+		 many == 0 ? "in one MULTIAPPEND" : "one by one");
 	rc = 0;
 out:
+	free(uids);
 	im_msgs_free(&m);
 	return rc;
 }
@@ -672,39 +681,94 @@ folder_pass(struct pass *p)
 	return 0;
 }
 
-static struct im_sess *
-open_side(const struct im_env *env, bool source, const char *user, char **error_r)
+void
+im_conns_close(struct im_conns *c)
 {
-	return im_sess_open(source ? env->src : env->tgt, user, error_r);
+	im_sess_close(c->src);
+	im_sess_close(c->tgt);
+	free(c->user);
+	memset(c, 0, sizeof(*c));
+}
+
+/*
+ * C's sessions for USER, opened where C has none for USER (or they are too
+ * old); *REUSED_R tells whether they served an earlier job.
+ */
+static int
+conns_get(const struct im_env *env, struct im_conns *c, const char *user, bool *reused_r, char **error_r)
+{
+	*reused_r = c->user != NULL;
+	if (c->user != NULL && (strcmp(c->user, user) != 0 || c->src_login != env->src || c->tgt_login != env->tgt ||
+				st_monotonic_ms() - c->used_ms > IM_CONNS_IDLE_MS || c->src == NULL ||
+				c->tgt == NULL || im_sess_broken(c->src) || im_sess_broken(c->tgt))) {
+		im_conns_close(c);
+		*reused_r = false;
+	}
+	if (c->user == NULL) {
+		c->user = xstrdup(user);
+		c->src_login = env->src;
+		c->tgt_login = env->tgt;
+	}
+	if (c->src == NULL && (c->src = im_sess_open(env->src, user, error_r)) == NULL)
+		return -1;
+	if (c->tgt == NULL && (c->tgt = im_sess_open(env->tgt, user, error_r)) == NULL)
+		return -1;
+	return 0;
+}
+
+/*
+ * After a job: keep C's sessions when it went well; on failure drop them
+ * and say whether the job is worth running again on new ones (it failed on
+ * kept sessions that turned out broken: the server closed them meanwhile).
+ */
+static bool
+conns_done(struct im_conns *c, int rc, bool reused)
+{
+	bool again = rc < 0 && reused && ((c->src && im_sess_broken(c->src)) || (c->tgt && im_sess_broken(c->tgt)));
+
+	/* A mailbox left selected would answer a later STATUS from its old view. */
+	if (rc < 0 || im_unselect(c->src) != 0 || im_unselect(c->tgt) != 0)
+		im_conns_close(c);
+	else
+		c->used_ms = st_monotonic_ms();
+	return again;
 }
 
 int
-im_sync_folder(const struct im_env *env, const char *user, const char *folder, char **error_r)
+im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,
+	       char **error_r)
 {
-	struct pass p = { .env = env, .user = user, .folder = folder };
 	char *err = NULL;
-	int rc = -1;
+	bool reused;
+	int rc;
 
-	im_state_init(&p.st);
-	p.src = open_side(env, true, user, &err);
-	if (p.src == NULL)
-		goto out;
-	p.tgt = open_side(env, false, user, &err);
-	if (p.tgt == NULL)
-		goto out;
-	rc = folder_pass(&p);
-	if (rc < 0) {
-		err = p.err;
-		p.err = NULL;
+	for (int attempt = 0;; attempt++) {
+		struct pass p = { .env = env, .user = user, .folder = folder };
+
+		im_state_init(&p.st);
+		rc = conns_get(env, c, user, &reused, &err);
+		if (rc == 0) {
+			p.src = c->src;
+			p.tgt = c->tgt;
+			rc = folder_pass(&p);
+			if (rc < 0) {
+				free(err);
+				err = p.err;
+				p.err = NULL;
+			}
+		}
+		free(p.err);
+		im_state_free(&p.st);
+		if (!conns_done(c, rc, reused) || attempt > 0)
+			break;
+		st_info("user %s folder %s: a kept session was closed (%s); again on new ones", st_q(user),
+			st_q(folder), err ? err : "?");
+		free(err);
+		err = NULL;
 	}
-out:
 	if (rc < 0)
 		st_set_error(error_r, "%s", err ? err : "folder pass failed");
 	free(err);
-	free(p.err);
-	im_state_free(&p.st);
-	im_sess_close(p.src);
-	im_sess_close(p.tgt);
 	return rc;
 }
 
@@ -841,10 +905,10 @@ rename_state(const struct im_env *env, const char *user, const char *from, const
 	return rc;
 }
 
-int
-im_sync_tree(const struct im_env *env, const char *user, struct im_tree *out, char **error_r)
+static int
+tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, const char *user,
+	  struct im_tree *out, char **error_r)
 {
-	struct im_sess *src = NULL, *tgt = NULL;
 	struct im_folders sl = { 0 }, tl = { 0 }, ss = { 0 }, ts = { 0 };
 	struct known *known = NULL;
 	size_t n_known = 0;
@@ -855,8 +919,6 @@ im_sync_tree(const struct im_env *env, const char *user, struct im_tree *out, ch
 	int rc = -1;
 
 	memset(out, 0, sizeof(*out));
-	if ((src = im_sess_open(env->src, user, &err)) == NULL || (tgt = im_sess_open(env->tgt, user, &err)) == NULL)
-		goto out;
 	if (im_list(src, false, &sl) < 0 || im_list(src, true, &ss) < 0) {
 		err = xstrdup(im_sess_error(src));
 		goto out;
@@ -1020,7 +1082,29 @@ out:
 	im_folders_free(&tl);
 	im_folders_free(&ss);
 	im_folders_free(&ts);
-	im_sess_close(src);
-	im_sess_close(tgt);
+	return rc;
+}
+
+int
+im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, struct im_tree *out,
+	     char **error_r)
+{
+	char *err = NULL;
+	bool reused;
+	int rc;
+
+	for (int attempt = 0;; attempt++) {
+		rc = conns_get(env, c, user, &reused, &err);
+		if (rc == 0)
+			rc = tree_pass(env, c->src, c->tgt, user, out, &err);
+		if (!conns_done(c, rc, reused) || attempt > 0)
+			break;
+		st_info("user %s: a kept session was closed (%s); again on new ones", st_q(user), err ? err : "?");
+		free(err);
+		err = NULL;
+	}
+	if (rc < 0)
+		st_set_error(error_r, "%s", err ? err : "folder tree pass failed");
+	free(err);
 	return rc;
 }

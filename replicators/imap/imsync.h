@@ -42,15 +42,34 @@ struct im_tree {
 void im_tree_free(struct im_tree *t);
 
 /*
+ * A worker's two sessions (source and standby), kept from one job to the
+ * next while they serve the same user: a login per job made Dovecot fork
+ * two imap processes for every folder pass.  Sessions unused for
+ * IM_CONNS_IDLE_MS are not trusted and opened anew; a job that fails on a
+ * kept session that turns out broken (the server closed it) is run once
+ * more on new ones.  Zero-initialised; closed with im_conns_close.
+ */
+#define IM_CONNS_IDLE_MS 60000
+struct im_conns {
+	char *user;
+	const struct im_login *src_login, *tgt_login;
+	struct im_sess *src, *tgt;
+	long long used_ms;		/* st_monotonic_ms() at the end of the last job */
+};
+void im_conns_close(struct im_conns *c);
+
+/*
  * Mirror USER's folder tree and subscriptions, then STATUS every source
  * folder: OUT lists them, with changed set where the folder's state says a
  * folder pass is due.  Returns 0 or -1 with a message naming the server,
  * user and folder.
  */
-int im_sync_tree(const struct im_env *env, const char *user, struct im_tree *out, char **error_r) ST_WARN_UNUSED;
+int im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, struct im_tree *out,
+		 char **error_r) ST_WARN_UNUSED;
 
 /* One folder pass: new messages, flag changes, expunges. */
-int im_sync_folder(const struct im_env *env, const char *user, const char *folder, char **error_r) ST_WARN_UNUSED;
+int im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,
+		   char **error_r) ST_WARN_UNUSED;
 
 /* STATE_ROOT/USERHEX/FOLDERHEX, without suffix. */
 char *im_state_path(const char *root, const char *user, const char *folder);

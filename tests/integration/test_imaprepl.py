@@ -37,25 +37,25 @@ class ImapEnv:
     """Dovecot a (master) and b (standby), standin.conf, the cluster state,
     and standin-imaprepl on node b (start())."""
 
-    def __init__(self, harness, users=USERS, extra=""):
+    def __init__(self, harness, users=USERS, extra="", dovecot_conf="", debug=False):
         self.h = harness
         password = "pw-" + os.urandom(6).hex()
         umap = {u: f"{u}-secret" for u in users}
-        self.a = harness.start_dovecot("a", users=umap, master_password=password)
-        self.b = harness.start_dovecot("b", users=umap, master_password=password)
+        self.a = harness.start_dovecot("a", users=umap, master_password=password, extra_conf=dovecot_conf)
+        self.b = harness.start_dovecot("b", users=umap, master_password=password, extra_conf=dovecot_conf)
         self.users = list(users)
         self.base = harness.mkdir("standin")
         self.users_file = os.path.join(self.base, "users")
         with open(self.users_file, "w") as f:
             f.write("# users to replicate\n" + "\n".join(users) + "\n")
-        self.conf = self.write_conf(extra)
+        self.conf = self.write_conf(extra, debug)
         for node in ("a", "b"):
             r = run(STANDINCTL, "-c", self.conf, "-n", node, "state", "init", "--master", "a")
             assert r.returncode == 0, r.stderr
         self.daemons = {}
 
-    def write_conf(self, extra):
-        text = "[cluster]\nname = itest\n"
+    def write_conf(self, extra, debug=False):
+        text = "[cluster]\nname = itest\n" + ("log_level = debug\n" if debug else "")
         for s in (self.a, self.b):
             for d in ("state", "run"):
                 os.makedirs(os.path.join(self.base, s.node, d), exist_ok=True)
@@ -251,11 +251,13 @@ def test_odd_content_byte_for_byte(env):
         a.append("carol", "INBOX", m)
     a.append("carol", "Big", big, create=True)
     a.append("carol", "Entw&APw-rfe", eight_bit, create=True)   # "Entwürfe" in modified UTF-7
+    # A name that needs quoting, in a MULTIAPPEND command written by standin itself.
+    env.bulk_append(a, "carol", 'Say "hi" \\ there', [long_line, binary, eight_bit])
     env.start()
     env.wait_status(lambda s: s["passes"] >= 1, "first pass", timeout=300)
     env.wait_equal(users=["carol"], timeout=300)
     st = env.status()
-    assert st["appended"] == 7 and st["last_error"] is None, st
+    assert st["appended"] == 10 and st["last_error"] is None, st
     assert st["appended_bytes"] >= len(big)
 
 
@@ -485,3 +487,34 @@ def test_sasl_plain_with_authorization_identity(harness):
     # Dovecot took the admin's credentials for alice through SASL PLAIN.
     with open(env.a.logfile, errors="replace") as f:
         assert "user=<alice>, method=PLAIN" in f.read()
+
+
+def test_plainer_server_without_multiappend_literalplus_unselect_qresync(harness):
+    """The fallbacks: one APPEND per message, a login per job (no UNSELECT
+    to leave a mailbox behind), expunges found by comparing UIDs."""
+    caps = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE CHILDREN NAMESPACE UIDPLUS "
+            "LIST-EXTENDED CONDSTORE ESEARCH LIST-STATUS")
+    env = ImapEnv(harness, users=("alice",), debug=True,
+                  dovecot_conf=f"imap_capability = {caps}\n")
+    with env.a.imap("alice") as c:
+        typ, data = c.capability()
+        assert b"MULTIAPPEND" not in data[0] and b"QRESYNC" not in data[0], data
+    env.bulk_append(env.a, "alice", "INBOX", [message(i) for i in range(12)], lambda i: ("\\Seen",) * (i % 2))
+    env.bulk_append(env.a, "alice", 'Say "hi"', [message(50 + i) for i in range(3)])
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1, "first pass")
+    assert env.wait_equal() == 15
+    with env.imap(env.a, "alice") as c:
+        c.select("INBOX")
+        c.uid("STORE", "2:4", "+FLAGS.SILENT", "(\\Deleted)")
+        c.expunge()
+        c.uid("STORE", "5", "+FLAGS", "($Work)")
+    env.bulk_append(env.a, "alice", 'Say "hi"', [message(60 + i) for i in range(4)])
+    query(env.daemon.sock, "pass")
+    assert env.wait_equal() == 16
+    st = env.status()
+    assert st["appended"] == 19 and st["expunged"] == 3 and st["last_error"] is None, st
+    log = env.daemon.output()
+    assert "MULTIAPPEND" not in log.replace("appended one by one", "")
+    assert "appended one by one" in log
+    assert "3 message(s) expunged on the standby (found by UID comparison)" in log

@@ -359,11 +359,26 @@ im_sess_close(struct im_sess *s)
 void
 im_folders_free(struct im_folders *f)
 {
-	for (size_t i = 0; i < f->n; i++)
+	for (size_t i = 0; i < f->n; i++) {
 		free(f->v[i].name);
+		free(f->v[i].special);
+	}
 	free(f->v);
 	f->v = NULL;
 	f->n = 0;
+}
+
+/* RFC 6154 and RFC 8457 (\\Important); libetpan gives them without the backslash. */
+static bool
+is_special_use(const char *name)
+{
+	static const char *const uses[] = { "All", "Archive", "Drafts", "Flagged", "Junk", "Sent", "Trash",
+					    "Important", NULL };
+
+	for (size_t i = 0; uses[i]; i++)
+		if (strcasecmp(name, uses[i]) == 0)
+			return true;
+	return false;
 }
 
 int
@@ -392,9 +407,16 @@ im_list(struct im_sess *s, bool subscribed, struct im_folders *out)
 			for (clistiter *o = mb->mb_flag->mbf_oflags ? clist_begin(mb->mb_flag->mbf_oflags) : NULL;
 			     o; o = clist_next(o)) {
 				struct mailimap_mbx_list_oflag *of = clist_content(o);
-				if (of->of_type == MAILIMAP_MBX_LIST_OFLAG_FLAG_EXT && of->of_flag_ext &&
-				    strcasecmp(of->of_flag_ext, "NonExistent") == 0)
+				if (of->of_type != MAILIMAP_MBX_LIST_OFLAG_FLAG_EXT || of->of_flag_ext == NULL)
+					continue;
+				if (strcasecmp(of->of_flag_ext, "NonExistent") == 0)
 					nonexistent = true;
+				else if (is_special_use(of->of_flag_ext)) {
+					char *old = f->special;
+					f->special = old ? xasprintf("%s \\%s", old, of->of_flag_ext)
+							 : xasprintf("\\%s", of->of_flag_ext);
+					free(old);
+				}
 			}
 		}
 		if (nonexistent)
@@ -1130,6 +1152,27 @@ im_create(struct im_sess *s, const char *mailbox)
 {
 	int r = mailimap_create(s->imap, mailbox);
 	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "CREATE \"%s\"", mailbox);
+}
+
+int
+im_create_special(struct im_sess *s, const char *mailbox, const char *special, bool *set_r)
+{
+	struct st_buf cmd;
+	int r;
+
+	*set_r = false;
+	if (special == NULL || !im_sess_has(s, "CREATE-SPECIAL-USE") || !flags_are_atoms(special))
+		return im_create(s, mailbox);
+	st_buf_init(&cmd);
+	st_buf_puts(&cmd, "CREATE ");
+	astring_to_buf(&cmd, mailbox);
+	st_buf_printf(&cmd, " (USE (%s))", special);
+	r = mailimap_custom_command(s->imap, cmd.data);
+	st_buf_free(&cmd);
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "CREATE \"%s\" (USE (%s))", mailbox, special);
+	*set_r = true;
+	return 0;
 }
 
 int

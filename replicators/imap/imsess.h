@@ -50,6 +50,7 @@ struct im_folder {
 	char *name;
 	char delim;
 	bool noselect;
+	char *special;			/* special-use attributes (RFC 6154), "\\Sent"; NULL: none */
 };
 struct im_folders {
 	struct im_folder *v;
@@ -144,6 +145,11 @@ int im_store_flags(struct im_sess *s, const uint32_t *uids, size_t n, const char
 int im_expunge_uids(struct im_sess *s, const uint32_t *uids, size_t n);
 
 int im_create(struct im_sess *s, const char *mailbox);
+/*
+ * CREATE with the special-use attributes SPECIAL ("\\Sent \\Archive") where the
+ * server has CREATE-SPECIAL-USE; else a plain CREATE, and *SET_R false.
+ */
+int im_create_special(struct im_sess *s, const char *mailbox, const char *special, bool *set_r);
 int im_delete(struct im_sess *s, const char *mailbox);
 int im_rename(struct im_sess *s, const char *from, const char *to);
 int im_subscribe(struct im_sess *s, const char *mailbox, bool on);

@@ -869,6 +869,30 @@ find_known(struct known *k, size_t n, const char *name)
 	return NULL;
 }
 
+/* Whether the space-separated words of A and B are the same set (NULL: none). */
+static bool
+same_words(const char *a, const char *b)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		const char *x = pass ? b : a, *y = pass ? a : b;
+		for (const char *p = x ? x : ""; *p;) {
+			size_t len = strcspn(p, " ");
+			bool found = false;
+			for (const char *q = y ? y : ""; *q && !found;) {
+				size_t l2 = strcspn(q, " ");
+				found = l2 == len && strncasecmp(p, q, len) == 0;
+				q += l2;
+				q += strspn(q, " ");
+			}
+			if (len > 0 && !found)
+				return false;
+			p += len;
+			p += strspn(p, " ");
+		}
+	}
+	return true;
+}
+
 static bool
 is_inbox(const char *name)
 {
@@ -1005,15 +1029,48 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 			goto out;
 	}
 
-	/* Folders new on the source. */
+	/* Folders new on the source, with their special use where the standby takes it. */
+	size_t unset_special = 0;
 	for (size_t i = 0; i < sl.n; i++) {
-		if (sl.v[i].noselect || find_folder(&tl, sl.v[i].name))
+		const struct im_folder *tf = find_folder(&tl, sl.v[i].name);
+		bool set;
+
+		if (sl.v[i].noselect)
 			continue;
-		if (im_create(tgt, sl.v[i].name) < 0) {
+		if (tf != NULL) {
+			if (!same_words(sl.v[i].special, tf->special))
+				st_debug("user %s: folder %s is %s on the master, %s on the standby", st_q(user),
+					 st_q(sl.v[i].name), sl.v[i].special ? sl.v[i].special : "of no special use",
+					 tf->special ? tf->special : "of no special use");
+			continue;
+		}
+		if (im_create_special(tgt, sl.v[i].name, sl.v[i].special, &set) < 0) {
 			err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
 			goto out;
 		}
+		if (sl.v[i].special != NULL && !set)
+			unset_special++;
 		atomic_fetch_add(&env->c->folders_created, 1);
+	}
+	if (unset_special > 0) {
+		/* The standby's server may give them their special use from its configuration. */
+		struct im_folders now = { 0 };
+		if (im_list(tgt, false, &now) < 0) {
+			err = xasprintf("user %s: %s", st_q(user), im_sess_error(tgt));
+			goto out;
+		}
+		for (size_t i = 0; i < sl.n; i++) {
+			const struct im_folder *nf = find_folder(&now, sl.v[i].name);
+			if (sl.v[i].noselect || sl.v[i].special == NULL || find_folder(&tl, sl.v[i].name) ||
+			    nf == NULL || same_words(sl.v[i].special, nf->special))
+				continue;
+			st_notice("user %s: folder %s is %s on the master, %s on the standby, whose server cannot "
+				  "be told so over IMAP (no CREATE-SPECIAL-USE): give it the same special use in "
+				  "its own configuration (Dovecot: special_use in the namespace's mailbox section)",
+				  st_q(user), st_q(sl.v[i].name), sl.v[i].special,
+				  nf->special ? nf->special : "of no special use");
+		}
+		im_folders_free(&now);
 	}
 	for (size_t i = 0; i < tl.n; i++)
 		if (!tl.v[i].noselect && !find_folder(&sl, tl.v[i].name) && !find_known(known, n_known, tl.v[i].name))

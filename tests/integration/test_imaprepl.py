@@ -37,12 +37,13 @@ class ImapEnv:
     """Dovecot a (master) and b (standby), standin.conf, the cluster state,
     and standin-imaprepl on node b (start())."""
 
-    def __init__(self, harness, users=USERS, extra="", dovecot_conf="", debug=False):
+    def __init__(self, harness, users=USERS, extra="", dovecot_conf="", debug=False, dovecot_conf_b=None):
         self.h = harness
         password = "pw-" + os.urandom(6).hex()
         umap = {u: f"{u}-secret" for u in users}
         self.a = harness.start_dovecot("a", users=umap, master_password=password, extra_conf=dovecot_conf)
-        self.b = harness.start_dovecot("b", users=umap, master_password=password, extra_conf=dovecot_conf)
+        self.b = harness.start_dovecot("b", users=umap, master_password=password,
+                                       extra_conf=dovecot_conf if dovecot_conf_b is None else dovecot_conf_b)
         self.users = list(users)
         self.base = harness.mkdir("standin")
         self.users_file = os.path.join(self.base, "users")
@@ -518,3 +519,32 @@ def test_plainer_server_without_multiappend_literalplus_unselect_qresync(harness
     assert "MULTIAPPEND" not in log.replace("appended one by one", "")
     assert "appended one by one" in log
     assert "3 message(s) expunged on the standby (found by UID comparison)" in log
+
+
+def special_use_conf(*pairs):
+    return "namespace inbox {\n" + "".join(
+        f"  mailbox {name} {{\n    special_use = {use}\n  }}\n" for name, use in pairs) + "}\n"
+
+
+def test_special_use_folders(harness):
+    """Dovecot takes special use from its configuration only (no
+    CREATE-SPECIAL-USE): where the standby's configuration agrees nothing
+    is said; where it does not, the administrator is told which folder."""
+    env = ImapEnv(harness, users=("alice",),
+                  dovecot_conf=special_use_conf(("Sent", "\\Sent"), ("Trash", "\\Trash")),
+                  dovecot_conf_b=special_use_conf(("Trash", "\\Trash")))
+    for k, folder in enumerate(("Sent", "Trash")):
+        env.bulk_append(env.a, "alice", folder, [message(500 + 10 * k + i) for i in range(2)])
+    with env.a.imap("alice") as c:
+        typ, data = c.list()
+        assert any(b"\\Sent" in d and d.endswith(b"Sent") for d in data), data
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1, "first pass")
+    assert env.wait_equal() == 4
+    with env.b.imap("alice") as c:
+        typ, data = c.list()
+        assert any(b"\\Trash" in d and d.endswith(b"Trash") for d in data), data
+    log = env.daemon.output()
+    assert ("folder Sent is \\Sent on the master, of no special use on the standby, whose server cannot be "
+            "told so over IMAP (no CREATE-SPECIAL-USE)") in log, log
+    assert "folder Trash is" not in log

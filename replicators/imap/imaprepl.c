@@ -71,6 +71,8 @@ struct user {
 	enum idle_state idle_state;
 	struct im_sess *idle;
 	bool idle_restart;		/* the IDLE job restarts the session it has */
+	bool notify;			/* the IDLE session has NOTIFY: it wakes for any folder */
+	bool idle_changed;		/* it woke for a change: a tree job once it idles again */
 	ev_io idle_io;
 	ev_timer idle_timer;
 	long long idle_retry_ms;
@@ -79,6 +81,7 @@ struct user {
 
 struct job {
 	enum job_kind kind;
+	bool urgent;			/* pushed to the front; a tree job's folder jobs too */
 	struct user *u;
 	struct folder *f;
 	struct job *next;
@@ -286,6 +289,7 @@ push_job(struct imrepl *r, enum job_kind kind, struct user *u, struct folder *f,
 	struct job *j = xcalloc(1, sizeof(*j));
 
 	j->kind = kind;
+	j->urgent = front;
 	j->u = u;
 	j->f = f;
 	if (front) {
@@ -331,11 +335,11 @@ want_folder(struct imrepl *r, struct user *u, const char *name, bool front)
 }
 
 static void
-want_tree(struct imrepl *r, struct user *u)
+want_tree(struct imrepl *r, struct user *u, bool front)
 {
 	if (!u->tree_queued) {
 		u->tree_queued = true;
-		push_job(r, JOB_TREE, u, NULL, false);
+		push_job(r, JOB_TREE, u, NULL, front);
 	}
 }
 
@@ -344,7 +348,7 @@ runnable(const struct job *j)
 {
 	switch (j->kind) {
 	case JOB_TREE:
-		return j->u->running == 0;
+		return j->u->running == 0 && !j->u->tree_running;
 	case JOB_FOLDER:
 		return !j->u->tree_running && !j->f->running;
 	default:
@@ -406,6 +410,7 @@ run_idle_job(struct imrepl *r, struct user *u)
 	struct im_sess *s = u->idle;
 	char *err = NULL;
 	struct im_status st;
+	int notify = -1;		/* of a new session: 0 NOTIFY set, 1 not */
 
 	u->idle = NULL;
 	if (s != NULL && u->idle_restart) {
@@ -426,7 +431,8 @@ run_idle_job(struct imrepl *r, struct user *u)
 			im_sess_close(s);
 			s = NULL;
 		}
-		if (s != NULL && (im_select(s, "INBOX", true, &st) < 0 || im_idle_start(s) < 0)) {
+		if (s != NULL && (im_select(s, "INBOX", true, &st) < 0 || (notify = im_notify_set(s)) < 0 ||
+				  im_idle_start(s) < 0)) {
 			free(err);
 			err = xstrdup(im_sess_error(s));
 			im_sess_close(s);
@@ -434,6 +440,8 @@ run_idle_job(struct imrepl *r, struct user *u)
 		}
 	}
 	pthread_mutex_lock(&r->mu);
+	if (notify >= 0)
+		u->notify = s != NULL && notify == 0;
 	u->idle = s;
 	if (s == NULL)
 		st_info("user %s: no IDLE session: %s", st_q(u->name), err ? err : "?");
@@ -557,7 +565,7 @@ worker_main(void *arg)
 				for (size_t i = 0; i < tree.n; i++) {
 					behind += tree.v[i].behind;
 					if (tree.v[i].changed)
-						want_folder(r, j->u, tree.v[i].folder, false);
+						want_folder(r, j->u, tree.v[i].folder, j->urgent);
 				}
 				j->u->behind = behind;
 				j->u->messages = tree.messages;
@@ -619,8 +627,10 @@ idle_kick(struct imrepl *r, struct user *u, bool changed)
 {
 	idle_disarm(r, u);
 	pthread_mutex_lock(&r->mu);
-	if (changed)
+	if (changed) {
 		want_folder(r, u, "INBOX", true);
+		u->idle_changed = true;
+	}
 	u->idle_state = IDLE_QUEUED;
 	u->idle_restart = true;
 	push_job(r, JOB_IDLE, u, NULL, !changed);
@@ -656,6 +666,14 @@ idle_arm(struct imrepl *r, struct user *u)
 		u->idle_retry_ms = st_monotonic_ms() + 10000;
 		return;
 	}
+	/*
+	 * With NOTIFY the wake may have been for any folder, and libetpan drops
+	 * what arrives before "+ idling": one tree job, now that the IDLE is
+	 * back, finds every folder that changed since the wake (STATUS).
+	 */
+	if (u->idle_changed && u->notify)
+		want_tree(r, u, true);
+	u->idle_changed = false;
 	u->idle_state = IDLE_WATCHING;
 	ev_io_init(&u->idle_io, idle_io_cb, im_idle_fd(u->idle), EV_READ);
 	u->idle_io.data = u;
@@ -706,7 +724,7 @@ start_pass(struct imrepl *r)
 	r->last_error = NULL;
 	for (struct user *u = r->users; u; u = u->next)
 		if (u->listed)
-			want_tree(r, u);
+			want_tree(r, u, false);
 	pthread_mutex_unlock(&r->mu);
 	st_debug("full pass started (%zu users)", r->n_users);
 }
@@ -1011,7 +1029,7 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 {
 	struct imrepl *r = d->priv;
 	uint64_t behind = 0, messages = 0, folders = 0;
-	size_t users = 0, idling = 0, user_errors = 0;
+	size_t users = 0, idling = 0, notifying = 0, user_errors = 0;
 
 	pthread_mutex_lock(&r->mu);
 	for (struct user *u = r->users; u; u = u->next) {
@@ -1022,6 +1040,7 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 		messages += u->messages;
 		folders += u->n_folders;
 		idling += u->idle_state == IDLE_WATCHING;
+		notifying += u->idle_state == IDLE_WATCHING && u->notify;
 		user_errors += u->error != NULL;
 	}
 	size_t queued = r->queued, running = r->running;
@@ -1035,6 +1054,7 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "messages_behind", json_integer((json_int_t)behind));
 	json_object_set_new(obj, "users_in_error", json_integer((json_int_t)user_errors));
 	json_object_set_new(obj, "idling", json_integer((json_int_t)idling));
+	json_object_set_new(obj, "notifying", json_integer((json_int_t)notifying));
 	json_object_set_new(obj, "jobs_queued", json_integer((json_int_t)queued));
 	json_object_set_new(obj, "jobs_running", json_integer((json_int_t)running));
 	json_object_set_new(obj, "pass_active", json_boolean(r->pass_active));

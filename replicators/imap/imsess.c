@@ -1209,6 +1209,24 @@ im_idle_start(struct im_sess *s)
 }
 
 int
+im_notify_set(struct im_sess *s)
+{
+	int r;
+
+	if (!im_sess_has(s, "NOTIFY"))
+		return 1;
+	r = mailimap_custom_command(s->imap, "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "
+					     "(personal (MessageNew MessageExpunge FlagChange MailboxName "
+					     "SubscriptionChange))");
+	if (r == MAILIMAP_ERROR_CUSTOM_COMMAND) {
+		st_info("%s: NOTIFY refused (server said: %s); only INBOX is pushed", s->desc,
+			s->imap->imap_response ? s->imap->imap_response : "nothing");
+		return 1;
+	}
+	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "NOTIFY SET");
+}
+
+int
 im_idle_fd(struct im_sess *s)
 {
 	return mailimap_idle_get_fd(s->imap);

@@ -156,6 +156,13 @@ int im_subscribe(struct im_sess *s, const char *mailbox, bool on);
 
 /* IDLE: start (after SELECT), the descriptor to watch, whether bytes are already buffered, done. */
 int im_idle_start(struct im_sess *s);
+/*
+ * NOTIFY (RFC 5465) for every personal mailbox: new and expunged messages,
+ * flag changes, mailboxes created, renamed or deleted, subscriptions; so
+ * that an IDLE on INBOX wakes for a change anywhere.  1 when the server has
+ * no NOTIFY or refuses it.
+ */
+int im_notify_set(struct im_sess *s);
 int im_idle_fd(struct im_sess *s);
 bool im_idle_buffered(struct im_sess *s);
 int im_idle_done(struct im_sess *s);

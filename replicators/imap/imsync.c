@@ -961,6 +961,12 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 			continue;
 		if (im_status(src, sl.v[i].name, &stat[i]) < 0) {
 			err = xasprintf("user %s: %s", st_q(user), im_sess_error(src));
+			/* Renamed or deleted since the LIST: the caller lists again. */
+			struct im_folders again = { 0 };
+			if (!im_sess_broken(src) && im_list(src, false, &again) == 0 &&
+			    find_folder(&again, sl.v[i].name) == NULL)
+				rc = 1;
+			im_folders_free(&again);
 			goto out;
 		}
 	}
@@ -1127,7 +1133,7 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 	}
 	rc = 0;
 out:
-	if (rc < 0) {
+	if (rc != 0) {
 		st_set_error(error_r, "%s", err ? err : "folder tree pass failed");
 		im_tree_free(out);
 	}
@@ -1150,10 +1156,20 @@ im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, str
 	bool reused;
 	int rc;
 
-	for (int attempt = 0;; attempt++) {
+	for (int attempt = 0, changed = 0;; attempt++) {
 		rc = conns_get(env, c, user, &reused, &err);
 		if (rc == 0)
 			rc = tree_pass(env, c->src, c->tgt, user, out, &err);
+		if (rc == 1 && changed++ < 5) {
+			st_debug("user %s: the master's folders changed during the tree pass (%s); again", st_q(user),
+				 err);
+			free(err);
+			err = NULL;
+			attempt--;
+			continue;
+		}
+		if (rc > 0)
+			rc = -1;
 		if (!conns_done(c, rc, reused) || attempt > 0)
 			break;
 		st_info("user %s: a kept session was closed (%s); again on new ones", st_q(user), err ? err : "?");

@@ -211,6 +211,13 @@ def test_initial_sync_then_push_flags_expunges_folders(env):
     env.wait_status(lambda s: s["appended"] >= 61, "the new message on the standby", timeout=20)
     assert time.monotonic() - t0 < 5
     assert env.status()["passes"] == passes
+    # Dovecot has NOTIFY: a message in another folder is pushed too.
+    assert env.status()["notifying"] == 3
+    t0 = time.monotonic()
+    a.append("alice", "Archive/2026", message(1001))
+    env.wait_status(lambda s: s["appended"] >= 62, "the message in Archive/2026 on the standby", timeout=20)
+    assert time.monotonic() - t0 < 5
+    assert env.status()["passes"] == passes
 
     # Flags, keywords, expunges, a new folder, a rename, a delete, subscriptions.
     with env.imap(a, "alice") as c:
@@ -231,7 +238,7 @@ def test_initial_sync_then_push_flags_expunges_folders(env):
     assert st["folders_renamed"] == 1 and st["folders_deleted"] == 1, st
     assert st["expunged"] == 3 and st["flag_updates"] >= 6, st
     # The rename was a RENAME: nothing was copied again.
-    assert st["appended"] == 61, st
+    assert st["appended"] == 62, st
     assert st["last_error"] is None
     # QRESYNC told which messages were expunged (no listing of every UID).
     assert "3 message(s) expunged on the standby (found by VANISHED)" in env.daemon.output()

@@ -160,6 +160,8 @@ static const struct option options[] = {
 	  "Interval of the full pass that catches what push missed." },
 	{ "imap", "timeout", OT_DURATION, 0, C(imap.timeout_ms), "60s", NULL, 1000, DAY_MS,
 	  "Network timeout for IMAP." },
+	{ "imap", "notify", OT_BOOL, 0, C(imap.notify), "yes", NULL, 0, 0,
+	  "Ask the master for NOTIFY (RFC 5465) where it has it, so that a change in any folder is pushed; no: only INBOX is." },
 
 	{ "proxy", "pg_listen", OT_LISTEN, F_PER_NODE, C(proxy.listen[ST_SVC_PG]), NULL, NULL, 0, 0,
 	  "Addresses (host:port, comma separated) where the proxy takes PostgreSQL clients." },

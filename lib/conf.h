@@ -110,6 +110,7 @@ struct st_conf_imap {
 	long workers;
 	long full_pass_interval_ms;
 	long timeout_ms;
+	bool notify;
 };
 
 struct st_conf_proxy {

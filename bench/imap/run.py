@@ -16,7 +16,7 @@ stays running, idle; the side going first alternates by round.
       sync state) until its first pass ends / mbsync exits -> messages/s
   (b) incremental pass after CHANGES new messages and CHANGES flag changes
       in the two folders other than INBOX (standin-imaprepl running and
-      caught up, IDLE on INBOX only): the `pass` admin command until that
+      caught up, IDLE on INBOX only, notify = no): the `pass` admin command until that
       pass ends, against another `mbsync -a`
   (b') the same after a stop: changes in all three folders while
       standin-imaprepl is stopped, then its start until its first pass
@@ -420,7 +420,7 @@ class Bench:
 
     # -- configuration ---------------------------------------------------------
 
-    def write_conf(self):
+    def write_conf(self, notify=False):
         text = "[cluster]\nname = benchimap\n"
         if self.args.debug_log:
             text += "log_level = debug\n"
@@ -436,6 +436,9 @@ class Bench:
                  f"full_pass_interval = 24h\n")
         if self.args.workers:
             text += f"workers = {self.args.workers}\n"
+        # (a) and (b) without NOTIFY: (b) measures the pass, which push would
+        # otherwise have done before it starts; (c) with it (the default).
+        text += f"notify = {'yes' if notify else 'no'}\n"
         path = os.path.join(self.base, "standin.conf")
         with open(path, "w") as f:
             f.write(text)
@@ -960,6 +963,9 @@ def main():
                 for s in SIDES:
                     rb2[s].append(r[s])
         if "c" in only:
+            bench.standin_stop()
+            bench.write_conf(notify=True)
+            log("(c) with [imap] notify = yes (the default), standin-imaprepl restarted")
             probe = bench.idle_probe()
             for rnd in range(1, args.rounds + 1):
                 for side in order(rnd):

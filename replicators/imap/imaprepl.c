@@ -121,6 +121,7 @@ struct imrepl {
 	 */
 	struct spare *spares;
 	size_t n_spares;
+	bool notify;			/* [imap] notify, read when the workers start */
 
 	/* Passes. */
 	bool pass_active, pass_wanted;
@@ -431,7 +432,8 @@ run_idle_job(struct imrepl *r, struct user *u)
 			im_sess_close(s);
 			s = NULL;
 		}
-		if (s != NULL && (im_select(s, "INBOX", true, &st) < 0 || (notify = im_notify_set(s)) < 0 ||
+		if (s != NULL && (im_select(s, "INBOX", true, &st) < 0 ||
+				  (notify = r->notify ? im_notify_set(s) : 1) < 0 ||
 				  im_idle_start(s) < 0)) {
 			free(err);
 			err = xstrdup(im_sess_error(s));
@@ -863,6 +865,7 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 	r->env = (struct im_env){ .src = &r->src_login, .tgt = &r->tgt_login, .state_root = r->state_root,
 				  .src_node = r->source, .c = &r->c, .stopping = &r->stopping };
 	r->n_threads = (size_t)conf->imap.workers;
+	r->notify = conf->imap.notify;
 	r->threads = xcalloc(r->n_threads, sizeof(*r->threads));
 	for (size_t i = 0; i < r->n_threads; i++) {
 		int e = pthread_create(&r->threads[i], NULL, worker_main, r);

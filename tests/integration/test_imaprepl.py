@@ -486,11 +486,14 @@ def test_users_from_ldap_and_new_users_without_restart(harness):
 
 
 def test_sasl_plain_with_authorization_identity(harness):
-    env = ImapEnv(harness, users=("alice",), extra="login = sasl-plain\n")
+    env = ImapEnv(harness, users=("alice",), extra="login = sasl-plain\nnotify = no\n")
     env.a.append("alice", "INBOX", message(7), flags=("\\Seen",))
     env.start()
     st = env.wait_status(lambda s: s["passes"] >= 1, "first pass")
     assert st["state"] == "streaming" and st["appended"] == 1, st
+    # notify = no: IDLE on INBOX without NOTIFY.
+    st = env.wait_status(lambda s: s["idling"] == 1, "IDLE")
+    assert st["notifying"] == 0, st
     env.wait_equal()
     # Dovecot took the admin's credentials for alice through SASL PLAIN.
     with open(env.a.logfile, errors="replace") as f:

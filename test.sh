@@ -109,7 +109,11 @@ fi
 
 if [ "${STANDIN_SKIP_DISTCHECK:-0}" != 1 ]; then
 	echo "== make distcheck"
-	if make -C "$build" -j"$jobs" distcheck >"$build/distcheck.log" 2>&1; then
+	# The tarball's build runs the unit tests and the harness's own tests (the
+	# servers start from the tarball's files); the whole integration suite has
+	# passed above on this tree, and running it twice doubled CI's time.
+	if STANDIN_PYTEST_FILES="test_harness.py test_standinctl.py" \
+		make -C "$build" -j"$jobs" distcheck >"$build/distcheck.log" 2>&1; then
 		echo "PASS: distcheck"
 		step_ok 1
 	else

@@ -14,5 +14,15 @@ STANDIN_BUILDDIR=$top_builddir
 STANDIN_SRCDIR=$top_srcdir
 PYTHONDONTWRITEBYTECODE=1
 export STANDIN_BUILDDIR STANDIN_SRCDIR PYTHONDONTWRITEBYTECODE
+# STANDIN_PYTEST_FILES: only these files of tests/integration (test.sh's
+# distcheck, whose build has just passed the whole suite).
+targets="$top_srcdir/tests/integration"
+if [ -n "${STANDIN_PYTEST_FILES:-}" ]; then
+	targets=
+	for f in $STANDIN_PYTEST_FILES; do
+		targets="$targets $top_srcdir/tests/integration/$f"
+	done
+fi
+# shellcheck disable=SC2086
 exec "$PY" -m pytest -c "$top_srcdir/tests/pytest.ini" --rootdir="$top_srcdir/tests" \
-	-p no:cacheprovider -v -rfEs "$top_srcdir/tests/integration" ${PYTEST_ARGS:-}
+	-p no:cacheprovider -v -rfEs $targets ${PYTEST_ARGS:-}

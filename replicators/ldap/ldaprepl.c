@@ -85,6 +85,7 @@ struct ldrepl {
 	bool present_phase;		/* a present phase was seen in this refresh */
 	bool refresh_required;		/* e-syncRefreshRequired: next session... */
 	bool next_without_cookie;	/* ... starts from scratch */
+	bool refresh_restarted;		/* one restart at once, then the backoff */
 	struct ldsync_cookie next_cookie;	/* ... or from this one */
 	struct lde_uuid_set seen, deleted;
 	struct lde_uuid_set standby_had;	/* PH_LISTING's result, for the refresh */
@@ -203,6 +204,32 @@ cookie_store(struct ldrepl *r, const struct ldsync_cookie *c, char **error_r)
 
 /* ------------------------------------------------------------ connections */
 
+/* Why a TLS connection or StartTLS failed.  libldap says no more than
+ * "Can't contact LDAP server" or "Connect error" when the server's
+ * certificate is refused (with GnuTLS the diagnostic is "(unknown error
+ * code)"); it sets a diagnostic only when the TCP connection was made and
+ * the TLS layer failed, so that is what tells a refused certificate from
+ * a server that does not answer. */
+static void
+tls_failed(char **error_r, const struct st_conf *conf, const char *node, const char *uri,
+	   const char *what, int rc, LDAP *ld)
+{
+	char *diag = NULL;
+
+	ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
+	if (!st_str_empty(diag) && (rc == LDAP_SERVER_DOWN || rc == LDAP_CONNECT_ERROR))
+		st_set_error(error_r, "node %s (%s): %s: the TLS handshake failed (%s: %s): the "
+			     "server's certificate must be signed by a CA in %s%s and name the host",
+			     node, uri, what, ldap_err2string(rc), diag,
+			     conf->ldap.ca_file ? "ca_file " : "the system's CAs",
+			     conf->ldap.ca_file ? conf->ldap.ca_file : "");
+	else
+		st_set_error(error_r, "node %s (%s): %s: %s%s%s", node, uri, what,
+			     ldap_err2string(rc), !st_str_empty(diag) ? ": " : "",
+			     !st_str_empty(diag) ? diag : "");
+	ldap_memfree(diag);
+}
+
 static LDAP *
 connect_to(struct ldrepl *r, const char *node, char **error_r)
 {
@@ -235,15 +262,16 @@ connect_to(struct ldrepl *r, const char *node, char **error_r)
 		ldap_set_option(ld, LDAP_OPT_X_TLS_REQUIRE_CERT, &demand);
 		ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &zero);
 	}
+	if (st_str_has_prefix(uri, "ldaps:") && (rc = ldap_connect(ld)) != LDAP_SUCCESS) {
+		/* Connect now, so that a TLS failure is not reported as the bind's. */
+		tls_failed(error_r, conf, node, uri, "cannot connect", rc, ld);
+		goto fail;
+	}
 	if (!st_str_has_prefix(uri, "ldaps:") && conf->ldap.starttls != ST_TLS_NO) {
 		rc = ldap_start_tls_s(ld, NULL, NULL);
 		if (rc != LDAP_SUCCESS) {
 			if (conf->ldap.starttls == ST_TLS_DEMAND) {
-				char *diag = NULL;
-				ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
-				st_set_error(error_r, "%s: StartTLS failed: %s%s%s", uri,
-					     ldap_err2string(rc), diag ? ": " : "", diag ? diag : "");
-				ldap_memfree(diag);
+				tls_failed(error_r, conf, node, uri, "StartTLS failed", rc, ld);
 				goto fail;
 			}
 			st_warn("StartTLS failed; going on without TLS (starttls = try) uri=%s error=%s",
@@ -585,7 +613,8 @@ out:
 	return rc;
 }
 
-/* The sync search ended (refreshOnly's end, refreshRequired, or an error). */
+/* The sync search ended (refreshOnly's end, refreshRequired, or an error):
+ * 0, 1 when a new session must start at once (refreshRequired), or -1. */
 static int
 on_search_done(struct ldrepl *r, LDAPMessage *msg, char **error_r)
 {
@@ -603,14 +632,28 @@ on_search_done(struct ldrepl *r, LDAPMessage *msg, char **error_r)
 	if (v != NULL && ldsync_parse_done(v, &done, error_r) < 0)
 		goto out;
 	if (code == LDAP_SYNC_REFRESH_REQUIRED) {
-		/* RFC 4533 3.8: again, from the cookie given, or from scratch. */
+		/* RFC 4533 3.8: again, from the cookie given, or from scratch.
+		 * Not an error (1: a new session at once), unless what the master
+		 * refused was already a refresh from scratch or followed such a
+		 * restart: then the retry waits, so it cannot loop. */
 		r->refresh_required = true;
 		r->next_without_cookie = !done.has_cookie;
 		ldsync_cookie_clear(&r->next_cookie);
 		if (done.has_cookie)
 			ldsync_cookie_copy(&r->next_cookie, &done.cookie);
-		st_set_error(error_r, "the master asks for a new refresh (e-syncRefreshRequired)%s",
-			     done.has_cookie ? "" : ": the whole directory is compared again");
+		if ((r->started_without_cookie && !done.has_cookie) || r->refresh_restarted) {
+			st_set_error(error_r, "the master asks for a new refresh (e-syncRefreshRequired) "
+				     "again, %s%s%s", r->started_without_cookie ? "of a refresh from scratch"
+				     : "right after the last one", !st_str_empty(diag) ? ": " : "",
+				     !st_str_empty(diag) ? diag : "");
+			goto out;
+		}
+		r->refresh_restarted = true;
+		st_notice("the master asks for a new refresh (e-syncRefreshRequired)%s: starting again %s "
+			  "diagnostic=%s", done.has_cookie ? "" : " with no cookie",
+			  done.has_cookie ? "from its cookie" : "from scratch (the whole directory is compared)",
+			  st_q(diag != NULL ? diag : ""));
+		rc = 1;
 		goto out;
 	}
 	if (code != LDAP_SUCCESS) {
@@ -675,6 +718,14 @@ src_drain(struct ldrepl *r)
 		if (rc < 0) {
 			fail(r, "%s", err);
 			free(err);
+			return;
+		}
+		if (rc > 0) {
+			/* e-syncRefreshRequired: session_start() asks again. */
+			session_end(r);
+			set_state(r, "refresh required");
+			ev_timer_set(&r->retry, 0., 0.);
+			ev_timer_start(r->d->loop, &r->retry);
 			return;
 		}
 	}
@@ -784,6 +835,7 @@ reconcile_step(struct ldrepl *r)
 			lde_uuid_set_clear(&r->deleted);
 			lde_uuid_set_clear(&r->standby_had);
 			r->retry_ms = RETRY_MIN_MS;
+			r->refresh_restarted = false;
 			if (r->d->conf->ldap.sync_mode == ST_LDAP_POLL) {
 				r->phase = PH_POLL_WAIT;
 				r->poll_due_ms = st_monotonic_ms() + r->d->conf->ldap.poll_interval_ms;

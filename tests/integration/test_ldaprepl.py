@@ -1,8 +1,9 @@
 """standin-ldaprepl against a real slapd 2.5 pair (master with syncprov):
 refresh, persist, renames and moves, binary and large values, deletes made
 while the replicator is down, a standby with content of its own, conflicts,
-drain, and kill -9 under load with the two directories compared entry by
-entry (DN, entryUUID and every attribute) at the end."""
+drain, kill -9 under load with the two directories compared entry by
+entry (DN, entryUUID and every attribute) at the end, StartTLS and ldaps://
+with certificate checks, and a real e-syncRefreshRequired from the master."""
 import base64
 import os
 import random
@@ -23,11 +24,12 @@ class LdapEnv:
     """slapd a (master, base entries) and b (standby, empty), standin.conf,
     cluster state, and standin-ldaprepl on node b (start())."""
 
-    def __init__(self, harness, standby_base=False, extra="", master_conf=""):
+    def __init__(self, harness, standby_base=False, extra="", master_conf="", tls=None):
         self.h = harness
         password = "pw-" + os.urandom(6).hex()
-        self.a = harness.start_slapd("a", "master", password=password, extra_conf=master_conf)
-        self.b = harness.start_slapd("b", "standby", password=password, load_base=standby_base)
+        tls = dict(tls_cert=tls[0], tls_key=tls[1]) if tls else {}
+        self.a = harness.start_slapd("a", "master", password=password, extra_conf=master_conf, **tls)
+        self.b = harness.start_slapd("b", "standby", password=password, load_base=standby_base, **tls)
         self.suffix = self.a.suffix
         self.base = harness.mkdir("standin")
         self.conf = self.write_conf(extra)
@@ -36,7 +38,9 @@ class LdapEnv:
             assert r.returncode == 0, r.stderr
         self.daemon = None
 
-    def write_conf(self, extra):
+    def write_conf(self, extra, ldaps=False):
+        """standin.conf with `extra` at the end of [ldap]; ldaps=True names
+        the servers' ldaps:// URIs as the endpoints."""
         text = "[cluster]\nname = ltest\n"
         for s in (self.a, self.b):
             for d in ("state", "run"):
@@ -45,7 +49,7 @@ class LdapEnv:
                      f"state_dir = {self.base}/{s.node}/state\nrun_dir = {self.base}/{s.node}/run\n")
         text += "[ldap]\n"
         for s in (self.a, self.b):
-            text += f"endpoint.{s.node} = {s.uri}\n"
+            text += f"endpoint.{s.node} = {s.ldaps_uri if ldaps else s.uri}\n"
         text += (f"suffix = {self.suffix}\nbind_dn = {self.a.rootdn}\n"
                  f"password_file = {self.a.password_file}\ntimeout = 5s\n{extra}")
         path = os.path.join(self.base, "standin.conf")
@@ -430,3 +434,134 @@ def test_restart_resumes_when_the_master_has_several_server_ids(env):
     env.wait_equal()
     st = env.status()
     assert st["refresh_entries"] < 10, st     # resumed, not the whole directory again
+
+
+def test_starttls_and_ldaps_with_certificate_checks(harness):
+    """StartTLS (demanded) on ldap:// and ldaps://, both checked against
+    ca_file: they replicate with the right CA; a server certificate from
+    another CA is refused, with an error that names the node, its URI and
+    what to check, and nothing reaches the standby until the CA is right."""
+    ca, cert, key = sh.make_test_ca(harness.path("tls"), "standin")
+    other_ca, _, _ = sh.make_test_ca(harness.path("tls-other"), "other")
+    env = LdapEnv(harness, tls=(cert, key))
+    a, b, suffix = env.a, env.b, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 20))
+
+    def tls_sessions(server):
+        with open(server.logfile, errors="replace") as f:
+            return f.read().count(" TLS established ")
+
+    def on_standby(i):
+        return lambda: b.search(f"uid=u{i},ou=people,{suffix}", scope="base", attrs=["1.1"])
+
+    # (a) StartTLS on ldap://, demanded, with the right CA
+    env.write_conf(f"starttls = demand\nca_file = {ca}\n")
+    d = env.start()
+    env.wait_state("persisting")
+    a.ldapadd(people_ldif(suffix, 100, 1))
+    sh.wait_until(on_standby(100), 30, "u100 on the standby over StartTLS")
+    env.wait_equal()
+    assert tls_sessions(a) >= 1 and tls_sessions(b) >= 1
+    with open(a.logfile) as f:
+        assert " STARTTLS" in f.read()
+    d.stop()
+
+    # (b) ldaps:// endpoints with the right CA
+    env.write_conf(f"ca_file = {ca}\n", ldaps=True)
+    before = tls_sessions(a), tls_sessions(b)
+    d.start()
+    env.wait_state("persisting")
+    a.ldapadd(people_ldif(suffix, 101, 1))
+    sh.wait_until(on_standby(101), 30, "u101 on the standby over ldaps://")
+    env.wait_equal()
+    assert tls_sessions(a) > before[0] and tls_sessions(b) > before[1]
+    d.stop()
+
+    # (c) the wrong CA, for StartTLS and for ldaps://: refused, and said so.
+    # The standby is connected first, so it is the one named.
+    for n, ldaps in enumerate((False, True)):
+        env.write_conf(("" if ldaps else "starttls = demand\n") + f"ca_file = {other_ca}\n",
+                       ldaps=ldaps)
+        d.start()
+        st = env.wait_state("error")
+        err = st["last_error"]
+        uri = b.ldaps_uri if ldaps else b.uri
+        assert f"node b ({uri})" in err, err
+        assert "TLS handshake failed" in err and f"ca_file {other_ca}" in err, err
+        assert ("cannot connect" if ldaps else "StartTLS failed") in err, err
+        assert "bind as" not in err, err
+        refusals = d.output().count(f"node b ({uri})")
+        assert refusals >= 1
+        a.ldapadd(people_ldif(suffix, 200 + n, 1))
+        # still refused on the next try, and the entry is not replicated
+        sh.wait_until(lambda: d.output().count(f"node b ({uri})") > refusals, 30, "a retry")
+        assert not on_standby(200 + n)()
+        d.stop()
+
+    # the right CA again: what was added meanwhile arrives
+    env.write_conf(f"ca_file = {ca}\n", ldaps=True)
+    d.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    assert on_standby(200)() and on_standby(201)()
+
+
+def test_forced_refresh_required(harness):
+    """The master answers e-syncRefreshRequired for real: syncprov with
+    reloadhint on and a one-entry sessionlog, and a cookie that no entry on
+    the master is as old as any more (while the replicator was down every
+    entry it knew was deleted or modified).  The replicator starts again
+    from scratch, the whole directory is compared, and what was deleted on
+    the master is deleted on the standby."""
+    env = LdapEnv(harness, master_conf="syncprov-reloadhint TRUE\nsyncprov-sessionlog 1\n")
+    a, b, suffix = env.a, env.b, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 200))
+    d = env.start()
+    env.wait_state("persisting")
+    assert env.wait_equal() == 202
+    sh.wait_until(lambda: (s := env.status())["durable_csn"] == s["applied_csn"], 10, "cookie stored")
+    d.stop()
+
+    # While it is down: many deletes (far more than the sessionlog holds),
+    # and every other entry modified, so the cookie's CSN is stale.
+    a.ldapdelete(*[f"uid=u{i},ou=people,{suffix}" for i in range(150)])
+    a.ldapmodify("".join(f"dn: uid=u{i},ou=people,{suffix}\nchangetype: modify\nreplace: sn\n"
+                         f"sn: after {i}\n\n" for i in range(150, 200)))
+    a.ldapmodify(f"dn: {suffix}\nchangetype: modify\nreplace: o\no: touched\n\n"
+                 f"dn: ou=people,{suffix}\nchangetype: modify\nreplace: description\n"
+                 f"description: touched\n")
+    a.ldapadd(people_ldif(suffix, 1000, 10))
+
+    d.start()
+    env.wait_state("persisting", timeout=90)
+    assert env.wait_equal() == 62
+    assert not b.search(f"uid=u0,ou=people,{suffix}", scope="base")
+    # The master really said so (slapd's stats line for the sync search) ...
+    with open(a.logfile, errors="replace") as f:
+        assert "err=4096" in f.read()
+    # ... and the replicator started again from scratch at once, as a
+    # notice, not an error: the second refresh compared the whole directory.
+    out = d.output()
+    assert out.count("e-syncRefreshRequired") == 1, out[-3000:]
+    assert "starting again from scratch" in out, out[-3000:]
+    assert " error: " not in out, out[-3000:]
+    tail = out[out.index("e-syncRefreshRequired"):]
+    assert "refresh from a mode=refreshAndPersist cookie=none" in tail, tail[:3000]
+    assert "refresh done entries=62 deleted=150" in tail, tail[:3000]
+    st = env.status()
+    assert st["refreshes"] == 2, st            # the refused one, then the one from scratch
+    assert st["refresh_entries"] == 62 and st["reconcile_deletes"] == 150, st
+    assert not st["last_error"], st
+
+    # Persist goes on, and the new cookie is a good one: a restart resumes.
+    a.ldapadd(people_ldif(suffix, 2000, 1))
+    assert env.wait_equal() == 63
+    sh.wait_until(lambda: (s := env.status())["durable_csn"] == s["applied_csn"], 10, "cookie stored")
+    d.stop()
+    a.ldapmodify(f"dn: uid=u2000,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: later\n")
+    d.start()
+    env.wait_state("persisting")
+    assert env.wait_equal() == 63
+    st = env.status()
+    assert st["refresh_entries"] < 10, st
+    assert d.output().count("e-syncRefreshRequired") == 1

@@ -19,7 +19,7 @@ Typical use::
 
 Building blocks:
 
-* free_port(), wait_until(), port_open(), pid_alive(), run()
+* free_port(), wait_until(), port_open(), pid_alive(), run(), make_test_ca()
 * Harness: owns the base directory and a LIFO list of cleanups; close() runs
   them even after failures, removes the directory on success and keeps it
   (printing its path to stderr) after a failure or with STANDIN_KEEP_TMP=1.
@@ -74,7 +74,7 @@ import time
 __all__ = [
     "HarnessError", "CommandError", "WaitTimeout", "StopWaiting", "ServerDied",
     "missing_servers", "timeout_scale", "wait_until", "free_port", "port_open", "pid_alive",
-    "process_tree", "run", "parse_ldif", "quote_ident", "quote_literal",
+    "process_tree", "run", "make_test_ca", "parse_ldif", "quote_ident", "quote_literal",
     "Harness", "Server", "PgServer", "SlapdServer", "DovecotServer",
     "Pair", "Cluster", "start_pairs", "stop_described", "main",
 ]
@@ -331,6 +331,23 @@ def quote_ident(name):
 def quote_literal(value):
     """An SQL string literal (standard_conforming_strings on)."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def make_test_ca(dirname, name, host=LOOPBACK):
+    """A throw-away CA and a server certificate for `host` (an IP address,
+    as subjectAltName IP) signed by it, made with openssl in `dirname`.
+    Returns (ca.pem, server.pem, server.key); the key is 0600."""
+    os.makedirs(dirname, exist_ok=True)
+    p = lambda f: os.path.join(dirname, f)  # noqa: E731
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+         f"/CN={name} test CA", "-keyout", p("ca.key"), "-out", p("ca.pem")])
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+         "-keyout", p("server.key"), "-out", p("server.csr")])
+    _write_file(p("ext"), f"subjectAltName = IP:{host}\n")
+    run(["openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+         "-CAcreateserial", "-days", "2", "-extfile", p("ext"), "-out", p("server.pem")])
+    os.chmod(p("server.key"), 0o600)
+    return p("ca.pem"), p("server.pem"), p("server.key")
 
 
 def _write_file(path, text, mode=0o644, owner=None, group=None):
@@ -979,6 +996,12 @@ class SlapdServer(ForegroundServer):
     (the plain password, no newline, 0600; for ldap* -y), conf, dbdir,
     pidfile, server_id (serverID, 1 for node a, 2 for b: distinct CSN sids).
 
+    TLS (optional): with tls_cert and tls_key (PEM files, e.g. from
+    make_test_ca()) slapd offers StartTLS on uri and also listens on
+    ldaps_uri (ldaps://host:ldaps_port/); tls_ca sets TLSCACertificateFile.
+    Without them ldaps_uri and ldaps_port are None.  The harness's own
+    ldap* commands always use the plain uri.
+
     slapd runs in the foreground (-d LEVEL, output to logfile) as a child
     of this process, in a session of its own.
     """
@@ -987,7 +1010,7 @@ class SlapdServer(ForegroundServer):
 
     def __init__(self, harness, node="a", role="master", *, suffix="dc=example,dc=com",
                  password=None, load_base=None, server_id=None, host=LOOPBACK, extra_conf="",
-                 debug=None):
+                 debug=None, tls_cert=None, tls_key=None, tls_ca=None):
         if role not in ("master", "standby"):
             raise HarnessError(f"role must be master or standby, not {role!r}")
         _require(SLAPD, SLAPPASSWD, os.path.join(LDAP_BINDIR, "ldapsearch"))
@@ -1000,6 +1023,15 @@ class SlapdServer(ForegroundServer):
         self.load_base = (role == "master") if load_base is None else load_base
         self.server_id = server_id if server_id is not None else (NODES.index(node) + 1 if node in NODES else 0)
         self.uri = f"ldap://{host}:{self.port}/"
+        if (tls_cert is None) != (tls_key is None):
+            raise HarnessError("tls_cert and tls_key go together")
+        self.ldaps_port = free_port(host) if tls_cert else None
+        self.ldaps_uri = f"ldaps://{host}:{self.ldaps_port}/" if tls_cert else None
+        tls = ""
+        if tls_cert:
+            tls = f"TLSCertificateFile {tls_cert}\nTLSCertificateKeyFile {tls_key}\n"
+            if tls_ca:
+                tls += f"TLSCACertificateFile {tls_ca}\n"
         self.conf = os.path.join(self.dir, "slapd.conf")
         self.dbdir = harness.mkdir(node, self.kind, "db", mode=0o700)
         self.pidfile = os.path.join(self.dir, "slapd.pid")
@@ -1016,7 +1048,7 @@ moduleload back_mdb.la
 moduleload syncprov.la
 serverID {self.server_id}
 sizelimit unlimited
-
+{tls}
 database mdb
 maxsize 1073741824
 suffix "{suffix}"
@@ -1033,7 +1065,8 @@ syncprov-sessionlog 10000
     def start(self, timeout=30):
         """Start slapd, wait until it answers a root DSE search, and load the
         base entries if this server should have them and has not yet."""
-        self._spawn([SLAPD, "-h", self.uri, "-f", self.conf, "-d", self.debug])
+        urls = self.uri + (" " + self.ldaps_uri if self.ldaps_uri else "")
+        self._spawn([SLAPD, "-h", urls, "-f", self.conf, "-d", self.debug])
 
         def ready():
             self.check_alive()
@@ -1101,7 +1134,8 @@ syncprov-sessionlog 10000
         return dict(kind=self.kind, node=self.node, role=self.role, host=self.host, port=self.port,
                     uri=self.uri, suffix=self.suffix, rootdn=self.rootdn, password=self.password,
                     password_file=self.password_file, server_id=self.server_id, conf=self.conf,
-                    dbdir=self.dbdir, pidfile=self.pidfile, logfile=self.logfile)
+                    dbdir=self.dbdir, pidfile=self.pidfile, logfile=self.logfile,
+                    ldaps_uri=self.ldaps_uri)
 
 
 class DovecotServer(ForegroundServer):

@@ -500,16 +500,17 @@ def test_sasl_plain_with_authorization_identity(harness):
         assert "user=<alice>, method=PLAIN" in f.read()
 
 
-def test_plainer_server_without_multiappend_literalplus_unselect_qresync(harness):
+def test_plainer_server_without_multiappend_literalplus_unselect_qresync_condstore(harness):
     """The fallbacks: one APPEND per message, a login per job (no UNSELECT
-    to leave a mailbox behind), expunges found by comparing UIDs."""
+    to leave a mailbox behind), expunges found by comparing UIDs, flags
+    compared in full (no CONDSTORE), no NOTIFY."""
     caps = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE CHILDREN NAMESPACE UIDPLUS "
-            "LIST-EXTENDED CONDSTORE ESEARCH LIST-STATUS")
+            "LIST-EXTENDED ESEARCH LIST-STATUS")
     env = ImapEnv(harness, users=("alice",), debug=True,
                   dovecot_conf=f"imap_capability = {caps}\n")
     with env.a.imap("alice") as c:
         typ, data = c.capability()
-        assert b"MULTIAPPEND" not in data[0] and b"QRESYNC" not in data[0], data
+        assert b"MULTIAPPEND" not in data[0] and b"CONDSTORE" not in data[0], data
     env.bulk_append(env.a, "alice", "INBOX", [message(i) for i in range(12)], lambda i: ("\\Seen",) * (i % 2))
     env.bulk_append(env.a, "alice", 'Say "hi"', [message(50 + i) for i in range(3)])
     env.start()
@@ -525,6 +526,7 @@ def test_plainer_server_without_multiappend_literalplus_unselect_qresync(harness
     assert env.wait_equal() == 16
     st = env.status()
     assert st["appended"] == 19 and st["expunged"] == 3 and st["last_error"] is None, st
+    assert st["flag_updates"] >= 1 and st["notifying"] == 0, st
     log = env.daemon.output()
     assert "MULTIAPPEND" not in log.replace("appended one by one", "")
     assert "appended one by one" in log

@@ -688,6 +688,7 @@ idle_arm(struct imrepl *r, struct user *u)
 		ev_timer_stop(r->d->loop, &u->idle_timer);
 		want_folder(r, u, "INBOX", true);
 		u->idle_restart = true;
+		u->idle_changed = true;
 		push_job(r, JOB_IDLE, u, NULL, false);
 		return;
 	}

@@ -39,6 +39,7 @@
 
 #define BATCH_MSGS 64
 #define BATCH_BYTES (16u << 20)
+#define META_SLICE 2048		/* messages whose sizes are fetched at a time */
 
 void
 im_tree_free(struct im_tree *t)
@@ -406,21 +407,27 @@ copy_new(struct pass *p)
 	for (size_t i = 0; i < all.n; i++)
 		if (!im_state_find(&p->st, all.v[i]))
 			im_uids_add(&todo, all.v[i]);
-	if (todo.n > 0 && im_fetch(p->src, todo.v, todo.n, 0, IM_F_META, 0, &sizes) < 0) {
-		sess_fail(p, p->src);
-		goto out;
-	}
-	for (size_t i = 0; i < sizes.n;) {
-		uint32_t batch[BATCH_MSGS];
-		size_t n = 0;
-		uint64_t bytes = 0;
+	/* Sizes by slices, so that memory does not grow with the folder. */
+	for (size_t from = 0; from < todo.n; from += META_SLICE) {
+		size_t len = todo.n - from < META_SLICE ? todo.n - from : META_SLICE;
 
-		while (i < sizes.n && n < BATCH_MSGS && (n == 0 || bytes + sizes.v[i].size <= BATCH_BYTES)) {
-			bytes += sizes.v[i].size;
-			batch[n++] = sizes.v[i++].uid;
-		}
-		if (copy_batch(p, batch, n) < 0)
+		im_msgs_free(&sizes);
+		if (im_fetch(p->src, todo.v + from, len, 0, IM_F_META, 0, &sizes) < 0) {
+			sess_fail(p, p->src);
 			goto out;
+		}
+		for (size_t i = 0; i < sizes.n;) {
+			uint32_t batch[BATCH_MSGS];
+			size_t n = 0;
+			uint64_t bytes = 0;
+
+			while (i < sizes.n && n < BATCH_MSGS && (n == 0 || bytes + sizes.v[i].size <= BATCH_BYTES)) {
+				bytes += sizes.v[i].size;
+				batch[n++] = sizes.v[i++].uid;
+			}
+			if (copy_batch(p, batch, n) < 0)
+				goto out;
+		}
 	}
 	if (p->s.uidnext > p->st.src_uidnext && jlog(p, "U %" PRIu32, p->s.uidnext) < 0)
 		goto out;

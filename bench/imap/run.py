@@ -34,12 +34,10 @@ See README.md next to this file for the exact criteria.
 import argparse
 import datetime
 import hashlib
-import imaplib
 import json
 import os
 import random
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -52,6 +50,8 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.dont_write_bytecode = True   # no __pycache__ in tests/ (other people's directories)
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import BenchError, cmd_out, loadavg, log, median, out, percentile, preamble  # noqa: E402
 
 SIDES = ("standin", "mbsync")
 PROGRAMS = ("replicators/imap/standin-imaprepl", "tools/standinctl")
@@ -61,46 +61,16 @@ FOLDERS = ("INBOX", "Archive", "Lists")
 SHARES = (0.40, 0.35, 0.25)        # of the messages, per folder
 SYSTEM_FLAGS = {"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"}
 POLL = 0.005                       # seconds between status polls in timed waits
-T_START = time.monotonic()
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
          "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu meeting "
          "report budget invoice schedule release review draft customer server backup").split()
 
 
-def log(msg):
-    print(f"[{time.monotonic() - T_START:7.1f}s] {msg}", flush=True)
 
 
-def out(msg=""):
-    print(msg, flush=True)
 
 
-class BenchError(Exception):
-    pass
 
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def cmd_out(argv, **kw):
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw)
-        return (r.stdout or r.stderr).strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"({e})"
-
-
-def percentile(values, p):
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
-    return s[k]
-
-
-def median(xs):
-    return statistics.median(xs)
 
 
 def src_tgt(rows):
@@ -903,25 +873,9 @@ def main():
     sh, sb = sh_mod, sb_mod
     IMAPREPL = PROGRAMS[0]
 
-    out("bench/imap: standin-imaprepl against mbsync")
-    out(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    out(f"command: {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}")
-    out(f"host: nproc {os.cpu_count()}, {cmd_out(['uname', '-sr'])}")
-    out("free -g:\n" + cmd_out(["free", "-g"]))
-    out(f"dovecot: {cmd_out([sh.DOVECOT, '--version'])}; mbsync: {cmd_out([MBSYNC, '--version'])}")
-    commit = cmd_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = cmd_out(["git", "-C", ROOT, "status", "--short", "--", "replicators", "lib"])
-    out(f"commit: {commit}" + (f" (uncommitted changes under replicators/ or lib/:\n{dirty})" if dirty else
-                                " (no uncommitted changes under replicators/ or lib/)"))
-    if not args.no_make:
-        r = subprocess.run(["make", "-C", build, "-j2", *PROGRAMS], capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"make in {build} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
-    for prog in PROGRAMS:
-        path = sb.program(prog)
-        out(f"binary: {path} built {datetime.datetime.fromtimestamp(os.path.getmtime(path)).isoformat(timespec='seconds')}")
-    cflags = [l for l in open(os.path.join(build, "Makefile")) if l.startswith("CFLAGS =")]
-    out(f"build CFLAGS: {cflags[0].split('=', 1)[1].strip() if cflags else '?'}")
+    commit = preamble("bench/imap: standin-imaprepl against mbsync", ROOT, build, PROGRAMS, sb.program,
+             f"dovecot: {cmd_out([sh.DOVECOT, '--version'])}; mbsync: {cmd_out([MBSYNC, '--version'])}",
+             make=not args.no_make)
     out(f"options: messages {args.messages}, changes {args.changes}, latency {args.latency_count} "
         f"(mbsync {args.mbsync_latency_count}) APPENDs {args.gap_ms:g} ms apart, poll {args.poll_ms:g} ms, "
         f"rounds {args.rounds}, first {args.first}, workers {args.workers or 'default'}")
@@ -938,7 +892,8 @@ def main():
     probe = None
     try:
         bench = Bench(args)
-        out("mbsync configuration:\n  " + open(bench.mbsync_conf).read().strip().replace("\n", "\n  "))
+        out("mbsync configuration:\n" + "\n".join(("  " + line).rstrip()
+                                                   for line in open(bench.mbsync_conf).read().strip().splitlines()))
         out("standin.conf [imap]:\n  " + open(bench.conf).read().split("[imap]\n", 1)[1].strip()
             .replace("\n", "\n  "))
         bench.load_source()
@@ -1020,9 +975,9 @@ def main():
             f"(target >= 2x)")
     for key, res, what in (("b", rb, f"(b) incremental pass after {args.changes} new messages and "
                             f"{args.changes} flag changes in Archive and Lists (standin: admin command "
-                            f"`pass`, running and idle)"),
-                           ("b", rb2, f"(b') the same in all three folders while standin-imaprepl was "
-                            f"stopped (standin: start until its first pass ends)")):
+                            "`pass`, running and idle)"),
+                           ("b", rb2, "(b') the same in all three folders while standin-imaprepl was "
+                            "stopped (standin: start until its first pass ends)")):
         if key in only and all(res[s] for s in SIDES):
             out(f"\n{what}")
             out("| side | per round (s) | median (s) | CPU per round (s) | Dovecot CPU source / target (s) |")

@@ -22,9 +22,7 @@ See README.md next to this file for the exact criteria.
 """
 
 import argparse
-import datetime
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,43 +34,19 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.dont_write_bytecode = True   # no __pycache__ in tests/ (other people's directories)
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import BenchError, loadavg, log, median, out, percentile, preamble  # noqa: E402
 
 SIDES = ("standin", "slapd")
 PROGRAMS = ("replicators/ldap/standin-ldaprepl", "tools/standinctl")
 LDAPSEARCH = "/usr/bin/ldapsearch"
 POLL = 0.02                      # seconds between checks in the timed waits (a)
-T_START = time.monotonic()
 
 
-def log(msg):
-    print(f"[{time.monotonic() - T_START:7.1f}s] {msg}", flush=True)
 
 
-def out(msg=""):
-    print(msg, flush=True)
 
 
-class BenchError(Exception):
-    pass
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return f.read().strip()
-
-
-def cmd_out(argv, **kw):
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"({e})"
-
-
-def percentile(values, p):
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
-    return s[k]
 
 
 def people_ldif(suffix, count):
@@ -339,9 +313,6 @@ class Bench:
         return rows
 
 
-def median(xs):
-    return statistics.median(xs)
-
 
 def main():
     global sh, sb, LDAPREPL
@@ -371,25 +342,10 @@ def main():
     sh, sb = sh_mod, sb_mod
     LDAPREPL = PROGRAMS[0]
 
-    out("bench/ldap: standin-ldaprepl against slapd's syncrepl consumer")
-    out(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    out(f"command: {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}")
-    out(f"host: nproc {os.cpu_count()}, {cmd_out(['uname', '-sr'])}")
-    out("free -g:\n" + cmd_out(["free", "-g"]))
-    out(f"slapd: {subprocess.run([sh.SLAPD, '-VV'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout.strip().splitlines()[0]}")
-    commit = cmd_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = cmd_out(["git", "-C", ROOT, "status", "--short", "--", "replicators", "lib"])
-    out(f"commit: {commit}" + (f" (uncommitted changes under replicators/ or lib/:\n{dirty})" if dirty else
-                                " (no uncommitted changes under replicators/ or lib/)"))
-    if not args.no_make:
-        r = subprocess.run(["make", "-C", build, "-j2", *PROGRAMS], capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"make in {build} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
-    for prog in PROGRAMS:
-        path = sb.program(prog)
-        out(f"binary: {path} built {datetime.datetime.fromtimestamp(os.path.getmtime(path)).isoformat(timespec='seconds')}")
-    cflags = [l for l in open(os.path.join(build, "Makefile")) if l.startswith("CFLAGS =")]
-    out(f"build CFLAGS: {cflags[0].split('=', 1)[1].strip() if cflags else '?'}")
+    slapd_v = subprocess.run([sh.SLAPD, "-VV"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True).stdout.strip().splitlines()[0]
+    commit = preamble("bench/ldap: standin-ldaprepl against slapd's syncrepl consumer", ROOT, build, PROGRAMS,
+             sb.program, f"slapd: {slapd_v}", make=not args.no_make)
     latency_bin = os.path.join(build, "bench-ldap-latency")
     subprocess.run(["cc", "-O2", "-Wall", "-o", latency_bin, os.path.join(HERE, "latency.c"),
                     "-lldap", "-llber"], check=True)

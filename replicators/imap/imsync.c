@@ -741,41 +741,63 @@ conns_done(struct im_conns *c, int rc, bool reused)
 	return again;
 }
 
-int
-im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,
-	       char **error_r)
+/*
+ * Run JOB (a folder or a tree pass) on C's sessions for USER; once more on
+ * new sessions when it failed on kept ones that turned out broken.  WHAT
+ * names the job in the log line that says so.
+ */
+static int
+with_conns(const struct im_env *env, struct im_conns *c, const char *user, const char *what,
+	   int (*job)(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r), void *arg,
+	   char **error_r)
 {
 	char *err = NULL;
 	bool reused;
 	int rc;
 
 	for (int attempt = 0;; attempt++) {
-		struct pass p = { .env = env, .user = user, .folder = folder };
-
-		im_state_init(&p.st);
 		rc = conns_get(env, c, user, &reused, &err);
-		if (rc == 0) {
-			p.src = c->src;
-			p.tgt = c->tgt;
-			rc = folder_pass(&p);
-			if (rc < 0) {
-				free(err);
-				err = p.err;
-				p.err = NULL;
-			}
-		}
-		free(p.err);
-		im_state_free(&p.st);
+		if (rc == 0)
+			rc = job(c->src, c->tgt, arg, &err);
 		if (!conns_done(c, rc, reused) || attempt > 0)
 			break;
-		st_info("user %s folder %s: a kept session was closed (%s); again on new ones", st_q(user),
-			st_q(folder), err ? err : "?");
+		st_info("user %s%s: a kept session was closed (%s); again on new ones", st_q(user), what,
+			err ? err : "?");
 		free(err);
 		err = NULL;
 	}
 	if (rc < 0)
-		st_set_error(error_r, "%s", err ? err : "folder pass failed");
+		st_set_error(error_r, "%s", err ? err : "pass failed");
 	free(err);
+	return rc;
+}
+
+static int
+folder_job(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r)
+{
+	struct pass p = *(const struct pass *)arg;
+	int rc;
+
+	im_state_init(&p.st);
+	p.src = src;
+	p.tgt = tgt;
+	rc = folder_pass(&p);
+	if (rc < 0)
+		st_set_error(error_r, "%s", p.err ? p.err : "folder pass failed");
+	free(p.err);
+	im_state_free(&p.st);
+	return rc;
+}
+
+int
+im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,
+	       char **error_r)
+{
+	struct pass p = { .env = env, .user = user, .folder = folder };
+	char *what = xasprintf(" folder %s", st_q(folder));
+	int rc = with_conns(env, c, user, what, folder_job, &p, error_r);
+
+	free(what);
 	return rc;
 }
 
@@ -1155,36 +1177,34 @@ out:
 	return rc;
 }
 
+struct tree_job {
+	const struct im_env *env;
+	const char *user;
+	struct im_tree *out;
+};
+
+/* A tree pass, listed again (at most 5 times) when the master's folders changed under it. */
+static int
+tree_job(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r)
+{
+	const struct tree_job *t = arg;
+	int rc;
+
+	for (int changed = 0;; changed++) {
+		rc = tree_pass(t->env, src, tgt, t->user, t->out, error_r);
+		if (rc != 1 || changed == 5)
+			break;
+		st_debug("user %s: the master's folders changed during the tree pass (%s); again",
+			 st_q(t->user), *error_r);
+	}
+	return rc > 0 ? -1 : rc;
+}
+
 int
 im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, struct im_tree *out,
 	     char **error_r)
 {
-	char *err = NULL;
-	bool reused;
-	int rc;
+	struct tree_job t = { env, user, out };
 
-	for (int attempt = 0, changed = 0;; attempt++) {
-		rc = conns_get(env, c, user, &reused, &err);
-		if (rc == 0)
-			rc = tree_pass(env, c->src, c->tgt, user, out, &err);
-		if (rc == 1 && changed++ < 5) {
-			st_debug("user %s: the master's folders changed during the tree pass (%s); again", st_q(user),
-				 err);
-			free(err);
-			err = NULL;
-			attempt--;
-			continue;
-		}
-		if (rc > 0)
-			rc = -1;
-		if (!conns_done(c, rc, reused) || attempt > 0)
-			break;
-		st_info("user %s: a kept session was closed (%s); again on new ones", st_q(user), err ? err : "?");
-		free(err);
-		err = NULL;
-	}
-	if (rc < 0)
-		st_set_error(error_r, "%s", err ? err : "folder tree pass failed");
-	free(err);
-	return rc;
+	return with_conns(env, c, user, "", tree_job, &t, error_r);
 }

@@ -378,24 +378,9 @@ def test_bad_password_and_missing_user_are_clear_errors(harness):
     env.wait_equal(users=["alice"])
 
 
-def make_ca(dirname, name):
-    """A CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
-    os.makedirs(dirname, exist_ok=True)
-    p = lambda f: os.path.join(dirname, f)  # noqa: E731
-    sh.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            f"/CN={name} test CA", "-keyout", p("ca.key"), "-out", p("ca.pem")])
-    sh.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", p("server.key"), "-out", p("server.csr")])
-    with open(p("ext"), "w") as f:
-        f.write("subjectAltName = IP:127.0.0.1\n")
-    sh.run(["openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
-            "-CAcreateserial", "-days", "2", "-extfile", p("ext"), "-out", p("server.pem")])
-    return p("ca.pem"), p("server.pem"), p("server.key")
-
-
 def test_imaps_and_starttls_with_certificate_checks(harness):
-    ca, cert, key = make_ca(harness.path("tls"), "standin")
-    other_ca, _, _ = make_ca(harness.path("tls-other"), "other")
+    ca, cert, key = sh.make_test_ca(harness.path("tls"), "standin")
+    other_ca, _, _ = sh.make_test_ca(harness.path("tls-other"), "other")
     imaps_port = sh.free_port()
     tls = f"ssl = required\nssl_cert = <{cert}\nssl_key = <{key}\n"
     password = "pw-" + os.urandom(6).hex()

@@ -633,43 +633,54 @@ db_file_part(const char *db)
 	return res;
 }
 
-/* Run CMDS with stdout into a new file PATH. */
+/* Run CMDS with stdout into a new file PATH; with BG, start them and put
+ * the pipeline in *BG (the file is closed on our side at once, the commands
+ * hold it). */
 static int
-run_to_file(struct dump_ctx *c, struct dump_cmd *cmds, size_t n, const char *path, char **error_r)
+run_to_file(struct dump_ctx *c, struct dump_cmd *cmds, size_t n, const char *path,
+	    struct dump_pipeline **bg, char **error_r)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	int rc;
+	int rc = 0;
 
 	if (fd < 0) {
 		st_set_error(error_r, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	rc = dump_proc_run(cmds, n, fd, NULL, NULL, c->envp, c->conf->dump.timeout_ms, error_r);
-	if (close(fd) < 0 && rc == 0) {
+	if (bg != NULL) {
+		*bg = dump_proc_start(cmds, n, fd, c->envp, c->conf->dump.timeout_ms, error_r);
+		if (*bg == NULL)
+			rc = -1;
+	} else {
+		rc = dump_proc_run(cmds, n, fd, NULL, NULL, c->envp, c->conf->dump.timeout_ms, error_r);
+	}
+	if (close(fd) < 0 && rc == 0 && bg == NULL) {
 		st_set_error(error_r, "%s: %s", path, strerror(errno));
 		rc = -1;
 	}
 	return rc;
 }
 
-/* PRODUCER, compressed by zstd when configured, into PATH (".zst" added). */
+/* PRODUCER, compressed by zstd when configured, into PATH (".zst" added);
+ * in the background with BG (see run_to_file). */
 static int
 run_compressed(struct dump_ctx *c, char **argv, const char *what, const char *path,
-	       char **error_r)
+	       struct dump_pipeline **bg, char **error_r)
 {
-	char jobs[24];
-	char *zargv[] = { c->zstd, "-q", "-c", jobs, NULL };
+	char jobs[24], level[8];
+	char *zargv[] = { c->zstd, "-q", "-c", level, jobs, NULL };
 	struct dump_cmd cmds[2] = { { argv, what }, { zargv, "zstd" } };
 	int rc;
 
 	snprintf(jobs, sizeof(jobs), "-T%ld", c->conf->dump.jobs);
+	snprintf(level, sizeof(level), "-%ld", c->conf->dump.zstd_level);
 	if (use_zstd(c)) {
 		char *zpath = xasprintf("%s.zst", path);
-		rc = run_to_file(c, cmds, 2, zpath, error_r);
+		rc = run_to_file(c, cmds, 2, zpath, bg, error_r);
 		free(zpath);
 		return rc;
 	}
-	return run_to_file(c, cmds, 1, path, error_r);
+	return run_to_file(c, cmds, 1, path, bg, error_r);
 }
 
 static int
@@ -681,7 +692,8 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 	char *pg_dumpall = dump_find_program(conf->dump.pg_bindir, "pg_dumpall");
 	char **dbs = NULL, jobs[24];
 	size_t n_dbs = 0;
-	int ret = -1;
+	struct dump_pipeline *globals = NULL;
+	int ret = -1, rc_globals;
 
 	snprintf(jobs, sizeof(jobs), "%ld", conf->dump.jobs);
 	if (pg_dump == NULL || pg_dumpall == NULL) {
@@ -696,13 +708,14 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 	if (pg_databases(c, &dbs, &n_dbs, error_r) < 0)
 		goto out;
 
-	/* Roles and tablespaces. */
+	/* Roles and tablespaces, while the first database is dumped: a
+	 * second connection, but no time of its own. */
 	{
 		char *cs = pg_connstr(conf, c->node, conf->pg.dbname);
 		char *argv[] = { pg_dumpall, "-d", cs, "-l", conf->pg.dbname, "--globals-only", NULL };
 		char *what = xasprintf("pg_dumpall --globals-only of node %s", node);
 		char *path = xasprintf("%s/globals.sql", tmp);
-		int rc = run_compressed(c, argv, what, path, error_r);
+		int rc = run_compressed(c, argv, what, path, &globals, error_r);
 		free(path);
 		free(what);
 		free(cs);
@@ -728,7 +741,7 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 		} else {
 			char *path = xasprintf("%s/db-%s.dump", tmp, part);
 			char *argv[] = { pg_dump, "-d", cs, "-Fc", use_zstd(c) ? "-Z0" : "-Z6", NULL };
-			rc = run_compressed(c, argv, what, path, error_r);
+			rc = run_compressed(c, argv, what, path, NULL, error_r);
 			free(path);
 		}
 		free(what);
@@ -737,6 +750,10 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 		if (rc < 0)
 			goto out;
 	}
+	rc_globals = dump_proc_wait(globals, error_r);
+	globals = NULL;
+	if (rc_globals < 0)
+		goto out;
 	free(c->m.format);
 	c->m.format = xstrdup(conf->dump.jobs > 1 ? "directory" : "custom");
 	free(c->m.compress);
@@ -744,6 +761,12 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 					     : (conf->dump.jobs > 1 ? "gzip" : "zstd"));
 	ret = 0;
 out:
+	if (globals != NULL) {
+		/* A database dump failed: its message is the one reported. */
+		char *ignored = NULL;
+		(void)!dump_proc_wait(globals, &ignored);
+		free(ignored);
+	}
 	for (size_t i = 0; i < n_dbs; i++)
 		free(dbs[i]);
 	free(dbs);
@@ -853,7 +876,7 @@ dump_ldap_into(struct dump_ctx *c, const char *tmp, char **error_r)
 		char *argv[] = { slapcat, is_dir ? "-F" : "-f", (char *)sc, "-b", (char *)conf->ldap.suffix,
 				 "-o", "ldif_wrap=no", NULL };
 		char *what = xasprintf("slapcat of %s on node %s", conf->ldap.suffix, n->name);
-		ret = run_compressed(c, argv, what, tmp, error_r);
+		ret = run_compressed(c, argv, what, tmp, NULL, error_r);
 		free(what);
 		free(slapcat);
 	} else {
@@ -875,9 +898,11 @@ dump_ldap_into(struct dump_ctx *c, const char *tmp, char **error_r)
 		if (rc < 0)
 			goto out;
 		if (use_zstd(c)) {
-			char jobs[24];
+			char jobs[24], level[8];
 			snprintf(jobs, sizeof(jobs), "-T%ld", conf->dump.jobs);
-			char *zargv[] = { c->zstd, "-q", "--rm", jobs, "-o", path, (char *)tmp, NULL };
+			snprintf(level, sizeof(level), "-%ld", conf->dump.zstd_level);
+			char *zargv[] = { c->zstd, "-q", "--rm", level, jobs, "-o", path, (char *)tmp,
+					  NULL };
 			struct dump_cmd cmd = { zargv, "zstd of the LDIF export" };
 			if (dump_proc_run(&cmd, 1, -1, NULL, NULL, c->envp, conf->dump.timeout_ms,
 					  error_r) < 0)

@@ -28,6 +28,7 @@
 
 #define STDERR_KEEP 4000
 #define KILL_GRACE_MS 5000
+#define PIPE_BUF_BYTES (1 << 20)
 
 char *
 dump_find_program(const char *dir, const char *program)
@@ -164,170 +165,255 @@ describe_status(int status)
 	return xstrdup("unknown status");
 }
 
-int
-dump_proc_run(const struct dump_cmd *cmds, size_t n, int out_fd, dump_consume_fn *consume,
-	      void *ctx, char *const envp[], long timeout_ms, char **error_r)
-{
-	struct child *ch = xcalloc(n, sizeof(*ch));
+struct dump_pipeline {
+	struct child *ch;
+	char **what;		/* each command's, for messages */
+	size_t n;
+	pid_t pgid;
+	int read_fd;		/* the last command's stdout, or -1 */
+	long long deadline;
+	long timeout_ms;
 	sigset_t chld, old;
-	pid_t pgid = 0;
-	int prev_read = -1, read_fd = -1, devnull = -1, ret = -1;
-	long long deadline = mono_ms() + timeout_ms;
-	char *consume_err = NULL;
-	bool timed_out = false, consumer_failed = false;
+};
 
-	sigemptyset(&chld);
-	sigaddset(&chld, SIGCHLD);
-	sigprocmask(SIG_BLOCK, &chld, &old);
-	devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+static void
+pipeline_free(struct dump_pipeline *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		if (p->ch[i].errfd >= 0)
+			close(p->ch[i].errfd);
+		free(p->what[i]);
+	}
+	if (p->read_fd >= 0)
+		close(p->read_fd);
+	sigprocmask(SIG_SETMASK, &p->old, NULL);
+	free(p->what);
+	free(p->ch);
+	free(p);
+}
+
+/* Fork and exec the commands of P; with a pipe on the last one's stdout
+ * (P->read_fd) when TO_PIPE. */
+static int
+pipeline_spawn(struct dump_pipeline *p, const struct dump_cmd *cmds, int out_fd, bool to_pipe,
+	       char *const envp[], char **error_r)
+{
+	int prev_read = -1, devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+
 	if (devnull < 0) {
 		st_set_error(error_r, "/dev/null: %s", strerror(errno));
-		goto out;
+		return -1;
 	}
-	for (size_t i = 0; i < n; i++)
-		ch[i].errfd = -1;
-	for (size_t i = 0; i < n; i++) {
-		int p[2] = { -1, -1 }, in, out;
-		bool last = i + 1 == n;
+	for (size_t i = 0; i < p->n; i++) {
+		int fds[2] = { -1, -1 }, in, out;
+		bool last = i + 1 == p->n;
 
-		ch[i].errfd = memfd_create("standin-dump-stderr", MFD_CLOEXEC);
-		if (ch[i].errfd < 0) {
+		p->ch[i].errfd = memfd_create("standin-dump-stderr", MFD_CLOEXEC);
+		if (p->ch[i].errfd < 0) {
 			st_set_error(error_r, "memfd_create: %s", strerror(errno));
 			goto fail;
 		}
-		if (!last || consume != NULL) {
-			if (pipe2(p, O_CLOEXEC) < 0) {
-				st_set_error(error_r, "pipe: %s", strerror(errno));
-				goto fail;
-			}
+		if ((!last || to_pipe) && pipe2(fds, O_CLOEXEC) < 0) {
+			st_set_error(error_r, "pipe: %s", strerror(errno));
+			goto fail;
 		}
+		/* A dump streams hundreds of MB between two commands: a 1 MB
+		 * pipe (the default limit of pipe-max-size) instead of 64 KB
+		 * lets each side run longer per wake-up.  Best effort. */
+		if (fds[1] >= 0)
+			(void)fcntl(fds[1], F_SETPIPE_SZ, PIPE_BUF_BYTES);
 		in = prev_read >= 0 ? prev_read : devnull;
-		out = p[1] >= 0 ? p[1] : (out_fd >= 0 ? out_fd : devnull);
+		out = fds[1] >= 0 ? fds[1] : (out_fd >= 0 ? out_fd : devnull);
 		pid_t pid = fork();
 		if (pid < 0) {
 			st_set_error(error_r, "fork: %s", strerror(errno));
-			if (p[0] >= 0) {
-				close(p[0]);
-				close(p[1]);
+			if (fds[0] >= 0) {
+				close(fds[0]);
+				close(fds[1]);
 			}
 			goto fail;
 		}
 		if (pid == 0) {
-			setpgid(0, pgid);
-			if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(ch[i].errfd, 2) < 0)
+			setpgid(0, p->pgid);
+			if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(p->ch[i].errfd, 2) < 0)
 				_exit(127);
-			sigprocmask(SIG_SETMASK, &old, NULL);
+			sigprocmask(SIG_SETMASK, &p->old, NULL);
 			signal(SIGPIPE, SIG_DFL);
 			execve(cmds[i].argv[0], cmds[i].argv, envp);
 			dprintf(2, "cannot execute %s: %s\n", cmds[i].argv[0], strerror(errno));
 			_exit(127);
 		}
-		setpgid(pid, pgid);
-		if (pgid == 0)
-			pgid = pid;
-		ch[i].pid = pid;
+		setpgid(pid, p->pgid);
+		if (p->pgid == 0)
+			p->pgid = pid;
+		p->ch[i].pid = pid;
 		if (prev_read >= 0)
 			close(prev_read);
 		prev_read = -1;
-		if (p[1] >= 0)
-			close(p[1]);
+		if (fds[1] >= 0)
+			close(fds[1]);
 		if (!last)
-			prev_read = p[0];
-		else if (consume != NULL)
-			read_fd = p[0];
+			prev_read = fds[0];
+		else if (to_pipe)
+			p->read_fd = fds[0];
 	}
+	close(devnull);
+	return 0;
+fail:
+	if (prev_read >= 0)
+		close(prev_read);
+	close(devnull);
+	kill_group(p->pgid, p->ch, p->n, &p->chld);
+	return -1;
+}
 
-	if (read_fd >= 0) {
-		char *buf = xmalloc(1 << 16);
-		for (;;) {
-			long long left = deadline - mono_ms();
-			if (left <= 0) {
-				timed_out = true;
-				break;
-			}
-			struct pollfd pfd = { .fd = read_fd, .events = POLLIN };
-			int pr = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
-			if (pr < 0 && errno != EINTR) {
-				consume_err = xasprintf("poll: %s", strerror(errno));
-				consumer_failed = true;
-				break;
-			}
-			if (pr <= 0)
-				continue;
-			ssize_t r = read(read_fd, buf, 1 << 16);
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r < 0) {
-				consume_err = xasprintf("read: %s", strerror(errno));
-				consumer_failed = true;
-				break;
-			}
-			if (r == 0)
-				break;
-			if (consume(ctx, buf, (size_t)r, &consume_err) < 0) {
-				consumer_failed = true;
-				break;
-			}
-		}
-		free(buf);
-		if (timed_out || consumer_failed) {
-			kill_group(pgid, ch, n, &chld);
-		} else if (consume(ctx, NULL, 0, &consume_err) < 0) {
-			consumer_failed = true;
-		}
-		close(read_fd);
-		read_fd = -1;
+static struct dump_pipeline *
+pipeline_start(const struct dump_cmd *cmds, size_t n, int out_fd, bool to_pipe, char *const envp[],
+	       long timeout_ms, char **error_r)
+{
+	struct dump_pipeline *p = xcalloc(1, sizeof(*p));
+
+	p->ch = xcalloc(n, sizeof(*p->ch));
+	p->what = xcalloc(n, sizeof(*p->what));
+	p->n = n;
+	p->read_fd = -1;
+	p->timeout_ms = timeout_ms;
+	p->deadline = mono_ms() + timeout_ms;
+	for (size_t i = 0; i < n; i++) {
+		p->ch[i].errfd = -1;
+		p->what[i] = xstrdup(cmds[i].what);
 	}
-	if (!timed_out && !wait_children(ch, n, &chld, deadline)) {
+	sigemptyset(&p->chld);
+	sigaddset(&p->chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &p->chld, &p->old);
+	if (pipeline_spawn(p, cmds, out_fd, to_pipe, envp, error_r) < 0) {
+		pipeline_free(p);
+		return NULL;
+	}
+	return p;
+}
+
+/* Feed the last command's output to CONSUME until its end; false when the
+ * deadline passed or CONSUME (or reading) failed, with *ERR set then. */
+static bool
+pipeline_consume(struct dump_pipeline *p, dump_consume_fn *consume, void *ctx, bool *timed_out,
+		 char **err)
+{
+	char *buf = xmalloc(1 << 16);
+	bool ok = true;
+
+	for (;;) {
+		long long left = p->deadline - mono_ms();
+		if (left <= 0) {
+			*timed_out = true;
+			ok = false;
+			break;
+		}
+		struct pollfd pfd = { .fd = p->read_fd, .events = POLLIN };
+		int pr = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
+		if (pr < 0 && errno != EINTR) {
+			*err = xasprintf("poll: %s", strerror(errno));
+			ok = false;
+			break;
+		}
+		if (pr <= 0)
+			continue;
+		ssize_t r = read(p->read_fd, buf, 1 << 16);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			*err = xasprintf("read: %s", strerror(errno));
+			ok = false;
+			break;
+		}
+		if (r == 0)
+			break;
+		if (consume(ctx, buf, (size_t)r, err) < 0) {
+			ok = false;
+			break;
+		}
+	}
+	free(buf);
+	if (!ok)
+		kill_group(p->pgid, p->ch, p->n, &p->chld);
+	else if (consume(ctx, NULL, 0, err) < 0)
+		ok = false;
+	close(p->read_fd);
+	p->read_fd = -1;
+	return ok;
+}
+
+/* Wait for the end of P (the deadline kills it) and free it; 0 when every
+ * command exited 0.  CONSUMER_ERR: the consumer failed with that message. */
+static int
+pipeline_finish(struct dump_pipeline *p, bool timed_out, bool consumer_failed,
+		const char *consumer_err, char **error_r)
+{
+	int ret = -1;
+
+	if (!timed_out && !wait_children(p->ch, p->n, &p->chld, p->deadline)) {
 		timed_out = true;
-		kill_group(pgid, ch, n, &chld);
+		kill_group(p->pgid, p->ch, p->n, &p->chld);
 	}
-
 	if (timed_out) {
-		st_set_error(error_r, "%s: timed out after %ld s (dump timeout), killed", cmds[0].what,
-			     timeout_ms / 1000);
+		st_set_error(error_r, "%s: timed out after %ld s (dump timeout), killed", p->what[0],
+			     p->timeout_ms / 1000);
 		goto out;
 	}
 	/* Report the first command that failed by itself.  A command killed
 	 * by SIGPIPE stopped because a later one stopped reading: that one
 	 * failed (and is reported), or it had read all it needed (pg_restore
 	 * --list reads only the table of contents). */
-	for (int pass = 0; pass < 1; pass++) {
-		for (size_t i = 0; i < n; i++) {
-			int st = ch[i].status;
-			if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-				continue;
-			if (i + 1 < n && WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE)
-				continue;
-			char *how = describe_status(st), *err = child_stderr(ch[i].errfd);
-			st_set_error(error_r, "%s failed (%s)%s%s", cmds[i].what, how,
-				     *err ? ": " : "", err);
-			free(how);
-			free(err);
-			goto out;
-		}
+	for (size_t i = 0; i < p->n; i++) {
+		int st = p->ch[i].status;
+		if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+			continue;
+		if (i + 1 < p->n && WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE)
+			continue;
+		char *how = describe_status(st), *err = child_stderr(p->ch[i].errfd);
+		st_set_error(error_r, "%s failed (%s)%s%s", p->what[i], how, *err ? ": " : "", err);
+		free(how);
+		free(err);
+		goto out;
 	}
 	if (consumer_failed) {
-		st_set_error(error_r, "%s: %s", cmds[n - 1].what, consume_err ? consume_err : "failed");
+		st_set_error(error_r, "%s: %s", p->what[p->n - 1], consumer_err ? consumer_err : "failed");
 		goto out;
 	}
 	ret = 0;
-	goto out;
-fail:
-	if (prev_read >= 0)
-		close(prev_read);
-	if (read_fd >= 0)
-		close(read_fd);
-	kill_group(pgid, ch, n, &chld);
 out:
-	for (size_t i = 0; i < n; i++) {
-		if (ch[i].errfd >= 0)
-			close(ch[i].errfd);
-	}
-	if (devnull >= 0)
-		close(devnull);
+	pipeline_free(p);
+	return ret;
+}
+
+struct dump_pipeline *
+dump_proc_start(const struct dump_cmd *cmds, size_t n, int out_fd, char *const envp[],
+		long timeout_ms, char **error_r)
+{
+	return pipeline_start(cmds, n, out_fd, false, envp, timeout_ms, error_r);
+}
+
+int
+dump_proc_wait(struct dump_pipeline *p, char **error_r)
+{
+	return pipeline_finish(p, false, false, NULL, error_r);
+}
+
+int
+dump_proc_run(const struct dump_cmd *cmds, size_t n, int out_fd, dump_consume_fn *consume,
+	      void *ctx, char *const envp[], long timeout_ms, char **error_r)
+{
+	struct dump_pipeline *p = pipeline_start(cmds, n, out_fd, consume != NULL, envp, timeout_ms,
+						 error_r);
+	char *consume_err = NULL;
+	bool timed_out = false, consumer_failed = false;
+	int ret;
+
+	if (p == NULL)
+		return -1;
+	if (consume != NULL && !pipeline_consume(p, consume, ctx, &timed_out, &consume_err))
+		consumer_failed = !timed_out;
+	ret = pipeline_finish(p, timed_out, consumer_failed, consume_err, error_r);
 	free(consume_err);
-	free(ch);
-	sigprocmask(SIG_SETMASK, &old, NULL);
 	return ret;
 }

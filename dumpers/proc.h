@@ -32,6 +32,19 @@ typedef int dump_consume_fn(void *ctx, const char *data, size_t len, char **erro
 int dump_proc_run(const struct dump_cmd *cmds, size_t n, int out_fd, dump_consume_fn *consume,
 		  void *ctx, char *const envp[], long timeout_ms, char **error_r) ST_WARN_UNUSED;
 
+/*
+ * The same pipeline (its output to OUT_FD, or /dev/null when -1) started in
+ * the background, so the dump can do something else meanwhile; NULL with a
+ * message when it could not be started.  SIGCHLD stays blocked until
+ * dump_proc_wait(), which must be called (in the reverse order of the
+ * starts when several run), waits for the end (the deadline counts from
+ * the start), frees the pipeline and returns like dump_proc_run().
+ */
+struct dump_pipeline;
+struct dump_pipeline *dump_proc_start(const struct dump_cmd *cmds, size_t n, int out_fd,
+				      char *const envp[], long timeout_ms, char **error_r);
+int dump_proc_wait(struct dump_pipeline *p, char **error_r) ST_WARN_UNUSED;
+
 /* The absolute path of PROGRAM in DIR (when not NULL), else in /usr/bin,
  * /usr/sbin, /bin, /sbin; NULL when not found. */
 char *dump_find_program(const char *dir, const char *program);

@@ -208,6 +208,8 @@ static const struct option options[] = {
 	  "Weeks for which the newest dump of the week is kept as well." },
 	{ "dump", "compress", OT_ENUM, 0, C(dump.compress), "zstd", compressions, 0, 0,
 	  "Compression of dump files: zstd or none." },
+	{ "dump", "zstd_level", OT_INT, 0, C(dump.zstd_level), "1", NULL, 1, 19,
+	  "zstd compression level of dump files (1 fastest, 19 smallest)." },
 	{ "dump", "jobs", OT_INT, 0, C(dump.jobs), "2", NULL, 1, 64,
 	  "Parallel jobs of pg_dump -Fd." },
 	{ "dump", "timeout", OT_DURATION, 0, C(dump.timeout_ms), "6h", NULL, 1000, 7 * DAY_MS,

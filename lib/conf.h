@@ -135,6 +135,7 @@ struct st_conf_dump {
 	long daily;
 	long weekly;
 	int compress;			/* enum st_compress */
+	long zstd_level;
 	long jobs;
 	long timeout_ms;
 	long max_age_ms;

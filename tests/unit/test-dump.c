@@ -1,14 +1,18 @@
 /*
  * test-dump: the pure parts of standinctl dump: retention over a simulated
- * month, the manifest (round trip, every kind of damage), dump names, and
- * the LDIF check.
+ * month, the manifest (round trip, every kind of damage), dump names, the
+ * LDIF check, and the pipelines of external commands (foreground and
+ * background, failures, the deadline).
  */
 #include "config.h"
 
 #include "dumpers/dump.h"
 #include "dumpers/ldif.h"
 #include "dumpers/manifest.h"
+#include "dumpers/proc.h"
 #include "dumpers/retention.h"
+
+#include <fcntl.h>
 #include "tests/unit/testutil.h"
 
 static time_t
@@ -349,6 +353,117 @@ START_TEST(test_ldif_bad)
 }
 END_TEST
 
+/* ------------------------------------------------------------ pipelines */
+
+static char *const no_env[] = { "PATH=/usr/bin:/bin", NULL };
+
+static char *
+slurp(const char *path)
+{
+	struct st_buf b;
+	char buf[256];
+	ssize_t n;
+	int fd = open(path, O_RDONLY);
+
+	ck_assert_int_ge(fd, 0);
+	st_buf_init(&b);
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		st_buf_append(&b, buf, (size_t)n);
+	close(fd);
+	char *res = st_buf_steal(&b);
+
+	st_buf_free(&b);
+	return res;
+}
+
+/* A pipeline in the background while another runs in the foreground: both
+ * outputs complete, both exit statuses seen. */
+START_TEST(test_pipeline_background_and_foreground)
+{
+	char *dir = tu_mkdtemp(), *p1 = xasprintf("%s/bg", dir), *p2 = xasprintf("%s/fg", dir);
+	char *err = NULL;
+	char *echo_argv[] = { "/bin/echo", "roles and tablespaces", NULL };
+	char *tr_argv[] = { "/usr/bin/tr", "a-z", "A-Z", NULL };
+	char *seq_argv[] = { "/usr/bin/seq", "1", "100000", NULL };
+	char *wc_argv[] = { "/usr/bin/wc", "-l", NULL };
+	struct dump_cmd bg[] = { { echo_argv, "echo" }, { tr_argv, "tr" } };
+	struct dump_cmd fg[] = { { seq_argv, "seq" }, { wc_argv, "wc" } };
+	int fd1 = open(p1, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	int fd2 = open(p2, O_WRONLY | O_CREAT | O_EXCL, 0600);
+
+	struct dump_pipeline *p = dump_proc_start(bg, 2, fd1, no_env, 10000, &err);
+	ck_assert_ptr_nonnull(p);
+	close(fd1);
+	ck_assert_int_eq(dump_proc_run(fg, 2, fd2, NULL, NULL, no_env, 10000, &err), 0);
+	close(fd2);
+	ck_assert_int_eq(dump_proc_wait(p, &err), 0);
+	ck_assert_ptr_null(err);
+	char *t1 = slurp(p1), *t2 = slurp(p2);
+	ck_assert_str_eq(t1, "ROLES AND TABLESPACES\n");
+	ck_assert_str_eq(t2, "100000\n");
+	free(t1);
+	free(t2);
+	unlink(p1);
+	unlink(p2);
+	tu_rmdir(dir);
+	free(dir);
+	free(p1);
+	free(p2);
+}
+END_TEST
+
+/* ARGV started in the background and waited for: it must fail; the message. */
+static char *
+background_error(char **argv, const char *what)
+{
+	struct dump_cmd cmd = { argv, what };
+	char *err = NULL;
+	struct dump_pipeline *p = dump_proc_start(&cmd, 1, -1, no_env, 10000, &err);
+
+	ck_assert_ptr_nonnull(p);
+	ck_assert_int_eq(dump_proc_wait(p, &err), -1);
+	ck_assert_ptr_nonnull(err);
+	return err;
+}
+
+/* A background command that fails is reported by dump_proc_wait, named,
+ * with its status and the end of its stderr. */
+START_TEST(test_pipeline_background_failure)
+{
+	char *ls_argv[] = { "/bin/ls", "/nonexistent-standin-test", NULL };
+	char *missing_argv[] = { "/nonexistent/program", NULL };
+	char *err = background_error(ls_argv, "ls of nothing");
+
+	ck_assert_msg(strstr(err, "ls of nothing failed (exit 2)") != NULL, "%s", err);
+	ck_assert_msg(strstr(err, "nonexistent-standin-test") != NULL, "%s", err);
+	free(err);
+	err = background_error(missing_argv, "a missing program");
+	ck_assert_msg(strstr(err, "a missing program failed (exit 127): cannot execute") != NULL,
+		      "%s", err);
+	free(err);
+}
+END_TEST
+
+/* The deadline counts from the start: a background command still running
+ * when it passes is killed, and the wait says so. */
+START_TEST(test_pipeline_background_deadline)
+{
+	char *err = NULL;
+	char *sleep_argv[] = { "/bin/sleep", "30", NULL };
+	struct dump_cmd cmd = { sleep_argv, "a slow command" };
+	struct timespec t0, t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct dump_pipeline *p = dump_proc_start(&cmd, 1, -1, no_env, 300, &err);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_int_eq(dump_proc_wait(p, &err), -1);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ck_assert_msg(strstr(err, "a slow command: timed out") != NULL, "%s", err);
+	ck_assert_int_lt(t1.tv_sec - t0.tv_sec, 20);
+	free(err);
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -366,6 +481,9 @@ suite(void)
 	tcase_add_test(tc, test_sha256_file);
 	tcase_add_test(tc, test_ldif_good);
 	tcase_add_test(tc, test_ldif_bad);
+	tcase_add_test(tc, test_pipeline_background_and_foreground);
+	tcase_add_test(tc, test_pipeline_background_failure);
+	tcase_add_test(tc, test_pipeline_background_deadline);
 	suite_add_tcase(s, tc);
 	return s;
 }

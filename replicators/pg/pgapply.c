@@ -546,7 +546,8 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
 		for (uint16_t i = 0; i < r->ncols; i++)
 			st_buf_printf(&sql, "%s%s", i ? ", " : "", r->cols[i].qname);
-		st_buf_puts(&sql, ") VALUES (");
+		/* Identity columns GENERATED ALWAYS take the master's values. */
+		st_buf_puts(&sql, ") OVERRIDING SYSTEM VALUE VALUES (");
 		for (uint16_t i = 0; i < r->ncols; i++)
 			st_buf_printf(&sql, "%s$%d", i ? ", " : "", ++n);
 		st_buf_puts(&sql, ")");
@@ -554,10 +555,11 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	case 'U': {
 		bool any = false;
 		for (uint16_t i = 0; i < r->ncols; i++)
-			any |= mask[i] != 'u';
+			any |= mask[i] == '.';
 		if (!any) {
-			/* Nothing to set (no column, or only unchanged TOAST values):
-			 * the row must still be there, one row, as for any UPDATE. */
+			/* Nothing to set (no column, or only unchanged TOAST values
+			 * and key columns): the row must still be there, one row, as
+			 * for any UPDATE. */
 			st_buf_printf(&sql, "SELECT 1 FROM %s", r->qname);
 			where_clause(&sql, r, old, full, &n);
 			break;
@@ -565,7 +567,7 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 		bool first = true;
 		st_buf_printf(&sql, "UPDATE %s SET ", r->qname);
 		for (uint16_t i = 0; i < r->ncols; i++) {
-			if (mask[i] == 'u')
+			if (mask[i] != '.')
 				continue;
 			st_buf_printf(&sql, "%s%s = $%d", first ? "" : ", ", r->cols[i].qname, ++n);
 			first = false;
@@ -674,12 +676,17 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 		return -1;
 	}
 
+	/* The new row's columns set by the UPDATE ('.'): not the unchanged TOAST
+	 * values ('u'), nor the key columns when no old key came ('k': the key
+	 * did not change).  Setting a key column to its own value is work for
+	 * nothing, and an identity column GENERATED ALWAYS cannot be set. */
 	char *mask = NULL;
 	int n = 0;
 	if (op == 'U') {
 		mask = xcalloc(r->ncols + 1, 1);
 		for (uint16_t i = 0; i < r->ncols; i++)
-			mask[i] = newt->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
+			mask[i] = newt->cols[i].kind == PGO_VAL_UNCHANGED ? 'u'
+				: m->u.change.old_kind == 0 && r->cols[i].key ? 'k' : '.';
 	}
 	/* FULL: the old row's unchanged columns are left out of the WHERE: part of the mask. */
 	char *key = NULL;
@@ -700,7 +707,7 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 	const char **pv = params(p, 2 * (size_t)r->ncols);
 	if (op == 'U')
 		for (uint16_t i = 0; i < r->ncols; i++)
-			if (mask[i] != 'u')
+			if (mask[i] == '.')
 				pv[n++] = val(&newt->cols[i]);
 	for (uint16_t i = 0; i < r->ncols; i++) {
 		if (full ? old->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)

@@ -145,7 +145,7 @@ render_change(struct render *r, const struct pgo_msg *m, char **error_r)
 			st_buf_printf(b, "INSERT INTO %s (", d->qname);
 			for (uint16_t i = 0; i < d->ncols; i++)
 				st_buf_printf(b, "%s%s", i ? ", " : "", d->qcols[i]);
-			st_buf_puts(b, ") VALUES (");
+			st_buf_puts(b, ") OVERRIDING SYSTEM VALUE VALUES (");
 			for (uint16_t i = 0; i < d->ncols && i < t->ncols; i++) {
 				if (i)
 					st_buf_puts(b, ", ");
@@ -156,13 +156,23 @@ render_change(struct render *r, const struct pgo_msg *m, char **error_r)
 			const struct pgo_tuple *t = &m->u.change.new_tuple;
 			const struct pgo_tuple *old = m->u.change.old_kind ? &m->u.change.old_tuple : t;
 			bool first = true;
+			size_t start = b->len;
 			st_buf_printf(b, "UPDATE %s SET ", d->qname);
 			for (uint16_t i = 0; i < d->ncols && i < t->ncols; i++) {
-				if (t->cols[i].kind == PGO_VAL_UNCHANGED)
+				/* Unchanged TOAST values and an unchanged key (no old
+				 * key came) are not set, as in pgapply.c. */
+				if (t->cols[i].kind == PGO_VAL_UNCHANGED ||
+				    (m->u.change.old_kind == 0 && d->key[i]))
 					continue;
 				st_buf_printf(b, "%s%s = ", first ? "" : ", ", d->qcols[i]);
 				put_value(b, &t->cols[i]);
 				first = false;
+			}
+			if (first) {
+				/* Nothing to set: the row it was about. */
+				b->len = start;
+				st_buf_printf(b, "SELECT 1 /* UPDATE, no column changed */ FROM %s",
+					      d->qname);
 			}
 			put_where(b, d, old, m->u.change.old_kind == 'O');
 			st_buf_puts(b, ";\n");

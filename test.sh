@@ -24,7 +24,19 @@ failed=0
 step_ok() { passed=$((passed + $1)); }
 step_fail() { failed=$((failed + $1)); echo "FAILED: $2" >&2; }
 
+# On failure, repeat pytest's short summary (test and first error line) and
+# the first assertion lines at the end, where a CI log's tail shows them.
+failure_recap() {
+	local plog="$build/tests/integration/run-pytest.sh.log"
+	[ "$failed" -gt 0 ] && [ -e "$plog" ] || return 0
+	grep -qE '^(FAILED|ERROR) ' "$plog" || return 0
+	echo "== integration failures (from $plog)"
+	grep -E '^(FAILED|ERROR) ' "$plog" | cut -c1-300
+	grep -E '^E  ' "$plog" | head -20 | cut -c1-300
+}
+
 finish() {
+	failure_recap
 	echo "$passed passed, $failed failed"
 	[ "$failed" -eq 0 ] && exit 0 || exit 1
 }

@@ -2,8 +2,9 @@
 round trips compared with the source, the standby's lag, damaged dumps, a
 failing pg_dump, a full disk, the lock, retention and status."""
 import fcntl
-import glob
+import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -297,6 +298,35 @@ def test_retention_and_leftovers(pgenv):
     assert left == sorted([new[0], new[0] + ".manifest", "b-pg-20200103T000000Z.pgdump",
                            "b-pg-20200103T000000Z.pgdump.manifest"]), left
     assert not any(n.startswith(".tmp-") for n in os.listdir(d))
+
+
+def test_status_warns_when_dump_missing_or_old(pgenv):
+    """standinctl status: no dump at all, then only one older than
+    [dump] max_age, both shown as warnings; a fresh one is not."""
+    env = pgenv
+    add_dump_section(env.conf, env.dumpdir, "max_age = 1h\n")
+    r = ctl(env.conf, "b", "status")
+    assert f"warning: dump pg: no good dump in {env.dumpdir}/pg" in r.stdout, r.stdout
+    d = os.path.join(env.dumpdir, "pg")
+    os.makedirs(d)
+    name = "b-pg-20200101T000000Z.pgdump"
+    os.mkdir(os.path.join(d, name))
+    with open(os.path.join(d, name + ".manifest"), "w") as f:
+        f.write("standin-dump-manifest 1\nservice pg\nnode b\nrole standby\n"
+                "created 20200101T000000Z\nformat custom\ncompress zstd\nlag_ms 0\n"
+                f"file 0 {'0' * 64} x\nend 1\n")
+    r = ctl(env.conf, "b", "status")
+    assert re.search(rf"^warning: dump pg: {name}, .* old, .*from node b "
+                     r"\(older than \[dump\] max_age\)$", r.stdout, re.M), r.stdout
+    doc = json.loads(ctl(env.conf, "b", "status", "--json").stdout)
+    (pgdump,) = [x for x in doc["dumps"] if x["service"] == "pg"]
+    assert pgdump["dump"] == name and pgdump["warning"] is True
+    assert pgdump["age_seconds"] > 3600
+    r = ctl(env.conf, "b", "dump", "pg", "--from", "master")
+    assert r.returncode == 0, r.stderr
+    r = ctl(env.conf, "b", "status")
+    assert re.search(r"^dump pg: a-pg-\S+, ", r.stdout, re.M), r.stdout
+    assert "warning: dump pg" not in r.stdout
 
 
 # ------------------------------------------------------------------ LDAP

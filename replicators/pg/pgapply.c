@@ -87,6 +87,16 @@ struct pga {
 
 	bool in_source_txn;
 	bool group_open;
+	/* The group whose COMMIT is sent and not yet answered (at most one: the
+	 * next group's first wait reads that answer); its figures reach stats
+	 * when the standby says COMMIT. */
+	struct {
+		bool pending;
+		unsigned txns;
+		uint64_t rows, ddl;
+		pgo_lsn end_lsn;
+		int64_t commit_time;
+	} inflight;
 	unsigned group_txns;
 	long long group_start_ms;
 	pgo_lsn group_end_lsn;
@@ -243,6 +253,8 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 	ExecStatusType st = PQresultStatus(res);
 
 	pd->got_result = true;
+	if (pd->kind == PEND_COMMIT && st != PGRES_COMMAND_OK)
+		p->inflight.pending = false;	/* not committed: nothing counted */
 	if (st == PGRES_PIPELINE_ABORTED)
 		return;		/* an earlier statement failed; that one is reported */
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
@@ -267,8 +279,18 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		}
 		break;
 	case PEND_COMMIT:
-		if (strcmp(PQcmdStatus(res), "COMMIT") != 0)
+		if (strcmp(PQcmdStatus(res), "COMMIT") != 0) {
+			p->inflight.pending = false;
 			fail(p, "COMMIT on the standby answered %s", PQcmdStatus(res));
+		} else if (p->inflight.pending) {
+			p->inflight.pending = false;
+			p->stats.txns += p->inflight.txns;
+			p->stats.rows += p->inflight.rows;
+			p->stats.ddl += p->inflight.ddl;
+			p->stats.groups++;
+			p->stats.applied_lsn = p->inflight.end_lsn;
+			p->stats.applied_commit_time = p->inflight.commit_time;
+		}
 		break;
 	case PEND_QUERY:
 		free(p->query_value);
@@ -867,7 +889,9 @@ open_group(struct pga *p, char **error_r)
 	p->group_rows = 0;
 	p->group_ddl = 0;
 	p->group_start_ms = st_monotonic_ms();
-	return send_command(p, "BEGIN", xstrdup("BEGIN"), error_r);
+	enqueue(p, PEND_COMMAND, 0, xstrdup("BEGIN"));
+	return after_send(p, PQsendQueryPrepared(p->conn, "standin_begin", 0, NULL, NULL, NULL, 0),
+			  error_r);
 }
 
 static void
@@ -884,6 +908,15 @@ rollback_quietly(struct pga *p)
 	free(err);
 }
 
+/*
+ * Commit the open group: wait for every row's answer (a row that found no
+ * row to change must stop us before COMMIT), then send the origin's
+ * position and COMMIT, and go on without waiting for that answer: the next
+ * group's first wait (or pga_service, or the next durable-position query)
+ * reads it.  Should the COMMIT fail, its error comes out there and the
+ * session starts over from the origin's durable position; the statements
+ * sent after it were in a transaction of their own, never committed.
+ */
 static int
 commit_group(struct pga *p, char **error_r)
 {
@@ -898,28 +931,24 @@ commit_group(struct pga *p, char **error_r)
 	snprintf(ts, sizeof(ts), "%" PRId64, p->group_commit_time);
 	const char *pv[] = { lsn, ts };
 	enqueue(p, PEND_COMMAND, 0, xstrdup("pg_replication_origin_xact_setup"));
-	int ok = PQsendQueryParams(p->conn,
-				   "SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_catalog.pg_lsn, "
-				   "'2000-01-01 00:00:00+00'::pg_catalog.timestamptz + "
-				   "$2::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval)",
-				   2, NULL, pv, NULL, NULL, 0);
-	if (after_send(p, ok, error_r) < 0)
+	if (after_send(p, PQsendQueryPrepared(p->conn, "standin_origin_setup", 2, pv, NULL, NULL, 0),
+		       error_r) < 0)
 		return -1;
 	enqueue(p, PEND_COMMIT, 0, xstrdup("COMMIT"));
-	if (after_send(p, PQsendQueryParams(p->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0),
+	if (after_send(p, PQsendQueryPrepared(p->conn, "standin_commit", 0, NULL, NULL, NULL, 0),
 		       error_r) < 0)
 		return -1;
 	p->group_open = false;
-	if (sync_and_wait(p, error_r) < 0) {
-		rollback_quietly(p);
+	p->inflight.pending = true;
+	p->inflight.txns = p->group_txns;
+	p->inflight.rows = p->group_rows;
+	p->inflight.ddl = p->group_ddl;
+	p->inflight.end_lsn = p->group_end_lsn;
+	p->inflight.commit_time = p->group_commit_time;
+	/* The SYNC sends it all (PQpipelineSync flushes); the answers are read
+	 * as they come. */
+	if (send_sync(p, error_r) < 0 || pump(p, false, error_r) < 0)
 		return -1;
-	}
-	p->stats.txns += p->group_txns;
-	p->stats.rows += p->group_rows;
-	p->stats.ddl += p->group_ddl;
-	p->stats.groups++;
-	p->stats.applied_lsn = p->group_end_lsn;
-	p->stats.applied_commit_time = p->group_commit_time;
 	return 0;
 }
 
@@ -1006,6 +1035,23 @@ pga_message(struct pga *p, const struct pgo_msg *m, char **error_r)
 
 /* ------------------------------------------------------------ session */
 
+/* A named statement, before pipeline mode. */
+static int
+prepare_now(PGconn *conn, const char *name, const char *sql, char **error_r)
+{
+	PGresult *res = PQprepare(conn, name, sql, 0, NULL);
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		char *why = pgc_result_error(res);
+		st_set_error(error_r, "preparing %s: %s", sql, why);
+		free(why);
+		PQclear(res);
+		return -1;
+	}
+	PQclear(res);
+	return 0;
+}
+
 struct pga *
 pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **error_r)
 {
@@ -1030,6 +1076,14 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 		goto fail;
 	if (pgc_exec(conn, "SET session_replication_role = replica; "
 			   "SET synchronous_commit = off; SET search_path = pg_catalog", &err) < 0)
+		goto fail;
+	/* What every group sends, parsed once per session. */
+	if (prepare_now(conn, "standin_begin", "BEGIN", &err) < 0 ||
+	    prepare_now(conn, "standin_commit", "COMMIT", &err) < 0 ||
+	    prepare_now(conn, "standin_origin_setup",
+			"SELECT pg_catalog.pg_replication_origin_xact_setup("
+			"$1::pg_catalog.pg_lsn, '2000-01-01 00:00:00+00'::pg_catalog.timestamptz + "
+			"$2::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval)", &err) < 0)
 		goto fail;
 	free(sql);
 	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_progress(%s, true)", lit);
@@ -1136,7 +1190,16 @@ pga_wants_write(const struct pga *p)
 int
 pga_service(struct pga *p, char **error_r)
 {
-	return pump(p, false, error_r);
+	if (pump(p, false, error_r) < 0)
+		return -1;
+	/* Outside a group, a failure can only be the last group's COMMIT. */
+	if (!p->group_open && p->error != NULL) {
+		st_set_error(error_r, "%s", p->error);
+		free(p->error);
+		p->error = NULL;
+		return -1;
+	}
+	return 0;
 }
 
 const struct pga_stats *

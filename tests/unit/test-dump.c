@@ -11,6 +11,7 @@
 #include "dumpers/manifest.h"
 #include "dumpers/proc.h"
 #include "dumpers/retention.h"
+#include "lib/durable.h"
 
 #include <fcntl.h>
 #include "tests/unit/testutil.h"
@@ -357,23 +358,14 @@ END_TEST
 
 static char *const no_env[] = { "PATH=/usr/bin:/bin", NULL };
 
+/* The whole file at PATH (lib/durable's reader). */
 static char *
 slurp(const char *path)
 {
-	struct st_buf b;
-	char buf[256];
-	ssize_t n;
-	int fd = open(path, O_RDONLY);
+	char *data = NULL, *err = NULL;
 
-	ck_assert_int_ge(fd, 0);
-	st_buf_init(&b);
-	while ((n = read(fd, buf, sizeof(buf))) > 0)
-		st_buf_append(&b, buf, (size_t)n);
-	close(fd);
-	char *res = st_buf_steal(&b);
-
-	st_buf_free(&b);
-	return res;
+	ck_assert_msg(st_read_file(path, 1 << 20, &data, NULL, &err) == 0, "%s", err);
+	return data;
 }
 
 /* A pipeline in the background while another runs in the foreground: both

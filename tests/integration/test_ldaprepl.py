@@ -8,6 +8,7 @@ import base64
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -520,7 +521,16 @@ def test_forced_refresh_required(harness):
     env.wait_state("persisting")
     assert env.wait_equal() == 202
     sh.wait_until(lambda: (s := env.status())["durable_csn"] == s["applied_csn"], 10, "cookie stored")
+    cookie_second = env.status()["durable_csn"][:14]
     d.stop()
+    # syncprov decides "stale cookie" by looking for an entry whose entryCSN
+    # is <= the cookie's, through the entryCSN index, whose keys are whole
+    # seconds; more than one candidate counts as found (slapd 2.5.13,
+    # syncprov_findcsn and findcsn_cb).  Changes made in the cookie's own
+    # second are such candidates, and slapd then answers with a present
+    # phase instead of e-syncRefreshRequired.  So they wait for the next second.
+    sh.wait_until(lambda: time.strftime("%Y%m%d%H%M%S", time.gmtime()) > cookie_second, 5,
+                  "the second after the cookie's CSN")
 
     # While it is down: many deletes (far more than the sessionlog holds),
     # and every other entry modified, so the cookie's CSN is stale.

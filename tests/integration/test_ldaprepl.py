@@ -149,7 +149,6 @@ def test_refresh_then_persist_every_kind_of_change(env):
               f"dn: cn=all,ou=groups,{suffix}\nobjectClass: groupOfNames\ncn: all\n{members}\n"
               f"dn: cn=J\u00f6rg M\u00fcller,ou=people,{suffix}\nobjectClass: inetOrgPerson\n"
               f"cn: J\u00f6rg M\u00fcller\nsn: M\u00fcller\ndescription: caf\u00e9 \u2603\n")
-    import base64
     a.ldapmodify(f"dn: uid=u1,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: Changed\n-\n"
                  f"add: telephoneNumber\ntelephoneNumber: +1 555 0100\n-\ndelete: mail\n-\n"
                  f"add: jpegPhoto\njpegPhoto:: {base64.b64encode(photo).decode()}\n")

@@ -237,6 +237,20 @@ pgd_report(PGconn *local, const char *peer_slot, const char *publication, uint64
 		goto out;
 	}
 	PQclear(res);
+	/* Decoding reads only WAL that is flushed, and with synchronous_commit
+	 * off this node's last commits may still be in its WAL buffers: a
+	 * transaction of our own, committed synchronously, flushes everything
+	 * before it.  It must write WAL of its own (a transactional logical
+	 * message, which the report skips), or PostgreSQL commits it
+	 * asynchronously too; READ ONLY allows it on a fenced node. */
+	res = PQexec(local, "BEGIN READ ONLY; SET LOCAL synchronous_commit = on; "
+			    "SELECT pg_catalog.pg_logical_emit_message(true, 'standin.flush', ''); "
+			    "COMMIT");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		err = pgc_result_error(res);
+		goto out;
+	}
+	PQclear(res);
 	/* Binary results: the LSN as 8 bytes, the data as the raw pgoutput message. */
 	res = PQexecParams(local, "SELECT lsn, data FROM pg_catalog.pg_logical_slot_peek_binary_changes("
 				  "$1, NULL, NULL, 'proto_version', '1', 'publication_names', $2, "

@@ -894,6 +894,9 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		if (pgd_report(tgt, req->stale_slot, req->publication, peer_applied, req->report_dir,
 			       req->source, &dr, &err) < 0)
 			goto fail;
+		st_info("divergence check slot=%s peer=%s peer_applied=" PGO_LSN_FMT
+			" peer_origin_known=%s transactions=%u", req->stale_slot, req->source,
+			PGO_LSN_ARGS(peer_applied), known ? "yes" : "no", dr.transactions);
 		if (dr.transactions > 0)
 			st_warn("divergence: this node had transactions its new master never got; "
 				"written before the resync path=%s transactions=%u changes=%u",

@@ -11,7 +11,6 @@
 #include "replicators/ldap/ldapply.h"
 
 #define CACHE_SLOTS 8192
-#define TXN_MAX_OPS 256		/* adds in one LDAP transaction */
 #define CACHE_MAX_BYTES (256 * 1024)	/* bigger entries are looked up each time */
 
 enum step {
@@ -22,22 +21,6 @@ enum step {
 	STEP_DELETE,
 	STEP_OCCUPANT,		/* refresh: who holds the DN an add wanted? */
 	STEP_LIST,		/* lda_list */
-	STEP_TXN_START,		/* transaction start (extended operation) */
-	STEP_TXN_ADD,		/* an add in the open transaction: queued there */
-	STEP_TXN_END,		/* transaction commit */
-};
-
-/* LDAP transactions (RFC 5805) for the adds of a refresh: the standby
- * commits (and syncs to disk) once per transaction instead of once per
- * entry.  Only adds of entries the standby did not have go in one, and
- * never two related DNs (ldqueue keeps a child until its parent is done),
- * so the order in which slapd queues them does not matter. */
-enum txn_state {
-	TXN_OFF,		/* the standby refused them: one add at a time */
-	TXN_IDLE,
-	TXN_STARTING,		/* start sent */
-	TXN_OPEN,		/* adds go in */
-	TXN_ENDING,		/* commit sent */
 };
 
 struct op {
@@ -49,7 +32,6 @@ struct op {
 	unsigned n_found;
 	LDAPMod **mods;
 	bool renamed;			/* modrdn done: the DN is the master's now */
-	bool txn_refused;		/* STEP_TXN_ADD: not queued in the transaction */
 };
 
 struct lda {
@@ -74,10 +56,6 @@ struct lda {
 	struct lda_listed *list;
 	size_t n_list, cap_list;
 	struct lda_stats stats;
-	enum txn_state txn;
-	struct berval txn_id;
-	struct op **txn_ops;		/* the transaction's adds (it owns them) */
-	size_t n_txn, n_txn_acks;	/* sent, and answered */
 };
 
 static LDAPControl relax_ctrl = {
@@ -96,8 +74,6 @@ lda_new(LDAP *target, const char *suffix, struct ldq *q, unsigned max_in_flight)
 	a->suffix = xstrdup(suffix);
 	a->q = q;
 	a->max_in_flight = max_in_flight > 0 ? max_in_flight : 1;
-	a->txn = TXN_IDLE;
-	a->txn_ops = xcalloc(TXN_MAX_OPS, sizeof(*a->txn_ops));
 	return a;
 }
 
@@ -118,14 +94,9 @@ lda_free(struct lda **ap)
 		return;
 	while (a->ops != NULL) {
 		struct op *next = a->ops->next;
-		if (a->ops->step != STEP_TXN_ADD)	/* those are a->txn_ops' */
-			op_free(a->ops);
+		op_free(a->ops);
 		a->ops = next;
 	}
-	for (size_t i = 0; i < a->n_txn; i++)
-		op_free(a->txn_ops[i]);
-	free(a->txn_ops);
-	free(a->txn_id.bv_val);
 	for (size_t i = 0; i < a->n_deferred; i++)
 		lde_entry_free(&a->deferred[i]);
 	free(a->deferred);
@@ -184,9 +155,6 @@ step_name(enum step s)
 	case STEP_DELETE: return "delete";
 	case STEP_OCCUPANT: return "search";
 	case STEP_LIST: return "search";
-	case STEP_TXN_START: return "transaction start";
-	case STEP_TXN_ADD: return "add (in a transaction)";
-	case STEP_TXN_END: return "transaction commit";
 	}
 	return "?";
 }
@@ -251,61 +219,6 @@ send_add(struct lda *a, struct op *op, char **error_r)
 	op->mods = lde_add_mods(op->item->entry);
 	int rc = ldap_add_ext(a->ld, op->item->entry->dn, op->mods, relax_ctrls, NULL, &msgid);
 	return sent(a, op, rc, msgid, op->item->entry->dn, error_r);
-}
-
-static int
-send_txn_start(struct lda *a, char **error_r)
-{
-	struct op *op = xcalloc(1, sizeof(*op));
-	int msgid = -1;
-
-	op->step = STEP_TXN_START;
-	int rc = ldap_txn_start(a->ld, NULL, NULL, &msgid);
-	if (sent(a, op, rc, msgid, a->suffix, error_r) < 0)
-		return -1;
-	a->txn = TXN_STARTING;
-	return 0;
-}
-
-static int
-send_txn_add(struct lda *a, struct op *op, char **error_r)
-{
-	LDAPControl txn_ctrl = {
-		.ldctl_oid = LDAP_CONTROL_TXN_SPEC,
-		.ldctl_value = a->txn_id,
-		.ldctl_iscritical = 1,
-	};
-	LDAPControl *ctrls[] = { &relax_ctrl, &txn_ctrl, NULL };
-	int msgid = -1;
-
-	op->step = STEP_TXN_ADD;
-	op->txn_refused = false;
-	lde_mods_free(&op->mods);
-	op->mods = lde_add_mods(op->item->entry);
-	int rc = ldap_add_ext(a->ld, op->item->entry->dn, op->mods, ctrls, NULL, &msgid);
-	if (rc != LDAP_SUCCESS) {
-		st_set_error(error_r, "cannot send the add of %s to the standby: %s",
-			     op->item->entry->dn, ldap_err2string(rc));
-		op_free(op);
-		return -1;
-	}
-	track(a, op, msgid);
-	a->txn_ops[a->n_txn++] = op;
-	return 0;
-}
-
-static int
-send_txn_end(struct lda *a, char **error_r)
-{
-	struct op *op = xcalloc(1, sizeof(*op));
-	int msgid = -1;
-
-	op->step = STEP_TXN_END;
-	int rc = ldap_txn_end(a->ld, 1, &a->txn_id, NULL, NULL, &msgid);
-	if (sent(a, op, rc, msgid, a->suffix, error_r) < 0)
-		return -1;
-	a->txn = TXN_ENDING;
-	return 0;
 }
 
 static int
@@ -619,95 +532,6 @@ write_failed(struct lda *a, struct op *op, int rc, const char *why, char **error
 	return -1;
 }
 
-static void
-txn_started(struct lda *a, LDAPMessage *msg, int rc, const char *why)
-{
-	char *oid = NULL;
-	struct berval *id = NULL;
-
-	if (rc == LDAP_SUCCESS && ldap_parse_extended_result(a->ld, msg, &oid, &id, 0) == LDAP_SUCCESS) {
-		free(a->txn_id.bv_val);
-		a->txn_id.bv_len = id != NULL ? id->bv_len : 0;
-		a->txn_id.bv_val = xmalloc(a->txn_id.bv_len + 1);
-		if (a->txn_id.bv_len > 0)
-			memcpy(a->txn_id.bv_val, id->bv_val, a->txn_id.bv_len);
-		a->txn_id.bv_val[a->txn_id.bv_len] = '\0';
-		a->txn = TXN_OPEN;
-	} else {
-		st_notice("the standby does not take LDAP transactions (RFC 5805): the refresh adds "
-			  "one entry at a time error=%s", st_q(why));
-		a->txn = TXN_OFF;
-	}
-	ldap_memfree(oid);
-	ber_bvfree(id);
-}
-
-/* The message id of the operation a failed commit names, or -1. */
-static int
-txn_failed_msgid(struct lda *a, LDAPMessage *msg)
-{
-	char *oid = NULL;
-	struct berval *data = NULL;
-	ber_int_t id = -1;
-
-	if (ldap_parse_extended_result(a->ld, msg, &oid, &data, 0) == LDAP_SUCCESS && data != NULL) {
-		BerElement *ber = ber_init(data);
-		if (ber != NULL) {
-			if (ber_scanf(ber, "{i", &id) == LBER_ERROR)
-				id = -1;
-			ber_free(ber, 1);
-		}
-	}
-	ldap_memfree(oid);
-	ber_bvfree(data);
-	return (int)id;
-}
-
-/* The commit answered RC: the adds are written, or none is and each goes
- * again on its own (which names the entry and the reason if it fails). */
-static int
-txn_ended(struct lda *a, LDAPMessage *msg, int rc, const char *why, char **error_r)
-{
-	size_t n = a->n_txn, refused = 0;
-
-	a->n_txn = a->n_txn_acks = 0;
-	a->txn = TXN_IDLE;
-	for (size_t i = 0; i < n; i++)
-		refused += a->txn_ops[i]->txn_refused;
-	if (rc == LDAP_SUCCESS) {
-		a->stats.txn_commits++;
-	} else {
-		int failed = txn_failed_msgid(a, msg);
-		const char *dn = NULL;
-		for (size_t i = 0; i < n && failed >= 0; i++)
-			if (a->txn_ops[i]->msgid == failed)
-				dn = a->txn_ops[i]->item->entry->dn;
-		st_info("the standby refused a transaction of %zu adds, each goes again on its own "
-			"error=%s failed_dn=%s", n, st_q(why), st_q(dn != NULL ? dn : "unknown"));
-		if (refused == n) {
-			st_notice("the standby takes LDAP transactions but none of its adds: the refresh "
-				  "adds one entry at a time error=%s", st_q(why));
-			a->txn = TXN_OFF;
-		}
-	}
-	for (size_t i = 0; i < n; i++) {
-		struct op *op = a->txn_ops[i];
-		a->txn_ops[i] = NULL;
-		if (rc == LDAP_SUCCESS && !op->txn_refused) {
-			a->stats.adds++;
-			cache_keep(a, op->item);
-			finish(a, op);
-		} else if (send_add(a, op, error_r) < 0) {
-			for (size_t j = i + 1; j < n; j++) {
-				op_free(a->txn_ops[j]);
-				a->txn_ops[j] = NULL;
-			}
-			return -1;
-		}
-	}
-	return 0;
-}
-
 static int
 handle_result(struct lda *a, struct op *op, LDAPMessage *msg, char **error_r)
 {
@@ -795,24 +619,6 @@ handle_result(struct lda *a, struct op *op, LDAPMessage *msg, char **error_r)
 		ret = send_modify(a, op, mods, error_r);
 		break;
 	}
-	case STEP_TXN_START:
-		op_free(op);
-		txn_started(a, msg, rc, why);
-		break;
-	case STEP_TXN_ADD:
-		/* Queued in the transaction (it owns OP); written at its commit. */
-		a->n_txn_acks++;
-		if (rc != LDAP_SUCCESS) {
-			op->txn_refused = true;
-			st_info("the standby did not queue an add in the transaction (it goes again "
-				"on its own after the commit) dn=%s error=%s", st_q(op->item->entry->dn),
-				st_q(why));
-		}
-		break;
-	case STEP_TXN_END:
-		op_free(op);
-		ret = txn_ended(a, msg, rc, why, error_r);
-		break;
 	case STEP_LIST:
 		if (rc != LDAP_SUCCESS && rc != LDAP_NO_SUCH_OBJECT) {
 			st_set_error(error_r, "listing the standby's entries failed: %s%s", why,
@@ -954,44 +760,26 @@ from_cache(struct lda *a, struct op *op, int *rc_r, char **error_r)
 	return true;
 }
 
-/* A refresh into a standby that did not have this entryUUID when it
- * started: add at once (an add that finds the DN taken goes through the
- * usual reconciliation). */
-static bool
-direct_add(const struct lda *a, const struct ldq_item *item)
-{
-	return a->refresh && a->standby_had != NULL && item->kind == LDQ_UPSERT &&
-	       item->retries == 0 && !lde_uuid_set_has(a->standby_had, item->uuid);
-}
-
 int
 lda_pump(struct lda *a, char **error_r)
 {
 	while (a->in_flight < a->max_in_flight) {
 		struct ldq_item *item = ldq_next(a->q);
 		if (item == NULL)
-			break;
+			return 0;
 		int rc;
 		if (item->state == LDQ_PARKED) {
 			item->state = LDQ_RUNNING;
 			rc = resume(a, item->data, error_r);
-		} else if (a->txn != TXN_OFF && direct_add(a, item)) {
-			if (a->txn == TXN_IDLE) {
-				if (send_txn_start(a, error_r) < 0)
-					return -1;
-				break;
-			}
-			if (a->txn != TXN_OPEN || a->n_txn == TXN_MAX_OPS)
-				break;	/* the item waits for the next transaction */
-			item->state = LDQ_RUNNING;
-			struct op *op = xcalloc(1, sizeof(*op));
-			op->item = item;
-			rc = send_txn_add(a, op, error_r);
 		} else {
 			item->state = LDQ_RUNNING;
 			struct op *op = xcalloc(1, sizeof(*op));
 			op->item = item;
-			if (direct_add(a, item))
+			/* A refresh into a standby that did not have this entryUUID when
+			 * it started: add at once (an add that finds the DN taken goes
+			 * through the usual reconciliation). */
+			if (a->refresh && a->standby_had != NULL && item->kind == LDQ_UPSERT &&
+			    item->retries == 0 && !lde_uuid_set_has(a->standby_had, item->uuid))
 				rc = send_add(a, op, error_r);
 			else if (!a->refresh && item->retries == 0 && from_cache(a, op, &rc, error_r))
 				;
@@ -1001,10 +789,6 @@ lda_pump(struct lda *a, char **error_r)
 		if (rc < 0)
 			return -1;
 	}
-	/* Every add sent is queued in the transaction: commit it.  Adds that
-	 * came meanwhile went in too, so a busy standby gets big transactions. */
-	if (a->txn == TXN_OPEN && a->n_txn > 0 && a->n_txn_acks == a->n_txn)
-		return send_txn_end(a, error_r);
 	return 0;
 }
 

@@ -31,7 +31,6 @@ struct lda;
 
 struct lda_stats {
 	uint64_t adds, modifies, renames, deletes, unchanged, adopted, missing_deletes;
-	uint64_t txn_commits;		/* LDAP transactions of refresh adds */
 };
 
 /* One entry of the standby (lda_list). */

@@ -1093,7 +1093,6 @@ ldrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(c, "deletes", json_integer(s ? (json_int_t)s->deletes : 0));
 	json_object_set_new(c, "unchanged", json_integer(s ? (json_int_t)s->unchanged : 0));
 	json_object_set_new(c, "adopted", json_integer(s ? (json_int_t)s->adopted : 0));
-	json_object_set_new(c, "add_transactions", json_integer(s ? (json_int_t)s->txn_commits : 0));
 	json_object_set_new(obj, "session", c);
 	json_object_set_new(obj, "refresh_entries", json_integer((json_int_t)r->refresh_entries));
 	json_object_set_new(obj, "reconcile_deletes", json_integer((json_int_t)r->reconcile_deletes));

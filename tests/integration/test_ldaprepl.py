@@ -406,61 +406,6 @@ def test_entry_the_standby_schema_refuses_stops_the_stream(harness):
     env.wait_equal()
 
 
-def test_refresh_adds_in_transactions_and_one_the_standby_refuses(harness):
-    """A refresh into an empty standby adds in LDAP transactions (one
-    commit, one sync, for many entries).  An entry the standby refuses makes
-    its whole transaction fail: every add of it goes again on its own, the
-    others are written, and the refused one stops the stream with the DN
-    and the reason, as outside a transaction.  Nothing is skipped."""
-    env = LdapEnv(harness, master_conf=EXTRA_SCHEMA)   # the standby lacks this schema
-    a, b, suffix = env.a, env.b, env.suffix
-    a.ldapadd(people_ldif(suffix, 0, 1500))
-    a.ldapadd(f"dn: cn=odd,ou=people,{suffix}\nobjectClass: person\nobjectClass: standinTestClass\n"
-              f"cn: odd\nsn: odd\nstandinTestAttr: hello\n")
-    a.ldapadd(people_ldif(suffix, 5000, 500))
-    env.start()
-    st = env.wait_state("error", timeout=90)
-    err = st["last_error"]
-    assert "cn=odd,ou=people," in err and "standinTestClass" in err, err
-    out = env.daemon.output()
-    # slapd checks the schema before it queues an add in a transaction.
-    assert "the standby did not queue an add in the transaction" in out, out[-3000:]
-    # Written: the entries before it (those of its transaction too, on
-    # their own); the stream stops at it, so later ones may wait.
-    sh.wait_until(lambda: len(b.search(f"ou=people,{suffix}", "(uid=u*)", ["1.1"], "one")) >= 1500,
-                  60, "the entries before it on the standby")
-    assert not b.search(f"cn=odd,ou=people,{suffix}", scope="base")
-    # The administrator removes it on the master: the next refresh ends.
-    a.ldapdelete(f"cn=odd,ou=people,{suffix}")
-    env.wait_state("persisting", timeout=90)
-    assert env.wait_equal() == 2002
-
-
-def test_refresh_commits_in_transactions_and_redoes_a_refused_one(harness):
-    """3,000 adds in far fewer commits (at most 256 per transaction).  An
-    entry the standby holds at the same DN under another entryUUID fails
-    its transaction at the commit (entry exists): nothing of it is written,
-    each add goes again on its own, and that one is adopted as in any
-    refresh."""
-    env = LdapEnv(harness)
-    a, b, suffix = env.a, env.b, env.suffix
-    a.ldapadd(people_ldif(suffix, 0, 3000))
-    b.ldapadd(f"dn: {suffix}\nobjectClass: dcObject\nobjectClass: organization\n"
-              f"dc: {suffix.split(',')[0].split('=')[1]}\no: standby's own\n\n"
-              f"dn: ou=people,{suffix}\nobjectClass: organizationalUnit\nou: people\n\n"
-              + people_ldif(suffix, 700, 1))
-    env.start()
-    env.wait_state("persisting", timeout=90)
-    assert env.wait_equal() == 3002
-    st = env.status()
-    assert st["session"]["adds"] == 2999, st["session"]
-    assert 1 <= st["session"]["add_transactions"] * 10 <= 2999, st["session"]
-    assert st["session"]["adopted"] == 3, st["session"]
-    out = env.daemon.output()
-    assert "the standby refused a transaction of" in out and "failed_dn=\"uid=u700," in out, \
-        out[-3000:]
-
-
 def test_restart_resumes_when_the_master_has_several_server_ids(env):
     """A master whose contextCSN holds several serverIDs (its serverID was
     changed, or entries were loaded elsewhere): persist-stage cookies name

@@ -22,12 +22,10 @@ import json
 import os
 import re
 import resource
-import selectors
 import socket
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))

@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 
 import pytest

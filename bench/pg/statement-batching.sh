@@ -17,12 +17,12 @@ trap '"$B/pg_ctl" -D "$D/data" stop -m fast >/dev/null 2>&1 || true; rm -rf "$D"
 	-l "$D/log" start >/dev/null
 pgbench -h "$D" -p "$PORT" -i -s 10 -q postgres >/dev/null 2>&1
 {
-	echo '\startpipeline'
+	printf '%s\n' '\startpipeline'
 	for i in $(seq 1 100); do
 		echo "\\set a$i random(1, 1000000)"
 		echo "UPDATE pgbench_accounts SET bid = 1, abalance = abalance + 1, filler = 'x' WHERE aid = :a$i;"
 	done
-	echo '\endpipeline'
+	printf '%s\n' '\endpipeline'
 } > "$D/a.sql"
 echo "UPDATE pgbench_accounts t SET bid = 1, abalance = t.abalance + 1, filler = 'x' FROM unnest(ARRAY(SELECT DISTINCT (random() * 999999)::int + 1 FROM generate_series(1, 100))) AS v(aid) WHERE t.aid = v.aid;" > "$D/b.sql"
 for r in 1 2; do

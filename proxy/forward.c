@@ -635,10 +635,13 @@ refuse(struct px_service *svc, int fd, const struct sockaddr_storage *peer)
 	long long now = st_monotonic_ms();
 	char buf[64];
 
-	close(fd);
 	svc->refused++;
 	svc->refused_unlogged++;
-	/* One line a second at most: a flood must not flood the log too. */
+	/*
+	 * One line a second at most: a flood must not flood the log too.  The
+	 * line is written before the close, so whoever sees the connection end
+	 * finds the reason already in the log.
+	 */
 	if (now - svc->refused_logged_ms >= 1000) {
 		st_warn("too many clients, closing new ones service=%s max_clients=%ld client=%s "
 			"closed_since_last_line=%llu", svc->name, svc->px->conf->proxy.max_clients,
@@ -646,6 +649,7 @@ refuse(struct px_service *svc, int fd, const struct sockaddr_storage *peer)
 		svc->refused_logged_ms = now;
 		svc->refused_unlogged = 0;
 	}
+	close(fd);
 }
 
 static void

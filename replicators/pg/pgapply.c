@@ -30,9 +30,12 @@
 struct stmt {
 	char op;			/* 'I', 'U', 'D' */
 	char *mask;			/* 'U': which new columns are unchanged TOAST */
+	uint32_t rows;			/* 0: one row; else a batch of this many */
 	char name[24];
 	struct stmt *next;
 };
+
+struct batch;
 
 struct rel {
 	uint32_t relid;			/* 0: free slot */
@@ -45,8 +48,30 @@ struct rel {
 		char *name;
 		char *qname;
 		bool key;
+		uint32_t type_oid;	/* the master's: only built-in ones are used */
 	} *cols;
+	uint16_t nkeys;
 	struct stmt *stmts;
+	struct batch *batch;		/* rows waiting to go as one statement */
+};
+
+/*
+ * Rows of one relation, one operation and one column set, waiting to be
+ * sent as one statement (see "batches" below).  Row I's values are
+ * vals[I * nvals ...], offsets into data (-1: NULL); for UPDATE and DELETE
+ * the key columns come first.
+ */
+struct batch {
+	char op;
+	char *mask;			/* 'U': as for prepared(); NULL otherwise */
+	uint16_t nvals, nkeys;
+	uint16_t *cols;			/* nvals column numbers */
+	uint32_t *types;		/* nvals type OIDs (U, D) */
+	uint32_t rows, cap;		/* cap: a power of two, the biggest statement */
+	long *vals;
+	struct st_buf data;
+	uint32_t *slots;		/* U, D: key hash -> row + 1 (0: empty), 2 * cap */
+	bool listed;			/* in pga.open */
 };
 
 /* ------------------------------------------------------------ pending */
@@ -55,6 +80,7 @@ enum pend_kind {
 	PEND_COMMAND,			/* BEGIN, SET, TRUNCATE, DDL: must succeed */
 	PEND_PREPARE,
 	PEND_ROW,			/* a row statement; U/D must affect one row */
+	PEND_BATCH,			/* a batch: must affect exactly .rows rows */
 	PEND_COMMIT,			/* must end in COMMIT, not ROLLBACK */
 	PEND_QUERY,			/* one value wanted */
 	PEND_SYNC,
@@ -64,6 +90,7 @@ struct pending {
 	enum pend_kind kind;
 	char op;
 	bool got_result;
+	uint32_t rows;			/* PEND_BATCH */
 	char *what;			/* for messages: "INSERT into public.t key (id)=(5)" */
 };
 
@@ -79,6 +106,11 @@ struct pga {
 	struct rel *rels;
 	size_t rel_cap, rel_count;
 	unsigned stmt_seq;
+	/* Relations with a batch, in the order they got one. */
+	uint32_t *open;
+	size_t open_count, open_cap;
+	pgo_lsn rowwise_until;		/* no batches until applied past this */
+	bool batch_failed;		/* a batch is the first failure */
 
 	struct pending *q;
 	size_t q_head, q_tail, q_cap;
@@ -138,6 +170,15 @@ rel_clear(struct rel *r)
 	}
 	free(r->cols);
 	stmt_free_all(r->stmts);
+	if (r->batch != NULL) {
+		free(r->batch->mask);
+		free(r->batch->cols);
+		free(r->batch->types);
+		free(r->batch->vals);
+		free(r->batch->slots);
+		st_buf_free(&r->batch->data);
+		free(r->batch);
+	}
 	memset(r, 0, sizeof(*r));
 }
 
@@ -192,6 +233,8 @@ rel_update(struct pga *p, const struct pgo_msg *m)
 		r->cols[i].name = xstrdup(m->u.relation.cols[i].name);
 		r->cols[i].qname = pgc_ident(r->cols[i].name);
 		r->cols[i].key = m->u.relation.cols[i].key;
+		r->cols[i].type_oid = m->u.relation.cols[i].type_oid;
+		r->nkeys += r->cols[i].key;
 	}
 }
 
@@ -257,6 +300,16 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		p->inflight.pending = false;	/* not committed: nothing counted */
 	if (st == PGRES_PIPELINE_ABORTED)
 		return;		/* an earlier statement failed; that one is reported */
+	if (pd->kind == PEND_BATCH && p->error == NULL &&
+	    (st != PGRES_COMMAND_OK || strtoul(PQcmdTuples(res), NULL, 10) != pd->rows)) {
+		/* Which row?  The session starts again row by row to say. */
+		char *why = st != PGRES_COMMAND_OK ? pgc_result_error(res)
+			  : xasprintf("it affected %s rows, not %" PRIu32, PQcmdTuples(res), pd->rows);
+		p->batch_failed = true;
+		fail(p, "%s failed on the standby: %s", pd->what, why);
+		free(why);
+		return;
+	}
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
 		char *why = pgc_result_error(res);
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -552,7 +605,7 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	 const struct pgo_tuple *old, char **error_r)
 {
 	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
-		if (s->op == op && ((s->mask == NULL && mask == NULL) ||
+		if (s->op == op && s->rows == 0 && ((s->mask == NULL && mask == NULL) ||
 				    (s->mask != NULL && mask != NULL && strcmp(s->mask, mask) == 0)))
 			return s->name;
 
@@ -648,6 +701,432 @@ check_width(const struct rel *r, const struct pgo_tuple *t, const char *what, ch
 	return 0;
 }
 
+/* ------------------------------------------------------------ batches */
+
+/*
+ * A PostgreSQL backend spends most of a one-row statement on the statement,
+ * not on the row (bench/pg/statement-batching.sh), so rows of one relation,
+ * one operation and one column set are gathered and sent as one statement:
+ *
+ *   INSERT INTO t (c, ...) OVERRIDING SYSTEM VALUE VALUES ($1, ...), (...)
+ *   UPDATE t AS standin_t SET c = standin_v.c1, ...
+ *     FROM (VALUES ($1, ...), (...)) AS standin_v (c0, c1, ...)
+ *     WHERE standin_t.k = standin_v.c0 ...
+ *   DELETE FROM t AS standin_t USING (VALUES ...) AS standin_v (c0, ...) WHERE ...
+ *
+ * The result is that of the stream's order because:
+ * - a relation has at most one batch.  A row of another operation or column
+ *   set, a row that cannot be batched (a key change, REPLICA IDENTITY FULL,
+ *   a type that is not built in), the relation's Relation message, TRUNCATE,
+ *   DDL and the group's COMMIT send it first.  Batches of different
+ *   relations go in any order: the session runs with session_replication_role
+ *   = replica, so no foreign key or ordinary trigger sees the order of rows
+ *   of different tables within the group's transaction.
+ * - in an UPDATE or DELETE batch each key appears once.  A later UPDATE of
+ *   a key with the same column set replaces the earlier one's values (the
+ *   row ends as the later one left it, as it would have); any other repeat
+ *   sends the batch first.
+ * - each batch must affect exactly its number of rows.  If one fails, or
+ *   does not, the group is rolled back and the session starts again row by
+ *   row until it is past that point, so that the error names the row (or,
+ *   when the batch's order was the trouble, as for two rows swapping a
+ *   unique value, the rows simply go through).
+ *
+ * VALUES in FROM needs its types: the master's type OIDs from the Relation
+ * message, used only for built-in types (the same OID on the standby).
+ */
+#define BATCH_ROWS 128
+#define FIRST_NORMAL_OID 16384
+
+static bool
+batching(const struct pga *p)
+{
+	return p->stats.applied_lsn >= p->rowwise_until;
+}
+
+static void
+batch_clear(struct batch *b)
+{
+	b->rows = 0;
+	st_buf_reset(&b->data);
+	if (b->slots != NULL)
+		memset(b->slots, 0, 2 * (size_t)b->cap * sizeof(*b->slots));
+}
+
+static void
+batch_discard_all(struct pga *p)
+{
+	for (size_t i = 0; i < p->open_count; i++) {
+		struct rel *r = rel_slot(p, p->open[i], false);
+		if (r != NULL && r->batch != NULL) {
+			batch_clear(r->batch);
+			r->batch->listed = false;
+		}
+	}
+	p->open_count = 0;
+}
+
+static bool
+batch_same_shape(const struct batch *b, char op, const char *mask)
+{
+	return b->op == op &&
+	       (b->mask == NULL ? mask == NULL : mask != NULL && strcmp(b->mask, mask) == 0);
+}
+
+/* The batch's statement for N rows, prepared once per session. */
+static const char *
+batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, char **error_r)
+{
+	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
+		if (s->rows == n && batch_same_shape(b, s->op, s->mask))
+			return s->name;
+
+	struct st_buf sql;
+	int k = 0;
+	st_buf_init(&sql);
+	if (b->op == 'I') {
+		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
+		for (uint16_t j = 0; j < b->nvals; j++)
+			st_buf_printf(&sql, "%s%s", j ? ", " : "", r->cols[b->cols[j]].qname);
+		st_buf_puts(&sql, ") OVERRIDING SYSTEM VALUE VALUES ");
+	} else if (b->op == 'U') {
+		st_buf_printf(&sql, "UPDATE %s AS standin_t SET ", r->qname);
+		for (uint16_t j = b->nkeys; j < b->nvals; j++)
+			st_buf_printf(&sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
+				      r->cols[b->cols[j]].qname, j);
+		st_buf_puts(&sql, " FROM (VALUES ");
+	} else {
+		st_buf_printf(&sql, "DELETE FROM %s AS standin_t USING (VALUES ", r->qname);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		st_buf_puts(&sql, i ? ", (" : "(");
+		for (uint16_t j = 0; j < b->nvals; j++)
+			st_buf_printf(&sql, "%s$%d", j ? ", " : "", ++k);
+		st_buf_puts(&sql, ")");
+	}
+	Oid *types = NULL;
+	if (b->op != 'I') {
+		st_buf_puts(&sql, ") AS standin_v (");
+		for (uint16_t j = 0; j < b->nvals; j++)
+			st_buf_printf(&sql, "%sc%u", j ? ", " : "", j);
+		st_buf_puts(&sql, ") WHERE ");
+		for (uint16_t j = 0; j < b->nkeys; j++)
+			st_buf_printf(&sql, "%sstandin_t.%s = standin_v.c%u", j ? " AND " : "",
+				      r->cols[b->cols[j]].qname, j);
+		types = xcalloc((size_t)n * b->nvals, sizeof(*types));
+		for (uint32_t i = 0; i < n; i++)
+			for (uint16_t j = 0; j < b->nvals; j++)
+				types[(size_t)i * b->nvals + j] = b->types[j];
+	}
+
+	struct stmt *s = xcalloc(1, sizeof(*s));
+	s->op = b->op;
+	s->mask = b->mask != NULL ? xstrdup(b->mask) : NULL;
+	s->rows = n;
+	snprintf(s->name, sizeof(s->name), "standin_%u", ++p->stmt_seq);
+	s->next = r->stmts;
+	r->stmts = s;
+	enqueue(p, PEND_PREPARE, 0, xasprintf("PREPARE of a %s of %" PRIu32 " rows of %s",
+					      b->op == 'I' ? "INSERT" : b->op == 'U' ? "UPDATE"
+								  : "DELETE", n, r->display));
+	int ok = PQsendPrepare(p->conn, s->name, sql.data, k, types);
+	st_buf_free(&sql);
+	free(types);
+	if (after_send(p, ok, error_r) < 0)
+		return NULL;
+	return s->name;
+}
+
+static const char *
+batch_val(const struct batch *b, uint32_t row, uint16_t j)
+{
+	long o = b->vals[(size_t)row * b->nvals + j];
+	return o < 0 ? NULL : b->data.data + o;
+}
+
+/* One row of a batch, alone: the one-row statement and its message. */
+static int
+batch_send_one(struct pga *p, struct rel *r, const struct batch *b, uint32_t row,
+	       char **error_r)
+{
+	const char *stmt = prepared(p, r, b->op, b->mask, false, NULL, error_r);
+	if (stmt == NULL)
+		return -1;
+	const char **pv = params(p, b->nvals);
+	uint16_t n = 0;
+	/* The one-row statements take the values set first, then the key. */
+	for (uint16_t j = b->nkeys; j < b->nvals; j++)
+		pv[n++] = batch_val(b, row, j);
+	for (uint16_t j = 0; j < b->nkeys; j++)
+		pv[n++] = batch_val(b, row, j);
+	char *what;
+	if (b->op == 'I') {
+		what = xasprintf("INSERT into %s", r->display);
+	} else {
+		struct st_buf d;
+		st_buf_init(&d);
+		st_buf_printf(&d, "%s of %s key (", b->op == 'U' ? "UPDATE" : "DELETE", r->display);
+		for (uint16_t j = 0; j < b->nkeys; j++)
+			st_buf_printf(&d, "%s%s", j ? ", " : "", r->cols[b->cols[j]].name);
+		st_buf_puts(&d, ")=(");
+		for (uint16_t j = 0; j < b->nkeys; j++) {
+			const char *v = batch_val(b, row, j);
+			size_t len = v != NULL ? strlen(v) : 0;
+			st_buf_puts(&d, j ? ", " : "");
+			if (v == NULL)
+				st_buf_puts(&d, "NULL");
+			else
+				st_buf_append(&d, v, len > 64 ? 64 : len);
+			if (len > 64)
+				st_buf_puts(&d, "...");
+		}
+		st_buf_puts(&d, ")");
+		what = st_buf_steal(&d);
+		st_buf_free(&d);
+	}
+	enqueue(p, PEND_ROW, b->op, what);
+	return after_send(p, PQsendQueryPrepared(p->conn, stmt, n, pv, NULL, NULL, 0), error_r);
+}
+
+/* Send R's batch: the biggest statements that fit, a last row alone. */
+static int
+batch_flush(struct pga *p, struct rel *r, char **error_r)
+{
+	struct batch *b = r->batch;
+	uint32_t done = 0, n;
+
+	if (b == NULL || b->rows == 0)
+		return 0;
+	n = b->cap;
+	while (done < b->rows) {
+		while (n > b->rows - done)
+			n >>= 1;
+		if (n == 1) {
+			if (batch_send_one(p, r, b, done, error_r) < 0)
+				return -1;
+		} else {
+			const char *stmt = batch_prepared(p, r, b, n, error_r);
+			if (stmt == NULL)
+				return -1;
+			const char **pv = params(p, (size_t)n * b->nvals);
+			for (uint32_t i = 0; i < n; i++)
+				for (uint16_t j = 0; j < b->nvals; j++)
+					pv[(size_t)i * b->nvals + j] = batch_val(b, done + i, j);
+			struct pending *pd = enqueue(p, PEND_BATCH, b->op,
+						     xasprintf("%s of %" PRIu32 " rows of %s in one "
+							       "statement", b->op == 'I' ? "INSERT"
+							       : b->op == 'U' ? "UPDATE" : "DELETE",
+							       n, r->display));
+			pd->rows = n;
+			p->stats.batches++;
+			p->stats.batched_rows += n;
+			if (after_send(p, PQsendQueryPrepared(p->conn, stmt, (int)(n * b->nvals), pv,
+							      NULL, NULL, 0), error_r) < 0)
+				return -1;
+		}
+		done += n;
+	}
+	batch_clear(b);
+	return 0;
+}
+
+static int
+batch_flush_relid(struct pga *p, uint32_t relid, char **error_r)
+{
+	struct rel *r = rel_slot(p, relid, false);
+
+	return r != NULL ? batch_flush(p, r, error_r) : 0;
+}
+
+static int
+batch_flush_all(struct pga *p, char **error_r)
+{
+	for (size_t i = 0; i < p->open_count; i++) {
+		struct rel *r = rel_slot(p, p->open[i], false);
+		if (r == NULL || r->batch == NULL)
+			continue;
+		r->batch->listed = false;
+		if (batch_flush(p, r, error_r) < 0) {
+			batch_discard_all(p);
+			return -1;
+		}
+	}
+	p->open_count = 0;
+	return 0;
+}
+
+static uint64_t
+key_hash(const struct batch *b, const struct pgo_value *const *v)
+{
+	uint64_t h = 1469598103934665603u;
+
+	for (uint16_t j = 0; j < b->nkeys; j++) {
+		const unsigned char *s = (const unsigned char *)(v[j]->data ? v[j]->data : "");
+		for (uint32_t i = 0; i < v[j]->len; i++)
+			h = (h ^ s[i]) * 1099511628211u;
+		h = (h ^ (unsigned char)v[j]->kind) * 1099511628211u;
+	}
+	return h;
+}
+
+static bool
+key_equal(const struct batch *b, uint32_t row, const struct pgo_value *const *v)
+{
+	for (uint16_t j = 0; j < b->nkeys; j++) {
+		const char *have = batch_val(b, row, j);
+		if ((have == NULL) != (v[j]->kind == PGO_VAL_NULL) ||
+		    (have != NULL && (strlen(have) != v[j]->len || memcmp(have, v[j]->data,
+									     v[j]->len) != 0)))
+			return false;
+	}
+	return true;
+}
+
+/* (Re)shape R's batch for OP/MASK and these columns. */
+static struct batch *
+batch_shape(struct rel *r, char op, const char *mask, const uint16_t *cols, uint16_t nvals,
+	    uint16_t nkeys)
+{
+	struct batch *b = r->batch;
+
+	if (b != NULL && batch_same_shape(b, op, mask))
+		return b;
+	if (b == NULL) {
+		b = r->batch = xcalloc(1, sizeof(*b));
+		st_buf_init(&b->data);
+	}
+	free(b->mask);
+	free(b->cols);
+	free(b->types);
+	free(b->vals);
+	free(b->slots);
+	b->op = op;
+	b->mask = mask != NULL ? xstrdup(mask) : NULL;
+	b->nvals = nvals;
+	b->nkeys = nkeys;
+	b->cols = xcalloc(nvals, sizeof(*b->cols));
+	memcpy(b->cols, cols, nvals * sizeof(*cols));
+	b->types = xcalloc(nvals, sizeof(*b->types));
+	for (uint16_t j = 0; j < nvals; j++)
+		b->types[j] = r->cols[cols[j]].type_oid;
+	b->cap = 1;
+	while (b->cap * 2 <= BATCH_ROWS && (size_t)b->cap * 2 * nvals <= 65535)
+		b->cap *= 2;
+	b->vals = xcalloc((size_t)b->cap * nvals, sizeof(*b->vals));
+	b->slots = nkeys > 0 ? xcalloc(2 * (size_t)b->cap, sizeof(*b->slots)) : NULL;
+	batch_clear(b);
+	return b;
+}
+
+/*
+ * Put a row into R's batch: 1 when it went in, 0 when it cannot be batched
+ * (R's batch is then sent: the caller sends the row alone, after it), -1 on
+ * error.  OLD finds the row (UPDATE, DELETE), NEWT has the values (INSERT,
+ * UPDATE); MASK as for prepared().
+ */
+static int
+batch_add(struct pga *p, struct rel *r, char op, const char *mask, const struct pgo_tuple *old,
+	  const struct pgo_tuple *newt, char **error_r)
+{
+	uint16_t *cols = NULL, nvals = 0, nkeys = 0;
+	const struct pgo_value **v = NULL;
+	struct batch *b;
+	uint32_t slot = 0, row = UINT32_MAX;
+	int rc = 0;
+
+	if (!batching(p) || r->ncols == 0 || (op != 'I' && r->nkeys == 0))
+		goto alone;
+	cols = xcalloc(r->ncols, sizeof(*cols));
+	v = xcalloc(r->ncols, sizeof(*v));
+	if (op != 'I') {
+		for (uint16_t i = 0; i < r->ncols; i++)
+			if (r->cols[i].key) {
+				v[nvals] = &old->cols[i];
+				cols[nvals++] = i;
+			}
+		nkeys = nvals;
+	}
+	for (uint16_t i = 0; i < r->ncols && op != 'D'; i++)
+		if (op == 'I' || mask[i] == '.') {
+			v[nvals] = &newt->cols[i];
+			cols[nvals++] = i;
+		}
+	if (op == 'U' && nvals == nkeys)
+		goto alone;		/* nothing to set: the one-row SELECT */
+	for (uint16_t j = 0; j < nvals; j++) {
+		uint32_t t = r->cols[cols[j]].type_oid;
+		if (v[j]->kind == PGO_VAL_UNCHANGED || v[j]->kind == PGO_VAL_BINARY ||
+		    (op != 'I' && (t == 0 || t >= FIRST_NORMAL_OID)))
+			goto alone;
+	}
+
+	b = r->batch;
+	if (b != NULL && b->rows > 0 && !batch_same_shape(b, op, mask) &&
+	    batch_flush(p, r, error_r) < 0)
+		goto fail;
+	b = batch_shape(r, op, mask, cols, nvals, nkeys);
+	if (b->cap < 2)
+		goto alone;
+
+	if (nkeys > 0) {
+		slot = (uint32_t)(key_hash(b, v) & (2 * b->cap - 1));
+		while (b->slots[slot] != 0) {
+			uint32_t other = b->slots[slot] - 1;
+			if (key_equal(b, other, v)) {
+				if (op != 'U') {
+					/* Not a thing the master does without a row
+					 * in between; the batch goes first. */
+					if (batch_flush(p, r, error_r) < 0)
+						goto fail;
+					/* The slots are empty now: this one is free. */
+					break;
+				}
+				row = other;	/* the later UPDATE's values win */
+				break;
+			}
+			slot = (slot + 1) & (2 * b->cap - 1);
+		}
+	}
+	bool new_row = row == UINT32_MAX;
+	if (new_row)
+		row = b->rows;
+	for (uint16_t j = 0; j < nvals; j++) {
+		long *o = &b->vals[(size_t)row * nvals + j];
+		if (v[j]->kind == PGO_VAL_NULL) {
+			*o = -1;
+			continue;
+		}
+		*o = (long)b->data.len;
+		st_buf_append(&b->data, v[j]->data, v[j]->len);
+		st_buf_append(&b->data, "", 1);
+	}
+	if (new_row) {
+		b->rows++;
+		if (nkeys > 0)
+			b->slots[slot] = b->rows;
+	}
+	p->group_rows++;
+	if (!b->listed) {
+		if (p->open_count == p->open_cap) {
+			p->open_cap = p->open_cap ? 2 * p->open_cap : 16;
+			p->open = xrealloc(p->open, p->open_cap * sizeof(*p->open));
+		}
+		p->open[p->open_count++] = r->relid;
+		b->listed = true;
+	}
+	rc = b->rows == b->cap && batch_flush(p, r, error_r) < 0 ? -1 : 1;
+	goto out;
+alone:
+	rc = batch_flush(p, r, error_r) < 0 ? -1 : 0;
+	goto out;
+fail:
+	rc = -1;
+out:
+	free(cols);
+	free(v);
+	return rc;
+}
+
 static int
 apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 {
@@ -656,6 +1135,9 @@ apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 
 	if (r == NULL || check_width(r, t, "Insert", error_r) < 0)
 		return -1;
+	int batched = batch_add(p, r, 'I', NULL, NULL, t, error_r);
+	if (batched != 0)
+		return batched < 0 ? -1 : 0;
 	const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
 	if (stmt == NULL)
 		return -1;
@@ -719,12 +1201,16 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 			key[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
 	}
 	char *fullmask = xasprintf("%s|%s", mask ? mask : "", key ? key : "");
-	const char *stmt = prepared(p, r, op, fullmask, full, old, error_r);
+	/* A key change or REPLICA IDENTITY FULL goes alone, after the batch. */
+	int batched = !full && (op == 'D' || m->u.change.old_kind == 0)
+			      ? batch_add(p, r, op, fullmask, old, newt, error_r)
+			      : batch_flush(p, r, error_r);
+	const char *stmt = batched == 0 ? prepared(p, r, op, fullmask, full, old, error_r) : NULL;
 	if (stmt == NULL) {
 		free(mask);
 		free(key);
 		free(fullmask);
-		return -1;
+		return batched > 0 ? 0 : -1;
 	}
 	const char **pv = params(p, 2 * (size_t)r->ncols);
 	if (op == 'U')
@@ -758,6 +1244,8 @@ apply_truncate(struct pga *p, const struct pgo_msg *m, char **error_r)
 {
 	struct st_buf sql;
 
+	if (batch_flush_all(p, error_r) < 0)
+		return -1;
 	st_buf_init(&sql);
 	st_buf_puts(&sql, "TRUNCATE ");
 	for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
@@ -899,6 +1387,7 @@ rollback_quietly(struct pga *p)
 {
 	char *err = NULL;
 
+	batch_discard_all(p);
 	if (PQstatus(p->conn) != CONNECTION_OK)
 		return;
 	free(p->error);
@@ -922,7 +1411,7 @@ commit_group(struct pga *p, char **error_r)
 {
 	char lsn[32], ts[32];
 
-	if (sync_and_wait(p, error_r) < 0) {
+	if (batch_flush_all(p, error_r) < 0 || sync_and_wait(p, error_r) < 0) {
 		rollback_quietly(p);
 		p->group_open = false;
 		return -1;
@@ -998,7 +1487,10 @@ pga_message(struct pga *p, const struct pgo_msg *m, char **error_r)
 			rc = commit_group(p, error_r);
 		break;
 	case PGO_RELATION:
-		rel_update(p, m);
+		/* Its rows were for the columns as they were. */
+		rc = batch_flush_relid(p, m->u.relation.relid, error_r);
+		if (rc == 0)
+			rel_update(p, m);
 		break;
 	case PGO_INSERT:
 		rc = apply_insert(p, m, error_r);
@@ -1011,8 +1503,11 @@ pga_message(struct pga *p, const struct pgo_msg *m, char **error_r)
 		rc = apply_truncate(p, m, error_r);
 		break;
 	case PGO_MESSAGE:
-		if (p->ddl_prefix != NULL && strcmp(m->u.message.prefix, p->ddl_prefix) == 0)
-			rc = apply_ddl(p, m, m->u.message.lsn, error_r);
+		if (p->ddl_prefix != NULL && strcmp(m->u.message.prefix, p->ddl_prefix) == 0) {
+			rc = batch_flush_all(p, error_r);
+			if (rc == 0)
+				rc = apply_ddl(p, m, m->u.message.lsn, error_r);
+		}
 		break;
 	case PGO_TYPE:
 	case PGO_ORIGIN:
@@ -1065,6 +1560,7 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 	p->ddl_prefix = opts->ddl_prefix ? xstrdup(opts->ddl_prefix) : NULL;
 	p->ddl_key = opts->ddl_key ? xstrdup(opts->ddl_key) : NULL;
 	p->stop = opts->stop;
+	p->rowwise_until = opts->rowwise_until;
 
 	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
 			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL", lit, lit);
@@ -1125,6 +1621,7 @@ pga_free(struct pga **pp)
 		if (p->rels[i].relid != 0)
 			rel_clear(&p->rels[i]);
 	free(p->rels);
+	free(p->open);
 	while (queued(p) > 0)
 		dequeue(p);
 	free(p->q);
@@ -1206,4 +1703,10 @@ const struct pga_stats *
 pga_stats(const struct pga *p)
 {
 	return &p->stats;
+}
+
+bool
+pga_batch_failed(const struct pga *p)
+{
+	return p->batch_failed;
 }

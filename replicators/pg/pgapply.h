@@ -13,9 +13,13 @@
  * so the replication origin moves in the same transaction as the data: after
  * a crash the standby's pg_replication_origin_progress() is exactly the last
  * source transaction it holds.  Rows use prepared statements per relation,
- * operation and set of unchanged TOAST columns.  A conflict (duplicate key,
- * missing row, missing table or column) rolls the group back and stops with
- * an error naming the table and the key; nothing is skipped.
+ * operation and set of unchanged TOAST columns; within a group, rows of one
+ * relation and operation go many to one statement (see "batches" in
+ * pgapply.c).  A conflict (duplicate key, missing row, missing table or
+ * column) rolls the group back and stops with an error naming the table
+ * and the key; nothing is skipped.  When a statement of many rows fails,
+ * pga_batch_failed() says so: the caller starts again with rowwise_until
+ * past that point, and the one-row statements name the row.
  *
  * The caller owns the connection; pga never closes it.
  */
@@ -37,6 +41,7 @@ struct pga_options {
 	const char *ddl_prefix;		/* logical message prefix carrying DDL */
 	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
 	volatile int *stop;		/* non-zero: give up waiting for the standby */
+	pgo_lsn rowwise_until;		/* one statement per row until applied past this */
 };
 
 struct pga_stats {
@@ -45,6 +50,8 @@ struct pga_stats {
 	uint64_t groups;		/* target transactions */
 	uint64_t ddl;			/* DDL statements executed */
 	uint64_t ddl_rejected;		/* "standin.ddl" messages not signed by our trigger */
+	uint64_t batches;		/* statements of many rows sent */
+	uint64_t batched_rows;		/* the rows in them */
 	pgo_lsn applied_lsn;		/* end LSN of the last committed source txn */
 	int64_t applied_commit_time;	/* its commit time (PostgreSQL epoch, us) */
 };
@@ -87,5 +94,8 @@ int pga_service(struct pga *pga, char **error_r) ST_WARN_UNUSED;
 int pga_durable_lsn(struct pga *pga, pgo_lsn *lsn_r, char **error_r) ST_WARN_UNUSED;
 
 const struct pga_stats *pga_stats(const struct pga *pga);
+
+/* True when the failure that ended the session was a statement of many rows. */
+bool pga_batch_failed(const struct pga *pga);
 
 #endif

@@ -58,7 +58,7 @@ struct status {
 	const char *reverse_state;	/* "requested", "done", "failed" or NULL */
 	pgo_lsn reverse_lsn;
 	char reverse_error[512];
-	uint64_t txns, rows, groups, ddl, ddl_rejected;
+	uint64_t txns, rows, groups, ddl, ddl_rejected, batches, batched_rows;
 	double txns_per_s, rows_per_s;	/* over the last feedback interval */
 	long long last_message_ms;
 	struct pgs_progress sync;
@@ -80,6 +80,10 @@ struct pgrepl {
 	volatile int stop_int;		/* the same, for pgsync */
 	int wake_fd;			/* eventfd: wakes the engine's poll() */
 	bool resync;			/* --resync: copy the database again */
+	/* After a statement of many rows failed: one statement per row from
+	 * this source until past this LSN, so that the error names the row. */
+	pgo_lsn rowwise_until;
+	char rowwise_source[ST_NAME_MAX + 1];
 	ev_async async;
 	uint64_t error_seen;
 	atomic_int sequences_requested;	/* admin "sequences": copy them now */
@@ -231,6 +235,8 @@ publish(struct stream *s)
 	r->st.groups = ps->groups;
 	r->st.ddl = ps->ddl;
 	r->st.ddl_rejected = ps->ddl_rejected;
+	r->st.batches = ps->batches;
+	r->st.batched_rows = ps->batched_rows;
 	r->st.oldest_pending_ms = ps->applied_lsn >= s->last_commit_end ? 0 : s->oldest_pending_ms;
 	r->st.caught_up = !pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
 			  s->durable >= s->last_commit_end;
@@ -600,6 +606,7 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	struct pga_options opts = {
 		.origin = origin, .group_max_txns = GROUP_MAX_TXNS, .group_max_ms = GROUP_MAX_MS,
 		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key, .stop = &r->stop_int,
+		.rowwise_until = strcmp(r->rowwise_source, source) == 0 ? r->rowwise_until : 0,
 	};
 	pgo_lsn start;
 	s.apply = pga_new(tgt, &opts, &start, &err);
@@ -641,6 +648,12 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	goto out;
 fail:
 	st_set_error(error_r, "%s -> %s: %s", source, target, err != NULL ? err : "unknown error");
+	if (s.apply != NULL && pga_batch_failed(s.apply)) {
+		/* Everything received is past the failed statement's rows. */
+		r->rowwise_until = s.received;
+		snprintf(r->rowwise_source, sizeof(r->rowwise_source), "%s", source);
+		rc = 3;
+	}
 out:
 	free(err);
 	free(marker);
@@ -741,6 +754,12 @@ engine_main(void *arg)
 			continue;
 		}
 		if (rrc == 0 || stopping(r)) {
+			free(err);
+			continue;
+		}
+		if (rrc == 3) {
+			st_notice("%s; applying again one statement per row up to lsn=" PGO_LSN_FMT
+				  " to find the row", err, PGO_LSN_ARGS(r->rowwise_until));
 			free(err);
 			continue;
 		}
@@ -916,6 +935,8 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "rows_per_second", json_real(st.rows_per_s));
 	json_object_set_new(obj, "ddl", json_integer((json_int_t)st.ddl));
 	json_object_set_new(obj, "ddl_rejected", json_integer((json_int_t)st.ddl_rejected));
+	json_object_set_new(obj, "batches", json_integer((json_int_t)st.batches));
+	json_object_set_new(obj, "batched_rows", json_integer((json_int_t)st.batched_rows));
 	if (st.applied_commit_time != 0)
 		json_object_set_new(obj, "applied_commit_ms",
 				    json_integer(pgo_ts_to_unix_ms(st.applied_commit_time)));

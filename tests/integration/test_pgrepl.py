@@ -331,6 +331,71 @@ def test_conflict_stops_with_a_clear_error_and_resumes_when_fixed(pg):
     pg.wait_equal("accounts")
 
 
+def test_batches_keep_the_stream_order(pg):
+    """Rows of one table and operation go many to one statement within a
+    group; whatever the mix, the standby ends as the master."""
+    pg.sql_a("CREATE TABLE items (id int PRIMARY KEY, u text UNIQUE, n int, note text);"
+             "CREATE TABLE pairs (a int, b text, v text, PRIMARY KEY (a, b));"
+             "CREATE TABLE journal (v text);"
+             "INSERT INTO items SELECT g, 'u' || g, g, NULL FROM generate_series(1, 300) g")
+    d = pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("items")
+    d.stop()                      # a backlog: many transactions in each group
+    script = []
+    for i in range(1, 301):
+        script.append(f"UPDATE items SET n = n + 1 WHERE id = {i};")
+        script.append(f"UPDATE items SET n = n + 1, note = 'x{i}' WHERE id = {i % 7 + 1};")
+        script.append(f"INSERT INTO journal VALUES ('j{i}'), (NULL);")
+        script.append(f"INSERT INTO pairs VALUES ({i % 10}, 'b{i}', E'tab\\there {i}');")
+    script.append("BEGIN; DELETE FROM items WHERE id % 5 = 0;"
+                  " INSERT INTO items SELECT g, 'again' || g, -g, 'back' FROM"
+                  " generate_series(5, 300, 5) g; UPDATE items SET note = NULL WHERE id % 10 = 0;"
+                  " COMMIT;")
+    # A key change goes alone, after the rows before it.
+    script.append("UPDATE items SET n = 0 WHERE id = 3; UPDATE items SET id = 1003 WHERE id = 3;"
+                  "UPDATE items SET n = 7 WHERE id = 1003;")
+    # An unchanged TOAST value: another column set, another statement.
+    script.append("UPDATE items SET note = (SELECT string_agg(md5(g::text), '') FROM "
+                  "generate_series(1, 5000) g) WHERE id = 11;"
+                  "UPDATE items SET n = 1 WHERE id = 11; UPDATE items SET n = 2 WHERE id = 12;")
+    script.append("DELETE FROM pairs WHERE a = 3; UPDATE pairs SET v = 'moved' WHERE a = 4;")
+    pg.sql_a("\n".join(script))
+    d.start()
+    pg.wait_equal("items", "pairs", "journal", timeout=120)
+    out = d.output()
+    assert "in one statement" not in out and "one statement per row" not in out, out[-3000:]
+    st = pg.status()
+    assert st["batches"] > 0 and st["batched_rows"] > 600, st
+
+
+def test_batch_that_fails_is_applied_again_row_by_row(pg):
+    """Two rows swapping a unique value in one group cannot go in one
+    statement (the unique check sees the first before the second moves):
+    the group is applied again one statement per row, and goes through.  A
+    row missing on the standby in the middle of a batch is named by its key."""
+    pg.sql_a("CREATE TABLE items (id int PRIMARY KEY, u text UNIQUE);"
+             "INSERT INTO items SELECT g, 'u' || g FROM generate_series(1, 100) g")
+    d = pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("items")
+    pg.sql_a("BEGIN; UPDATE items SET u = 'tmp' WHERE id = 1; UPDATE items SET u = 'u1' WHERE id = 2;"
+             "UPDATE items SET u = 'u2' WHERE id = 1; COMMIT")
+    pg.wait_equal("items")
+    out = d.output()
+    assert "UPDATE of 2 rows of public.items in one statement failed on the standby" in out, out
+    assert "applying again one statement per row" in out, out
+    assert pg.status()["last_error"] is None
+
+    pg.sql_b("DELETE FROM items WHERE id = 17")
+    pg.sql_a("UPDATE items SET u = u || '!' WHERE id BETWEEN 10 AND 60")
+    st = pg.wait_state("error")
+    assert "UPDATE of public.items key (id)=(17) found 0 rows" in st["last_error"], st
+    assert pg.sql_b("SELECT count(*) FROM items WHERE u LIKE '%!'") == "0"
+    pg.sql_b("INSERT INTO items VALUES (17, 'u17')")
+    pg.wait_equal("items")
+
+
 def test_commit_refused_by_the_standby_stops_and_loses_nothing(pg):
     """A deferred constraint trigger of the standby's own (ENABLE ALWAYS, so
     it fires for the replicator too) fails only at COMMIT, whose answer the

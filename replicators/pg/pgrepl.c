@@ -527,7 +527,12 @@ slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
 	return rc;
 }
 
-/* Replicate SOURCE -> this node until stopped or an error. */
+/*
+ * Replicate SOURCE -> this node until stopped or an error: 0 (stopped, or
+ * the cluster state moved on), 2 (drained for a reverse), 3 (a statement of
+ * many rows failed: start again at once, one statement per row up to
+ * r->rowwise_until) or -1 with *error_r.
+ */
 static int
 replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, const char *target,
 	  uint64_t epoch, char **error_r)

@@ -600,13 +600,18 @@ where_clause(struct st_buf *sql, const struct rel *r, const struct pgo_tuple *t,
 		st_buf_puts(sql, " LIMIT 1)");
 }
 
+static bool
+same_mask(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
 static const char *
 prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	 const struct pgo_tuple *old, char **error_r)
 {
 	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
-		if (s->op == op && s->rows == 0 && ((s->mask == NULL && mask == NULL) ||
-				    (s->mask != NULL && mask != NULL && strcmp(s->mask, mask) == 0)))
+		if (s->op == op && s->rows == 0 && same_mask(s->mask, mask))
 			return s->name;
 
 	struct st_buf sql;
@@ -769,8 +774,7 @@ batch_discard_all(struct pga *p)
 static bool
 batch_same_shape(const struct batch *b, char op, const char *mask)
 {
-	return b->op == op &&
-	       (b->mask == NULL ? mask == NULL : mask != NULL && strcmp(b->mask, mask) == 0);
+	return b->op == op && same_mask(b->mask, mask);
 }
 
 /* The batch's statement for N rows, prepared once per session. */
@@ -863,26 +867,22 @@ batch_send_one(struct pga *p, struct rel *r, const struct batch *b, uint32_t row
 	if (b->op == 'I') {
 		what = xasprintf("INSERT into %s", r->display);
 	} else {
-		struct st_buf d;
-		st_buf_init(&d);
-		st_buf_printf(&d, "%s of %s key (", b->op == 'U' ? "UPDATE" : "DELETE", r->display);
-		for (uint16_t j = 0; j < b->nkeys; j++)
-			st_buf_printf(&d, "%s%s", j ? ", " : "", r->cols[b->cols[j]].name);
-		st_buf_puts(&d, ")=(");
+		/* The key as a tuple, for the message apply_update_delete writes. */
+		struct pgo_value *kv = xcalloc(r->ncols, sizeof(*kv));
+		struct pgo_tuple key = { .ncols = r->ncols, .cols = kv };
+		for (uint16_t i = 0; i < r->ncols; i++)
+			kv[i].kind = PGO_VAL_UNCHANGED;
 		for (uint16_t j = 0; j < b->nkeys; j++) {
 			const char *v = batch_val(b, row, j);
-			size_t len = v != NULL ? strlen(v) : 0;
-			st_buf_puts(&d, j ? ", " : "");
-			if (v == NULL)
-				st_buf_puts(&d, "NULL");
-			else
-				st_buf_append(&d, v, len > 64 ? 64 : len);
-			if (len > 64)
-				st_buf_puts(&d, "...");
+			struct pgo_value *k = &kv[b->cols[j]];
+			k->kind = v != NULL ? PGO_VAL_TEXT : PGO_VAL_NULL;
+			k->data = v;
+			k->len = v != NULL ? (uint32_t)strlen(v) : 0;
 		}
-		st_buf_puts(&d, ")");
-		what = st_buf_steal(&d);
-		st_buf_free(&d);
+		char *desc = describe_row(r, &key, true);
+		what = xasprintf("%s of %s", b->op == 'U' ? "UPDATE" : "DELETE", desc);
+		free(desc);
+		free(kv);
 	}
 	enqueue(p, PEND_ROW, b->op, what);
 	return after_send(p, PQsendQueryPrepared(p->conn, stmt, n, pv, NULL, NULL, 0), error_r);

@@ -7,6 +7,10 @@ ways to reach it, all on 127.0.0.1:
   direct    pgbench to the server's port
   standin   through standin-proxy (from --build, built without sanitizers)
   haproxy   through HAProxy (Debian package, mode tcp, its default threads)
+  sockmap   with --sockmap, -S only: an experimental forwarder whose bytes
+            never enter user space (sockmap/: a BPF stream verdict redirects
+            each skb to the peer socket), to see how close any forwarder gets
+            to a direct connection on this machine; needs clang and libbpf-dev
 
 Each round runs, for every side in an order that rotates by round,
 pgbench -n -S -c 16 -j 2 -T SECONDS and the same with -C (a new connection
@@ -109,6 +113,28 @@ class StandinProxy:
             self.proc.wait(30)
 
 
+class SockmapForwarder:
+    """sockmap/fwd.c and fwd.bpf.c, built here with clang and gcc."""
+
+    def __init__(self, base, backend_port, listen_port):
+        obj = os.path.join(base, "fwd.bpf.o")
+        exe = os.path.join(base, "sockmap-fwd")
+        arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
+                              text=True).stdout.strip()
+        sh.run(["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}", "-c",
+                os.path.join(HERE, "sockmap", "fwd.bpf.c"), "-o", obj])
+        sh.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", exe,
+                os.path.join(HERE, "sockmap", "fwd.c"), "-lbpf"])
+        self.proc = subprocess.Popen([exe, obj, str(listen_port), str(backend_port)],
+                                     stdout=subprocess.DEVNULL)
+        sh.wait_until(lambda: sh.port_open(listen_port), 20, "sockmap-fwd to listen")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
 class HAProxy:
     def __init__(self, base, backend_port, listen_port, name="pg"):
         self.cfg = os.path.join(base, f"haproxy-{name}.cfg")
@@ -200,6 +226,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--sockmap", action="store_true",
+                    help="also the experimental in-kernel forwarder (sockmap/), -S only")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -228,13 +256,20 @@ def main():
         ha = HAProxy(base, pg.port, ha_port)
         h.add_cleanup(ha.stop)
         sides = [("direct", pg.port), ("standin", sp_port), ("haproxy", ha_port)]
+        if args.sockmap:
+            sm_port = sh.free_port()
+            sm = SockmapForwarder(base, pg.port, sm_port)
+            h.add_cleanup(sm.stop)
+            sides.append(("sockmap", sm_port))
         results = {(s, m): [] for s, _ in sides for m in ("S", "C")}
         print(f"pgbench -n -S [-C] -c 16 -j 2 -T {args.seconds}, scale {args.scale}, "
               f"{args.rounds} rounds; cpus {os.cpu_count()}; loadavg {loadavg()}", flush=True)
         for rnd in range(args.rounds):
-            order = sides[rnd % 3:] + sides[:rnd % 3]
+            order = sides[rnd % len(sides):] + sides[:rnd % len(sides)]
             for connect in (False, True):
                 for name, port in order:
+                    if connect and name == "sockmap":
+                        continue            # it does not forward a peer's last bytes before EOF
                     tps = pgbench(pg, port, args.seconds, connect)
                     mode = "C" if connect else "S"
                     results[(name, mode)].append(tps)
@@ -243,10 +278,15 @@ def main():
         print()
         for mode, label in (("S", "-S (persistent connections)"), ("C", "-S -C (connect per "
                                                                         "transaction)")):
-            med = {s: statistics.median(results[(s, mode)]) for s, _ in sides}
+            med = {s: statistics.median(results[(s, mode)]) for s, _ in sides if results[(s, mode)]}
             print(f"{label}: median tps direct {med['direct']:.1f}, standin {med['standin']:.1f}, "
                   f"haproxy {med['haproxy']:.1f}; standin/direct {med['standin'] / med['direct']:.3f}, "
                   f"standin/haproxy {med['standin'] / med['haproxy']:.3f}")
+            if mode == "S" and args.sockmap:
+                sm_med = statistics.median(results[("sockmap", "S")])
+                print(f"{label}: in-kernel forwarder (sockmap) median tps {sm_med:.1f}, "
+                      f"sockmap/direct {sm_med / med['direct']:.3f}, "
+                      f"haproxy/direct {med['haproxy'] / med['direct']:.3f}")
         st = sp.status()["services"]["pg"]
         print(f"standin-proxy counters: accepted {st['accepted']} errors {st['errors']} "
               f"connect_errors {st['connect_errors']}")

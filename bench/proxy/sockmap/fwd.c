@@ -142,8 +142,8 @@ main(int argc, char **argv)
 					continue;
 				}
 				/* Bytes that arrived before the sockets were in the map
-				 * wait for the next data_ready; setting SO_RCVLOWAT makes
-				 * TCP call it now, so the verdict sees them in order. */
+				 * wait for the next data_ready (a client's first message
+				 * then hangs); setting SO_RCVLOWAT makes TCP call it now. */
 				setsockopt(c, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 				setsockopt(b, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 				struct epoll_event e = { .events = EPOLLRDHUP };

@@ -1069,16 +1069,19 @@ batch_add(struct pga *p, struct rel *r, char op, const char *mask, const struct 
 		goto alone;
 
 	if (nkeys > 0) {
-		slot = (uint32_t)(key_hash(b, v) & (2 * b->cap - 1));
+		uint32_t home = (uint32_t)(key_hash(b, v) & (2 * b->cap - 1));
+		slot = home;
 		while (b->slots[slot] != 0) {
 			uint32_t other = b->slots[slot] - 1;
 			if (key_equal(b, other, v)) {
 				if (op != 'U') {
 					/* Not a thing the master does without a row
-					 * in between; the batch goes first. */
+					 * in between; the batch goes first.  The slots
+					 * are empty then: the row takes its home slot,
+					 * where a later lookup starts. */
 					if (batch_flush(p, r, error_r) < 0)
 						goto fail;
-					/* The slots are empty now: this one is free. */
+					slot = home;
 					break;
 				}
 				row = other;	/* the later UPDATE's values win */

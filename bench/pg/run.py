@@ -691,13 +691,14 @@ def phase_c(side, args):
         t.start()
     try:
         time.sleep(1.0)                  # a second of idle heartbeats first
-        log(f"{side.name}: (c) pgbench -n -c {args.clients} -j {args.jobs} -T {args.lag_seconds} "
-            f"on the master, heartbeat every {HEARTBEAT_PERIOD * 1000:.0f} ms, standby polled "
+        log(f"{side.name}: (c) pgbench -n -c {args.clients} -j {args.jobs} -T {args.lag_seconds}"
+            f"{f' -R {args.lag_rate}' if args.lag_rate > 0 else ''} on the master, heartbeat every {HEARTBEAT_PERIOD * 1000:.0f} ms, standby polled "
             f"every {SAMPLE_MIN * 1000:.0f}-{SAMPLE_MAX * 1000:.0f} ms")
         cpu0 = cpu_snapshot(side)
         load_start = time.time()
+        rate = ["-R", str(args.lag_rate)] if args.lag_rate > 0 else []
         output = pgbench(side.a, "-n", "-c", str(args.clients), "-j", str(args.jobs),
-                         "-T", str(args.lag_seconds))
+                         "-T", str(args.lag_seconds), *rate)
         load_end = time.time()
         cpu = cpu_delta(cpu0, cpu_snapshot(side))
         t0 = time.monotonic()
@@ -867,6 +868,9 @@ def main():
                    help="pgbench transactions in the backlog (b), split over --clients (default 40000)")
     p.add_argument("--clients", type=int, default=8, help="pgbench -c for (b) and (c) (default 8)")
     p.add_argument("--jobs", type=int, default=2, help="pgbench -j for (b) and (c) (default 2)")
+    p.add_argument("--lag-rate", type=int, default=0,
+                   help="pgbench -R for (c): the same offered load on both sides (default 0: "
+                        "unthrottled, as fast as the machine goes)")
     p.add_argument("--lag-seconds", type=int, default=30, help="pgbench -T for (c) (default 30)")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of each measurement per side, alternating which side goes "

@@ -7,6 +7,12 @@
  * first failure is kept (with the table and key it concerns); the pipeline
  * aborts everything after it up to the next SYNC, and the group is rolled
  * back.
+ *
+ * A row statement that finds no row (or too many) is no error to
+ * PostgreSQL, so each UPDATE, DELETE and batch is sent wrapped in a count
+ * that raises one on the standby itself (count_wrap).  The abort then takes
+ * the group's COMMIT with it, and a group is committed without waiting for
+ * its rows' answers: one round trip per group, not two.
  */
 #include "config.h"
 
@@ -24,6 +30,16 @@
 
 #include "lib/log.h"
 #include "replicators/pg/pgconn.h"
+
+/* What a count_wrap()ped statement that touched another number of rows
+ * fails with: the cast of this text and the count to a number (SQLSTATE
+ * 22P02, invalid_text_representation).  No function of our own: a
+ * temporary one would be dropped in a transaction of its own when the
+ * session ends, and that commit would carry the replication origin's
+ * position of a group that failed (pg_replication_origin_xact_setup's
+ * position stays set after an abort). */
+#define ROWS_MARK "standin-row-count:"
+#define ROWS_SQLSTATE "22P02"
 
 /* ------------------------------------------------------------ relations */
 
@@ -289,6 +305,33 @@ fail(struct pga *p, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* The rows a count_wrap()ped statement touched, as its answer or as its
+ * failure says, in *N_R; false for any other answer. */
+static bool
+counted(const PGresult *res, unsigned long long *n_r)
+{
+	const char *text, *state, *mark;
+	char *end;
+
+	if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+		if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0))
+			return false;
+		text = PQgetvalue(res, 0, 0);
+	} else {
+		state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		text = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		if (state == NULL || strcmp(state, ROWS_SQLSTATE) != 0 || text == NULL ||
+		    (mark = strstr(text, ROWS_MARK)) == NULL)
+			return false;
+		text = mark + strlen(ROWS_MARK);
+	}
+	if (*text < '0' || *text > '9')
+		return false;
+	errno = 0;
+	*n_r = strtoull(text, &end, 10);
+	return errno == 0 && end != text;
+}
+
 /* Check one result against the head of the queue. */
 static void
 check_result(struct pga *p, struct pending *pd, PGresult *res)
@@ -300,15 +343,34 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		p->inflight.pending = false;	/* not committed: nothing counted */
 	if (st == PGRES_PIPELINE_ABORTED)
 		return;		/* an earlier statement failed; that one is reported */
-	if (pd->kind == PEND_BATCH && p->error == NULL &&
-	    (st != PGRES_COMMAND_OK || strtoul(PQcmdTuples(res), NULL, 10) != pd->rows)) {
+	if (pd->kind == PEND_BATCH && p->error == NULL) {
+		unsigned long long n;
+		bool have = counted(res, &n);
+		if (have && n == pd->rows)
+			return;
 		/* Which row?  The session starts again row by row to say. */
-		char *why = st != PGRES_COMMAND_OK ? pgc_result_error(res)
-			  : xasprintf("it affected %s rows, not %" PRIu32, PQcmdTuples(res), pd->rows);
+		char *why = have ? xasprintf("it affected %llu rows, not %" PRIu32, n, pd->rows)
+			  : st != PGRES_TUPLES_OK ? pgc_result_error(res)
+			  : xasprintf("it answered %d rows", PQntuples(res));
 		p->batch_failed = true;
 		fail(p, "%s failed on the standby: %s", pd->what, why);
 		free(why);
 		return;
+	}
+	if (pd->kind == PEND_ROW && (pd->op == 'U' || pd->op == 'D')) {
+		unsigned long long n;
+		if (counted(res, &n)) {
+			if (n != 1)
+				fail(p, "conflict: %s found %llu rows on the standby (expected 1)",
+				     pd->what, n);
+			return;
+		}
+		if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+			fail(p, "%s: unexpected answer from the standby (%s, %d rows)", pd->what,
+			     PQresStatus(st), PQntuples(res));
+			return;
+		}
+		/* Any other failure: as for every statement, below. */
 	}
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
 		char *why = pgc_result_error(res);
@@ -323,14 +385,6 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		return;
 	}
 	switch (pd->kind) {
-	case PEND_ROW:
-		if (pd->op == 'U' || pd->op == 'D') {
-			const char *n = PQcmdTuples(res);
-			if (strcmp(n, "1") != 0)
-				fail(p, "conflict: %s found %s rows on the standby (expected 1)", pd->what,
-				     n[0] ? n : "no");
-		}
-		break;
 	case PEND_COMMIT:
 		if (strcmp(PQcmdStatus(res), "COMMIT") != 0) {
 			p->inflight.pending = false;
@@ -600,6 +654,31 @@ where_clause(struct st_buf *sql, const struct rel *r, const struct pgo_tuple *t,
 		st_buf_puts(sql, " LIMIT 1)");
 }
 
+/*
+ * SQL, a row statement that must touch EXPECTED rows, made a query that
+ * fails on the standby when it touches another number (see ROWS_MARK): the
+ * INSERT, UPDATE or DELETE with RETURNING in a WITH, a SELECT as a
+ * subquery.  Its one row is the count.
+ */
+static void
+count_wrap(struct st_buf *sql, bool is_select, uint32_t expected)
+{
+	char *inner = st_buf_steal(sql);	/* SQL is empty again */
+
+	if (is_select)
+		st_buf_printf(sql, "SELECT ");
+	else
+		st_buf_printf(sql, "WITH standin_r AS (%s RETURNING 1) SELECT ", inner);
+	st_buf_printf(sql, "CASE pg_catalog.count(*) WHEN %" PRIu32 " THEN %" PRIu32 " ELSE ('"
+		      ROWS_MARK "' OPERATOR(pg_catalog.||) pg_catalog.count(*))::pg_catalog.int8 "
+		      "END FROM ", expected, expected);
+	if (is_select)
+		st_buf_printf(sql, "(%s) AS standin_r", inner);
+	else
+		st_buf_puts(sql, "standin_r");
+	free(inner);
+}
+
 static bool
 same_mask(const char *a, const char *b)
 {
@@ -642,6 +721,7 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 			 * for any UPDATE. */
 			st_buf_printf(&sql, "SELECT 1 FROM %s", r->qname);
 			where_clause(&sql, r, old, full, &n);
+			count_wrap(&sql, true, 1);
 			break;
 		}
 		bool first = true;
@@ -653,11 +733,13 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 			first = false;
 		}
 		where_clause(&sql, r, old, full, &n);
+		count_wrap(&sql, false, 1);
 		break;
 	}
 	case 'D':
 		st_buf_printf(&sql, "DELETE FROM %s", r->qname);
 		where_clause(&sql, r, old, full, &n);
+		count_wrap(&sql, false, 1);
 		break;
 	}
 
@@ -822,6 +904,7 @@ batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, 
 			for (uint16_t j = 0; j < b->nvals; j++)
 				types[(size_t)i * b->nvals + j] = b->types[j];
 	}
+	count_wrap(&sql, false, n);
 
 	struct stmt *s = xcalloc(1, sizeof(*s));
 	s->op = b->op;
@@ -1401,20 +1484,51 @@ rollback_quietly(struct pga *p)
 }
 
 /*
- * Commit the open group: wait for every row's answer (a row that found no
- * row to change must stop us before COMMIT), then send the origin's
- * position and COMMIT, and go on without waiting for that answer: the next
- * group's first wait (or pga_service, or the next durable-position query)
- * reads it.  Should the COMMIT fail, its error comes out there and the
- * session starts over from the origin's durable position; the statements
- * sent after it were in a transaction of their own, never committed.
+ * Wait for the answer to the last group's COMMIT, if it is still due, and
+ * take the first failure seen so far.
+ */
+static int
+settle_inflight(struct pga *p, char **error_r)
+{
+	for (;;) {
+		int f = PQflush(p->conn);
+		if (f < 0) {
+			st_set_error(error_r, "cannot send to the standby: %s", pgc_errmsg(p->conn));
+			return -1;
+		}
+		if (drain(p, error_r) < 0)
+			return -1;
+		if (!p->inflight.pending || p->error != NULL)
+			break;
+		if (wait_socket(p, f == 1, error_r) < 0)
+			return -1;
+	}
+	if (p->error != NULL) {
+		st_set_error(error_r, "%s", p->error);
+		free(p->error);
+		p->error = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Commit the open group: send its last rows, the origin's position and
+ * COMMIT, and go on without waiting for the answers.  A row that finds no
+ * row to change fails on the standby (count_wrap), which aborts the rest
+ * of the group up to its SYNC, COMMIT included.  What is waited for is the
+ * answer to the group before's COMMIT: should that group have failed, this
+ * one, sent after its SYNC in a transaction of its own, must not commit
+ * either (it would move the origin past the failure).  Any failure comes
+ * out there, in pga_service or in the next durable-position query, and the
+ * session starts over from the origin's durable position.
  */
 static int
 commit_group(struct pga *p, char **error_r)
 {
 	char lsn[32], ts[32];
 
-	if (batch_flush_all(p, error_r) < 0 || sync_and_wait(p, error_r) < 0) {
+	if (batch_flush_all(p, error_r) < 0 || settle_inflight(p, error_r) < 0) {
 		rollback_quietly(p);
 		p->group_open = false;
 		return -1;
@@ -1692,9 +1806,14 @@ pga_service(struct pga *p, char **error_r)
 {
 	if (pump(p, false, error_r) < 0)
 		return -1;
-	/* Outside a group, a failure can only be the last group's COMMIT. */
-	if (!p->group_open && p->error != NULL) {
+	/* A failure ends the session now, whichever group it is in: nothing
+	 * after it commits (see commit_group). */
+	if (p->error != NULL) {
 		st_set_error(error_r, "%s", p->error);
+		if (p->group_open) {
+			rollback_quietly(p);
+			p->group_open = false;
+		}
 		free(p->error);
 		p->error = NULL;
 		return -1;

@@ -396,6 +396,41 @@ def test_batch_that_fails_is_applied_again_row_by_row(pg):
     pg.wait_equal("items")
 
 
+def test_nothing_after_a_failed_row_commits(pg):
+    """Groups are committed without waiting for their rows' answers: a row
+    that finds nothing on the standby fails there and takes its group's
+    COMMIT with it, and the groups sent behind it (the stream goes on while
+    the answer travels) do not commit either, however the transactions fall
+    into groups."""
+    pg.sql_a("CREATE TABLE acc (id int PRIMARY KEY, n int);"
+             "INSERT INTO acc SELECT g, 0 FROM generate_series(1, 10) g")
+    d = pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("acc")
+    for rnd, missing in enumerate((5, 6, 7)):
+        pg.sql_b(f"DELETE FROM acc WHERE id = {missing}")
+        base = 1000 * (rnd + 1)
+        # Autocommit: 400 source transactions around the bad one.
+        pg.sql_a("".join(f"INSERT INTO acc VALUES ({base + i}, 0);" for i in range(100)) +
+                 f"UPDATE acc SET n = n + 1 WHERE id = {missing};" +
+                 "".join(f"INSERT INTO acc VALUES ({base + i}, 0);" for i in range(100, 400)))
+        st = pg.wait_state("error")
+        what = f"UPDATE of public.acc key (id)=({missing}) found 0 rows"
+        assert what in st["last_error"], st
+        # The daemon tries again by itself (and fails again).  The standby
+        # holds some of the transactions before the bad one (those of the
+        # groups before its group), with no gap, and none after it.
+        seen = d.output().count(what)
+        sh.wait_until(lambda: d.output().count(what) > seen, 30, "another attempt")
+        assert pg.sql_b(f"SELECT count(*) = coalesce(max(id) - {base} + 1, 0) AND "
+                        f"coalesce(max(id), 0) < {base + 100} FROM acc WHERE id >= {base}") == "t"
+        assert pg.sql_b("SELECT count(*) FROM acc WHERE n > 0") == "0"
+        pg.sql_b(f"INSERT INTO acc VALUES ({missing}, 0)")
+        pg.wait_equal("acc")
+        pg.sql_a("UPDATE acc SET n = 0 WHERE n > 0")
+        pg.wait_equal("acc")
+
+
 def test_commit_refused_by_the_standby_stops_and_loses_nothing(pg):
     """A deferred constraint trigger of the standby's own (ENABLE ALWAYS, so
     it fires for the replicator too) fails only at COMMIT, whose answer the

@@ -486,8 +486,10 @@ wait_socket(struct pga *p, bool want_write, char **error_r)
 	}
 }
 
+/* Flush and read until no more than MAX_QUEUED results are due, or with
+ * SETTLE until the last group's COMMIT is answered or something failed. */
 static int
-pump_until(struct pga *p, size_t max_queued, char **error_r)
+pump_until(struct pga *p, size_t max_queued, bool settle, char **error_r)
 {
 	for (;;) {
 		int f = PQflush(p->conn);
@@ -497,7 +499,8 @@ pump_until(struct pga *p, size_t max_queued, char **error_r)
 		}
 		if (drain(p, error_r) < 0)
 			return -1;
-		if (f == 0 && queued(p) <= max_queued)
+		if (settle ? !p->inflight.pending || p->error != NULL
+			   : f == 0 && queued(p) <= max_queued)
 			return 0;
 		if (wait_socket(p, f == 1, error_r) < 0)
 			return -1;
@@ -515,7 +518,7 @@ pump_until(struct pga *p, size_t max_queued, char **error_r)
 static int
 pump(struct pga *p, bool until_empty, char **error_r)
 {
-	return pump_until(p, until_empty ? 0 : MAX_IN_FLIGHT, error_r);
+	return pump_until(p, until_empty ? 0 : MAX_IN_FLIGHT, false, error_r);
 }
 
 /*
@@ -554,19 +557,25 @@ send_sync(struct pga *p, char **error_r)
 	return after_send(p, PQpipelineSync(p->conn), error_r);
 }
 
+/* The first failure since the last one taken, if any, into *ERROR_R. */
+static int
+take_error(struct pga *p, char **error_r)
+{
+	if (p->error == NULL)
+		return 0;
+	st_set_error(error_r, "%s", p->error);
+	free(p->error);
+	p->error = NULL;
+	return -1;
+}
+
 /* SYNC and wait for everything; then the first error, if any. */
 static int
 sync_and_wait(struct pga *p, char **error_r)
 {
 	if (send_sync(p, error_r) < 0 || pump(p, true, error_r) < 0)
 		return -1;
-	if (p->error != NULL) {
-		st_set_error(error_r, "%s", p->error);
-		free(p->error);
-		p->error = NULL;
-		return -1;
-	}
-	return 0;
+	return take_error(p, error_r);
 }
 
 /* ------------------------------------------------------------ rows */
@@ -1490,26 +1499,9 @@ rollback_quietly(struct pga *p)
 static int
 settle_inflight(struct pga *p, char **error_r)
 {
-	for (;;) {
-		int f = PQflush(p->conn);
-		if (f < 0) {
-			st_set_error(error_r, "cannot send to the standby: %s", pgc_errmsg(p->conn));
-			return -1;
-		}
-		if (drain(p, error_r) < 0)
-			return -1;
-		if (!p->inflight.pending || p->error != NULL)
-			break;
-		if (wait_socket(p, f == 1, error_r) < 0)
-			return -1;
-	}
-	if (p->error != NULL) {
-		st_set_error(error_r, "%s", p->error);
-		free(p->error);
-		p->error = NULL;
+	if (pump_until(p, 0, true, error_r) < 0)
 		return -1;
-	}
-	return 0;
+	return take_error(p, error_r);
 }
 
 /*
@@ -1808,14 +1800,11 @@ pga_service(struct pga *p, char **error_r)
 		return -1;
 	/* A failure ends the session now, whichever group it is in: nothing
 	 * after it commits (see commit_group). */
-	if (p->error != NULL) {
-		st_set_error(error_r, "%s", p->error);
+	if (take_error(p, error_r) < 0) {
 		if (p->group_open) {
 			rollback_quietly(p);
 			p->group_open = false;
 		}
-		free(p->error);
-		p->error = NULL;
 		return -1;
 	}
 	return 0;

@@ -691,13 +691,13 @@ def phase_c(side, args):
         t.start()
     try:
         time.sleep(1.0)                  # a second of idle heartbeats first
-        throttle = f" -R {args.lag_rate}" if args.lag_rate > 0 else ""
+        rate = ["-R", str(args.lag_rate)] if args.lag_rate > 0 else []
         log(f"{side.name}: (c) pgbench -n -c {args.clients} -j {args.jobs} -T {args.lag_seconds}"
-            f"{throttle} on the master, heartbeat every {HEARTBEAT_PERIOD * 1000:.0f} ms, "
-            f"standby polled every {SAMPLE_MIN * 1000:.0f}-{SAMPLE_MAX * 1000:.0f} ms")
+            f"{''.join(' ' + a for a in rate)} on the master, heartbeat every "
+            f"{HEARTBEAT_PERIOD * 1000:.0f} ms, standby polled every "
+            f"{SAMPLE_MIN * 1000:.0f}-{SAMPLE_MAX * 1000:.0f} ms")
         cpu0 = cpu_snapshot(side)
         load_start = time.time()
-        rate = ["-R", str(args.lag_rate)] if args.lag_rate > 0 else []
         output = pgbench(side.a, "-n", "-c", str(args.clients), "-j", str(args.jobs),
                          "-T", str(args.lag_seconds), *rate)
         load_end = time.time()

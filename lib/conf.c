@@ -113,6 +113,8 @@ static const struct option options[] = {
 	  "CA certificate file for verify-ca and verify-full." },
 	{ "pg", "connect_timeout", OT_DURATION, 0, C(pg.connect_timeout_ms), "10s", NULL, 1000, DAY_MS,
 	  "Timeout for connecting to PostgreSQL." },
+	{ "pg", "streaming", OT_BOOL, 0, C(pg.streaming), "yes", NULL, 0, 0,
+	  "Take large transactions from the master while they are still in progress (protocol 2), spooled in the node's state_dir until they commit." },
 
 	{ "ldap", "endpoint", OT_URI, F_REQUIRED | F_PER_NODE, C(ldap.endpoint), NULL, ldap_schemes, 0, 0,
 	  "ldap:// or ldaps:// URI of slapd on each node, as endpoint.NODE." },

@@ -82,6 +82,7 @@ struct st_conf_pg {
 	int sslmode;			/* index into st_conf_sslmode_name() */
 	char *sslrootcert;
 	long connect_timeout_ms;
+	bool streaming;			/* large transactions streamed while in progress */
 };
 
 struct st_conf_ldap {

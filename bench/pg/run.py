@@ -14,6 +14,10 @@ started again for its own turn; the side going first alternates by round.
       replication started again: time until the standby has applied them all
   (c) lag under pgbench -c 8 -T 30: a heartbeat row inserted on the master
       every 100 ms, the standby polled every 10-30 ms
+  (d) one large transaction (--big-rows rows into pgbench_history and a
+      heartbeat row, in one transaction), both sides streaming it while it
+      is in progress (protocol 2): time from its COMMIT on the master until
+      the standby has it (only with --only d)
 
 See README.md next to this file for the exact criteria.
 """
@@ -332,7 +336,7 @@ class Native(Side):
         self.b.psql(dump, db=DB)
         t1 = time.monotonic()
         self.sb.rows(f"CREATE SUBSCRIPTION {self.SUB} CONNECTION {sh.quote_literal(self.conninfo())} "
-                     f"PUBLICATION {self.PUB}")
+                     f"PUBLICATION {self.PUB} WITH (streaming = on)")
         self.error_base = self.error_counts()
         ntables = len(ALL_TABLES)
         timeline, last = [], [None]
@@ -745,6 +749,35 @@ def phase_c(side, args):
     return res
 
 
+def phase_d(side, args):
+    side.wait_streaming()
+    side.checkpoint()
+    n = args.big_rows
+    streamed0 = int(side.sa.value("SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots"))
+    log(f"{side.name}: (d) one transaction of {n} rows into pgbench_history and a heartbeat row")
+    cpu0 = cpu_snapshot(side)
+    t0 = time.monotonic()
+    marker = int(side.sa.value(
+        f"BEGIN; INSERT INTO pgbench_history (tid, bid, aid, delta, mtime, filler) "
+        f"SELECT g % 100 + 1, g % 10 + 1, g, g % 1000, now(), left(md5(g::text), 22) "
+        f"FROM generate_series(1, {n}) g; "
+        f"INSERT INTO {HEARTBEAT} (ts) VALUES (clock_timestamp()) RETURNING id; COMMIT"))
+    t1 = time.monotonic()
+    side.wait(lambda: side.has_marker(marker), 900, f"the standby to have the marker row {marker}")
+    t2 = time.monotonic()
+    cpu = cpu_delta(cpu0, cpu_snapshot(side))
+    streamed = int(side.sa.value("SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots"))
+    side.verify("after the large transaction")
+    res = dict(rows=n, master_s=t1 - t0, after_commit=t2 - t1, total=t2 - t0, cpu=cpu,
+               streamed=streamed - streamed0)
+    log(f"{side.name}: (d) the master ran it in {res['master_s']:.2f}s; the standby had it "
+        f"{res['after_commit']:.2f}s after its COMMIT returned ({res['total']:.2f}s from its "
+        f"start); transactions streamed by the master: {res['streamed']}; verified equal. "
+        f"{side.describe()}")
+    log(f"{side.name}: (d) {cpu_text(cpu, res['total'])}")
+    return res
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -793,7 +826,7 @@ def median(values):
 
 def summary(results, args):
     rows = []
-    a, b, c = results.get("a"), results.get("b"), results.get("c")
+    a, b, c, d = results.get("a"), results.get("b"), results.get("c"), results.get("d")
     if a:
         na, sa = a["native"], a["standin"]
         n, s = median([x["total"] for x in na]), median([x["total"] for x in sa])
@@ -846,6 +879,19 @@ def summary(results, args):
                      fmt(ratio(s, n), "x"), "", ""))
         n, s = median([repl_cpu(x["cpu"]) for x in nc]), median([repl_cpu(x["cpu"]) for x in sc])
         rows.append(("    CPU s of replication (median)", fmt(n), fmt(s), fmt(ratio(s, n), "x"), "", ""))
+    if d:
+        nd, sd = d["native"], d["standin"]
+        n, s = median([x["after_commit"] for x in nd]), median([x["after_commit"] for x in sd])
+        rows.append((f"(d) {args.big_rows}-row transaction: COMMIT to standby s (median of {len(nd)})",
+                     fmt(n), fmt(s), fmt(ratio(s, n), "x"), "(info)", ""))
+        for i, (x, y) in enumerate(zip(nd, sd)):
+            rows.append((f"    round {i + 1}: s (streamed {x['streamed']}/{y['streamed']})",
+                         fmt(x["after_commit"]), fmt(y["after_commit"]),
+                         fmt(ratio(y["after_commit"], x["after_commit"]), "x"), "", ""))
+        n, s = median([x["total"] for x in nd]), median([x["total"] for x in sd])
+        rows.append(("    from its start s (median)", fmt(n), fmt(s), fmt(ratio(s, n), "x"), "", ""))
+        n, s = median([repl_cpu(x["cpu"]) for x in nd]), median([repl_cpu(x["cpu"]) for x in sd])
+        rows.append(("    CPU s of replication (median)", fmt(n), fmt(s), fmt(ratio(s, n), "x"), "", ""))
     head = ("measurement", "native", "standin", "standin/native", "target", "")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     out("SUMMARY")
@@ -862,8 +908,8 @@ def main():
     p.add_argument("--build", default="/tmp/bench-build",
                    help="standin build directory with replicators/pg/standin-pgrepl and "
                         "tools/standinctl (default /tmp/bench-build)")
-    p.add_argument("--only", default="a,b,c", help="measurements to report: any of a,b,c "
-                   "(the initial sync always runs: b and c need it)")
+    p.add_argument("--only", default="a,b,c", help="measurements to report: any of a,b,c,d "
+                   "(the initial sync always runs: b, c and d need it)")
     p.add_argument("--scale", type=int, default=10, help="pgbench scale for the data (default 10)")
     p.add_argument("--txns", type=int, default=40000,
                    help="pgbench transactions in the backlog (b), split over --clients (default 40000)")
@@ -873,6 +919,8 @@ def main():
                    help="pgbench -R for (c): the same offered load on both sides (default 0: "
                         "unthrottled, as fast as the machine goes)")
     p.add_argument("--lag-seconds", type=int, default=30, help="pgbench -T for (c) (default 30)")
+    p.add_argument("--big-rows", type=int, default=1000000,
+                   help="rows of the one transaction of (d) (default 1000000)")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of each measurement per side, alternating which side goes "
                         "first ((a) on fresh pairs each round; (a) and (b) report the median, "
@@ -882,8 +930,8 @@ def main():
     p.add_argument("--keep", action="store_true", help="keep the servers' directories (STANDIN_KEEP_TMP=1)")
     args = p.parse_args()
     only = args.only = {x.strip() for x in args.only.split(",") if x.strip()}
-    if not only or only - {"a", "b", "c"}:
-        p.error("--only takes a comma-separated subset of a,b,c")
+    if not only or only - {"a", "b", "c", "d"}:
+        p.error("--only takes a comma-separated subset of a,b,c,d")
     if args.txns % args.clients:
         p.error("--txns must be a multiple of --clients")
     if args.keep:
@@ -912,9 +960,9 @@ def main():
         turns = []
         for rnd in range(args.rounds if "a" in only else 1):
             turns.append(("a", rnd, order if rnd % 2 == 0 else order[::-1]))
-        for rnd in range(args.rounds if only & {"b", "c"} else 0):
+        for rnd in range(args.rounds if only & {"b", "c", "d"} else 0):
             o = order if rnd % 2 == 0 else order[::-1]
-            turns += [(ph, rnd, o) for ph in ("b", "c") if ph in only]
+            turns += [(ph, rnd, o) for ph in ("b", "c", "d") if ph in only]
         for ph, rnd, o in turns:
             log(f"--- ({ph}) round {rnd + 1}")
             for name in o:
@@ -931,7 +979,7 @@ def main():
                 side.phase = f"({ph}) round {rnd + 1}"
                 side.resume(replicate=(ph != "a"))
                 try:
-                    fn = phase_a if ph == "a" else phase_b if ph == "b" else phase_c
+                    fn = {"a": phase_a, "b": phase_b, "c": phase_c, "d": phase_d}[ph]
                     results.setdefault(ph, {}).setdefault(name, []).append(fn(side, args))
                 finally:
                     side.suspend()

@@ -34,6 +34,7 @@
 #include "replicators/pg/pgapply.h"
 #include "replicators/pg/pgconn.h"
 #include "replicators/pg/pgoutput.h"
+#include "replicators/pg/pgspool.h"
 #include "replicators/pg/pgsync.h"
 
 #define PUBLICATION "standin"
@@ -59,6 +60,8 @@ struct status {
 	pgo_lsn reverse_lsn;
 	char reverse_error[512];
 	uint64_t txns, rows, groups, ddl, ddl_rejected, batches, batched_rows;
+	unsigned spooled_txns;		/* streamed in progress, waiting for their end */
+	uint64_t spooled_bytes, streamed_txns;
 	double txns_per_s, rows_per_s;	/* over the last feedback interval */
 	long long last_message_ms;
 	struct pgs_progress sync;
@@ -205,6 +208,8 @@ struct stream {
 	PGconn *repl;
 	struct pga *apply;
 	struct pgo_msg msg;
+	struct pgsp *spool;		/* [pg] streaming: transactions in progress */
+	struct pgo_msg replay_msg;	/* a spooled message, read back at its commit */
 	pgo_lsn received;		/* last WAL position seen */
 	pgo_lsn server_end;
 	pgo_lsn durable;		/* origin progress durable on the standby */
@@ -237,6 +242,9 @@ publish(struct stream *s)
 	r->st.ddl_rejected = ps->ddl_rejected;
 	r->st.batches = ps->batches;
 	r->st.batched_rows = ps->batched_rows;
+	r->st.spooled_txns = s->spool != NULL ? pgsp_open_txns(s->spool) : 0;
+	r->st.spooled_bytes = s->spool != NULL ? pgsp_open_bytes(s->spool) : 0;
+	r->st.streamed_txns = s->spool != NULL ? pgsp_replayed(s->spool) : 0;
 	r->st.oldest_pending_ms = ps->applied_lsn >= s->last_commit_end ? 0 : s->oldest_pending_ms;
 	r->st.caught_up = !pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
 			  s->durable >= s->last_commit_end;
@@ -256,7 +264,7 @@ send_feedback(struct stream *s, bool reply, char **error_r)
 		/* Everything received is applied and durable: nothing of the slot's
 		 * WAL up to here is needed again. */
 		if (!pga_in_source_txn(s->apply) && s->durable >= s->last_commit_end &&
-		    s->received > flushed)
+		    (s->spool == NULL || pgsp_open_txns(s->spool) == 0) && s->received > flushed)
 			flushed = s->received;
 	}
 	pgo_build_status_update(buf, s->received, flushed, flushed,
@@ -282,6 +290,50 @@ send_feedback(struct stream *s, bool reply, char **error_r)
 	return 0;
 }
 
+/* A source transaction's Commit: the lag clock and the drain's mark. */
+static void
+commit_seen(struct stream *s, const struct pgo_msg *commit)
+{
+	if (s->oldest_pending_ms == 0 || pga_stats(s->apply)->applied_lsn >= s->last_commit_end)
+		s->oldest_pending_ms = pgo_ts_to_unix_ms(commit->u.commit.commit_time);
+	s->last_commit_end = commit->u.commit.end_lsn;
+}
+
+static int
+replay_one(void *ctx, const uint8_t *buf, size_t len, char **error_r)
+{
+	struct stream *s = ctx;
+
+	if (pgo_parse(buf, len, true, &s->replay_msg, error_r) < 0 ||
+	    pga_message(s->apply, &s->replay_msg, error_r) < 0)
+		return -1;
+	/* A transaction of millions of rows takes a while: the master hears
+	 * from us meanwhile (wal_sender_timeout), with the old positions. */
+	if (st_monotonic_ms() >= s->next_feedback_ms && send_feedback(s, false, error_r) < 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * Stream Commit (in s->msg): the spooled transaction is applied now, in
+ * commit order, as one that came whole: Begin, its messages, Commit.
+ */
+static int
+replay_streamed(struct stream *s, char **error_r)
+{
+	struct pgo_msg begin = { .kind = PGO_BEGIN, .xid = s->msg.xid };
+	struct pgo_msg commit = { .kind = PGO_COMMIT, .xid = s->msg.xid };
+
+	begin.u.begin.final_lsn = s->msg.u.commit.commit_lsn;
+	begin.u.begin.commit_time = s->msg.u.commit.commit_time;
+	commit.u.commit = s->msg.u.commit;
+	if (pga_message(s->apply, &begin, error_r) < 0 ||
+	    pgsp_replay(s->spool, s->msg.xid, replay_one, s, error_r) < 0)
+		return -1;
+	commit_seen(s, &commit);
+	return pga_message(s->apply, &commit, error_r);
+}
+
 static int
 handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r)
 {
@@ -298,13 +350,28 @@ handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r
 	}
 	if (cd.wal_start > s->received)
 		s->received = cd.wal_start;
-	if (pgo_parse(cd.data, cd.len, false, &s->msg, error_r) < 0)
+	bool in_block = s->spool != NULL && pgsp_in_block(s->spool);
+	if (pgo_parse(cd.data, cd.len, in_block, &s->msg, error_r) < 0)
 		return -1;
-	if (s->msg.kind == PGO_COMMIT) {
-		if (s->oldest_pending_ms == 0 || pga_stats(s->apply)->applied_lsn >= s->last_commit_end)
-			s->oldest_pending_ms = pgo_ts_to_unix_ms(s->msg.u.commit.commit_time);
-		s->last_commit_end = s->msg.u.commit.end_lsn;
+	if (s->spool != NULL) {
+		switch (s->msg.kind) {
+		case PGO_STREAM_START:
+			return pgsp_block_start(s->spool, s->msg.xid,
+						s->msg.u.stream_start.first_segment, error_r);
+		case PGO_STREAM_STOP:
+			return pgsp_block_stop(s->spool, error_r);
+		case PGO_STREAM_ABORT:
+			return pgsp_abort(s->spool, s->msg.xid, s->msg.u.stream_abort.subxid, error_r);
+		case PGO_STREAM_COMMIT:
+			return replay_streamed(s, error_r);
+		default:
+			if (in_block)
+				return pgsp_write(s->spool, s->msg.xid, cd.data, cd.len, error_r);
+			break;
+		}
 	}
+	if (s->msg.kind == PGO_COMMIT)
+		commit_seen(s, &s->msg);
 	return pga_message(s->apply, &s->msg, error_r);
 }
 
@@ -621,13 +688,23 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	s.received = start;
 	s.last_commit_end = start;
 
+	if (conf->pg.streaming) {
+		/* What an earlier session spooled is sent again from its start. */
+		char *dir = xasprintf("%s/pgrepl-spool", node->state_dir);
+		s.spool = pgsp_new(dir, &err);
+		free(dir);
+		if (s.spool == NULL)
+			goto fail;
+	}
 	s.repl = pgc_connect(conf, source, PGC_REPLICATION, "standin-pgrepl", &err);
 	if (s.repl == NULL)
 		goto fail;
 	char *slot_id = pgc_ident(slot);
 	char *start_sql = xasprintf("START_REPLICATION SLOT %s LOGICAL " PGO_LSN_FMT
-				    " (proto_version '1', publication_names '\"" PUBLICATION "\"', "
-				    "messages 'true')", slot_id, PGO_LSN_ARGS(start));
+				    " (proto_version '%s', publication_names '\"" PUBLICATION "\"', "
+				    "messages 'true'%s)", slot_id, PGO_LSN_ARGS(start),
+				    s.spool != NULL ? "2" : "1",
+				    s.spool != NULL ? ", streaming 'on'" : "");
 	free(slot_id);
 	PGresult *res = PQexec(s.repl, start_sql);
 	free(start_sql);
@@ -669,6 +746,8 @@ out:
 		explicit_bzero(ddl_key, strlen(ddl_key));
 	free(ddl_key);
 	pgo_msg_clear(&s.msg);
+	pgo_msg_clear(&s.replay_msg);
+	pgsp_free(&s.spool);
 	pga_free(&s.apply);
 	if (s.repl != NULL) {
 		PQputCopyEnd(s.repl, NULL);
@@ -942,6 +1021,9 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "ddl_rejected", json_integer((json_int_t)st.ddl_rejected));
 	json_object_set_new(obj, "batches", json_integer((json_int_t)st.batches));
 	json_object_set_new(obj, "batched_rows", json_integer((json_int_t)st.batched_rows));
+	json_object_set_new(obj, "streamed_transactions", json_integer((json_int_t)st.streamed_txns));
+	json_object_set_new(obj, "spooled_transactions", json_integer(st.spooled_txns));
+	json_object_set_new(obj, "spooled_bytes", json_integer((json_int_t)st.spooled_bytes));
 	if (st.applied_commit_time != 0)
 		json_object_set_new(obj, "applied_commit_ms",
 				    json_integer(pgo_ts_to_unix_ms(st.applied_commit_time)));

@@ -209,6 +209,174 @@ def test_one_huge_transaction(pg):
     assert pg.status()["last_error"] is None
 
 
+class PsqlSession:
+    """One psql process kept open on the master, fed a statement at a time, so
+    a transaction can stay in progress while other sessions commit."""
+
+    def __init__(self, server, db):
+        self.n = 0
+        self.p = subprocess.Popen([server.bin("psql"), "-X", "-A", "-t", "-q", "-v",
+                                   "ON_ERROR_STOP=1", "-d", server.conninfo(db)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+    def sql(self, text, timeout=120):
+        """Run TEXT and wait for it; returns its output."""
+        self.n += 1
+        mark = f"standin-test-mark-{self.n}"
+        end = "" if text.rstrip().endswith(";") else ";"
+        self.p.stdin.write(f"{text}{end}\n\\echo {mark}\n")
+        self.p.stdin.flush()
+        out, deadline = [], time.monotonic() + timeout * sh.timeout_scale()
+        while True:
+            line = self.p.stdout.readline()
+            if line == "" or time.monotonic() > deadline:
+                raise AssertionError(f"psql session ended or hung: {''.join(out)}")
+            if line.strip() == mark:
+                return "".join(out).strip()
+            out.append(line)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            self.p.wait(30)
+
+
+def _stream_small_work_mem(pg):
+    """Make the master stream any transaction past 64 kB of changes."""
+    pg.a.psql("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")
+    pg.a.reload()
+
+
+def _spool_files(pg):
+    d = os.path.join(pg.base, "b", "state", "pgrepl-spool")
+    return sorted(f for f in os.listdir(d) if f.endswith(".spool")) if os.path.isdir(d) else []
+
+
+def _streamed_by_master(pg):
+    return int(pg.a.psql("SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots "
+                         "WHERE slot_name = 'standin_b'"))
+
+
+def test_large_transactions_are_streamed_and_applied_at_commit(pg):
+    """Protocol 2: a transaction past logical_decoding_work_mem comes while in
+    progress, is spooled, and reaches the standby only at its commit, in
+    commit order, without its rolled-back savepoints; an aborted one never
+    reaches it."""
+    _stream_small_work_mem(pg)
+    pg.sql_a("CREATE TABLE big (id int PRIMARY KEY, v text, n int);"
+             "CREATE TABLE small (id int PRIMARY KEY, v text);"
+             "INSERT INTO big SELECT g, 'old', 0 FROM generate_series(1, 100) g")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("big", "small")
+
+    big = PsqlSession(pg.a, "groupware")
+    pg.h.add_cleanup(big.close)
+    big.sql("BEGIN; INSERT INTO big SELECT g, repeat('a', 200), 1 FROM generate_series(1000, 3999) g")
+    big.sql("SAVEPOINT s1; INSERT INTO big SELECT g, 'dropped', 2 FROM generate_series(5000, 6999) g;"
+            "SAVEPOINT s2; UPDATE big SET v = 'dropped too' WHERE id <= 100; ROLLBACK TO s1")
+    big.sql("SAVEPOINT s3; UPDATE big SET v = 'kept', n = 3 WHERE id <= 50; RELEASE s3")
+    big.sql("SAVEPOINT s4; INSERT INTO big SELECT g, repeat('b', 200), 4 FROM "
+            "generate_series(7000, 9999) g; DELETE FROM big WHERE id BETWEEN 1000 AND 1099")
+    # The master has streamed it, the standby spooled it and applied none of it.
+    sh.wait_until(lambda: _spool_files(pg), 30, "a spool file on the standby's node")
+    assert _streamed_by_master(pg) >= 1
+    # Committed while the big one is open: applied before it, after it on the standby too.
+    pg.sql_a("INSERT INTO small VALUES (1, 'before the big one commits')")
+    pg.wait_equal("small")
+    assert pg.sql_b("SELECT count(*) FROM big") == "100"
+    st = pg.status()
+    assert st["spooled_transactions"] == 1 and st["spooled_bytes"] > 64 * 1024, st
+
+    # One that is aborted whole: its file goes, nothing reaches the standby.
+    doomed = PsqlSession(pg.a, "groupware")
+    pg.h.add_cleanup(doomed.close)
+    doomed.sql("BEGIN; INSERT INTO small SELECT g, repeat('x', 300) FROM generate_series(100, 2999) g")
+    sh.wait_until(lambda: len(_spool_files(pg)) == 2, 30, "the second transaction spooled")
+    doomed.sql("ROLLBACK")
+    sh.wait_until(lambda: len(_spool_files(pg)) == 1, 30, "the aborted transaction's file removed")
+
+    big.sql("COMMIT")
+    pg.sql_a("UPDATE small SET v = 'after' WHERE id = 1")
+    pg.wait_equal("big", "small")
+    assert pg.sql_b("SELECT count(*) FILTER (WHERE n = 2), count(*) FILTER (WHERE v LIKE 'dropped%'), "
+                    "count(*) FILTER (WHERE n = 3), count(*) FILTER (WHERE n = 4) FROM big") == \
+        "0|0|50|3000"
+    assert pg.sql_b("SELECT v FROM small") == "after"
+    assert _streamed_by_master(pg) >= 1
+    sh.wait_until(lambda: pg.status()["streamed_transactions"] >= 1, 10, "the count in status")
+    st = pg.status()
+    assert st["spooled_transactions"] == 0 and st["spooled_bytes"] == 0, st
+    assert st["last_error"] is None
+    assert _spool_files(pg) == []
+    big.close()
+    doomed.close()
+
+
+def test_streaming_off_takes_large_transactions_whole(pg):
+    """[pg] streaming = no: protocol 1, the master keeps a large transaction
+    until its commit and sends it whole; nothing is spooled."""
+    pg.conf = write_pg_conf(pg.base, pg.pair, extra="streaming = no\n")
+    _stream_small_work_mem(pg)
+    pg.sql_a("CREATE TABLE big (id int PRIMARY KEY, v text)")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.sql_a("BEGIN; INSERT INTO big SELECT g, repeat('a', 200) FROM generate_series(1, 3000) g;"
+             "SAVEPOINT s; DELETE FROM big WHERE id <= 1000; ROLLBACK TO s;"
+             "UPDATE big SET v = 'x' WHERE id % 2 = 0; COMMIT")
+    pg.wait_equal("big")
+    assert _streamed_by_master(pg) == 0
+    assert not os.path.exists(os.path.join(pg.base, "b", "state", "pgrepl-spool"))
+    assert pg.status()["streamed_transactions"] == 0
+
+
+def test_kill9_while_large_transactions_stream(pg):
+    """kill -9 of the replicator at random moments while large transactions
+    stream, commit, roll back savepoints and abort: the master streams them
+    again from their start, and each committed one is applied exactly once."""
+    _stream_small_work_mem(pg)
+    pg.sql_a("CREATE TABLE log (id bigint PRIMARY KEY, writer int, v text)")
+    d = pg.start()
+    pg.wait_state("streaming")
+    script = os.path.join(pg.base, "big.sql")
+    with open(script, "w") as f:
+        f.write("\\set w random(1, 1000000000)\n"
+                "BEGIN;\n"
+                "INSERT INTO log SELECT :w::bigint * 10000 + g, :w, repeat('v', 100) "
+                "FROM generate_series(1, 1500) g;\n"
+                "SAVEPOINT s;\n"
+                "INSERT INTO log SELECT :w::bigint * 10000 + 5000 + g, :w, 'rolled back' "
+                "FROM generate_series(1, 500) g;\n"
+                "ROLLBACK TO s;\n"
+                "UPDATE log SET v = 'updated' WHERE id = :w::bigint * 10000 + 1;\n"
+                "COMMIT;\n")
+    os.chmod(script, 0o644)
+    load = _pgbench(pg, "-c", "3", "-R", "15", "-T", "20", "-n", "-f", script)
+    doomed = PsqlSession(pg.a, "groupware")
+    pg.h.add_cleanup(doomed.close)
+    doomed.sql("BEGIN; INSERT INTO log SELECT -g, 0, repeat('z', 300) FROM generate_series(1, 3000) g")
+    rnd = random.Random(15)
+    kills = 0
+    deadline = time.monotonic() + 17
+    while time.monotonic() < deadline:
+        sh.wait_until(lambda: d.status()["state"] == "streaming", 60, "standin-pgrepl to come back")
+        time.sleep(rnd.uniform(0.3, 2.0))     # load runs meanwhile: the kill moment is random
+        d.kill9()
+        kills += 1
+        d.start()
+    out = load.communicate(timeout=120)[0]
+    assert load.returncode == 0, out
+    doomed.sql("ROLLBACK")
+    assert kills >= 5
+    pg.wait_equal("log", timeout=180)
+    n = int(pg.sql_b("SELECT count(*) FROM log"))
+    assert n >= 1500 * 5 and n % 1500 == 0, n
+    assert pg.sql_b("SELECT count(*) FROM log WHERE v = 'rolled back' OR id < 0") == "0"
+    assert _streamed_by_master(pg) >= 5
+    sh.wait_until(lambda: _spool_files(pg) == [], 30, "the spool to empty")
+
+
 def test_feedback_moves_the_slot(pg):
     pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
     pg.start()

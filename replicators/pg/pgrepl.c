@@ -304,6 +304,11 @@ replay_one(void *ctx, const uint8_t *buf, size_t len, char **error_r)
 {
 	struct stream *s = ctx;
 
+	if (stopping(s->r)) {
+		/* Nothing of it is committed: the next start gets it again. */
+		st_set_error(error_r, "stopped while applying a streamed transaction");
+		return -1;
+	}
 	if (pgo_parse(buf, len, true, &s->replay_msg, error_r) < 0 ||
 	    pga_message(s->apply, &s->replay_msg, error_r) < 0)
 		return -1;

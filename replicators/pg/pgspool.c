@@ -201,7 +201,7 @@ pgsp_in_block(const struct pgsp *sp)
 static void
 note_sub(struct txn *t, uint32_t subxid)
 {
-	if (subxid == t->xid)
+	if (subxid == t->xid || subxid == 0)	/* 0: a message with no xid (Origin) */
 		return;
 	/* Subtransactions mostly first write in xid order: a new one is larger. */
 	if (t->nsubs == 0 || subxid > t->max_sub) {

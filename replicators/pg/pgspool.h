@@ -41,8 +41,9 @@ void pgsp_free(struct pgsp **sp);
 
 /* Stream Start: the following changes are XID's.  FIRST: its first block. */
 int pgsp_block_start(struct pgsp *sp, uint32_t xid, bool first, char **error_r) ST_WARN_UNUSED;
-/* Inside a block: one change (or Relation, Type, Message) of SUBXID (the
- * xid the message carries: XID itself or one of its subtransactions). */
+/* Inside a block: one change (or Relation, Type, Message, Origin) of SUBXID
+ * (the xid the message carries: XID itself or one of its subtransactions; 0
+ * for a message that carries none, which belongs to XID). */
 int pgsp_write(struct pgsp *sp, uint32_t subxid, const uint8_t *msg, size_t len,
 	       char **error_r) ST_WARN_UNUSED;
 /* Stream Stop. */

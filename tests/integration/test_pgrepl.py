@@ -332,9 +332,10 @@ def test_streaming_off_takes_large_transactions_whole(pg):
 
 
 def test_kill9_while_large_transactions_stream(pg):
-    """kill -9 of the replicator at random moments while large transactions
-    stream, commit, roll back savepoints and abort: the master streams them
-    again from their start, and each committed one is applied exactly once."""
+    """kill -9 of the replicator at random moments (once with the master's
+    walsender, once with the standby server) while large transactions stream,
+    commit, roll back savepoints and abort: the master streams them again from
+    their start, and each committed one is applied exactly once."""
     _stream_small_work_mem(pg)
     pg.sql_a("CREATE TABLE log (id bigint PRIMARY KEY, writer int, v text)")
     d = pg.start()
@@ -359,16 +360,26 @@ def test_kill9_while_large_transactions_stream(pg):
     rnd = random.Random(15)
     kills = 0
     deadline = time.monotonic() + 17
+    events = ["walsender", "standby"]
     while time.monotonic() < deadline:
         sh.wait_until(lambda: d.status()["state"] == "streaming", 60, "standin-pgrepl to come back")
         time.sleep(rnd.uniform(0.3, 2.0))     # load runs meanwhile: the kill moment is random
-        d.kill9()
         kills += 1
+        if events and kills in (3, 5):
+            # The daemon sees these itself, ends its session and starts another.
+            if events.pop(0) == "standby":
+                pg.b.kill9()
+                pg.b.start()
+            else:
+                pg.a.psql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                          "WHERE slot_name = 'standin_b'")
+            continue
+        d.kill9()
         d.start()
     out = load.communicate(timeout=120)[0]
     assert load.returncode == 0, out
     doomed.sql("ROLLBACK")
-    assert kills >= 5
+    assert kills >= 5 and not events
     pg.wait_equal("log", timeout=180)
     n = int(pg.sql_b("SELECT count(*) FROM log"))
     assert n >= 1500 * 5 and n % 1500 == 0, n

@@ -146,6 +146,7 @@ START_TEST(test_subtransaction_aborts)
 	/* top 10: t1, sub 11 (s11a), sub 12 inside 11 (s12a), back in 11, then
 	 * ROLLBACK TO 11 (11 and 12 gone), then sub 13 kept, sub 14 aborted. */
 	block(sp, 10, true);
+	put(sp, 0, "origin");		/* no xid: the transaction's own */
 	put(sp, 10, "t1");
 	put(sp, 11, "s11a");
 	stop(sp);
@@ -169,7 +170,8 @@ START_TEST(test_subtransaction_aborts)
 	put(sp, 13, "s13b");
 	put(sp, 10, "t3");
 	stop(sp);
-	replay_expect(sp, 10, "t1 t2 s13a s13b t3");
+	ck_assert_int_eq(pgsp_abort(sp, 10, 0, &err), 0);	/* no subtransaction 0 */
+	replay_expect(sp, 10, "origin t1 t2 s13a s13b t3");
 
 	/* A subtransaction whose xid is smaller than one already seen (its
 	 * first change came after its child's). */
@@ -223,48 +225,45 @@ START_TEST(test_whole_abort_and_leftovers)
 }
 END_TEST
 
+/* RC is -1 and *ERR names WANT; *ERR is freed. */
+static void
+expect_error(int rc, char **err, const char *want)
+{
+	ck_assert_int_eq(rc, -1);
+	ck_assert_ptr_nonnull(*err);
+	ck_assert_msg(strstr(*err, want) != NULL, "\"%s\" does not say \"%s\"", *err, want);
+	free(*err);
+	*err = NULL;
+}
+
 START_TEST(test_protocol_errors)
 {
 	char *dir = tu_mkdtemp(), *err = NULL;
 	struct pgsp *sp = pgsp_new(dir, &err);
+	struct seen s = { .text = "" };
 
-	/* A change outside a block. */
-	ck_assert_int_eq(pgsp_write(sp, 1, (const uint8_t *)"x", 1, &err), -1);
-	ck_assert_ptr_nonnull(strstr(err, "outside"));
-	free(err);
-	err = NULL;
-	ck_assert_int_eq(pgsp_block_stop(sp, &err), -1);
-	free(err);
-	err = NULL;
+	expect_error(pgsp_write(sp, 1, (const uint8_t *)"x", 1, &err), &err,
+		     "a change of transaction 1 outside a Stream Start block");
+	expect_error(pgsp_block_stop(sp, &err), &err, "Stream Stop outside");
 	/* A later block of a transaction never started here (after a restart). */
-	ck_assert_int_eq(pgsp_block_start(sp, 3, false, &err), -1);
-	ck_assert_ptr_nonnull(strstr(err, "never received"));
-	free(err);
-	err = NULL;
+	expect_error(pgsp_block_start(sp, 3, false, &err), &err,
+		     "Stream Start of transaction 3, whose first block this session never received");
 	block(sp, 3, true);
 	/* Nested blocks, aborts and commits inside a block. */
-	ck_assert_int_eq(pgsp_block_start(sp, 4, true, &err), -1);
-	free(err);
-	err = NULL;
-	ck_assert_int_eq(pgsp_abort(sp, 3, 3, &err), -1);
-	free(err);
-	err = NULL;
-	struct seen s = { .text = "" };
-	ck_assert_int_eq(pgsp_replay(sp, 3, collect, &s, &err), -1);
-	free(err);
-	err = NULL;
+	expect_error(pgsp_block_start(sp, 4, true, &err), &err,
+		     "Stream Start of transaction 4 inside the block of 3");
+	expect_error(pgsp_abort(sp, 3, 3, &err), &err, "Stream Abort of transaction 3 inside");
+	expect_error(pgsp_replay(sp, 3, collect, &s, &err), &err,
+		     "Stream Commit of transaction 3 inside");
 	stop(sp);
 	/* A second first block of the same transaction. */
-	ck_assert_int_eq(pgsp_block_start(sp, 3, true, &err), -1);
-	free(err);
-	err = NULL;
+	expect_error(pgsp_block_start(sp, 3, true, &err), &err, "has a first block already");
 	pgsp_free(&sp);
 
 	/* The directory cannot be made. */
 	char *bad = xasprintf("%s/no/such/dir", dir);
 	ck_assert_ptr_null(pgsp_new(bad, &err));
-	ck_assert_ptr_nonnull(strstr(err, bad));
-	free(err);
+	expect_error(-1, &err, bad);
 	free(bad);
 	tu_rmdir(dir);
 	free(dir);

@@ -47,6 +47,7 @@ struct stmt {
 	char op;			/* 'I', 'U', 'D' */
 	char *mask;			/* 'U': which new columns are unchanged TOAST */
 	uint32_t rows;			/* 0: one row; else a batch of this many */
+	bool merge;			/* U, D as MERGE (see merge_ok) */
 	char name[24];
 	struct stmt *next;
 };
@@ -67,6 +68,11 @@ struct rel {
 		uint32_t type_oid;	/* the master's: only built-in ones are used */
 	} *cols;
 	uint16_t nkeys;
+	/* UPDATE and DELETE may go as MERGE (see "MERGE" below): 1 yes, -1 no,
+	 * 0 not known yet (the standby's answer to merge_check() is on its
+	 * way; until then the count_wrap() form). */
+	int merge_ok;
+	unsigned merge_check;		/* which check's answer counts */
 	struct stmt *stmts;
 	struct batch *batch;		/* rows waiting to go as one statement */
 };
@@ -99,6 +105,7 @@ enum pend_kind {
 	PEND_BATCH,			/* a batch: must affect exactly .rows rows */
 	PEND_COMMIT,			/* must end in COMMIT, not ROLLBACK */
 	PEND_QUERY,			/* one value wanted */
+	PEND_MERGE_CHECK,		/* merge_check()'s answer for .relid */
 	PEND_SYNC,
 };
 
@@ -107,6 +114,8 @@ struct pending {
 	char op;
 	bool got_result;
 	uint32_t rows;			/* PEND_BATCH */
+	uint32_t relid;			/* PEND_MERGE_CHECK */
+	unsigned check;			/* PEND_MERGE_CHECK */
 	char *what;			/* for messages: "INSERT into public.t key (id)=(5)" */
 };
 
@@ -122,6 +131,7 @@ struct pga {
 	struct rel *rels;
 	size_t rel_cap, rel_count;
 	unsigned stmt_seq;
+	unsigned merge_checks;		/* merge_check()s sent */
 	/* Relations with a batch, in the order they got one. */
 	uint32_t *open;
 	size_t open_count, open_cap;
@@ -313,7 +323,12 @@ counted(const PGresult *res, unsigned long long *n_r)
 	const char *text, *state, *mark;
 	char *end;
 
-	if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+	if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+		/* A MERGE: its command tag counts the rows it changed. */
+		if (strncmp(PQcmdStatus((PGresult *)res), "MERGE ", 6) != 0)
+			return false;
+		text = PQcmdTuples((PGresult *)res);
+	} else if (PQresultStatus(res) == PGRES_TUPLES_OK) {
 		if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0))
 			return false;
 		text = PQgetvalue(res, 0, 0);
@@ -399,6 +414,13 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 			p->stats.applied_commit_time = p->inflight.commit_time;
 		}
 		break;
+	case PEND_MERGE_CHECK: {
+		struct rel *r = rel_slot(p, pd->relid, false);
+		if (r != NULL && r->merge_check == pd->check)
+			r->merge_ok = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
+				      strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 1 : -1;
+		break;
+	}
 	case PEND_QUERY:
 		free(p->query_value);
 		p->query_value = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)
@@ -642,7 +664,7 @@ where_clause(struct st_buf *sql, const struct rel *r, const struct pgo_tuple *t,
 	bool first = true;
 
 	if (full)
-		st_buf_printf(sql, " WHERE ctid = (SELECT ctid FROM %s WHERE ", r->qname);
+		st_buf_printf(sql, " WHERE ctid = (SELECT ctid FROM ONLY %s WHERE ", r->qname);
 	else
 		st_buf_puts(sql, " WHERE ");
 	for (uint16_t i = 0; i < r->ncols; i++) {
@@ -688,6 +710,79 @@ count_wrap(struct st_buf *sql, bool is_select, uint32_t expected)
 	free(inner);
 }
 
+/*
+ * MERGE.  count_wrap() costs the standby a CTE and a result row per
+ * statement, about a fifth of what a group of pgbench's transactions costs it
+ * (BENCHMARKS.md).  Where the standby's table has a unique index on the
+ * replica identity's columns (or on some of them), UPDATE and DELETE go as
+ *
+ *   MERGE INTO ONLY t AS standin_t USING (VALUES ...) AS standin_v (c0, ...)
+ *     ON standin_t.k = standin_v.c0 ...
+ *     WHEN MATCHED THEN UPDATE SET c = standin_v.c1, ...    (or DELETE)
+ *     WHEN NOT MATCHED AND (<fails>) IS NULL THEN INSERT DEFAULT VALUES
+ *
+ * (a row alone: USING (SELECT) ON standin_t.k = $n).  The unique index and
+ * ONLY make a source row match at most one row; one that matches none
+ * evaluates the NOT MATCHED condition, a cast of ROWS_MARK "0" and now() to
+ * a number that fails (now(), stable, keeps the planner from folding it),
+ * so the statement fails before its INSERT would, as a count_wrap()ped one
+ * does.  So a MERGE that succeeds changed exactly its rows, which its command
+ * tag says too.  The index is asked for when the Relation message comes
+ * (merge_check); a plain table ('r'), no rules (MERGE refuses them), the
+ * index unique, immediate (not DEFERRABLE: no transient duplicates), valid,
+ * not partial, on no expression.  A statement-level INSERT trigger that is
+ * ENABLE ALWAYS or REPLICA fires for such a MERGE, as PostgreSQL fires the
+ * statement triggers of every action a MERGE names.
+ */
+#define MERGE_NOT_MATCHED " WHEN NOT MATCHED AND ('" ROWS_MARK "0 ' OPERATOR(pg_catalog.||) " \
+	"pg_catalog.now())::pg_catalog.int8 IS NULL THEN INSERT DEFAULT VALUES"
+
+static const char merge_check_sql[] =
+	"SELECT c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND EXISTS ("
+	"SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid "
+	"AND i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL "
+	"AND i.indexprs IS NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest("
+	"i.indkey[0:i.indnkeyatts OPERATOR(pg_catalog.-) 1]) AS k (attnum) "
+	"JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid "
+	"AND a.attnum OPERATOR(pg_catalog.=) k.attnum "
+	"WHERE a.attname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL ($2::pg_catalog.text[]))) "
+	"FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)";
+
+/* Ask the standby whether R's UPDATEs and DELETEs may go as MERGE. */
+static int
+merge_check(struct pga *p, struct rel *r, char **error_r)
+{
+	r->merge_ok = -1;
+	if (r->identity == PGO_IDENT_FULL || r->nkeys == 0)
+		return 0;
+	r->merge_ok = 0;
+	r->merge_check = ++p->merge_checks;
+
+	struct st_buf keys;
+	st_buf_init(&keys);
+	st_buf_puts(&keys, "{");
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (!r->cols[i].key)
+			continue;
+		st_buf_puts(&keys, keys.len > 1 ? ",\"" : "\"");
+		for (const char *c = r->cols[i].name; *c != '\0'; c++) {
+			if (*c == '"' || *c == '\\')
+				st_buf_puts(&keys, "\\");
+			st_buf_append(&keys, c, 1);
+		}
+		st_buf_puts(&keys, "\"");
+	}
+	st_buf_puts(&keys, "}");
+	const char *pv[] = { r->qname, keys.data };
+	struct pending *pd = enqueue(p, PEND_MERGE_CHECK, 0,
+				     xasprintf("the check of %s's unique index", r->display));
+	pd->relid = r->relid;
+	pd->check = r->merge_check;
+	int ok = PQsendQueryParams(p->conn, merge_check_sql, 2, NULL, pv, NULL, NULL, 0);
+	st_buf_free(&keys);
+	return after_send(p, ok, error_r);
+}
+
 static bool
 same_mask(const char *a, const char *b)
 {
@@ -698,14 +793,47 @@ static const char *
 prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	 const struct pgo_tuple *old, char **error_r)
 {
+	int nset = 0;
+	for (uint16_t i = 0; op == 'U' && i < r->ncols; i++)
+		nset += mask[i] == '.';
+	/* An UPDATE that sets nothing stays the SELECT probe below. */
+	bool merge = (op == 'D' || (op == 'U' && nset > 0)) && !full && r->nkeys > 0 &&
+		     r->merge_ok == 1;
 	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
-		if (s->op == op && s->rows == 0 && same_mask(s->mask, mask))
+		if (s->op == op && s->rows == 0 && s->merge == merge && same_mask(s->mask, mask))
 			return s->name;
 
 	struct st_buf sql;
 	int n = 0;
 	st_buf_init(&sql);
-	switch (op) {
+	if (merge) {
+		/* The values set first, then the key, as in the UPDATE below. */
+		n = nset;
+		st_buf_printf(&sql, "MERGE INTO ONLY %s AS standin_t USING (SELECT) AS standin_v ON ",
+			      r->qname);
+		bool first = true;
+		for (uint16_t i = 0; i < r->ncols; i++) {
+			if (!r->cols[i].key)
+				continue;
+			st_buf_printf(&sql, "%sstandin_t.%s = $%d", first ? "" : " AND ",
+				      r->cols[i].qname, ++n);
+			first = false;
+		}
+		if (op == 'U') {
+			st_buf_puts(&sql, " WHEN MATCHED THEN UPDATE SET ");
+			int k = 0;
+			for (uint16_t i = 0; i < r->ncols; i++) {
+				if (mask[i] != '.')
+					continue;
+				st_buf_printf(&sql, "%s%s = $%d", k ? ", " : "", r->cols[i].qname, k + 1);
+				k++;
+			}
+		} else {
+			st_buf_puts(&sql, " WHEN MATCHED THEN DELETE");
+		}
+		st_buf_puts(&sql, MERGE_NOT_MATCHED);
+	}
+	switch (merge ? 'M' : op) {
 	case 'I':
 		if (r->ncols == 0) {
 			st_buf_printf(&sql, "INSERT INTO %s DEFAULT VALUES", r->qname);
@@ -728,13 +856,13 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 			/* Nothing to set (no column, or only unchanged TOAST values
 			 * and key columns): the row must still be there, one row, as
 			 * for any UPDATE. */
-			st_buf_printf(&sql, "SELECT 1 FROM %s", r->qname);
+			st_buf_printf(&sql, "SELECT 1 FROM ONLY %s", r->qname);
 			where_clause(&sql, r, old, full, &n);
 			count_wrap(&sql, true, 1);
 			break;
 		}
 		bool first = true;
-		st_buf_printf(&sql, "UPDATE %s SET ", r->qname);
+		st_buf_printf(&sql, "UPDATE ONLY %s SET ", r->qname);
 		for (uint16_t i = 0; i < r->ncols; i++) {
 			if (mask[i] != '.')
 				continue;
@@ -746,7 +874,7 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 		break;
 	}
 	case 'D':
-		st_buf_printf(&sql, "DELETE FROM %s", r->qname);
+		st_buf_printf(&sql, "DELETE FROM ONLY %s", r->qname);
 		where_clause(&sql, r, old, full, &n);
 		count_wrap(&sql, false, 1);
 		break;
@@ -754,6 +882,7 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 
 	struct stmt *s = xcalloc(1, sizeof(*s));
 	s->op = op;
+	s->merge = merge;
 	s->mask = mask != NULL ? xstrdup(mask) : NULL;
 	snprintf(s->name, sizeof(s->name), "standin_%u", ++p->stmt_seq);
 	s->next = r->stmts;
@@ -872,26 +1001,29 @@ batch_same_shape(const struct batch *b, char op, const char *mask)
 static const char *
 batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, char **error_r)
 {
+	bool merge = b->op != 'I' && r->merge_ok == 1;
 	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
-		if (s->rows == n && batch_same_shape(b, s->op, s->mask))
+		if (s->rows == n && s->merge == merge && batch_same_shape(b, s->op, s->mask))
 			return s->name;
 
 	struct st_buf sql;
 	int k = 0;
 	st_buf_init(&sql);
-	if (b->op == 'I') {
+	if (merge) {
+		st_buf_printf(&sql, "MERGE INTO ONLY %s AS standin_t USING (VALUES ", r->qname);
+	} else if (b->op == 'I') {
 		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
 		for (uint16_t j = 0; j < b->nvals; j++)
 			st_buf_printf(&sql, "%s%s", j ? ", " : "", r->cols[b->cols[j]].qname);
 		st_buf_puts(&sql, ") OVERRIDING SYSTEM VALUE VALUES ");
 	} else if (b->op == 'U') {
-		st_buf_printf(&sql, "UPDATE %s AS standin_t SET ", r->qname);
+		st_buf_printf(&sql, "UPDATE ONLY %s AS standin_t SET ", r->qname);
 		for (uint16_t j = b->nkeys; j < b->nvals; j++)
 			st_buf_printf(&sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
 				      r->cols[b->cols[j]].qname, j);
 		st_buf_puts(&sql, " FROM (VALUES ");
 	} else {
-		st_buf_printf(&sql, "DELETE FROM %s AS standin_t USING (VALUES ", r->qname);
+		st_buf_printf(&sql, "DELETE FROM ONLY %s AS standin_t USING (VALUES ", r->qname);
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		st_buf_puts(&sql, i ? ", (" : "(");
@@ -904,19 +1036,31 @@ batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, 
 		st_buf_puts(&sql, ") AS standin_v (");
 		for (uint16_t j = 0; j < b->nvals; j++)
 			st_buf_printf(&sql, "%sc%u", j ? ", " : "", j);
-		st_buf_puts(&sql, ") WHERE ");
+		st_buf_puts(&sql, merge ? ") ON " : ") WHERE ");
 		for (uint16_t j = 0; j < b->nkeys; j++)
 			st_buf_printf(&sql, "%sstandin_t.%s = standin_v.c%u", j ? " AND " : "",
 				      r->cols[b->cols[j]].qname, j);
+		if (merge && b->op == 'U') {
+			st_buf_puts(&sql, " WHEN MATCHED THEN UPDATE SET ");
+			for (uint16_t j = b->nkeys; j < b->nvals; j++)
+				st_buf_printf(&sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
+					      r->cols[b->cols[j]].qname, j);
+		} else if (merge) {
+			st_buf_puts(&sql, " WHEN MATCHED THEN DELETE");
+		}
+		if (merge)
+			st_buf_puts(&sql, MERGE_NOT_MATCHED);
 		types = xcalloc((size_t)n * b->nvals, sizeof(*types));
 		for (uint32_t i = 0; i < n; i++)
 			for (uint16_t j = 0; j < b->nvals; j++)
 				types[(size_t)i * b->nvals + j] = b->types[j];
 	}
-	count_wrap(&sql, false, n);
+	if (!merge)
+		count_wrap(&sql, false, n);
 
 	struct stmt *s = xcalloc(1, sizeof(*s));
 	s->op = b->op;
+	s->merge = merge;
 	s->mask = b->mask != NULL ? xstrdup(b->mask) : NULL;
 	s->rows = n;
 	snprintf(s->name, sizeof(s->name), "standin_%u", ++p->stmt_seq);
@@ -1349,7 +1493,9 @@ apply_truncate(struct pga *p, const struct pgo_msg *m, char **error_r)
 			st_buf_free(&sql);
 			return -1;
 		}
-		st_buf_printf(&sql, "%s%s", i ? ", " : "", r->qname);
+		/* ONLY: an inheritance child the master did not truncate is
+		 * not in the list, and must stay. */
+		st_buf_printf(&sql, "%sONLY %s", i ? ", " : "", r->qname);
 	}
 	if (m->u.truncate.options & PGO_TRUNCATE_RESTART_IDENTITY)
 		st_buf_puts(&sql, " RESTART IDENTITY");
@@ -1598,8 +1744,10 @@ pga_message(struct pga *p, const struct pgo_msg *m, char **error_r)
 	case PGO_RELATION:
 		/* Its rows were for the columns as they were. */
 		rc = batch_flush_relid(p, m->u.relation.relid, error_r);
-		if (rc == 0)
+		if (rc == 0) {
 			rel_update(p, m);
+			rc = merge_check(p, rel_slot(p, m->u.relation.relid, false), error_r);
+		}
 		break;
 	case PGO_INSERT:
 		rc = apply_insert(p, m, error_r);

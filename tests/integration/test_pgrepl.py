@@ -3,6 +3,7 @@ odd data, conflicts, and kill -9 under load with nothing lost or doubled."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -508,6 +509,68 @@ def test_conflict_stops_with_a_clear_error_and_resumes_when_fixed(pg):
     assert "UPDATE of public.accounts key (id)=(6) found 0 rows" in st["last_error"], st
     pg.sql_b("INSERT INTO accounts VALUES (6, 'six')")
     pg.wait_equal("accounts")
+
+
+def test_merge_only_where_the_standby_has_a_unique_key(pg):
+    """UPDATE and DELETE go as MERGE INTO ONLY where the standby's table has a
+    unique, immediate index on the key: rows of an inheritance child with the
+    same key are left alone, a missing row is still a conflict named by its
+    key; a table with a rule, and a standby whose key is gone or DEFERRABLE,
+    keep the checked UPDATE and DELETE, with the same result."""
+    pg.b.psql("ALTER SYSTEM SET log_statement = 'all'")
+    pg.b.reload()
+    pg.sql_a("CREATE TABLE keyed (id int PRIMARY KEY, v text);"
+             "CREATE TABLE parent (id int PRIMARY KEY, v text);"
+             "CREATE TABLE child (extra int) INHERITS (parent);"
+             "CREATE TABLE deferred (id int PRIMARY KEY, v text);"
+             "CREATE TABLE ruled (id int PRIMARY KEY, v text);"
+             "CREATE RULE ruled_log AS ON DELETE TO ruled DO ALSO NOTIFY ruled;"
+             "CREATE TABLE drifted (id int PRIMARY KEY, v text)")
+    for t in ("keyed", "parent", "deferred", "ruled", "drifted"):
+        pg.sql_a(f"INSERT INTO {t} SELECT g, 'v' || g FROM generate_series(1, 50) g")
+    pg.sql_a("INSERT INTO child VALUES (1, 'child one', 1), (2, 'child two', 2)")
+    pg.start()
+    pg.wait_state("streaming")
+    tables = ("keyed", "parent", "child", "deferred", "ruled", "drifted")
+    pg.wait_equal(*tables)
+    # Someone dropped the key on the standby, or made it DEFERRABLE: no MERGE there.
+    pg.sql_b("ALTER TABLE drifted DROP CONSTRAINT drifted_pkey")
+    pg.sql_b("ALTER TABLE deferred DROP CONSTRAINT deferred_pkey, "
+             "ADD CONSTRAINT deferred_id UNIQUE (id) DEFERRABLE")
+    # The first change of each table brings its Relation message, and the
+    # question whether the standby's table has a unique key: answered once
+    # that transaction is in.
+    for t in ("keyed", "parent", "deferred", "ruled", "drifted"):
+        pg.sql_a(f"UPDATE ONLY {t} SET v = 'first' WHERE id = 50")
+    pg.wait_equal(*tables)
+    for t in ("keyed", "parent", "deferred", "ruled", "drifted"):
+        # A batch (many rows in one transaction), then rows alone.
+        pg.sql_a(f"BEGIN; UPDATE ONLY {t} SET v = 'b' || id WHERE id <= 20; "
+                 f"DELETE FROM ONLY {t} WHERE id BETWEEN 21 AND 30; COMMIT")
+        pg.sql_a(f"UPDATE ONLY {t} SET v = 'one' WHERE id = 31")
+        pg.sql_a(f"DELETE FROM ONLY {t} WHERE id = 32")
+    pg.wait_equal(*tables)
+    assert pg.sql_b("SELECT v FROM child ORDER BY id") == "child one\nchild two"
+    log = open(pg.b.logfile, errors="replace").read()
+    assert re.search(r'MERGE INTO ONLY "public"\."keyed" .*VALUES', log), "no batched MERGE"
+    assert re.search(r'MERGE INTO ONLY "public"\."keyed" .*USING \(SELECT\)', log), \
+        "no one-row MERGE"
+    assert 'MERGE INTO ONLY "public"."parent"' in log
+    for t in ("deferred", "ruled", "drifted"):
+        assert f'MERGE INTO ONLY "public"."{t}"' not in log, t
+        assert f'UPDATE ONLY "public"."{t}"' in log, t
+    # A missing row is still a conflict, named with its key.
+    pg.sql_b("DELETE FROM keyed WHERE id = 40")
+    pg.sql_a("UPDATE keyed SET v = 'x' WHERE id = 40")
+    st = pg.wait_state("error")
+    assert "UPDATE of public.keyed key (id)=(40) found 0 rows" in st["last_error"], st
+    pg.sql_b("INSERT INTO keyed VALUES (40, 'v40')")
+    pg.wait_equal(*tables)
+    pg.sql_b("DELETE FROM keyed WHERE id BETWEEN 41 AND 42")
+    pg.sql_a("BEGIN; DELETE FROM keyed WHERE id BETWEEN 40 AND 45; COMMIT")
+    st = pg.wait_state("error")
+    assert "DELETE of public.keyed key (id)=(41) found 0 rows" in st["last_error"], st
+    assert pg.sql_b("SELECT count(*) FROM keyed WHERE id BETWEEN 40 AND 45") == "4"
 
 
 def test_batches_keep_the_stream_order(pg):

@@ -573,6 +573,31 @@ def test_merge_only_where_the_standby_has_a_unique_key(pg):
     assert pg.sql_b("SELECT count(*) FROM keyed WHERE id BETWEEN 40 AND 45") == "4"
 
 
+def test_inheritance_parent_and_child_stay_apart(pg):
+    """An inheritance child's rows are its own relation: a change or a
+    TRUNCATE ONLY of the parent leaves the child's rows alone, even with the
+    same key."""
+    pg.sql_a("CREATE TABLE parent (id int PRIMARY KEY, v text);"
+             "CREATE TABLE child (extra int) INHERITS (parent);"
+             "ALTER TABLE child ADD PRIMARY KEY (id);"
+             "INSERT INTO parent VALUES (1, 'parent one'), (2, 'parent two');"
+             "INSERT INTO child VALUES (1, 'child one', 1), (2, 'child two', 2)")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("ONLY parent", "child")
+    pg.sql_a("UPDATE ONLY parent SET v = 'changed' WHERE id = 1")
+    pg.sql_a("DELETE FROM ONLY parent WHERE id = 2")
+    pg.sql_a("UPDATE child SET v = 'child changed' WHERE id = 2")
+    pg.wait_equal("ONLY parent", "child")
+    pg.sql_a("TRUNCATE ONLY parent")
+    pg.sql_a("INSERT INTO child VALUES (3, 'child three', 3)")
+    pg.wait_equal("ONLY parent", "child")
+    assert pg.sql_b("SELECT count(*) FROM ONLY parent") == "0"
+    assert pg.sql_b("SELECT string_agg(v, ',' ORDER BY id) FROM child") == \
+        "child one,child changed,child three"
+    assert pg.status()["last_error"] is None
+
+
 def test_batches_keep_the_stream_order(pg):
     """Rows of one table and operation go many to one statement within a
     group; whatever the mix, the standby ends as the master."""

@@ -730,15 +730,19 @@ count_wrap(struct st_buf *sql, bool is_select, uint32_t expected)
  * tag says too.  The index is asked for when the Relation message comes
  * (merge_check); a plain table ('r'), no rules (MERGE refuses them), the
  * index unique, immediate (not DEFERRABLE: no transient duplicates), valid,
- * not partial, on no expression.  A statement-level INSERT trigger that is
- * ENABLE ALWAYS or REPLICA fires for such a MERGE, as PostgreSQL fires the
- * statement triggers of every action a MERGE names.
+ * not partial, on no expression.  And no trigger that fires in this session
+ * (ENABLE ALWAYS or REPLICA; session_replication_role = replica silences
+ * the others): a row trigger could skip a row (return NULL) where the
+ * count would have seen it, and PostgreSQL fires the statement triggers of
+ * every action a MERGE names, INSERT included.
  */
 #define MERGE_NOT_MATCHED " WHEN NOT MATCHED AND ('" ROWS_MARK "0 ' OPERATOR(pg_catalog.||) " \
 	"pg_catalog.now())::pg_catalog.int8 IS NULL THEN INSERT DEFAULT VALUES"
 
 static const char merge_check_sql[] =
-	"SELECT c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND EXISTS ("
+	"SELECT c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND NOT EXISTS ("
+	"SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid "
+	"AND t.tgenabled OPERATOR(pg_catalog.=) ANY ('{A,R}'::pg_catalog.\"char\"[])) AND EXISTS ("
 	"SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid "
 	"AND i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL "
 	"AND i.indexprs IS NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest("

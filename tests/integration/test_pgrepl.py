@@ -515,8 +515,9 @@ def test_merge_only_where_the_standby_has_a_unique_key(pg):
     """UPDATE and DELETE go as MERGE INTO ONLY where the standby's table has a
     unique, immediate index on the key: rows of an inheritance child with the
     same key are left alone, a missing row is still a conflict named by its
-    key; a table with a rule, and a standby whose key is gone or DEFERRABLE,
-    keep the checked UPDATE and DELETE, with the same result."""
+    key; a table with a rule or a trigger that fires on the standby, and a
+    standby whose key is gone or DEFERRABLE, keep the checked UPDATE and
+    DELETE, with the same result."""
     pg.b.psql("ALTER SYSTEM SET log_statement = 'all'")
     pg.b.reload()
     pg.sql_a("CREATE TABLE keyed (id int PRIMARY KEY, v text);"
@@ -525,13 +526,20 @@ def test_merge_only_where_the_standby_has_a_unique_key(pg):
              "CREATE TABLE deferred (id int PRIMARY KEY, v text);"
              "CREATE TABLE ruled (id int PRIMARY KEY, v text);"
              "CREATE RULE ruled_log AS ON DELETE TO ruled DO ALSO NOTIFY ruled;"
-             "CREATE TABLE drifted (id int PRIMARY KEY, v text)")
-    for t in ("keyed", "parent", "deferred", "ruled", "drifted"):
+             "CREATE TABLE drifted (id int PRIMARY KEY, v text);"
+             "CREATE TABLE triggered (id int PRIMARY KEY, v text);"
+             "CREATE FUNCTION nothing() RETURNS trigger LANGUAGE plpgsql AS "
+             "$$BEGIN RETURN NULL; END$$;"
+             "CREATE TRIGGER triggered_ins AFTER INSERT ON triggered "
+             "FOR EACH STATEMENT EXECUTE FUNCTION nothing();"
+             "ALTER TABLE triggered ENABLE ALWAYS TRIGGER triggered_ins")
+    merged = ("keyed", "parent", "deferred", "ruled", "drifted", "triggered")
+    for t in merged:
         pg.sql_a(f"INSERT INTO {t} SELECT g, 'v' || g FROM generate_series(1, 50) g")
     pg.sql_a("INSERT INTO child VALUES (1, 'child one', 1), (2, 'child two', 2)")
     pg.start()
     pg.wait_state("streaming")
-    tables = ("keyed", "parent", "child", "deferred", "ruled", "drifted")
+    tables = ("keyed", "parent", "child", "deferred", "ruled", "drifted", "triggered")
     pg.wait_equal(*tables)
     # Someone dropped the key on the standby, or made it DEFERRABLE: no MERGE there.
     pg.sql_b("ALTER TABLE drifted DROP CONSTRAINT drifted_pkey")
@@ -540,10 +548,10 @@ def test_merge_only_where_the_standby_has_a_unique_key(pg):
     # The first change of each table brings its Relation message, and the
     # question whether the standby's table has a unique key: answered once
     # that transaction is in.
-    for t in ("keyed", "parent", "deferred", "ruled", "drifted"):
+    for t in merged:
         pg.sql_a(f"UPDATE ONLY {t} SET v = 'first' WHERE id = 50")
     pg.wait_equal(*tables)
-    for t in ("keyed", "parent", "deferred", "ruled", "drifted"):
+    for t in merged:
         # A batch (many rows in one transaction), then rows alone.
         pg.sql_a(f"BEGIN; UPDATE ONLY {t} SET v = 'b' || id WHERE id <= 20; "
                  f"DELETE FROM ONLY {t} WHERE id BETWEEN 21 AND 30; COMMIT")
@@ -556,7 +564,7 @@ def test_merge_only_where_the_standby_has_a_unique_key(pg):
     assert re.search(r'MERGE INTO ONLY "public"\."keyed" .*USING \(SELECT\)', log), \
         "no one-row MERGE"
     assert 'MERGE INTO ONLY "public"."parent"' in log
-    for t in ("deferred", "ruled", "drifted"):
+    for t in ("deferred", "ruled", "drifted", "triggered"):
         assert f'MERGE INTO ONLY "public"."{t}"' not in log, t
         assert f'UPDATE ONLY "public"."{t}"' in log, t
     # A missing row is still a conflict, named with its key.

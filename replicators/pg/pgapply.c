@@ -787,6 +787,29 @@ merge_check(struct pga *p, struct rel *r, char **error_r)
 	return after_send(p, ok, error_r);
 }
 
+/* "c = $1, d = $2": the columns MASK marks set ('.'), numbered from 1. */
+static void
+set_list(struct st_buf *sql, const struct rel *r, const char *mask)
+{
+	int k = 0;
+
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (mask[i] != '.')
+			continue;
+		st_buf_printf(sql, "%s%s = $%d", k ? ", " : "", r->cols[i].qname, k + 1);
+		k++;
+	}
+}
+
+/* A batch's "c = standin_v.c1, ...": its values after the key's. */
+static void
+batch_set_list(struct st_buf *sql, const struct rel *r, const struct batch *b)
+{
+	for (uint16_t j = b->nkeys; j < b->nvals; j++)
+		st_buf_printf(sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
+			      r->cols[b->cols[j]].qname, j);
+}
+
 static bool
 same_mask(const char *a, const char *b)
 {
@@ -825,13 +848,7 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 		}
 		if (op == 'U') {
 			st_buf_puts(&sql, " WHEN MATCHED THEN UPDATE SET ");
-			int k = 0;
-			for (uint16_t i = 0; i < r->ncols; i++) {
-				if (mask[i] != '.')
-					continue;
-				st_buf_printf(&sql, "%s%s = $%d", k ? ", " : "", r->cols[i].qname, k + 1);
-				k++;
-			}
+			set_list(&sql, r, mask);
 		} else {
 			st_buf_puts(&sql, " WHEN MATCHED THEN DELETE");
 		}
@@ -865,14 +882,9 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 			count_wrap(&sql, true, 1);
 			break;
 		}
-		bool first = true;
 		st_buf_printf(&sql, "UPDATE ONLY %s SET ", r->qname);
-		for (uint16_t i = 0; i < r->ncols; i++) {
-			if (mask[i] != '.')
-				continue;
-			st_buf_printf(&sql, "%s%s = $%d", first ? "" : ", ", r->cols[i].qname, ++n);
-			first = false;
-		}
+		set_list(&sql, r, mask);
+		n = nset;
 		where_clause(&sql, r, old, full, &n);
 		count_wrap(&sql, false, 1);
 		break;
@@ -1022,9 +1034,7 @@ batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, 
 		st_buf_puts(&sql, ") OVERRIDING SYSTEM VALUE VALUES ");
 	} else if (b->op == 'U') {
 		st_buf_printf(&sql, "UPDATE ONLY %s AS standin_t SET ", r->qname);
-		for (uint16_t j = b->nkeys; j < b->nvals; j++)
-			st_buf_printf(&sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
-				      r->cols[b->cols[j]].qname, j);
+		batch_set_list(&sql, r, b);
 		st_buf_puts(&sql, " FROM (VALUES ");
 	} else {
 		st_buf_printf(&sql, "DELETE FROM ONLY %s AS standin_t USING (VALUES ", r->qname);
@@ -1046,9 +1056,7 @@ batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, 
 				      r->cols[b->cols[j]].qname, j);
 		if (merge && b->op == 'U') {
 			st_buf_puts(&sql, " WHEN MATCHED THEN UPDATE SET ");
-			for (uint16_t j = b->nkeys; j < b->nvals; j++)
-				st_buf_printf(&sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
-					      r->cols[b->cols[j]].qname, j);
+			batch_set_list(&sql, r, b);
 		} else if (merge) {
 			st_buf_puts(&sql, " WHEN MATCHED THEN DELETE");
 		}

@@ -359,9 +359,12 @@ pg_bindir(PGconn *c)
 }
 
 /* Run ARGV (execve, no shell) with the libpq environment of NODE; capture
- * stderr's end for the message. */
+ * stderr's end for the message.  REPLICA: its sessions run with
+ * session_replication_role = replica (no event trigger fires: the standby's
+ * copy of the DDL capture trigger stays quiet while the schema is replaced). */
 static int
-run_tool(const struct st_conf *conf, const char *node, char *const argv[], char **error_r)
+run_tool(const struct st_conf *conf, const char *node, bool replica, char *const argv[],
+	 char **error_r)
 {
 	int i = st_conf_node_index(conf, node);
 	char *host = NULL, *herr = NULL, port[16];
@@ -385,7 +388,9 @@ run_tool(const struct st_conf *conf, const char *node, char *const argv[], char 
 	if (conf->pg.sslrootcert != NULL)
 		env[n++] = xasprintf("PGSSLROOTCERT=%s", conf->pg.sslrootcert);
 	env[n++] = xstrdup("PGAPPNAME=standin-pgrepl");
-	env[n++] = xstrdup("PGOPTIONS=-c default_transaction_read_only=off");
+	env[n++] = xstrdup(replica ? "PGOPTIONS=-c default_transaction_read_only=off "
+				     "-c session_replication_role=replica"
+				   : "PGOPTIONS=-c default_transaction_read_only=off");
 	env[n++] = xstrdup("LC_ALL=C.UTF-8");
 	env[n++] = xstrdup("PATH=/usr/bin:/bin");
 	env[n] = NULL;
@@ -454,34 +459,161 @@ run_tool(const struct st_conf *conf, const char *node, char *const argv[], char 
 	return 0;
 }
 
+/*
+ * The schema goes in two parts around the data, as pg_restore does it: the
+ * tables before (pre-data), their indexes, constraints, triggers and rules
+ * after (post-data).  Loading a table with no index and building the index
+ * once is much cheaper than keeping it up to date row by row (pgbench_accounts
+ * of scale 10: 0.97 s + 0.37 s against 1.87 s), and a foreign key is checked
+ * once over the whole table.
+ */
 static int
-copy_schema(const struct pgs_request *req, PGconn *src, const char *snapshot, char **error_r)
+dump_schema(const struct pgs_request *req, const char *bindir, const char *snapshot,
+	    const char *dump, char **error_r)
 {
-	char *bindir = pg_bindir(src);
-	char *dump = xasprintf("%s.schema", req->marker);
 	char *pg_dump = xasprintf("%s/pg_dump", bindir);
-	char *pg_restore = xasprintf("%s/pg_restore", bindir);
 	char *snap_opt = xasprintf("--snapshot=%s", snapshot);
 	char *file_opt = xasprintf("--file=%s", dump);
-	int rc;
+	char *argv[] = { pg_dump, "--schema-only", "--format=custom", "--no-publications",
+			 "--no-subscriptions", snap_opt, file_opt, NULL };
+	int rc = run_tool(req->conf, req->source, false, argv, error_r);
 
-	char *dump_argv[] = { pg_dump, "--schema-only", "--format=custom", "--no-publications",
-			      "--no-subscriptions", snap_opt, file_opt, NULL };
-	rc = run_tool(req->conf, req->source, dump_argv, error_r);
-	if (rc == 0) {
-		char *restore_argv[] = { pg_restore, "--clean", "--if-exists", "--exit-on-error",
-					 "--single-transaction", "--no-publications",
-					 "--no-subscriptions",
-					 "--dbname", req->conf->pg.dbname, dump, NULL };
-		rc = run_tool(req->conf, req->target, restore_argv, error_r);
-	}
-	unlink(dump);
-	free(bindir);
-	free(dump);
 	free(pg_dump);
-	free(pg_restore);
 	free(snap_opt);
 	free(file_opt);
+	return rc;
+}
+
+/* SECTION of DUMP into the standby: pre-data with --clean in one transaction,
+ * post-data with JOBS connections (a failure leaves the marker: the next
+ * start copies again). */
+static int
+restore_section(const struct pgs_request *req, const char *bindir, const char *dump,
+		const char *section, char **error_r)
+{
+	char *pg_restore = xasprintf("%s/pg_restore", bindir);
+	char *section_opt = xasprintf("--section=%s", section);
+	char *jobs_opt = xasprintf("--jobs=%u", req->jobs > 1 ? req->jobs : 1);
+	bool pre = strcmp(section, "pre-data") == 0;
+	char *argv[16];
+	int n = 0, rc;
+
+	argv[n++] = pg_restore;
+	argv[n++] = section_opt;
+	argv[n++] = "--exit-on-error";
+	argv[n++] = "--no-publications";
+	argv[n++] = "--no-subscriptions";
+	if (pre) {
+		argv[n++] = "--clean";
+		argv[n++] = "--if-exists";
+		argv[n++] = "--single-transaction";
+	} else {
+		argv[n++] = jobs_opt;
+	}
+	argv[n++] = "--dbname";
+	argv[n++] = req->conf->pg.dbname;
+	argv[n++] = (char *)dump;
+	argv[n] = NULL;
+	rc = run_tool(req->conf, req->target, true, argv, error_r);
+	free(pg_restore);
+	free(section_opt);
+	free(jobs_opt);
+	return rc;
+}
+
+/* The standby's notices while its old tables go: what was dropped with them. */
+static void
+log_drop_notice(void *arg, const PGresult *res)
+{
+	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+	char *line = xasprintf("%s%s%s", primary != NULL ? primary : "",
+			       detail != NULL ? ": " : "", detail != NULL ? detail : "");
+
+	(void)arg;
+	for (char *p = line; *p != '\0'; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+	if (primary != NULL && strncmp(primary, "drop cascades", 13) == 0)
+		st_info("replacing the standby's tables: %s", line);
+	else
+		st_debug("replacing the standby's tables: %s", line);
+	free(line);
+}
+
+/*
+ * Before the pre-data part: drop on the standby what the dump creates and
+ * pg_restore --clean of the pre-data part alone could not drop.
+ * - Every table, with CASCADE: the foreign keys (post-data) of other tables
+ *   point at them.  CASCADE takes those, and what else on the standby
+ *   depends on the old tables (a view there, say): the standby's content is
+ *   replaced by the master's, and the log names each such object.
+ * - Every event trigger (post-data, and not a table's): it holds on to its
+ *   function, which the pre-data part drops.
+ * Objects that belong to an extension come with the extension and are left
+ * alone.  Everything runs with session_replication_role = replica: the
+ * standby's copy of the DDL capture trigger stays quiet.
+ */
+#define NOT_IN_EXTENSION(catalog, oid) \
+	"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d " \
+	"WHERE d.classid = '" catalog "'::pg_catalog.regclass AND d.objid = " oid \
+	" AND d.deptype = 'e')"
+
+static int
+drop_standby_objects(PGconn *src, PGconn *tgt, const char *snapshot, char **error_r)
+{
+	char *snap = pgc_literal(snapshot), *tables = NULL, *sql;
+	PGresult *triggers = NULL;
+	int rc = -1;
+
+	sql = xasprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+			"SET TRANSACTION SNAPSHOT %s", snap);
+	if (pgc_exec(src, sql, error_r) < 0)
+		goto out;
+	if (pgc_value(src, "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(n.nspname) || '.' || "
+			   "pg_catalog.quote_ident(c.relname), ', ') "
+			   "FROM pg_catalog.pg_class c "
+			   "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+			   "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
+			   "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+			   "AND n.nspname NOT LIKE 'pg\\_toast%' AND "
+			   NOT_IN_EXTENSION("pg_catalog.pg_class", "c.oid"), &tables, error_r) < 0)
+		goto out;
+	triggers = PQexec(src, "SELECT pg_catalog.quote_ident(e.evtname) "
+			       "FROM pg_catalog.pg_event_trigger e WHERE "
+			       NOT_IN_EXTENSION("pg_catalog.pg_event_trigger", "e.oid"));
+	if (PQresultStatus(triggers) != PGRES_TUPLES_OK) {
+		char *why = pgc_result_error(triggers);
+		st_set_error(error_r, "listing the master's event triggers: %s", why);
+		free(why);
+		goto out;
+	}
+	if (pgc_exec(src, "COMMIT", error_r) < 0)
+		goto out;
+
+	if (pgc_exec(tgt, "SET session_replication_role = replica", error_r) < 0 ||
+	    pgc_exec(tgt, "SET client_min_messages = notice", error_r) < 0)
+		goto out;
+	PQnoticeReceiver old = PQsetNoticeReceiver(tgt, log_drop_notice, NULL);
+	rc = 0;
+	for (int i = 0; rc == 0 && i < PQntuples(triggers); i++) {
+		free(sql);
+		sql = xasprintf("DROP EVENT TRIGGER IF EXISTS %s", PQgetvalue(triggers, i, 0));
+		rc = pgc_exec(tgt, sql, error_r);
+	}
+	if (rc == 0 && tables != NULL) {
+		free(sql);
+		sql = xasprintf("DROP TABLE IF EXISTS %s CASCADE", tables);
+		rc = pgc_exec(tgt, sql, error_r);
+	}
+	PQsetNoticeReceiver(tgt, old, NULL);
+	if (rc == 0)
+		rc = pgc_exec(tgt, "RESET session_replication_role", error_r);
+out:
+	PQclear(triggers);
+	free(snap);
+	free(tables);
+	free(sql);
 	return rc;
 }
 
@@ -851,7 +983,7 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		 char **error_r)
 {
 	PGconn *src = NULL, *tgt = NULL, *repl = NULL;
-	char *err = NULL, *snapshot = NULL;
+	char *err = NULL, *snapshot = NULL, *bindir = NULL, *dump = NULL;
 	const char *step = "connecting";
 	pgo_lsn consistent = 0;
 	int rc = -1;
@@ -916,11 +1048,24 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		  st_q(req->slot), PGO_LSN_ARGS(consistent), snapshot);
 
 	step = "copying the schema";
-	if (copy_schema(req, src, snapshot, &err) < 0)
+	bindir = pg_bindir(src);
+	dump = xasprintf("%s.schema", req->marker);
+	if (dump_schema(req, bindir, snapshot, dump, &err) < 0)
 		goto fail;
+	step = "dropping the standby's old tables";
+	if (drop_standby_objects(src, tgt, snapshot, &err) < 0)
+		goto fail;
+	step = "creating the tables";
+	if (restore_section(req, bindir, dump, "pre-data", &err) < 0)
+		goto fail;
+	st_info("created the tables; their indexes, constraints and triggers come after the data");
 	step = "copying the data";
 	if (copy_data(req, src, snapshot, progress, &err) < 0)
 		goto fail;
+	step = "building the indexes, constraints and triggers";
+	if (restore_section(req, bindir, dump, "post-data", &err) < 0)
+		goto fail;
+	st_info("built the indexes, constraints and triggers");
 	step = "copying the sequences";
 	if (copy_sequences(src, tgt, snapshot, &err) < 0)
 		goto fail;
@@ -945,6 +1090,10 @@ out:
 	PQfinish(repl);
 	PQfinish(src);
 	PQfinish(tgt);
+	if (dump != NULL)
+		unlink(dump);
+	free(dump);
+	free(bindir);
 	free(err);
 	free(snapshot);
 	return rc;

@@ -2,10 +2,13 @@
  * pgsync.h: the initial copy of the master's database to the standby.
  *
  * In one snapshot: the logical slot is created with an exported snapshot;
- * pg_dump --schema-only --snapshot copies the schema (pg_restore --clean
- * --if-exists on the standby, so a retry after a crash starts over cleanly);
- * every published table is copied with COPY, several at once, each worker
- * importing the snapshot; sequences are set.  Last, the standby's origin is
+ * pg_dump --schema-only --snapshot takes the schema; the standby's old tables
+ * and event triggers are dropped (CASCADE) and the pre-data part restored
+ * (pg_restore --clean --if-exists, so a retry after a crash starts over
+ * cleanly); every published table is copied with COPY, several at once, each
+ * worker importing the snapshot; then the post-data part (indexes,
+ * constraints, triggers) is built over the loaded tables, as pg_restore does
+ * it; sequences are set.  Last, the standby's origin is
  * advanced to the slot's consistent point, so streaming starts exactly after
  * the snapshot: no change lost or applied twice.
  *

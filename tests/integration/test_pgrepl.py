@@ -194,6 +194,39 @@ def test_first_sync_cut_short_starts_over(pg):
     assert d.output().count("initial sync source=a target=b") == 2, d.output()
 
 
+def test_resync_replaces_a_standby_with_foreign_keys_and_views(pg):
+    """--resync over a complete standby: its old tables go first, with the
+    foreign keys between them and a view of the standby's own (the log names
+    it); then the tables, the data, and only then the indexes, constraints
+    and triggers, with their comments."""
+    _schema_with_everything(pg, 2000)
+    pg.sql_a("COMMENT ON INDEX child_parent IS 'by parent';"
+             "COMMENT ON CONSTRAINT child_qty_check ON child IS 'no negative qty'")
+    d = pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("parent", "child")
+    d.stop()
+    pg.sql_b("CREATE VIEW standby_report AS SELECT code FROM parent")
+    pg.sql_a("INSERT INTO parent VALUES (1000, 'while the daemon was down')")
+    d.start(["--resync"])
+    pg.wait_state("streaming")
+    pg.wait_equal("parent", "child")
+    assert pg.sql_b(SCHEMA_OBJECTS) == pg.sql_a(SCHEMA_OBJECTS)
+    comments = ("SELECT obj_description('child_parent'::regclass, 'pg_class') || '/' || "
+                "(SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint "
+                "WHERE conname = 'child_qty_check')")
+    assert pg.sql_b(comments) == "by parent/no negative qty"
+    assert pg.sql_b("SELECT count(*) FROM pg_views WHERE viewname = 'standby_report'") == "0"
+    out = d.output()
+    second = out[out.index("initial sync source=a target=b", out.index("initial sync done")):]
+    assert re.search(r"drop cascades.*view standby_report", second), second[-3000:]
+    assert (second.index("created the tables") < second.index("copied table table=public.child")
+            < second.index("built the indexes, constraints and triggers")), second[-3000:]
+    # The standby's foreign key holds after the resync: deleting a parent cascades.
+    pg.sql_a("DELETE FROM parent WHERE id = 5")
+    pg.wait_equal("parent", "child")
+
+
 def test_one_huge_transaction(pg):
     """200,000 rows in one source transaction: applied in one piece, with
     the results read as they come (bounded memory), and a long statement on

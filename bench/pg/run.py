@@ -726,11 +726,12 @@ def phase_c(side, args):
     side.verify("after the lag run")
 
     # Delay: per heartbeat inserted during the load, first poll that saw it minus its ts.
-    delays, age, maxts = [], [], None
+    delays, age, maxts, timed = [], [], None, []
     for now, seen in polls:
         for _i, ts in seen:
             if load_start <= ts <= load_end:
                 delays.append((now - ts) * 1000)
+                timed.append((ts - load_start, (now - ts) * 1000))
             maxts = ts if maxts is None else max(maxts, ts)
         # Age: at each poll during the load, standby clock minus the newest heartbeat it has.
         if maxts is not None and load_start <= now <= load_end:
@@ -746,6 +747,13 @@ def phase_c(side, args):
         f"{res['age_p99']:.1f} max {res['age_max']:.1f} ({res['n_age']} samples); standby caught "
         f"up {drain:.2f}s after the load ended; verified equal. {side.describe()}")
     log(f"{side.name}: (c) {cpu_text(cpu, load_end - load_start)}")
+    if args.delays_dir:
+        path = os.path.join(args.delays_dir, f"c-{side.name}-{int(load_start)}.tsv")
+        with open(path, "w") as f:
+            f.write("# seconds after the load started\theartbeat delay ms\n")
+            for t, d in timed:
+                f.write(f"{t:.3f}\t{d:.2f}\n")
+        log(f"{side.name}: (c) each heartbeat's delay written to {path}")
     return res
 
 
@@ -919,6 +927,9 @@ def main():
                    help="pgbench -R for (c): the same offered load on both sides (default 0: "
                         "unthrottled, as fast as the machine goes)")
     p.add_argument("--lag-seconds", type=int, default=30, help="pgbench -T for (c) (default 30)")
+    p.add_argument("--delays-dir", default=None,
+                   help="(c): write each heartbeat's delay, with its time in the load, to "
+                        "DIR/c-SIDE-START.tsv (to see when the slow ones came)")
     p.add_argument("--big-rows", type=int, default=1000000,
                    help="rows of the one transaction of (d) (default 1000000)")
     p.add_argument("--rounds", type=int, default=3,

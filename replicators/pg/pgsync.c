@@ -110,44 +110,56 @@ pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
 int
 pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r)
 {
-	PGresult *res = PQexec(src, "SELECT pg_catalog.quote_ident(schemaname) || '.' || "
-				    "pg_catalog.quote_ident(sequencename), last_value "
+	/* Two array literals, names and values, in one order: one round trip
+	 * to each server however many sequences there are (this runs on the
+	 * apply thread, between groups). */
+	PGresult *res = PQexec(src, "SELECT pg_catalog.array_agg(pg_catalog.quote_ident(schemaname) "
+				    "|| '.' || pg_catalog.quote_ident(sequencename) "
+				    "ORDER BY schemaname, sequencename)::pg_catalog.text, "
+				    "pg_catalog.array_agg(last_value "
+				    "ORDER BY schemaname, sequencename)::pg_catalog.text "
 				    "FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL");
+	PGresult *r2 = NULL;
 	int rc = -1;
 
 	*n_r = 0;
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
 		char *why = pgc_result_error(res);
 		st_set_error(error_r, "reading sequences on the master: %s", why);
 		free(why);
 		goto out;
 	}
-	for (int i = 0; i < PQntuples(res); i++) {
-		const char *pv[] = { PQgetvalue(res, i, 0), PQgetvalue(res, i, 1) };
-		/* Only forward: a standby sequence ahead (used there) stays.  One the
-		 * standby does not have yet (its CREATE is still in the stream) is
-		 * left for a later pass. */
-		PGresult *r2 = PQexecParams(tgt,
-			"SELECT pg_catalog.setval(s.oid, $2::pg_catalog.int8, true) "
-			"FROM pg_catalog.pg_class s JOIN pg_catalog.pg_sequences q "
-			"ON q.schemaname = s.relnamespace::pg_catalog.regnamespace::pg_catalog.text "
-			"AND q.sequencename = s.relname "
-			"WHERE s.oid = pg_catalog.to_regclass($1) "
-			"AND (q.last_value IS NULL OR q.last_value < $2::pg_catalog.int8)",
-			2, NULL, pv, NULL, NULL, 0);
-		if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
-			char *why = pgc_result_error(r2);
-			st_set_error(error_r, "setting sequence %s on the standby: %s", pv[0], why);
-			free(why);
-			PQclear(r2);
-			goto out;
-		}
-		*n_r += (unsigned)PQntuples(r2);
-		PQclear(r2);
+	if (PQgetisnull(res, 0, 0)) {
+		rc = 0;		/* no sequence, or none used yet */
+		goto out;
 	}
+	/* Only forward (in the sequence's own direction): one ahead on the
+	 * standby (used there) stays.  One the standby does not have yet (its
+	 * CREATE is still in the stream) is left for a later pass. */
+	const char *pv[] = { PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1) };
+	r2 = PQexecParams(tgt,
+		"SELECT pg_catalog.count(pg_catalog.setval(c.oid, v.last_value, true)) "
+		"FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), "
+		"  pg_catalog.unnest($2::pg_catalog.int8[])) AS v (name, last_value) "
+		"JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(v.name) "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+		"JOIN pg_catalog.pg_sequences q ON q.schemaname = n.nspname "
+		"  AND q.sequencename = c.relname "
+		"WHERE q.last_value IS NULL "
+		"OR (q.increment_by > 0 AND q.last_value < v.last_value) "
+		"OR (q.increment_by < 0 AND q.last_value > v.last_value)",
+		2, NULL, pv, NULL, NULL, 0);
+	if (PQresultStatus(r2) != PGRES_TUPLES_OK || PQntuples(r2) != 1) {
+		char *why = pgc_result_error(r2);
+		st_set_error(error_r, "setting sequences on the standby: %s", why);
+		free(why);
+		goto out;
+	}
+	*n_r = (unsigned)strtoul(PQgetvalue(r2, 0, 0), NULL, 10);
 	rc = 0;
 out:
 	PQclear(res);
+	PQclear(r2);
 	return rc;
 }
 
@@ -931,34 +943,15 @@ copy_sequences(PGconn *src, PGconn *tgt, const char *snapshot, char **error_r)
 	char *snap = pgc_literal(snapshot);
 	char *sql = xasprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 			      "SET TRANSACTION SNAPSHOT %s", snap);
-	PGresult *res = NULL;
+	unsigned n = 0;
 	int rc = -1;
 
-	if (pgc_exec(src, sql, error_r) < 0)
+	if (pgc_exec(src, sql, error_r) < 0 || pgs_sync_sequences(src, tgt, &n, error_r) < 0 ||
+	    pgc_exec(src, "COMMIT", error_r) < 0)
 		goto out;
-	res = PQexec(src, "SELECT pg_catalog.quote_ident(schemaname) || '.' || "
-			  "pg_catalog.quote_ident(sequencename), last_value "
-			  "FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL");
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		char *why = pgc_result_error(res);
-		st_set_error(error_r, "listing sequences: %s", why);
-		free(why);
-		goto out;
-	}
-	for (int i = 0; i < PQntuples(res); i++) {
-		char *name = pgc_literal(PQgetvalue(res, i, 0));
-		free(sql);
-		sql = xasprintf("SELECT pg_catalog.setval(%s::pg_catalog.regclass, %s, true)", name,
-				PQgetvalue(res, i, 1));
-		free(name);
-		if (pgc_exec(tgt, sql, error_r) < 0)
-			goto out;
-	}
-	if (pgc_exec(src, "COMMIT", error_r) < 0)
-		goto out;
+	st_info("copied sequences sequences=%u", n);
 	rc = 0;
 out:
-	PQclear(res);
 	free(sql);
 	free(snap);
 	return rc;

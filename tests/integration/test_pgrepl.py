@@ -911,6 +911,24 @@ def test_sequences_follow_and_never_go_back(pg):
     first = pg.status()["sequences_synced_ms"]
     sh.wait_until(lambda: pg.status()["sequences_synced_ms"] != first, 30, "another sequence copy")
     assert pg.sql_b("SELECT last_value FROM s") == "1000"
+    # Names that need quoting, and a descending sequence (forward is down).
+    pg.sql_a('CREATE SCHEMA "Odd Schema"; CREATE SEQUENCE "Odd Schema"."Seq ""q"" \\ é";'
+             "CREATE SEQUENCE down INCREMENT -1 MINVALUE -100 MAXVALUE -1 START -1")
+    sh.wait_until(lambda: pg.sql_b("SELECT count(*) FROM pg_class WHERE relname IN "
+                                   "('down', 'Seq \"q\" \\ é')") == "2", 30,
+                  "the new sequences on the standby")
+    pg.sql_a('SELECT nextval(\'"Odd Schema"."Seq ""q"" \\ é"\') FROM generate_series(1, 9);'
+             "SELECT nextval('down') FROM generate_series(1, 12)")
+    query(pg.daemon.sock, "sequences")
+    sh.wait_until(lambda: pg.sql_b('SELECT last_value FROM "Odd Schema"."Seq ""q"" \\ é"') == "9"
+                  and pg.sql_b("SELECT last_value FROM down") == "-12", 30,
+                  "the quoted and the descending sequences on the standby")
+    pg.sql_b("SELECT setval('down', -50)")
+    pg.sql_a("SELECT nextval('down')")
+    query(pg.daemon.sock, "sequences")
+    first = pg.status()["sequences_synced_ms"]
+    sh.wait_until(lambda: pg.status()["sequences_synced_ms"] != first, 30, "another sequence copy")
+    assert pg.sql_b("SELECT last_value FROM down") == "-50"
     # A sequence whose CREATE is still in the stream when sequences are copied
     # (the copy runs first thing in a session) waits for it; no error loop.
     pg.daemon.stop()

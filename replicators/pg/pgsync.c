@@ -566,6 +566,8 @@ log_drop_notice(void *arg, const PGresult *res)
  * alone.  Everything runs with session_replication_role = replica: the
  * standby's copy of the DDL capture trigger stays quiet.
  */
+#define DROP_CHUNK "200"
+
 #define NOT_IN_EXTENSION(catalog, oid) \
 	"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d " \
 	"WHERE d.classid = '" catalog "'::pg_catalog.regclass AND d.objid = " oid \
@@ -574,23 +576,32 @@ log_drop_notice(void *arg, const PGresult *res)
 static int
 drop_standby_objects(PGconn *src, PGconn *tgt, const char *snapshot, char **error_r)
 {
-	char *snap = pgc_literal(snapshot), *tables = NULL, *sql;
-	PGresult *triggers = NULL;
+	char *snap = pgc_literal(snapshot), *sql;
+	PGresult *tables = NULL, *triggers = NULL;
 	int rc = -1;
 
 	sql = xasprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 			"SET TRANSACTION SNAPSHOT %s", snap);
 	if (pgc_exec(src, sql, error_r) < 0)
 		goto out;
-	if (pgc_value(src, "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(n.nspname) || '.' || "
-			   "pg_catalog.quote_ident(c.relname), ', ') "
-			   "FROM pg_catalog.pg_class c "
-			   "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-			   "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
-			   "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-			   "AND n.nspname NOT LIKE 'pg\\_toast%' AND "
-			   NOT_IN_EXTENSION("pg_catalog.pg_class", "c.oid"), &tables, error_r) < 0)
+	/* The tables in lists of DROP_CHUNK: each DROP its own transaction,
+	 * within the standby's lock table however many there are. */
+	tables = PQexec(src, "SELECT pg_catalog.string_agg(name, ', ') FROM ("
+			     " SELECT pg_catalog.quote_ident(n.nspname) || '.' || "
+			     " pg_catalog.quote_ident(c.relname) AS name, "
+			     " (pg_catalog.row_number() OVER () - 1) / " DROP_CHUNK " AS chunk "
+			     " FROM pg_catalog.pg_class c "
+			     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+			     " WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
+			     " AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+			     " AND n.nspname NOT LIKE 'pg\\_toast%' AND "
+			     NOT_IN_EXTENSION("pg_catalog.pg_class", "c.oid") ") t GROUP BY chunk");
+	if (PQresultStatus(tables) != PGRES_TUPLES_OK) {
+		char *why = pgc_result_error(tables);
+		st_set_error(error_r, "listing the master's tables: %s", why);
+		free(why);
 		goto out;
+	}
 	triggers = PQexec(src, "SELECT pg_catalog.quote_ident(e.evtname) "
 			       "FROM pg_catalog.pg_event_trigger e WHERE "
 			       NOT_IN_EXTENSION("pg_catalog.pg_event_trigger", "e.oid"));
@@ -613,18 +624,18 @@ drop_standby_objects(PGconn *src, PGconn *tgt, const char *snapshot, char **erro
 		sql = xasprintf("DROP EVENT TRIGGER IF EXISTS %s", PQgetvalue(triggers, i, 0));
 		rc = pgc_exec(tgt, sql, error_r);
 	}
-	if (rc == 0 && tables != NULL) {
+	for (int i = 0; rc == 0 && i < PQntuples(tables); i++) {
 		free(sql);
-		sql = xasprintf("DROP TABLE IF EXISTS %s CASCADE", tables);
+		sql = xasprintf("DROP TABLE IF EXISTS %s CASCADE", PQgetvalue(tables, i, 0));
 		rc = pgc_exec(tgt, sql, error_r);
 	}
 	PQsetNoticeReceiver(tgt, old, NULL);
 	if (rc == 0)
 		rc = pgc_exec(tgt, "RESET session_replication_role", error_r);
 out:
+	PQclear(tables);
 	PQclear(triggers);
 	free(snap);
-	free(tables);
 	free(sql);
 	return rc;
 }

@@ -202,6 +202,13 @@ def test_resync_replaces_a_standby_with_foreign_keys_and_views(pg):
     _schema_with_everything(pg, 2000)
     pg.sql_a("COMMENT ON INDEX child_parent IS 'by parent';"
              "COMMENT ON CONSTRAINT child_qty_check ON child IS 'no negative qty'")
+    # More tables than one DROP takes (200), each with a foreign key to the
+    # one before: the drops cascade across lists.
+    pg.sql_a("DO $$BEGIN FOR i IN 0..449 LOOP EXECUTE format("
+             "'CREATE TABLE chain%s (id int PRIMARY KEY, prev int %s)', i, "
+             "CASE WHEN i > 0 THEN format('REFERENCES chain%s', i - 1) ELSE '' END); "
+             "END LOOP; END$$")
+    pg.sql_a("INSERT INTO chain0 VALUES (1); INSERT INTO chain449 VALUES (1, NULL)")
     d = pg.start()
     pg.wait_state("streaming")
     pg.wait_equal("parent", "child")
@@ -212,6 +219,7 @@ def test_resync_replaces_a_standby_with_foreign_keys_and_views(pg):
     pg.wait_state("streaming")
     pg.wait_equal("parent", "child")
     assert pg.sql_b(SCHEMA_OBJECTS) == pg.sql_a(SCHEMA_OBJECTS)
+    pg.wait_equal("chain0", "chain449")
     comments = ("SELECT obj_description('child_parent'::regclass, 'pg_class') || '/' || "
                 "(SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint "
                 "WHERE conname = 'child_qty_check')")

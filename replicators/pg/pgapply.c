@@ -1839,8 +1839,14 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", lit);
 	if (pgc_exec(conn, sql, &err) < 0)
 		goto fail;
+	/* The apply statements find their rows by key.  The planner would scan a
+	 * small table whole instead (a 10-row table is one page, as far as its
+	 * statistics know), which under churn it no longer is; and the keys of
+	 * a batch are unique, so memoizing a lookup never pays.  As PostgreSQL's
+	 * own apply worker, take the index. */
 	if (pgc_exec(conn, "SET session_replication_role = replica; "
-			   "SET synchronous_commit = off; SET search_path = pg_catalog", &err) < 0)
+			   "SET synchronous_commit = off; SET search_path = pg_catalog; "
+			   "SET enable_seqscan = off; SET enable_memoize = off", &err) < 0)
 		goto fail;
 	/* What every group sends, parsed once per session. */
 	if (prepare_now(conn, "standin_begin", "BEGIN", &err) < 0 ||

@@ -614,8 +614,10 @@ drop_standby_objects(PGconn *src, PGconn *tgt, const char *snapshot, char **erro
 	if (pgc_exec(src, "COMMIT", error_r) < 0)
 		goto out;
 
+	/* lc_messages C: the notice of what a DROP took with it is recognised. */
 	if (pgc_exec(tgt, "SET session_replication_role = replica", error_r) < 0 ||
-	    pgc_exec(tgt, "SET client_min_messages = notice", error_r) < 0)
+	    pgc_exec(tgt, "SET client_min_messages = notice", error_r) < 0 ||
+	    pgc_exec(tgt, "SET lc_messages = 'C'", error_r) < 0)
 		goto out;
 	PQnoticeReceiver old = PQsetNoticeReceiver(tgt, log_drop_notice, NULL);
 	rc = 0;
@@ -632,6 +634,8 @@ drop_standby_objects(PGconn *src, PGconn *tgt, const char *snapshot, char **erro
 	PQsetNoticeReceiver(tgt, old, NULL);
 	if (rc == 0)
 		rc = pgc_exec(tgt, "RESET session_replication_role", error_r);
+	if (rc == 0)
+		rc = pgc_exec(tgt, "RESET lc_messages", error_r);
 out:
 	PQclear(tables);
 	PQclear(triggers);

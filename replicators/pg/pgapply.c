@@ -11,8 +11,9 @@
  * A row statement that finds no row (or too many) is no error to
  * PostgreSQL, so each UPDATE, DELETE and batch is sent wrapped in a count
  * that raises one on the standby itself (count_wrap).  The abort then takes
- * the group's COMMIT with it, and a group is committed without waiting for
- * its rows' answers: one round trip per group, not two.
+ * the group's COMMIT with it, and the COMMITs of the groups sent after it
+ * up to the next SYNC: a group is committed without waiting for any answer,
+ * to its rows or to the group before (commit_group).
  */
 #include "config.h"
 
@@ -109,6 +110,14 @@ enum pend_kind {
 	PEND_SYNC,
 };
 
+/* What a group brings to the stats once the standby says COMMIT. */
+struct group_figures {
+	unsigned txns;
+	uint64_t rows, ddl;
+	pgo_lsn end_lsn;
+	int64_t commit_time;
+};
+
 struct pending {
 	enum pend_kind kind;
 	char op;
@@ -116,6 +125,7 @@ struct pending {
 	uint32_t rows;			/* PEND_BATCH */
 	uint32_t relid;			/* PEND_MERGE_CHECK */
 	unsigned check;			/* PEND_MERGE_CHECK */
+	struct group_figures group;	/* PEND_COMMIT */
 	char *what;			/* for messages: "INSERT into public.t key (id)=(5)" */
 };
 
@@ -145,16 +155,9 @@ struct pga {
 
 	bool in_source_txn;
 	bool group_open;
-	/* The group whose COMMIT is sent and not yet answered (at most one: the
-	 * next group's first wait reads that answer); its figures reach stats
-	 * when the standby says COMMIT. */
-	struct {
-		bool pending;
-		unsigned txns;
-		uint64_t rows, ddl;
-		pgo_lsn end_lsn;
-		int64_t commit_time;
-	} inflight;
+	/* A group was committed since the standby was last asked for its
+	 * answers (a SYNC or a flush request; see pga_ask_answers). */
+	bool answers_unasked;
 	unsigned group_txns;
 	long long group_start_ms;
 	pgo_lsn group_end_lsn;
@@ -354,8 +357,6 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 	ExecStatusType st = PQresultStatus(res);
 
 	pd->got_result = true;
-	if (pd->kind == PEND_COMMIT && st != PGRES_COMMAND_OK)
-		p->inflight.pending = false;	/* not committed: nothing counted */
 	if (st == PGRES_PIPELINE_ABORTED)
 		return;		/* an earlier statement failed; that one is reported */
 	if (pd->kind == PEND_BATCH && p->error == NULL) {
@@ -402,16 +403,14 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 	switch (pd->kind) {
 	case PEND_COMMIT:
 		if (strcmp(PQcmdStatus(res), "COMMIT") != 0) {
-			p->inflight.pending = false;
 			fail(p, "COMMIT on the standby answered %s", PQcmdStatus(res));
-		} else if (p->inflight.pending) {
-			p->inflight.pending = false;
-			p->stats.txns += p->inflight.txns;
-			p->stats.rows += p->inflight.rows;
-			p->stats.ddl += p->inflight.ddl;
+		} else {
+			p->stats.txns += pd->group.txns;
+			p->stats.rows += pd->group.rows;
+			p->stats.ddl += pd->group.ddl;
 			p->stats.groups++;
-			p->stats.applied_lsn = p->inflight.end_lsn;
-			p->stats.applied_commit_time = p->inflight.commit_time;
+			p->stats.applied_lsn = pd->group.end_lsn;
+			p->stats.applied_commit_time = pd->group.commit_time;
 		}
 		break;
 	case PEND_MERGE_CHECK: {
@@ -508,27 +507,6 @@ wait_socket(struct pga *p, bool want_write, char **error_r)
 	}
 }
 
-/* Flush and read until no more than MAX_QUEUED results are due, or with
- * SETTLE until the last group's COMMIT is answered or something failed. */
-static int
-pump_until(struct pga *p, size_t max_queued, bool settle, char **error_r)
-{
-	for (;;) {
-		int f = PQflush(p->conn);
-		if (f < 0) {
-			st_set_error(error_r, "cannot send to the standby: %s", pgc_errmsg(p->conn));
-			return -1;
-		}
-		if (drain(p, error_r) < 0)
-			return -1;
-		if (settle ? !p->inflight.pending || p->error != NULL
-			   : f == 0 && queued(p) <= max_queued)
-			return 0;
-		if (wait_socket(p, f == 1, error_r) < 0)
-			return -1;
-	}
-}
-
 /*
  * Send what libpq holds, reading results meanwhile (so neither side waits
  * on a full socket); with UNTIL_EMPTY, also wait for every pending result.
@@ -540,7 +518,21 @@ pump_until(struct pga *p, size_t max_queued, bool settle, char **error_r)
 static int
 pump(struct pga *p, bool until_empty, char **error_r)
 {
-	return pump_until(p, until_empty ? 0 : MAX_IN_FLIGHT, false, error_r);
+	size_t max_queued = until_empty ? 0 : MAX_IN_FLIGHT;
+
+	for (;;) {
+		int f = PQflush(p->conn);
+		if (f < 0) {
+			st_set_error(error_r, "cannot send to the standby: %s", pgc_errmsg(p->conn));
+			return -1;
+		}
+		if (drain(p, error_r) < 0)
+			return -1;
+		if (f == 0 && queued(p) <= max_queued)
+			return 0;
+		if (wait_socket(p, f == 1, error_r) < 0)
+			return -1;
+	}
 }
 
 /*
@@ -576,6 +568,7 @@ static int
 send_sync(struct pga *p, char **error_r)
 {
 	enqueue(p, PEND_SYNC, 0, NULL);
+	p->answers_unasked = false;
 	return after_send(p, PQpipelineSync(p->conn), error_r);
 }
 
@@ -1651,34 +1644,29 @@ rollback_quietly(struct pga *p)
 }
 
 /*
- * Wait for the answer to the last group's COMMIT, if it is still due, and
- * take the first failure seen so far.
- */
-static int
-settle_inflight(struct pga *p, char **error_r)
-{
-	if (pump_until(p, 0, true, error_r) < 0)
-		return -1;
-	return take_error(p, error_r);
-}
-
-/*
  * Commit the open group: send its last rows, the origin's position and
- * COMMIT, and go on without waiting for the answers.  A row that finds no
- * row to change fails on the standby (count_wrap), which aborts the rest
- * of the group up to its SYNC, COMMIT included.  What is waited for is the
- * answer to the group before's COMMIT: should that group have failed, this
- * one, sent after its SYNC in a transaction of its own, must not commit
- * either (it would move the origin past the failure).  Any failure comes
- * out there, in pga_service or in the next durable-position query, and the
- * session starts over from the origin's durable position.
+ * COMMIT, and go on without waiting for any answer.  No SYNC follows, so
+ * the groups sent since the last SYNC form one pipeline segment, and a
+ * failure anywhere in it (a row that finds no row to change fails on the
+ * standby, see count_wrap; a COMMIT that cannot commit) makes the standby
+ * skip everything after it up to the next SYNC, the later groups' COMMITs
+ * included: nothing commits past a failure, and the origin never moves
+ * past it.  The standby sends an error at once; it comes out where the
+ * answers are read (pga_service, the next commit, the next durable-position
+ * query, whose SYNC waits for every answer), and the session starts over
+ * from the origin's durable position.
+ *
+ * So the standby commits each group as soon as it reaches its COMMIT, not
+ * a round trip after the group before; and its other answers come as its
+ * output buffer fills, or when asked for (pga_ask_answers, the SYNC of the
+ * durable-position query), not one packet and one wakeup per group.
  */
 static int
 commit_group(struct pga *p, char **error_r)
 {
 	char lsn[32], ts[32];
 
-	if (batch_flush_all(p, error_r) < 0 || settle_inflight(p, error_r) < 0) {
+	if (batch_flush_all(p, error_r) < 0 || take_error(p, error_r) < 0) {
 		rollback_quietly(p);
 		p->group_open = false;
 		return -1;
@@ -1690,21 +1678,25 @@ commit_group(struct pga *p, char **error_r)
 	if (after_send(p, PQsendQueryPrepared(p->conn, "standin_origin_setup", 2, pv, NULL, NULL, 0),
 		       error_r) < 0)
 		return -1;
-	enqueue(p, PEND_COMMIT, 0, xstrdup("COMMIT"));
+	struct pending *pd = enqueue(p, PEND_COMMIT, 0, xstrdup("COMMIT"));
+	pd->group = (struct group_figures){
+		.txns = p->group_txns,
+		.rows = p->group_rows,
+		.ddl = p->group_ddl,
+		.end_lsn = p->group_end_lsn,
+		.commit_time = p->group_commit_time,
+	};
+	p->group_open = false;
+	p->answers_unasked = true;
 	if (after_send(p, PQsendQueryPrepared(p->conn, "standin_commit", 0, NULL, NULL, NULL, 0),
 		       error_r) < 0)
 		return -1;
-	p->group_open = false;
-	p->inflight.pending = true;
-	p->inflight.txns = p->group_txns;
-	p->inflight.rows = p->group_rows;
-	p->inflight.ddl = p->group_ddl;
-	p->inflight.end_lsn = p->group_end_lsn;
-	p->inflight.commit_time = p->group_commit_time;
-	/* The SYNC sends it all (PQpipelineSync flushes); the answers are read
-	 * as they come. */
-	if (send_sync(p, error_r) < 0 || pump(p, false, error_r) < 0)
+	/* Send it now (what does not fit in the socket goes when poll says
+	 * it can: pga_wants_write); the answers are read as they come. */
+	if (PQflush(p->conn) < 0) {
+		st_set_error(error_r, "cannot send to the standby: %s", pgc_errmsg(p->conn));
 		return -1;
+	}
 	return 0;
 }
 
@@ -1957,6 +1949,26 @@ bool
 pga_wants_write(const struct pga *p)
 {
 	return PQflush(p->conn) == 1;
+}
+
+bool
+pga_answers_unasked(const struct pga *p)
+{
+	return p->answers_unasked;
+}
+
+int
+pga_ask_answers(struct pga *p, char **error_r)
+{
+	if (!p->answers_unasked)
+		return 0;
+	p->answers_unasked = false;
+	if (!PQsendFlushRequest(p->conn)) {
+		st_set_error(error_r, "cannot ask the standby for its answers: %s",
+			     pgc_errmsg(p->conn));
+		return -1;
+	}
+	return pump(p, false, error_r);
 }
 
 int

@@ -82,6 +82,15 @@ bool pga_in_source_txn(const struct pga *pga);
 /* Milliseconds until the open group is due (0 if due now; -1 if none open). */
 long pga_ms_until_due(const struct pga *pga);
 
+/*
+ * A group was committed and the standby not asked since to send the
+ * answers it holds (errors it sends at once; the rest when its output
+ * buffer fills, or when asked by pga_ask_answers: call it when the stream
+ * is idle, so the stats do not wait for the next durable-position query).
+ */
+bool pga_answers_unasked(const struct pga *pga);
+int pga_ask_answers(struct pga *pga, char **error_r) ST_WARN_UNUSED;
+
 /* The target socket, and servicing it when poll() says it is ready. */
 int pga_socket(const struct pga *pga);
 bool pga_wants_write(const struct pga *pga);

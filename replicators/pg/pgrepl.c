@@ -47,6 +47,9 @@
 #define RETRY_MAX_MS 30000
 #define IDLE_CHECK_MS 2000
 #define SEQUENCE_SYNC_MS 10000
+/* A stream quiet this long after a group was committed: the standby is
+ * asked for its answers (the applied position in the status). */
+#define ANSWERS_IDLE_MS 10
 
 struct status {
 	const char *state;		/* static string */
@@ -553,6 +556,8 @@ stream_loop(struct stream *s, char **error_r)
 		long due = pga_ms_until_due(s->apply);
 		if (due >= 0 && due < timeout)
 			timeout = due;
+		if (pga_answers_unasked(s->apply) && ANSWERS_IDLE_MS < timeout)
+			timeout = ANSWERS_IDLE_MS;
 		if (timeout < 0)
 			timeout = 0;
 		struct pollfd pfd[3] = {
@@ -566,6 +571,9 @@ stream_loop(struct stream *s, char **error_r)
 			return -1;
 		}
 		if (pfd[1].revents != 0 && pga_service(s->apply, error_r) < 0)
+			return -1;
+		/* The stream went quiet: have the standby's answers now. */
+		if (!(pfd[0].revents & POLLIN) && pga_ask_answers(s->apply, error_r) < 0)
 			return -1;
 		if (pfd[2].revents != 0)
 			drain_wake(r);

@@ -686,7 +686,7 @@ def phase_c(side, args):
                 if seen:
                     last[0] = seen[-1][0]
                 polls.append((now, seen))
-                stop_sampler.wait(rnd.uniform(SAMPLE_MIN, SAMPLE_MAX))
+                stop_sampler.wait(rnd.uniform(*args.sample))
         except Exception as e:  # noqa: BLE001
             errors.append(f"sampler: {e}")
 
@@ -699,7 +699,7 @@ def phase_c(side, args):
         log(f"{side.name}: (c) pgbench -n -c {args.clients} -j {args.jobs} -T {args.lag_seconds}"
             f"{''.join(' ' + a for a in rate)} on the master, heartbeat every "
             f"{HEARTBEAT_PERIOD * 1000:.0f} ms, standby polled every "
-            f"{SAMPLE_MIN * 1000:.0f}-{SAMPLE_MAX * 1000:.0f} ms")
+            f"{args.sample[0] * 1000:g}-{args.sample[1] * 1000:g} ms")
         cpu0 = cpu_snapshot(side)
         load_start = time.time()
         output = pgbench(side.a, "-n", "-c", str(args.clients), "-j", str(args.jobs),
@@ -927,6 +927,10 @@ def main():
                    help="pgbench -R for (c): the same offered load on both sides (default 0: "
                         "unthrottled, as fast as the machine goes)")
     p.add_argument("--lag-seconds", type=int, default=30, help="pgbench -T for (c) (default 30)")
+    p.add_argument("--sample-ms", default=f"{SAMPLE_MIN * 1000:g},{SAMPLE_MAX * 1000:g}",
+                   help="(c): the standby is polled every MIN to MAX ms, uniformly random "
+                        "(default %(default)s; a finer poll sees the replication delay itself "
+                        "rather than the poll's)")
     p.add_argument("--delays-dir", default=None,
                    help="(c): write each heartbeat's delay, with its time in the load, to "
                         "DIR/c-SIDE-START.tsv (to see when the slow ones came)")
@@ -941,6 +945,12 @@ def main():
     p.add_argument("--keep", action="store_true", help="keep the servers' directories (STANDIN_KEEP_TMP=1)")
     args = p.parse_args()
     only = args.only = {x.strip() for x in args.only.split(",") if x.strip()}
+    try:
+        args.sample = tuple(float(x) / 1000 for x in args.sample_ms.split(","))
+        if len(args.sample) != 2 or not 0 < args.sample[0] <= args.sample[1]:
+            raise ValueError
+    except ValueError:
+        p.error("--sample-ms takes MIN,MAX in ms, 0 < MIN <= MAX")
     if not only or only - {"a", "b", "c", "d"}:
         p.error("--only takes a comma-separated subset of a,b,c,d")
     if args.txns % args.clients:

@@ -69,11 +69,19 @@ void pga_free(struct pga **pga);
 int pga_message(struct pga *pga, const struct pgo_msg *msg, char **error_r) ST_WARN_UNUSED;
 
 /*
- * Commit the open group if it is due (count or age), or whenever it holds a
- * complete source transaction and FORCE is set (the stream has nothing more
- * for now).  0 or -1 with *error_r.
+ * Commit the open group if it is due (count or age), or when it holds a
+ * complete source transaction, FORCE is set (the stream has nothing more
+ * for now) and the standby is not behind (see COMMITS_AHEAD in pgapply.c).
+ * 0 or -1 with *error_r.
  */
 int pga_commit_if_due(struct pga *pga, bool force, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * True while the standby is behind: groups' COMMITs sent and not answered
+ * yet, as many as are worth having ahead of it.  Meanwhile the stream is
+ * best left unread; an answer makes the target socket readable.
+ */
+bool pga_behind(const struct pga *pga);
 
 /* True while a group is open on the target (rows not yet committed). */
 bool pga_group_open(const struct pga *pga);
@@ -81,15 +89,6 @@ bool pga_group_open(const struct pga *pga);
 bool pga_in_source_txn(const struct pga *pga);
 /* Milliseconds until the open group is due (0 if due now; -1 if none open). */
 long pga_ms_until_due(const struct pga *pga);
-
-/*
- * A group was committed and the standby not asked since to send the
- * answers it holds (errors it sends at once; the rest when its output
- * buffer fills, or when asked by pga_ask_answers: call it when the stream
- * is idle, so the stats do not wait for the next durable-position query).
- */
-bool pga_answers_unasked(const struct pga *pga);
-int pga_ask_answers(struct pga *pga, char **error_r) ST_WARN_UNUSED;
 
 /* The target socket, and servicing it when poll() says it is ready. */
 int pga_socket(const struct pga *pga);

@@ -47,9 +47,6 @@
 #define RETRY_MAX_MS 30000
 #define IDLE_CHECK_MS 2000
 #define SEQUENCE_SYNC_MS 10000
-/* A stream quiet this long after a group was committed: the standby is
- * asked for its answers (the applied position in the status). */
-#define ANSWERS_IDLE_MS 10
 
 struct status {
 	const char *state;		/* static string */
@@ -525,7 +522,7 @@ stream_loop(struct stream *s, char **error_r)
 			PQfreemem(buf);
 			if (rc < 0)
 				return -1;
-			if (st_monotonic_ms() >= s->next_feedback_ms)
+			if (st_monotonic_ms() >= s->next_feedback_ms || pga_behind(s->apply))
 				break;
 		}
 		/* Nothing more for now: commit what is complete (low latency when
@@ -547,7 +544,9 @@ stream_loop(struct stream *s, char **error_r)
 			if (rc != 0)
 				return rc;
 		}
-		if (!dry)
+		/* The standby is behind: read no more until it answers. */
+		bool behind = pga_behind(s->apply);
+		if (!dry && !behind)
 			continue;
 
 		long timeout = s->next_feedback_ms - st_monotonic_ms();
@@ -556,12 +555,10 @@ stream_loop(struct stream *s, char **error_r)
 		long due = pga_ms_until_due(s->apply);
 		if (due >= 0 && due < timeout)
 			timeout = due;
-		if (pga_answers_unasked(s->apply) && ANSWERS_IDLE_MS < timeout)
-			timeout = ANSWERS_IDLE_MS;
 		if (timeout < 0)
 			timeout = 0;
 		struct pollfd pfd[3] = {
-			{ .fd = PQsocket(s->repl), .events = POLLIN },
+			{ .fd = PQsocket(s->repl), .events = behind ? 0 : POLLIN },
 			{ .fd = pga_socket(s->apply),
 			  .events = POLLIN | (pga_wants_write(s->apply) ? POLLOUT : 0) },
 			{ .fd = r->wake_fd, .events = POLLIN },
@@ -571,9 +568,6 @@ stream_loop(struct stream *s, char **error_r)
 			return -1;
 		}
 		if (pfd[1].revents != 0 && pga_service(s->apply, error_r) < 0)
-			return -1;
-		/* The stream went quiet: have the standby's answers now. */
-		if (!(pfd[0].revents & POLLIN) && pga_ask_answers(s->apply, error_r) < 0)
 			return -1;
 		if (pfd[2].revents != 0)
 			drain_wake(r);

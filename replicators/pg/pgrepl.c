@@ -491,14 +491,16 @@ stream_loop(struct stream *s, char **error_r)
 
 	set_state(r, "streaming");
 	while (!stopping(r)) {
-		/* Take everything libpq has, a bounded batch at a time. */
+		/* Take what the socket has into libpq's buffer. */
 		if (!PQconsumeInput(s->repl)) {
 			st_set_error(error_r, "lost the replication connection to the master: %s",
 				     pgc_errmsg(s->repl));
 			return -1;
 		}
+		/* A bounded batch at a time, and nothing while the standby is
+		 * behind (pga_behind): the stream waits for its answer. */
 		bool dry = false;
-		for (int i = 0; i < 10000; i++) {
+		for (int i = 0; i < 10000 && !pga_behind(s->apply); i++) {
 			char *buf = NULL;
 			int n = PQgetCopyData(s->repl, &buf, 1);
 			if (n == 0) {
@@ -522,7 +524,7 @@ stream_loop(struct stream *s, char **error_r)
 			PQfreemem(buf);
 			if (rc < 0)
 				return -1;
-			if (st_monotonic_ms() >= s->next_feedback_ms || pga_behind(s->apply))
+			if (st_monotonic_ms() >= s->next_feedback_ms)
 				break;
 		}
 		/* Nothing more for now: commit what is complete (low latency when
@@ -544,7 +546,6 @@ stream_loop(struct stream *s, char **error_r)
 			if (rc != 0)
 				return rc;
 		}
-		/* The standby is behind: read no more until it answers. */
 		bool behind = pga_behind(s->apply);
 		if (!dry && !behind)
 			continue;

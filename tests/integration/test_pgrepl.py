@@ -749,10 +749,10 @@ def test_nothing_after_a_failed_row_commits(pg):
 
 def test_commit_refused_by_the_standby_stops_and_loses_nothing(pg):
     """A deferred constraint trigger of the standby's own (ENABLE ALWAYS, so
-    it fires for the replicator too) fails only at COMMIT, whose answer the
-    replicator does not wait for before sending the next groups, COMMITs
-    and all: the error still stops it, and nothing of that group or of the
-    ones sent behind it stays on the standby."""
+    it fires for the replicator too) fails only at COMMIT, after the
+    replicator has gone on without waiting for its answer: the error still
+    stops it, and nothing of that group or of the 200 transactions behind
+    it stays on the standby."""
     pg.sql_a("CREATE TABLE codes (id int PRIMARY KEY, code text)")
     pg.start()
     pg.wait_state("streaming")

@@ -105,7 +105,6 @@ enum pend_kind {
 	PEND_ROW,			/* a row statement; U/D must affect one row */
 	PEND_BATCH,			/* a batch: must affect exactly .rows rows */
 	PEND_COMMIT,			/* must end in COMMIT, not ROLLBACK */
-	PEND_QUERY,			/* one value wanted */
 	PEND_MERGE_CHECK,		/* merge_check()'s answer for .relid */
 	PEND_SYNC,
 };
@@ -151,13 +150,14 @@ struct pga {
 	struct pending *q;
 	size_t q_head, q_tail, q_cap;
 	char *error;			/* first failure since the last SYNC */
-	char *query_value;		/* PEND_QUERY's answer */
 
 	bool in_source_txn;
 	bool group_open;
 	/* Groups whose COMMIT is sent and not yet answered (see
 	 * pga_commit_if_due). */
 	unsigned commits_due;
+	unsigned syncs_due;		/* SYNCs sent and not yet answered */
+	bool sync_wanted;		/* pga_sync: after the open group's COMMIT */
 	unsigned group_txns;
 	long long group_start_ms;
 	pgo_lsn group_end_lsn;
@@ -422,11 +422,6 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 				      strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 1 : -1;
 		break;
 	}
-	case PEND_QUERY:
-		free(p->query_value);
-		p->query_value = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)
-					 ? xstrdup(PQgetvalue(res, 0, 0)) : NULL;
-		break;
 	default:
 		break;
 	}
@@ -464,6 +459,7 @@ drain(struct pga *p, char **error_r)
 					     pd->what ? pd->what : "a statement");
 				return -1;
 			}
+			p->syncs_due--;
 			dequeue(p);
 		} else {
 			if (pd->kind == PEND_SYNC) {
@@ -570,6 +566,8 @@ static int
 send_sync(struct pga *p, char **error_r)
 {
 	enqueue(p, PEND_SYNC, 0, NULL);
+	p->syncs_due++;
+	p->sync_wanted = false;
 	return after_send(p, PQpipelineSync(p->conn), error_r);
 }
 
@@ -1619,6 +1617,9 @@ open_group(struct pga *p, char **error_r)
 {
 	if (p->group_open)
 		return 0;
+	/* Nothing goes after a SYNC before its answer (see pga_sync). */
+	if (p->syncs_due > 0 && (pump(p, true, error_r) < 0 || take_error(p, error_r) < 0))
+		return -1;
 	p->group_open = true;
 	p->group_txns = 0;
 	p->group_rows = 0;
@@ -1653,12 +1654,12 @@ rollback_quietly(struct pga *p)
  * skip everything after it up to the next SYNC, the later groups' COMMITs
  * included: nothing commits past a failure, and the origin never moves
  * past it.  The standby sends an error at once; it comes out where the
- * answers are read (pga_service, the next commit, the next durable-position
- * query, whose SYNC waits for every answer), and the session starts over
- * from the origin's durable position.  So the standby commits a group as
- * soon as it reaches its COMMIT, not a round trip after the group before.
- * A flush request makes it send the answers it has then, that COMMIT's
- * among them, without a SYNC.
+ * answers are read (pga_service, the next commit, the next group after a
+ * SYNC), and the session starts over from the origin's durable position.
+ * So the standby commits a group as soon as it reaches its COMMIT, not a
+ * round trip after the group before.  A flush request makes it send the
+ * answers it has then, that COMMIT's among them, without a SYNC; or a SYNC
+ * itself, when one is wanted (pga_sync).
  */
 static int
 commit_group(struct pga *p, char **error_r)
@@ -1690,7 +1691,10 @@ commit_group(struct pga *p, char **error_r)
 	if (after_send(p, PQsendQueryPrepared(p->conn, "standin_commit", 0, NULL, NULL, NULL, 0),
 		       error_r) < 0)
 		return -1;
-	if (!PQsendFlushRequest(p->conn)) {
+	if (p->sync_wanted) {
+		if (send_sync(p, error_r) < 0)
+			return -1;
+	} else if (!PQsendFlushRequest(p->conn)) {
 		st_set_error(error_r, "cannot queue a flush request for the standby: %s",
 			     pgc_errmsg(p->conn));
 		return -1;
@@ -1731,7 +1735,28 @@ pga_ms_until_due(const struct pga *p)
 bool
 pga_behind(const struct pga *p)
 {
-	return p->commits_due >= COMMITS_AHEAD;
+	return p->commits_due >= COMMITS_AHEAD || p->syncs_due > 0;
+}
+
+/*
+ * A SYNC ends the pipeline segment, after the open group's COMMIT, or now if
+ * none is open.  The apply session needs one now and then: PostgreSQL
+ * reports a session's statistics (the ones autovacuum goes by) only when a
+ * SYNC brings it to ReadyForQuery.  But after a SYNC the standby no longer
+ * skips what follows a failure, so nothing is sent after one until its
+ * answer is read (pga_behind, open_group): a failure before it ends the
+ * session first.
+ */
+int
+pga_sync(struct pga *p, char **error_r)
+{
+	if (p->syncs_due > 0)
+		return 0;
+	if (p->group_open) {
+		p->sync_wanted = true;
+		return 0;
+	}
+	return send_sync(p, error_r);
 }
 
 int
@@ -1919,7 +1944,6 @@ pga_free(struct pga **pp)
 		dequeue(p);
 	free(p->q);
 	free(p->error);
-	free(p->query_value);
 	free(p->params);
 	free(p->origin);
 	free(p->ddl_prefix);
@@ -1928,29 +1952,6 @@ pga_free(struct pga **pp)
 	free(p->ddl_key);
 	free(p);
 	*pp = NULL;
-}
-
-int
-pga_durable_lsn(struct pga *p, pgo_lsn *lsn_r, char **error_r)
-{
-	const char *pv[] = { p->origin };
-
-	if (p->group_open) {
-		st_set_error(error_r, "durable position asked inside a group");
-		return -1;
-	}
-	enqueue(p, PEND_QUERY, 0, xstrdup("pg_replication_origin_progress"));
-	int ok = PQsendQueryParams(p->conn,
-				   "SELECT pg_catalog.pg_replication_origin_progress($1, true)", 1,
-				   NULL, pv, NULL, NULL, 0);
-	if (after_send(p, ok, error_r) < 0 || sync_and_wait(p, error_r) < 0)
-		return -1;
-	*lsn_r = 0;
-	if (p->query_value != NULL && pgo_lsn_parse(p->query_value, lsn_r) < 0) {
-		st_set_error(error_r, "bad origin progress %s", p->query_value);
-		return -1;
-	}
-	return 0;
 }
 
 bool

@@ -78,8 +78,8 @@ int pga_commit_if_due(struct pga *pga, bool force, char **error_r) ST_WARN_UNUSE
 
 /*
  * True while the standby is behind: groups' COMMITs sent and not answered
- * yet, as many as are worth having ahead of it.  Meanwhile the stream is
- * best left unread; an answer makes the target socket readable.
+ * yet, as many as are worth having ahead of it, or a SYNC.  Meanwhile the
+ * stream is left unread; an answer makes the target socket readable.
  */
 bool pga_behind(const struct pga *pga);
 
@@ -96,10 +96,11 @@ bool pga_wants_write(const struct pga *pga);
 int pga_service(struct pga *pga, char **error_r) ST_WARN_UNUSED;
 
 /*
- * The origin's progress that is durable on the target
- * (pg_replication_origin_progress(origin, true)); only between groups.
+ * End the pipeline segment with a SYNC: after the open group's COMMIT, or
+ * now if none is open (once a second: the standby session's statistics
+ * are reported at a SYNC).  Until its answer the standby is behind.
  */
-int pga_durable_lsn(struct pga *pga, pgo_lsn *lsn_r, char **error_r) ST_WARN_UNUSED;
+int pga_sync(struct pga *pga, char **error_r) ST_WARN_UNUSED;
 
 const struct pga_stats *pga_stats(const struct pga *pga);
 

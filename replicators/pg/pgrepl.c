@@ -193,6 +193,154 @@ name_part(char *out, size_t size, const char *prefix, const char *node)
 	out[n] = '\0';
 }
 
+/* ------------------------------------------------------------ side queries */
+
+/*
+ * A side connection, to the master or to the standby, runs one query at a
+ * time while the stream goes on: the durable position, which makes the
+ * standby flush its WAL (an fsync the apply session must not wait for), and
+ * the sequence copy.  Both are a round trip the apply path used to stop
+ * for.  The stream's poll() watches the side that has a query out.
+ */
+enum side_job {
+	SIDE_IDLE,
+	SIDE_DURABLE,			/* standby: the origin's durable progress */
+	SIDE_SEQ_READ,			/* master: PGS_SEQUENCES_READ */
+	SIDE_SEQ_SET,			/* standby: PGS_SEQUENCES_SET */
+};
+
+struct side {
+	const char *node;
+	PGconn *conn;			/* opened when first needed */
+	enum side_job job;
+	PGresult *res;			/* the job's first result */
+	long long sent_ms;		/* unix ms the job went out */
+};
+
+static const char *
+side_job_name(enum side_job job)
+{
+	switch (job) {
+	case SIDE_DURABLE:
+		return "reading the replication origin's durable position";
+	case SIDE_SEQ_READ:
+		return "reading sequences on the master";
+	case SIDE_SEQ_SET:
+		return "setting sequences on the standby";
+	case SIDE_IDLE:
+		break;
+	}
+	return "side query";
+}
+
+static int
+side_connect(const struct st_conf *conf, struct side *sd, char **error_r)
+{
+	if (sd->conn != NULL)
+		return 0;
+	sd->conn = pgc_connect(conf, sd->node, PGC_NORMAL, "standin-pgrepl side", error_r);
+	if (sd->conn == NULL)
+		return -1;
+	if (PQsetnonblocking(sd->conn, 1) != 0) {
+		st_set_error(error_r, "cannot make the side connection non-blocking: %s",
+			     pgc_errmsg(sd->conn));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+side_send(const struct st_conf *conf, struct side *sd, enum side_job job, const char *sql,
+	  int n_params, const char *const *params, char **error_r)
+{
+	if (side_connect(conf, sd, error_r) < 0)
+		return -1;
+	/* libpq copies the parameters into its output buffer here. */
+	if (!PQsendQueryParams(sd->conn, sql, n_params, NULL, params, NULL, NULL, 0)) {
+		char *who = pgc_describe(conf, sd->node);
+		st_set_error(error_r, "%s (%s): %s", side_job_name(job), who, pgc_errmsg(sd->conn));
+		free(who);
+		return -1;
+	}
+	sd->job = job;
+	sd->sent_ms = st_now_ms();
+	return 0;
+}
+
+static void
+side_pollfd(struct side *sd, struct pollfd *pfd)
+{
+	pfd->fd = -1;
+	pfd->events = 0;
+	pfd->revents = 0;
+	if (sd->job != SIDE_IDLE) {
+		pfd->fd = PQsocket(sd->conn);
+		pfd->events = POLLIN | (PQflush(sd->conn) == 1 ? POLLOUT : 0);
+	}
+}
+
+/*
+ * Take what the side's server sent.  When its job is done, *done_r is that
+ * job and *res_r its result (the caller clears it); else SIDE_IDLE.
+ */
+static int
+side_service(const struct st_conf *conf, struct side *sd, enum side_job *done_r,
+	     PGresult **res_r, char **error_r)
+{
+	*done_r = SIDE_IDLE;
+	*res_r = NULL;
+	if (sd->job == SIDE_IDLE)
+		return 0;
+	if (PQflush(sd->conn) < 0 || !PQconsumeInput(sd->conn)) {
+		char *who = pgc_describe(conf, sd->node);
+		st_set_error(error_r, "%s (%s): %s", side_job_name(sd->job), who,
+			     pgc_errmsg(sd->conn));
+		free(who);
+		return -1;
+	}
+	while (!PQisBusy(sd->conn)) {
+		PGresult *res = PQgetResult(sd->conn);
+		if (res == NULL) {
+			*done_r = sd->job;
+			*res_r = sd->res;
+			sd->res = NULL;
+			sd->job = SIDE_IDLE;
+			return 0;
+		}
+		if (sd->res == NULL)
+			sd->res = res;
+		else
+			PQclear(res);
+	}
+	return 0;
+}
+
+/* A side job's result that is not one row: the error, naming the server. */
+static int
+side_check(const struct st_conf *conf, const struct side *sd, enum side_job job,
+	   const PGresult *res, char **error_r)
+{
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) >= 1)
+		return 0;
+	char *who = pgc_describe(conf, sd->node);
+	char *why = PQresultStatus(res) == PGRES_TUPLES_OK ? xstrdup("not one row")
+							     : pgc_result_error(res);
+	st_set_error(error_r, "%s (%s): %s", side_job_name(job), who, why);
+	free(why);
+	free(who);
+	return -1;
+}
+
+static void
+side_close(struct side *sd)
+{
+	PQclear(sd->res);
+	sd->res = NULL;
+	PQfinish(sd->conn);
+	sd->conn = NULL;
+	sd->job = SIDE_IDLE;
+}
+
 /* ------------------------------------------------------------ stream */
 
 static const char *find_source(const struct st_cstate *cs, const char *target);
@@ -200,11 +348,13 @@ static const char *find_source(const struct st_cstate *cs, const char *target);
 struct stream {
 	struct pgrepl *r;
 	const struct st_conf *conf;
-	const char *source, *target;
+	const char *source, *target, *origin;
 	uint64_t epoch;			/* of the cluster state this session follows */
 	char *cstate_path;
 	long long next_cstate_ms, next_sequences_ms;
-	PGconn *seq_src, *seq_tgt;	/* sequence copies, opened when first needed */
+	struct side src_side, tgt_side;
+	char *seq_names, *seq_values;	/* read on the master, to set on the standby */
+	long long seq_read_ms;		/* unix ms their read went out */
 	PGconn *repl;
 	struct pga *apply;
 	struct pgo_msg msg;
@@ -251,31 +401,45 @@ publish(struct stream *s)
 	pthread_mutex_unlock(&r->lock);
 }
 
+/*
+ * A standby status update: as flushed, what is durable on the standby, as
+ * the last side query of it said.
+ */
 static int
-send_feedback(struct stream *s, bool reply, char **error_r)
+send_status(struct stream *s, char **error_r)
 {
 	uint8_t buf[PGO_STATUS_UPDATE_LEN];
 	pgo_lsn flushed = s->durable;
 
-	if (!pga_group_open(s->apply)) {
-		if (pga_durable_lsn(s->apply, &s->durable, error_r) < 0)
-			return -1;
-		flushed = s->durable;
-		/* Everything received is applied and durable: nothing of the slot's
-		 * WAL up to here is needed again. */
-		if (!pga_in_source_txn(s->apply) && s->durable >= s->last_commit_end &&
-		    (s->spool == NULL || pgsp_open_txns(s->spool) == 0) && s->received > flushed)
-			flushed = s->received;
-	}
+	/* Everything received is applied and durable: nothing of the slot's WAL
+	 * up to here is needed again.  (The durable position is older than
+	 * this moment, so this errs on the safe side.) */
+	if (!pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
+	    s->durable >= s->last_commit_end &&
+	    (s->spool == NULL || pgsp_open_txns(s->spool) == 0) && s->received > flushed)
+		flushed = s->received;
 	pgo_build_status_update(buf, s->received, flushed, flushed,
-				pgo_unix_ms_to_ts(st_now_ms()), reply);
+				pgo_unix_ms_to_ts(st_now_ms()), false);
 	if (PQputCopyData(s->repl, (const char *)buf, sizeof(buf)) != 1 || PQflush(s->repl) < 0) {
 		st_set_error(error_r, "cannot send feedback to the master: %s", pgc_errmsg(s->repl));
 		return -1;
 	}
+	return 0;
+}
+
+/*
+ * Every FEEDBACK_MS: the rates, and the durable position asked of the
+ * standby on the side; the status update goes to the master when it
+ * answers (durable_answered), or now, with what is known, if the side is
+ * still busy.
+ */
+static int
+feedback_due(struct stream *s, char **error_r)
+{
 	long long now = st_monotonic_ms();
-	s->next_feedback_ms = now + FEEDBACK_MS;
 	const struct pga_stats *ps = pga_stats(s->apply);
+
+	s->next_feedback_ms = now + FEEDBACK_MS;
 	if (s->rate_ms != 0 && now > s->rate_ms) {
 		double secs = (double)(now - s->rate_ms) / 1000.0;
 		pthread_mutex_lock(&s->r->lock);
@@ -287,7 +451,34 @@ send_feedback(struct stream *s, bool reply, char **error_r)
 	s->rate_txns = ps->txns;
 	s->rate_rows = ps->rows;
 	publish(s);
-	return 0;
+	if (pga_sync(s->apply, error_r) < 0)
+		return -1;
+	if (s->tgt_side.job == SIDE_IDLE) {
+		const char *pv[] = { s->origin };
+		return side_send(s->conf, &s->tgt_side, SIDE_DURABLE,
+				 "SELECT pg_catalog.pg_replication_origin_progress($1, true)", 1, pv,
+				 error_r);
+	}
+	return send_status(s, error_r);
+}
+
+/* pg_replication_origin_progress(origin, true): flushed on the standby. */
+static int
+durable_answered(struct stream *s, const PGresult *res, char **error_r)
+{
+	pgo_lsn lsn = 0;
+
+	if (side_check(s->conf, &s->tgt_side, SIDE_DURABLE, res, error_r) < 0)
+		return -1;
+	if (!PQgetisnull(res, 0, 0) && pgo_lsn_parse(PQgetvalue(res, 0, 0), &lsn) < 0) {
+		st_set_error(error_r, "replication origin %s on the standby: bad progress %s",
+			     s->origin, PQgetvalue(res, 0, 0));
+		return -1;
+	}
+	if (lsn > s->durable)
+		s->durable = lsn;
+	publish(s);
+	return send_status(s, error_r);
 }
 
 /* A source transaction's Commit: the lag clock and the drain's mark. */
@@ -314,7 +505,7 @@ replay_one(void *ctx, const uint8_t *buf, size_t len, char **error_r)
 		return -1;
 	/* A transaction of millions of rows takes a while: the master hears
 	 * from us meanwhile (wal_sender_timeout), with the old positions. */
-	if (st_monotonic_ms() >= s->next_feedback_ms && send_feedback(s, false, error_r) < 0)
+	if (st_monotonic_ms() >= s->next_feedback_ms && feedback_due(s, error_r) < 0)
 		return -1;
 	return 0;
 }
@@ -351,7 +542,7 @@ handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r
 	if (cd.kind == PGO_COPY_KEEPALIVE) {
 		if (cd.wal_end > s->received)
 			s->received = cd.wal_end;
-		return cd.reply_requested ? send_feedback(s, false, error_r) : 0;
+		return cd.reply_requested ? send_status(s, error_r) : 0;
 	}
 	if (cd.wal_start > s->received)
 		s->received = cd.wal_start;
@@ -402,13 +593,14 @@ reverse_check(struct stream *s, char **error_r)
 	char *value = NULL;
 
 	if (s->reverse_deadline_ms == 0) {
-		if (s->seq_src == NULL &&
-		    (s->seq_src = pgc_connect(s->conf, s->source, PGC_NORMAL,
-					      "standin-pgrepl sequences", error_r)) == NULL)
+		/* The master's side connection, once its query is answered. */
+		if (s->src_side.job != SIDE_IDLE)
+			return 0;
+		if (side_connect(s->conf, &s->src_side, error_r) < 0)
 			return -1;
 		/* The insert position, not pg_current_wal_lsn(): with asynchronous
 		 * commit a committed transaction may not be written yet. */
-		if (pgc_value(s->seq_src, "SELECT pg_catalog.pg_current_wal_insert_lsn()", &value,
+		if (pgc_value(s->src_side.conn, "SELECT pg_catalog.pg_current_wal_insert_lsn()", &value,
 			      error_r) < 0 || value == NULL || pgo_lsn_parse(value, &s->reverse_want) < 0) {
 			free(value);
 			return -1;
@@ -436,29 +628,87 @@ reverse_check(struct stream *s, char **error_r)
 	return 0;
 }
 
-/* Copy the sequences (periodically, and when asked by the admin socket). */
+/*
+ * The sequence copy, periodically and when the admin socket asks: read on
+ * the master's side connection, then set on the standby's, neither waited
+ * for.  sequences_synced_ms is when the read went out: the standby's
+ * sequences are at least where the master's were then.
+ */
 static int
-sync_sequences(struct stream *s, char **error_r)
+sequences_step(struct stream *s, char **error_r)
 {
-	unsigned n = 0;
-
-	if (s->seq_src == NULL &&
-	    (s->seq_src = pgc_connect(s->conf, s->source, PGC_NORMAL, "standin-pgrepl sequences",
-				      error_r)) == NULL)
-		return -1;
-	if (s->seq_tgt == NULL &&
-	    (s->seq_tgt = pgc_connect(s->conf, s->target, PGC_NORMAL, "standin-pgrepl sequences",
-				      error_r)) == NULL)
-		return -1;
-	if (pgs_sync_sequences(s->seq_src, s->seq_tgt, &n, error_r) < 0)
-		return -1;
-	if (n > 0)
-		st_debug("sequences copied moved=%u", n);
-	pthread_mutex_lock(&s->r->lock);
-	s->r->st.sequences_synced_ms = st_now_ms();
-	pthread_mutex_unlock(&s->r->lock);
+	if (s->seq_names != NULL) {
+		if (s->tgt_side.job != SIDE_IDLE)
+			return 0;
+		const char *pv[] = { s->seq_names, s->seq_values };
+		int rc = side_send(s->conf, &s->tgt_side, SIDE_SEQ_SET, PGS_SEQUENCES_SET, 2, pv,
+				   error_r);
+		free(s->seq_names);
+		free(s->seq_values);
+		s->seq_names = s->seq_values = NULL;
+		return rc;
+	}
+	if (s->src_side.job != SIDE_IDLE || s->tgt_side.job == SIDE_SEQ_SET)
+		return 0;
+	/* A request that comes while a copy is under way waits for the next. */
+	if (st_monotonic_ms() < s->next_sequences_ms &&
+	    !atomic_exchange(&s->r->sequences_requested, 0))
+		return 0;
 	s->next_sequences_ms = st_monotonic_ms() + SEQUENCE_SYNC_MS;
-	return 0;
+	return side_send(s->conf, &s->src_side, SIDE_SEQ_READ, PGS_SEQUENCES_READ, 0, NULL,
+			 error_r);
+}
+
+static void
+sequences_copied(struct stream *s, unsigned moved)
+{
+	if (moved > 0)
+		st_debug("sequences copied moved=%u", moved);
+	pthread_mutex_lock(&s->r->lock);
+	s->r->st.sequences_synced_ms = s->seq_read_ms;
+	pthread_mutex_unlock(&s->r->lock);
+}
+
+/* A side connection has something: a job's answer, taken here. */
+static int
+side_answered(struct stream *s, struct side *sd, char **error_r)
+{
+	enum side_job job;
+	PGresult *res;
+	int rc = 0;
+
+	if (side_service(s->conf, sd, &job, &res, error_r) < 0)
+		return -1;
+	switch (job) {
+	case SIDE_IDLE:
+		return 0;
+	case SIDE_DURABLE:
+		rc = durable_answered(s, res, error_r);
+		break;
+	case SIDE_SEQ_READ:
+		if (side_check(s->conf, sd, job, res, error_r) < 0) {
+			rc = -1;
+			break;
+		}
+		s->seq_read_ms = sd->sent_ms;
+		if (PQgetisnull(res, 0, 0) || PQnfields(res) != 2) {
+			sequences_copied(s, 0);	/* no sequence, or none used yet */
+			break;
+		}
+		s->seq_names = xstrdup(PQgetvalue(res, 0, 0));
+		s->seq_values = xstrdup(PQgetvalue(res, 0, 1));
+		rc = sequences_step(s, error_r);
+		break;
+	case SIDE_SEQ_SET:
+		if (side_check(s->conf, sd, job, res, error_r) < 0) {
+			rc = -1;
+			break;
+		}
+		sequences_copied(s, (unsigned)strtoul(PQgetvalue(res, 0, 0), NULL, 10));
+		break;
+	}
+	PQclear(res);
+	return rc;
 }
 
 /* Has the cluster state moved on (switchover, failover)?  Then this
@@ -531,16 +781,14 @@ stream_loop(struct stream *s, char **error_r)
 		 * idle, big groups under a backlog). */
 		if (pga_commit_if_due(s->apply, dry, error_r) < 0)
 			return -1;
-		if (st_monotonic_ms() >= s->next_feedback_ms && send_feedback(s, false, error_r) < 0)
+		if (st_monotonic_ms() >= s->next_feedback_ms && feedback_due(s, error_r) < 0)
 			return -1;
 		publish(s);
 		long long now = st_monotonic_ms();
 		if (now >= s->next_cstate_ms && cstate_changed(s))
 			return 0;
-		if (now >= s->next_sequences_ms || atomic_exchange(&r->sequences_requested, 0)) {
-			if (sync_sequences(s, error_r) < 0)
-				return -1;
-		}
+		if (sequences_step(s, error_r) < 0)
+			return -1;
 		if (atomic_load(&r->reverse_requested)) {
 			int rc = reverse_check(s, error_r);
 			if (rc != 0)
@@ -558,13 +806,15 @@ stream_loop(struct stream *s, char **error_r)
 			timeout = due;
 		if (timeout < 0)
 			timeout = 0;
-		struct pollfd pfd[3] = {
+		struct pollfd pfd[5] = {
 			{ .fd = PQsocket(s->repl), .events = behind ? 0 : POLLIN },
 			{ .fd = pga_socket(s->apply),
 			  .events = POLLIN | (pga_wants_write(s->apply) ? POLLOUT : 0) },
 			{ .fd = r->wake_fd, .events = POLLIN },
 		};
-		if (poll(pfd, 3, (int)timeout) < 0 && errno != EINTR) {
+		side_pollfd(&s->src_side, &pfd[3]);
+		side_pollfd(&s->tgt_side, &pfd[4]);
+		if (poll(pfd, 5, (int)timeout) < 0 && errno != EINTR) {
 			st_set_error(error_r, "poll: %s", strerror(errno));
 			return -1;
 		}
@@ -572,6 +822,10 @@ stream_loop(struct stream *s, char **error_r)
 			return -1;
 		if (pfd[2].revents != 0)
 			drain_wake(r);
+		if (pfd[3].revents != 0 && side_answered(s, &s->src_side, error_r) < 0)
+			return -1;
+		if (pfd[4].revents != 0 && side_answered(s, &s->tgt_side, error_r) < 0)
+			return -1;
 	}
 	return 0;
 }
@@ -615,7 +869,8 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	const struct st_node *node = st_conf_node(conf, target);
 	char slot[64], origin[96], *marker = NULL, *err = NULL, *ddl_key = NULL;
 	struct stream s = { .r = r, .conf = conf, .source = source, .target = target,
-			    .epoch = epoch, .cstate_path = st_cstate_path(node) };
+			    .origin = origin, .epoch = epoch, .cstate_path = st_cstate_path(node),
+			    .src_side = { .node = source }, .tgt_side = { .node = target } };
 	PGconn *tgt = NULL, *src = NULL;
 	int rc = -1;
 
@@ -748,8 +1003,10 @@ out:
 	free(err);
 	free(marker);
 	free(s.cstate_path);
-	PQfinish(s.seq_src);
-	PQfinish(s.seq_tgt);
+	side_close(&s.src_side);
+	side_close(&s.tgt_side);
+	free(s.seq_names);
+	free(s.seq_values);
 	if (ddl_key != NULL)
 		explicit_bzero(ddl_key, strlen(ddl_key));
 	free(ddl_key);

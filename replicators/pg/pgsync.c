@@ -107,18 +107,35 @@ pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
 	return 0;
 }
 
+/* Names and values in one order: one round trip to each server however
+ * many sequences there are. */
+const char PGS_SEQUENCES_READ[] =
+	"SELECT pg_catalog.array_agg(pg_catalog.quote_ident(schemaname) "
+	"|| '.' || pg_catalog.quote_ident(sequencename) "
+	"ORDER BY schemaname, sequencename)::pg_catalog.text, "
+	"pg_catalog.array_agg(last_value "
+	"ORDER BY schemaname, sequencename)::pg_catalog.text "
+	"FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL";
+
+/* Only forward (in the sequence's own direction): one ahead on the standby
+ * (used there) stays.  One the standby does not have yet (its CREATE is
+ * still in the stream) is left for a later pass. */
+const char PGS_SEQUENCES_SET[] =
+	"SELECT pg_catalog.count(pg_catalog.setval(c.oid, v.last_value, true)) "
+	"FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), "
+	"  pg_catalog.unnest($2::pg_catalog.int8[])) AS v (name, last_value) "
+	"JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(v.name) "
+	"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+	"JOIN pg_catalog.pg_sequences q ON q.schemaname = n.nspname "
+	"  AND q.sequencename = c.relname "
+	"WHERE q.last_value IS NULL "
+	"OR (q.increment_by > 0 AND q.last_value < v.last_value) "
+	"OR (q.increment_by < 0 AND q.last_value > v.last_value)";
+
 int
 pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r)
 {
-	/* Two array literals, names and values, in one order: one round trip
-	 * to each server however many sequences there are (this runs on the
-	 * apply thread, between groups). */
-	PGresult *res = PQexec(src, "SELECT pg_catalog.array_agg(pg_catalog.quote_ident(schemaname) "
-				    "|| '.' || pg_catalog.quote_ident(sequencename) "
-				    "ORDER BY schemaname, sequencename)::pg_catalog.text, "
-				    "pg_catalog.array_agg(last_value "
-				    "ORDER BY schemaname, sequencename)::pg_catalog.text "
-				    "FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL");
+	PGresult *res = PQexec(src, PGS_SEQUENCES_READ);
 	PGresult *r2 = NULL;
 	int rc = -1;
 
@@ -133,22 +150,8 @@ pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r)
 		rc = 0;		/* no sequence, or none used yet */
 		goto out;
 	}
-	/* Only forward (in the sequence's own direction): one ahead on the
-	 * standby (used there) stays.  One the standby does not have yet (its
-	 * CREATE is still in the stream) is left for a later pass. */
 	const char *pv[] = { PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1) };
-	r2 = PQexecParams(tgt,
-		"SELECT pg_catalog.count(pg_catalog.setval(c.oid, v.last_value, true)) "
-		"FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), "
-		"  pg_catalog.unnest($2::pg_catalog.int8[])) AS v (name, last_value) "
-		"JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(v.name) "
-		"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-		"JOIN pg_catalog.pg_sequences q ON q.schemaname = n.nspname "
-		"  AND q.sequencename = c.relname "
-		"WHERE q.last_value IS NULL "
-		"OR (q.increment_by > 0 AND q.last_value < v.last_value) "
-		"OR (q.increment_by < 0 AND q.last_value > v.last_value)",
-		2, NULL, pv, NULL, NULL, 0);
+	r2 = PQexecParams(tgt, PGS_SEQUENCES_SET, 2, NULL, pv, NULL, NULL, 0);
 	if (PQresultStatus(r2) != PGRES_TUPLES_OK || PQntuples(r2) != 1) {
 		char *why = pgc_result_error(r2);
 		st_set_error(error_r, "setting sequences on the standby: %s", why);

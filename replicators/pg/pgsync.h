@@ -70,6 +70,16 @@ int pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r) ST_WARN_UN
 int pgs_sync_sequences(PGconn *src, PGconn *tgt, unsigned *n_r, char **error_r) ST_WARN_UNUSED;
 
 /*
+ * The same copy in its two statements, for a caller that runs them without
+ * blocking: PGS_SEQUENCES_READ on the master gives one row of two text
+ * arrays (names and values, both NULL when no sequence has a value yet);
+ * PGS_SEQUENCES_SET on the standby takes them as $1 and $2 and gives one
+ * row, how many sequences it moved.
+ */
+extern const char PGS_SEQUENCES_READ[];
+extern const char PGS_SEQUENCES_SET[];
+
+/*
  * After a planned switchover, when NEW_TARGET (the old master, fenced) holds
  * exactly what NEW_SOURCE holds (drained): make NEW_SOURCE feed NEW_TARGET
  * with no copy.  A slot NEW_SLOT is created on NEW_SOURCE (no snapshot; its

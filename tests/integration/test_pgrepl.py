@@ -444,6 +444,38 @@ def test_feedback_moves_the_slot(pg):
     sh.wait_until(confirmed, 30, "the slot's confirmed_flush_lsn to pass the last commit")
 
 
+def test_standby_session_reports_its_statistics(pg):
+    """The apply session's pipeline reaches a SYNC now and then, where
+    PostgreSQL reports a session's statistics: the standby's autovacuum sees
+    the rows it writes while the daemon keeps streaming, not only once."""
+    pg.sql_a("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    pg.start()
+    pg.wait_state("streaming")
+    seen = []
+
+    def reported(want):
+        def check():
+            seen.append(pg.sql_b("SELECT n_tup_ins, n_tup_del FROM pg_stat_user_tables "
+                                 "WHERE relname = 't'"))
+            return seen[-1] == want
+        try:
+            sh.wait_until(check, 30, "the standby's pg_stat_user_tables to count the rows")
+        except sh.WaitTimeout:
+            pytest.fail(f"the standby's pg_stat_user_tables says inserted|deleted {seen[-1]}, "
+                        f"not {want}")
+
+    # A backend left in its pipeline reports once, when the timer its last
+    # idle moment armed goes off; after that only a SYNC makes it report.
+    pg.sql_a("INSERT INTO t SELECT g, 0 FROM generate_series(1, 500) g")
+    pg.wait_equal("t")
+    reported("500|0")
+    for round_ in range(3):
+        pg.sql_a(f"DELETE FROM t WHERE id > {round_ * 50} AND id <= {round_ * 50 + 50}")
+        pg.wait_equal("t")
+        reported(f"500|{round_ * 50 + 50}")
+    assert pg.status()["state"] == "streaming"
+
+
 ODD_SCHEMA = r"""
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);

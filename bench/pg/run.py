@@ -54,7 +54,7 @@ ALL_TABLES = PGBENCH_TABLES + (HEARTBEAT,)
 SIDES = ("native", "standin")
 RESTART_SETTLE = 6.0             # (b): replication restarts no sooner after the servers' start
 POLL = 0.02                      # seconds between checks in the timed waits
-HEARTBEAT_PERIOD = 0.1           # (c): one heartbeat insert on the master every 100 ms
+HEARTBEAT_MS = 100               # (c): one heartbeat insert on the master every 100 ms
 SAMPLE_MIN, SAMPLE_MAX = 0.010, 0.030   # (c): standby polled every 10-30 ms (uniformly random,
                                         # so the polls are not phase-locked to the heartbeats)
 
@@ -660,7 +660,7 @@ def phase_c(side, args):
             nxt = time.monotonic()
             while not stop_writer.is_set():
                 writer_s.rows(f"INSERT INTO {HEARTBEAT} (ts) VALUES (clock_timestamp())")
-                nxt += HEARTBEAT_PERIOD
+                nxt += args.heartbeat_ms / 1000
                 delay = nxt - time.monotonic()
                 if delay > 0:
                     stop_writer.wait(delay)
@@ -698,7 +698,7 @@ def phase_c(side, args):
         rate = ["-R", str(args.lag_rate)] if args.lag_rate > 0 else []
         log(f"{side.name}: (c) pgbench -n -c {args.clients} -j {args.jobs} -T {args.lag_seconds}"
             f"{''.join(' ' + a for a in rate)} on the master, heartbeat every "
-            f"{HEARTBEAT_PERIOD * 1000:.0f} ms, standby polled every "
+            f"{args.heartbeat_ms:g} ms, standby polled every "
             f"{args.sample[0] * 1000:g}-{args.sample[1] * 1000:g} ms")
         cpu0 = cpu_snapshot(side)
         load_start = time.time()
@@ -931,6 +931,9 @@ def main():
                    help="(c): the standby is polled every MIN to MAX ms, uniformly random "
                         "(default %(default)s; a finer poll sees the replication delay itself "
                         "rather than the poll's)")
+    p.add_argument("--heartbeat-ms", type=float, default=HEARTBEAT_MS,
+                   help="(c): one heartbeat row inserted on the master every N ms (default "
+                        "%(default)s; fewer ms, more heartbeats: a p99 of more samples)")
     p.add_argument("--delays-dir", default=None,
                    help="(c): write each heartbeat's delay, with its time in the load, to "
                         "DIR/c-SIDE-START.tsv (to see when the slow ones came)")
@@ -951,6 +954,8 @@ def main():
             raise ValueError
     except ValueError:
         p.error("--sample-ms takes MIN,MAX in ms, 0 < MIN <= MAX")
+    if not args.heartbeat_ms > 0:
+        p.error("--heartbeat-ms must be more than 0")
     if not only or only - {"a", "b", "c", "d"}:
         p.error("--only takes a comma-separated subset of a,b,c,d")
     if args.txns % args.clients:

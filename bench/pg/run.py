@@ -13,7 +13,7 @@ started again for its own turn; the side going first alternates by round.
   (b) backlog: replication stopped, TXNS pgbench transactions on the master,
       replication started again: time until the standby has applied them all
   (c) lag under pgbench -c 8 -T 30: a heartbeat row inserted on the master
-      every 100 ms, the standby polled every 10-30 ms
+      every 20 ms (--heartbeat-ms), the standby polled every 10-30 ms
   (d) one large transaction (--big-rows rows into pgbench_history and a
       heartbeat row, in one transaction), both sides streaming it while it
       is in progress (protocol 2): time from its COMMIT on the master until
@@ -54,7 +54,7 @@ ALL_TABLES = PGBENCH_TABLES + (HEARTBEAT,)
 SIDES = ("native", "standin")
 RESTART_SETTLE = 6.0             # (b): replication restarts no sooner after the servers' start
 POLL = 0.02                      # seconds between checks in the timed waits
-HEARTBEAT_MS = 100               # (c): one heartbeat insert on the master every 100 ms
+HEARTBEAT_MS = 20                # (c): one heartbeat insert on the master every 20 ms
 SAMPLE_MIN, SAMPLE_MAX = 0.010, 0.030   # (c): standby polled every 10-30 ms (uniformly random,
                                         # so the polls are not phase-locked to the heartbeats)
 

@@ -74,6 +74,13 @@ static const char *const ldap_sync_modes[] = { "persist", "poll", NULL };
 static const char *const imap_logins[] = { "master-user", "sasl-plain", NULL };
 static const char *const imap_schemes[] = { "imap", "imaps", NULL };
 static const char *const dump_froms[] = { "standby", "master", NULL };
+static const char *const pg_conflicts[] = { "stop", "master-wins", NULL };
+
+const char *
+st_conf_pg_conflicts_name(int conflicts)
+{
+	return pg_conflicts[conflicts];
+}
 static const char *const compressions[] = { "zstd", "none", NULL };
 
 #define C(f) offsetof(struct st_conf, f)
@@ -115,6 +122,8 @@ static const struct option options[] = {
 	  "Timeout for connecting to PostgreSQL." },
 	{ "pg", "streaming", OT_BOOL, 0, C(pg.streaming), "yes", NULL, 0, 0,
 	  "Take large transactions from the master while they are still in progress (protocol 2), spooled in the node's state_dir until they commit." },
+	{ "pg", "conflicts", OT_ENUM, 0, C(pg.conflicts), "stop", pg_conflicts, 0, 0,
+	  "What a conflict on the standby does: stop (with an error naming the table and key) or master-wins (the master's row replaces the standby's, each one logged and counted)." },
 
 	{ "ldap", "endpoint", OT_URI, F_REQUIRED | F_PER_NODE, C(ldap.endpoint), NULL, ldap_schemes, 0, 0,
 	  "ldap:// or ldaps:// URI of slapd on each node, as endpoint.NODE." },

@@ -45,6 +45,11 @@ enum st_log_dest {
 	ST_LOGDEST_SYSLOG,
 };
 
+enum st_pg_conflicts {
+	ST_PG_CONFLICTS_STOP,		/* stop with an error naming the table and key */
+	ST_PG_CONFLICTS_MASTER_WINS,	/* the master's row replaces the standby's, logged */
+};
+
 enum st_ldap_sync_mode {
 	ST_LDAP_PERSIST,	/* refreshAndPersist */
 	ST_LDAP_POLL,		/* refreshOnly every poll_interval */
@@ -83,6 +88,7 @@ struct st_conf_pg {
 	char *sslrootcert;
 	long connect_timeout_ms;
 	bool streaming;			/* large transactions streamed while in progress */
+	int conflicts;			/* enum st_pg_conflicts */
 };
 
 struct st_conf_ldap {
@@ -184,6 +190,8 @@ void st_conf_free(struct st_conf **conf);
 
 /* libpq's name of conf->pg.sslmode. */
 const char *st_conf_sslmode_name(int sslmode);
+/* "stop" or "master-wins": conf->pg.conflicts. */
+const char *st_conf_pg_conflicts_name(int conflicts);
 
 /* The node with that name, or NULL. */
 const struct st_node *st_conf_node(const struct st_conf *conf, const char *name);

@@ -106,6 +106,7 @@ enum pend_kind {
 	PEND_BATCH,			/* a batch: must affect exactly .rows rows */
 	PEND_COMMIT,			/* must end in COMMIT, not ROLLBACK */
 	PEND_MERGE_CHECK,		/* merge_check()'s answer for .relid */
+	PEND_RESOLVE,			/* master-wins: resolve_first()'s count */
 	PEND_SYNC,
 };
 
@@ -146,6 +147,9 @@ struct pga {
 	size_t open_count, open_cap;
 	pgo_lsn rowwise_until;		/* no batches until applied past this */
 	bool batch_failed;		/* a batch is the first failure */
+	bool master_wins;		/* resolve conflicts row by row (resolve_first) */
+	bool resolve_restart;		/* a conflict to resolve row by row */
+	uint64_t resolved_pending;	/* resolved in groups whose COMMIT is due */
 
 	struct pending *q;
 	size_t q_head, q_tail, q_cap;
@@ -350,6 +354,50 @@ counted(const PGresult *res, unsigned long long *n_r)
 	return errno == 0 && end != text;
 }
 
+/*
+ * [pg] conflicts = master-wins.  A conflict (a duplicate key, a row to
+ * change or delete that is not there) fails the group as with stop; then
+ * the session starts again at once, one statement per row up to where the
+ * stream was (opts.rowwise_until), and there each row goes in a form that
+ * does not conflict (resolve_first): an INSERT after a DELETE of the
+ * standby's row with its key; an UPDATE as a DELETE of the old row and an
+ * INSERT of the new one, when the master sent every column (an unchanged
+ * TOAST value is not sent: such an UPDATE stays one, and a missing row
+ * still stops the stream); a DELETE that may find nothing.  The DELETE's
+ * count tells whether there was a conflict; each one is logged (table, key,
+ * what was done) and counted once its group commits (conflicts_resolved).
+ * What no such form fixes (a missing table or column, a duplicate on
+ * another unique index) stops the stream as with stop.
+ */
+static void
+conflict_seen(struct pga *p)
+{
+	/* Not while row by row already: that conflict has no resolution. */
+	if (p->master_wins && p->stats.applied_lsn >= p->rowwise_until)
+		p->resolve_restart = true;
+}
+
+static void
+resolve_answered(struct pga *p, const struct pending *pd, const PGresult *res)
+{
+	unsigned long long n = 0;
+	const char *done = NULL;
+
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+		n = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	if (pd->op == 'I' && n > 0)
+		done = "the standby had a row with this key: the master's replaces it";
+	else if (pd->op == 'U' && n == 0)
+		done = "the standby had no such row: the master's new row is inserted";
+	else if (pd->op == 'D' && n == 0)
+		done = "the standby had no such row: nothing to delete";
+	if (done == NULL)
+		return;
+	p->resolved_pending++;
+	st_warn("conflict resolved (conflicts = master-wins) change=%s resolution=%s",
+		st_q(pd->what), st_q(done));
+}
+
 /* Check one result against the head of the queue. */
 static void
 check_result(struct pga *p, struct pending *pd, PGresult *res)
@@ -378,9 +426,11 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 	if (pd->kind == PEND_ROW && (pd->op == 'U' || pd->op == 'D')) {
 		unsigned long long n;
 		if (counted(res, &n)) {
-			if (n != 1)
+			if (n != 1) {
 				fail(p, "conflict: %s found %llu rows on the standby (expected 1)",
 				     pd->what, n);
+				conflict_seen(p);
+			}
 			return;
 		}
 		if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
@@ -394,8 +444,10 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		char *why = pgc_result_error(res);
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 		const char *kind = "";
-		if (state != NULL && strcmp(state, "23505") == 0)
+		if (state != NULL && strcmp(state, "23505") == 0) {
 			kind = "conflict: duplicate key: ";
+			conflict_seen(p);
+		}
 		else if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0))
 			kind = "conflict: missing object on the standby: ";
 		fail(p, "%s%s failed on the standby: %s", kind, pd->what ? pd->what : "statement", why);
@@ -412,8 +464,13 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 			p->stats.ddl += pd->group.ddl;
 			p->stats.groups++;
 			p->stats.applied_lsn = pd->group.end_lsn;
+			p->stats.conflicts_resolved += p->resolved_pending;
+			p->resolved_pending = 0;
 			p->stats.applied_commit_time = pd->group.commit_time;
 		}
+		break;
+	case PEND_RESOLVE:
+		resolve_answered(p, pd, res);
 		break;
 	case PEND_MERGE_CHECK: {
 		struct rel *r = rel_slot(p, pd->relid, false);
@@ -886,6 +943,17 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 		where_clause(&sql, r, old, full, &n);
 		count_wrap(&sql, false, 1);
 		break;
+	case 'R': {
+		/* master-wins (resolve_first): the standby's row goes if it is
+		 * there, and the count says whether it was. */
+		st_buf_printf(&sql, "DELETE FROM ONLY %s", r->qname);
+		where_clause(&sql, r, old, full, &n);
+		char *inner = st_buf_steal(&sql);
+		st_buf_printf(&sql, "WITH standin_r AS (%s RETURNING 1) "
+			      "SELECT pg_catalog.count(*) FROM standin_r", inner);
+		free(inner);
+		break;
+	}
 	}
 
 	struct stmt *s = xcalloc(1, sizeof(*s));
@@ -901,6 +969,55 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	if (after_send(p, ok, error_r) < 0)
 		return NULL;
 	return s->name;
+}
+
+/*
+ * master-wins, row by row (conflict_seen): before a row's own statement,
+ * the DELETE of the standby's row that OLD finds (by key, or FULL's old
+ * row), counted (resolve_answered).  OP and WHAT say what the row is.
+ */
+static int
+resolve_first(struct pga *p, struct rel *r, char op, const struct pgo_tuple *old, bool full,
+	      char *what, char **error_r)
+{
+	char *keymask = xcalloc((size_t)r->ncols + 2, 1);
+
+	if (full) {
+		keymask[0] = 'F';
+		for (uint16_t i = 0; i < r->ncols; i++)
+			keymask[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
+	}
+	const char *stmt = prepared(p, r, 'R', keymask, full, old, error_r);
+	free(keymask);
+	if (stmt == NULL) {
+		free(what);
+		return -1;
+	}
+	const char **pv = params(p, r->ncols);
+	int n = 0;
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (full ? old->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
+			continue;
+		if (old->cols[i].kind == PGO_VAL_UNCHANGED) {
+			st_set_error(error_r, "%s: key column %s is an unchanged TOAST value", what,
+				     r->cols[i].name);
+			free(what);
+			return -1;
+		}
+		pv[n++] = val(&old->cols[i]);
+	}
+	enqueue(p, PEND_RESOLVE, op, what);
+	return after_send(p, PQsendQueryPrepared(p->conn, stmt, n, p->params, NULL, NULL, 0),
+			  error_r);
+}
+
+static bool batching(const struct pga *p);
+
+/* Row by row under master-wins: the forms of resolve_first. */
+static bool
+resolving(const struct pga *p)
+{
+	return p->master_wins && !batching(p);
 }
 
 static int
@@ -1381,6 +1498,13 @@ apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 	int batched = batch_add(p, r, 'I', NULL, NULL, t, error_r);
 	if (batched != 0)
 		return batched < 0 ? -1 : 0;
+	if (resolving(p) && r->nkeys > 0 && r->identity != PGO_IDENT_FULL) {
+		char *row = describe_row(r, t, true);
+		char *what = xasprintf("INSERT into %s", row);
+		free(row);
+		if (resolve_first(p, r, 'I', t, false, what, error_r) < 0)
+			return -1;
+	}
 	const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
 	if (stmt == NULL)
 		return -1;
@@ -1421,6 +1545,32 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 		st_set_error(error_r, "%s on %s (REPLICA IDENTITY FULL) without the old row", opname,
 			     r->display);
 		return -1;
+	}
+	if (resolving(p)) {
+		bool whole = op == 'U';
+		for (uint16_t i = 0; whole && i < r->ncols; i++)
+			whole = newt->cols[i].kind != PGO_VAL_UNCHANGED;
+		if (op == 'D' || whole) {
+			char *row = describe_row(r, old, !full);
+			char *what = xasprintf("%s of %s%s", op == 'U' ? "UPDATE" : "DELETE", row,
+					       op == 'U' ? " (as DELETE and INSERT)" : "");
+			free(row);
+			if (resolve_first(p, r, op, old, full, what, error_r) < 0)
+				return -1;
+			if (op == 'D')
+				return 0;
+			/* The master's new row, whole. */
+			const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
+			if (stmt == NULL)
+				return -1;
+			const char **pv = params(p, r->ncols);
+			for (uint16_t i = 0; i < r->ncols; i++)
+				pv[i] = val(&newt->cols[i]);
+			row = describe_row(r, newt, r->nkeys > 0 && r->identity != PGO_IDENT_FULL);
+			what = xasprintf("INSERT into %s (an UPDATE, as DELETE and INSERT)", row);
+			free(row);
+			return send_row(p, stmt, r->ncols, 'I', what, error_r);
+		}
 	}
 
 	/* The new row's columns set by the UPDATE ('.'): not the unchanged TOAST
@@ -1873,6 +2023,7 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 	p->ddl_key = opts->ddl_key ? xstrdup(opts->ddl_key) : NULL;
 	p->stop = opts->stop;
 	p->rowwise_until = opts->rowwise_until;
+	p->master_wins = opts->master_wins;
 
 	sql = xasprintf("SELECT pg_catalog.pg_replication_origin_create(%s) "
 			"WHERE pg_catalog.pg_replication_origin_oid(%s) IS NULL", lit, lit);
@@ -2004,5 +2155,5 @@ pga_stats(const struct pga *p)
 bool
 pga_batch_failed(const struct pga *p)
 {
-	return p->batch_failed;
+	return p->batch_failed || p->resolve_restart;
 }

@@ -42,6 +42,7 @@ struct pga_options {
 	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
 	volatile int *stop;		/* non-zero: give up waiting for the standby */
 	pgo_lsn rowwise_until;		/* one statement per row until applied past this */
+	bool master_wins;		/* [pg] conflicts = master-wins (see pgapply.c) */
 };
 
 struct pga_stats {
@@ -52,6 +53,7 @@ struct pga_stats {
 	uint64_t ddl_rejected;		/* "standin.ddl" messages not signed by our trigger */
 	uint64_t batches;		/* statements of many rows sent */
 	uint64_t batched_rows;		/* the rows in them */
+	uint64_t conflicts_resolved;	/* master-wins: conflicts resolved and committed */
 	pgo_lsn applied_lsn;		/* end LSN of the last committed source txn */
 	int64_t applied_commit_time;	/* its commit time (PostgreSQL epoch, us) */
 };
@@ -104,7 +106,11 @@ int pga_sync(struct pga *pga, char **error_r) ST_WARN_UNUSED;
 
 const struct pga_stats *pga_stats(const struct pga *pga);
 
-/* True when the failure that ended the session was a statement of many rows. */
+/*
+ * True when the session that failed should start again at once, one
+ * statement per row (opts.rowwise_until): a statement of many rows failed,
+ * or, with master_wins, a conflict came that the row-by-row forms resolve.
+ */
 bool pga_batch_failed(const struct pga *pga);
 
 #endif

@@ -60,6 +60,7 @@ struct status {
 	pgo_lsn reverse_lsn;
 	char reverse_error[512];
 	uint64_t txns, rows, groups, ddl, ddl_rejected, batches, batched_rows;
+	uint64_t conflicts_resolved;	/* [pg] conflicts = master-wins, this session */
 	unsigned spooled_txns;		/* streamed in progress, waiting for their end */
 	uint64_t spooled_bytes, streamed_txns;
 	double txns_per_s, rows_per_s;	/* over the last feedback interval */
@@ -90,6 +91,7 @@ struct pgrepl {
 	ev_async async;
 	uint64_t error_seen;
 	atomic_int sequences_requested;	/* admin "sequences": copy them now */
+	uint64_t resolved_before;	/* conflicts resolved by the sessions that ended */
 	atomic_int reverse_requested;	/* admin "reverse": switchover, see replicate() */
 
 	pthread_mutex_t lock;
@@ -392,6 +394,7 @@ publish(struct stream *s)
 	r->st.ddl_rejected = ps->ddl_rejected;
 	r->st.batches = ps->batches;
 	r->st.batched_rows = ps->batched_rows;
+	r->st.conflicts_resolved = r->resolved_before + ps->conflicts_resolved;
 	r->st.spooled_txns = s->spool != NULL ? pgsp_open_txns(s->spool) : 0;
 	r->st.spooled_bytes = s->spool != NULL ? pgsp_open_bytes(s->spool) : 0;
 	r->st.streamed_txns = s->spool != NULL ? pgsp_replayed(s->spool) : 0;
@@ -942,6 +945,7 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 		.origin = origin, .group_max_txns = GROUP_MAX_TXNS, .group_max_ms = GROUP_MAX_MS,
 		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key, .stop = &r->stop_int,
 		.rowwise_until = strcmp(r->rowwise_source, source) == 0 ? r->rowwise_until : 0,
+		.master_wins = conf->pg.conflicts == ST_PG_CONFLICTS_MASTER_WINS,
 	};
 	pgo_lsn start;
 	s.apply = pga_new(tgt, &opts, &start, &err);
@@ -1013,6 +1017,8 @@ out:
 	pgo_msg_clear(&s.msg);
 	pgo_msg_clear(&s.replay_msg);
 	pgsp_free(&s.spool);
+	if (s.apply != NULL)
+		r->resolved_before += pga_stats(s.apply)->conflicts_resolved;
 	pga_free(&s.apply);
 	if (s.repl != NULL) {
 		PQputCopyEnd(s.repl, NULL);
@@ -1108,7 +1114,9 @@ engine_main(void *arg)
 		}
 		if (rrc == 3) {
 			st_notice("%s; applying again one statement per row up to lsn=" PGO_LSN_FMT
-				  " to find the row", err, PGO_LSN_ARGS(r->rowwise_until));
+				  " to find the row%s", err, PGO_LSN_ARGS(r->rowwise_until),
+				  conf->pg.conflicts == ST_PG_CONFLICTS_MASTER_WINS
+					  ? " (conflicts = master-wins: and resolve it)" : "");
 			free(err);
 			continue;
 		}
@@ -1202,7 +1210,8 @@ engine_settings_changed(const struct st_conf *old, const struct st_conf *new)
 	    !same_str(old->pg.dbname, new->pg.dbname) || !same_str(old->pg.user, new->pg.user) ||
 	    !same_str(old->pg.passfile, new->pg.passfile) || old->pg.sslmode != new->pg.sslmode ||
 	    !same_str(old->pg.sslrootcert, new->pg.sslrootcert) ||
-	    old->pg.connect_timeout_ms != new->pg.connect_timeout_ms)
+	    old->pg.connect_timeout_ms != new->pg.connect_timeout_ms ||
+	    old->pg.streaming != new->pg.streaming || old->pg.conflicts != new->pg.conflicts)
 		return true;
 	for (size_t i = 0; i < old->n_nodes; i++) {
 		if (!same_str(old->nodes[i].name, new->nodes[i].name) ||
@@ -1286,6 +1295,12 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "ddl_rejected", json_integer((json_int_t)st.ddl_rejected));
 	json_object_set_new(obj, "batches", json_integer((json_int_t)st.batches));
 	json_object_set_new(obj, "batched_rows", json_integer((json_int_t)st.batched_rows));
+	json_object_set_new(obj, "conflicts",
+			    r->conf != NULL
+				    ? json_string(st_conf_pg_conflicts_name(r->conf->pg.conflicts))
+				    : json_null());
+	json_object_set_new(obj, "conflicts_resolved",
+			    json_integer((json_int_t)st.conflicts_resolved));
 	json_object_set_new(obj, "streamed_transactions", json_integer((json_int_t)st.streamed_txns));
 	json_object_set_new(obj, "spooled_transactions", json_integer(st.spooled_txns));
 	json_object_set_new(obj, "spooled_bytes", json_integer((json_int_t)st.spooled_bytes));

@@ -584,6 +584,48 @@ def test_conflict_stops_with_a_clear_error_and_resumes_when_fixed(pg):
     pg.wait_equal("accounts")
 
 
+def test_conflicts_master_wins_resolves_logs_and_counts(pg):
+    """[pg] conflicts = master-wins: a duplicate key, and an UPDATE and a
+    DELETE of rows the standby lacks, in one transaction among many rows: the
+    standby ends equal to the master, and each conflict is logged with its
+    table and key and counted.  An UPDATE that does not carry every column
+    (an unchanged TOAST value) of a missing row still stops."""
+    with open(pg.conf, "a") as f:
+        f.write("conflicts = master-wins\n")
+    pg.sql_a("CREATE TABLE accounts (id int PRIMARY KEY, owner text, note text)")
+    pg.sql_a("INSERT INTO accounts SELECT g, 'o' || g, NULL FROM generate_series(1, 300) g")
+    pg.start()
+    pg.wait_state("streaming")
+    pg.wait_equal("accounts")
+    pg.sql_b("INSERT INTO accounts VALUES (1001, 'intruder', NULL); "
+             "DELETE FROM accounts WHERE id IN (5, 6)")
+    pg.sql_a("BEGIN; UPDATE accounts SET owner = 'batch' WHERE id BETWEEN 100 AND 200; "
+             "INSERT INTO accounts VALUES (1001, 'master', NULL); "
+             "UPDATE accounts SET owner = 'five' WHERE id = 5; "
+             "DELETE FROM accounts WHERE id = 6; "
+             "INSERT INTO accounts SELECT g, 'n', NULL FROM generate_series(2000, 2100) g; COMMIT")
+    pg.wait_equal("accounts")
+    sh.wait_until(lambda: pg.status()["conflicts_resolved"] == 3, 30,
+                  "the three conflicts counted")
+    st = pg.status()
+    assert st["conflicts"] == "master-wins" and st["state"] == "streaming", st
+    log = pg.daemon.output()
+    resolved = [line for line in log.splitlines() if "conflict resolved" in line]
+    assert len(resolved) == 3, log[-3000:]
+    for key, text in (("1001", "the master's replaces it"), ("5", "new row is inserted"),
+                      ("6", "nothing to delete")):
+        assert any(f"(id)=({key})" in line and text in line for line in resolved), resolved
+    # Unchanged TOAST values are not in the stream: no whole row to insert.
+    pg.sql_a("INSERT INTO accounts VALUES (3000, 'toast', (SELECT string_agg(md5(g::text), '') "
+             "FROM generate_series(1, 400) g))")
+    pg.wait_equal("accounts")
+    pg.sql_b("DELETE FROM accounts WHERE id = 3000")
+    pg.sql_a("UPDATE accounts SET owner = 'changed' WHERE id = 3000")
+    st = pg.wait_state("error")
+    assert "UPDATE of public.accounts key (id)=(3000) found 0 rows" in st["last_error"], st
+    assert pg.status()["conflicts_resolved"] == 3
+
+
 def test_merge_only_where_the_standby_has_a_unique_key(pg):
     """UPDATE and DELETE go as MERGE INTO ONLY where the standby's table has a
     unique, immediate index on the key: rows of an inheritance child with the

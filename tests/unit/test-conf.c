@@ -136,6 +136,8 @@ START_TEST(test_minimal)
 	ck_assert_str_eq(conf->pg.endpoint[1], "127.0.0.2:5432");
 	ck_assert_str_eq(st_conf_sslmode_name(conf->pg.sslmode), "prefer");
 	ck_assert_int_eq(conf->pg.connect_timeout_ms, 10000);
+	ck_assert_int_eq(conf->pg.conflicts, ST_PG_CONFLICTS_STOP);
+	ck_assert_str_eq(st_conf_pg_conflicts_name(conf->pg.conflicts), "stop");
 	ck_assert_int_eq(conf->log_level, 1);
 	ck_assert(!conf->proxy_present);
 	st_conf_free(&conf);
@@ -147,6 +149,7 @@ END_TEST
 START_TEST(test_all_sections)
 {
 	char *extra = xasprintf("sslmode = verify-full\n"
+				"conflicts = master-wins\n"
 				"passfile = %s\n"
 				"[ldap]\n"
 				"endpoint.a = ldap://127.0.0.1:389\n"
@@ -180,6 +183,7 @@ START_TEST(test_all_sections)
 
 	ck_assert_msg(conf != NULL, "%s", errors);
 	ck_assert_str_eq(st_conf_sslmode_name(conf->pg.sslmode), "verify-full");
+	ck_assert_int_eq(conf->pg.conflicts, ST_PG_CONFLICTS_MASTER_WINS);
 	ck_assert_str_eq(conf->pg.passfile, secret_ok);
 	ck_assert_str_eq(conf->ldap.endpoint[1], "ldaps://[::1]:636/");
 	ck_assert_int_eq(conf->ldap.starttls, ST_TLS_DEMAND);
@@ -305,6 +309,8 @@ START_TEST(test_bad_values)
 		const char *error;
 	} cases[] = {
 		{ "sslmode = maybe\n", "t.conf:14: [pg] sslmode: expected one of: disable, allow, prefer" },
+		{ "conflicts = last-writer-wins\n",
+		  "t.conf:14: [pg] conflicts: expected one of: stop, master-wins" },
 		{ "connect_timeout = soon\n", "t.conf:14: [pg] connect_timeout: expected a duration" },
 		{ "connect_timeout = 10ms\n", "t.conf:14: [pg] connect_timeout: must be between" },
 		{ "connect_timeout = 99999999999999999999d\n", "[pg] connect_timeout: expected a duration" },

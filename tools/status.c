@@ -123,7 +123,14 @@ query_daemon(const struct st_node *node, const char *daemon, struct row *r)
 	}
 	json_t *state = json_object_get(r->detail, "state");
 	json_t *err = json_object_get(r->detail, "last_error");
-	r->state = xstrdup(json_is_string(state) ? json_string_value(state) : "?");
+	json_t *resolved = json_object_get(r->detail, "conflicts_resolved");
+	const char *st_text = json_is_string(state) ? json_string_value(state) : "?";
+	/* [pg] conflicts = master-wins: what the standby lost is in the log. */
+	if (json_is_integer(resolved) && json_integer_value(resolved) > 0)
+		r->state = xasprintf("%s, %lld conflicts resolved (see its log)", st_text,
+				     (long long)json_integer_value(resolved));
+	else
+		r->state = xstrdup(st_text);
 	r->lag = format_lag(r->detail);
 	if (json_is_string(err))
 		r->error = xstrdup(json_string_value(err));

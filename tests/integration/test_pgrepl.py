@@ -615,6 +615,8 @@ def test_conflicts_master_wins_resolves_logs_and_counts(pg):
     for key, text in (("1001", "the master's replaces it"), ("5", "new row is inserted"),
                       ("6", "nothing to delete")):
         assert any(f"(id)=({key})" in line and text in line for line in resolved), resolved
+    r = run(STANDINCTL, "-c", pg.conf, "status")
+    assert "streaming, 3 conflicts resolved (see its log)" in r.stdout, r.stdout
     # Unchanged TOAST values are not in the stream: no whole row to insert.
     pg.sql_a("INSERT INTO accounts VALUES (3000, 'toast', (SELECT string_agg(md5(g::text), '') "
              "FROM generate_series(1, 400) g))")

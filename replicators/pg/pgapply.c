@@ -447,8 +447,7 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		if (state != NULL && strcmp(state, "23505") == 0) {
 			kind = "conflict: duplicate key: ";
 			conflict_seen(p);
-		}
-		else if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0))
+		} else if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0))
 			kind = "conflict: missing object on the standby: ";
 		fail(p, "%s%s failed on the standby: %s", kind, pd->what ? pd->what : "statement", why);
 		free(why);

@@ -60,7 +60,7 @@ struct status {
 	pgo_lsn reverse_lsn;
 	char reverse_error[512];
 	uint64_t txns, rows, groups, ddl, ddl_rejected, batches, batched_rows;
-	uint64_t conflicts_resolved;	/* [pg] conflicts = master-wins, this session */
+	uint64_t conflicts_resolved;	/* [pg] conflicts = master-wins, since the start */
 	unsigned spooled_txns;		/* streamed in progress, waiting for their end */
 	uint64_t spooled_bytes, streamed_txns;
 	double txns_per_s, rows_per_s;	/* over the last feedback interval */

@@ -971,6 +971,41 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 }
 
 /*
+ * REPLICA IDENTITY FULL: which of the old row's columns the WHERE compares,
+ * as part of a statement's mask ("F", then '.' or 'u' for an unchanged
+ * TOAST value, left out); NULL when the row is found by its key.
+ */
+static char *
+full_mask(const struct rel *r, const struct pgo_tuple *old, bool full)
+{
+	if (!full)
+		return NULL;
+	char *key = xcalloc((size_t)r->ncols + 2, 1);
+	key[0] = 'F';
+	for (uint16_t i = 0; i < r->ncols; i++)
+		key[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
+	return key;
+}
+
+/* The values of where_clause()'s parameters, from OLD, into PV from *N_R on. */
+static int
+where_params(const struct rel *r, const struct pgo_tuple *old, bool full, const char **pv,
+	     int *n_r, const char *what, char **error_r)
+{
+	for (uint16_t i = 0; i < r->ncols; i++) {
+		if (full ? old->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
+			continue;
+		if (old->cols[i].kind == PGO_VAL_UNCHANGED) {
+			st_set_error(error_r, "%s on %s: key column %s is an unchanged TOAST value",
+				     what, r->display, r->cols[i].name);
+			return -1;
+		}
+		pv[(*n_r)++] = val(&old->cols[i]);
+	}
+	return 0;
+}
+
+/*
  * master-wins, row by row (conflict_seen): before a row's own statement,
  * the DELETE of the standby's row that OLD finds (by key, or FULL's old
  * row), counted (resolve_answered).  OP and WHAT say what the row is.
@@ -979,31 +1014,17 @@ static int
 resolve_first(struct pga *p, struct rel *r, char op, const struct pgo_tuple *old, bool full,
 	      char *what, char **error_r)
 {
-	char *keymask = xcalloc((size_t)r->ncols + 2, 1);
-
-	if (full) {
-		keymask[0] = 'F';
-		for (uint16_t i = 0; i < r->ncols; i++)
-			keymask[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
-	}
-	const char *stmt = prepared(p, r, 'R', keymask, full, old, error_r);
-	free(keymask);
-	if (stmt == NULL) {
-		free(what);
-		return -1;
-	}
+	char *key = full_mask(r, old, full);
+	const char *stmt = prepared(p, r, 'R', key, full, old, error_r);
 	const char **pv = params(p, r->ncols);
 	int n = 0;
-	for (uint16_t i = 0; i < r->ncols; i++) {
-		if (full ? old->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
-			continue;
-		if (old->cols[i].kind == PGO_VAL_UNCHANGED) {
-			st_set_error(error_r, "%s: key column %s is an unchanged TOAST value", what,
-				     r->cols[i].name);
-			free(what);
-			return -1;
-		}
-		pv[n++] = val(&old->cols[i]);
+
+	free(key);
+	if (stmt == NULL ||
+	    where_params(r, old, full, pv, &n, op == 'I' ? "Insert" : op == 'U' ? "Update" : "Delete",
+			 error_r) < 0) {
+		free(what);
+		return -1;
 	}
 	enqueue(p, PEND_RESOLVE, op, what);
 	return after_send(p, PQsendQueryPrepared(p->conn, stmt, n, p->params, NULL, NULL, 0),
@@ -1486,6 +1507,29 @@ out:
 	return rc;
 }
 
+/* One row T, whole, as an INSERT of its own; WHAT (taken) names it. */
+static int
+send_insert(struct pga *p, struct rel *r, const struct pgo_tuple *t, char *what, char **error_r)
+{
+	const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
+	const char **pv = params(p, r->ncols);
+
+	for (uint16_t i = 0; stmt != NULL && i < r->ncols; i++) {
+		if (t->cols[i].kind == PGO_VAL_UNCHANGED) {
+			st_set_error(error_r, "%s: column %s is an unchanged TOAST value", what,
+				     r->cols[i].name);
+			stmt = NULL;
+			break;
+		}
+		pv[i] = val(&t->cols[i]);
+	}
+	if (stmt == NULL) {
+		free(what);
+		return -1;
+	}
+	return send_row(p, stmt, r->ncols, 'I', what, error_r);
+}
+
 static int
 apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 {
@@ -1504,20 +1548,8 @@ apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 		if (resolve_first(p, r, 'I', t, false, what, error_r) < 0)
 			return -1;
 	}
-	const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
-	if (stmt == NULL)
-		return -1;
-	const char **pv = params(p, r->ncols);
-	for (uint16_t i = 0; i < r->ncols; i++) {
-		if (t->cols[i].kind == PGO_VAL_UNCHANGED) {
-			st_set_error(error_r, "Insert on %s: column %s is an unchanged TOAST value",
-				     r->display, r->cols[i].name);
-			return -1;
-		}
-		pv[i] = val(&t->cols[i]);
-	}
 	/* A duplicate key error from the standby names the key itself. */
-	return send_row(p, stmt, r->ncols, 'I', xasprintf("INSERT into %s", r->display), error_r);
+	return send_insert(p, r, t, xasprintf("INSERT into %s", r->display), error_r);
 }
 
 static int
@@ -1559,16 +1591,10 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 			if (op == 'D')
 				return 0;
 			/* The master's new row, whole. */
-			const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
-			if (stmt == NULL)
-				return -1;
-			const char **pv = params(p, r->ncols);
-			for (uint16_t i = 0; i < r->ncols; i++)
-				pv[i] = val(&newt->cols[i]);
 			row = describe_row(r, newt, r->nkeys > 0 && r->identity != PGO_IDENT_FULL);
 			what = xasprintf("INSERT into %s (an UPDATE, as DELETE and INSERT)", row);
 			free(row);
-			return send_row(p, stmt, r->ncols, 'I', what, error_r);
+			return send_insert(p, r, newt, what, error_r);
 		}
 	}
 
@@ -1585,13 +1611,7 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 				: m->u.change.old_kind == 0 && r->cols[i].key ? 'k' : '.';
 	}
 	/* FULL: the old row's unchanged columns are left out of the WHERE: part of the mask. */
-	char *key = NULL;
-	if (full) {
-		key = xcalloc(r->ncols + 2, 1);
-		key[0] = 'F';
-		for (uint16_t i = 0; i < r->ncols; i++)
-			key[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
-	}
+	char *key = full_mask(r, old, full);
 	char *fullmask = xasprintf("%s|%s", mask ? mask : "", key ? key : "");
 	/* A key change or REPLICA IDENTITY FULL goes alone, after the batch. */
 	int batched = !full && (op == 'D' || m->u.change.old_kind == 0)
@@ -1609,22 +1629,12 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 		for (uint16_t i = 0; i < r->ncols; i++)
 			if (mask[i] == '.')
 				pv[n++] = val(&newt->cols[i]);
-	for (uint16_t i = 0; i < r->ncols; i++) {
-		if (full ? old->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
-			continue;
-		if (old->cols[i].kind == PGO_VAL_UNCHANGED) {
-			st_set_error(error_r, "%s on %s: key column %s is an unchanged TOAST value",
-				     opname, r->display, r->cols[i].name);
-			free(mask);
-			free(key);
-			free(fullmask);
-			return -1;
-		}
-		pv[n++] = val(&old->cols[i]);
-	}
+	int rc = where_params(r, old, full, pv, &n, opname, error_r);
 	free(mask);
 	free(key);
 	free(fullmask);
+	if (rc < 0)
+		return -1;
 	char *row = describe_row(r, old, !full);
 	char *what = xasprintf("%s of %s", op == 'U' ? "UPDATE" : "DELETE", row);
 	free(row);

@@ -361,7 +361,8 @@ counted(const PGresult *res, unsigned long long *n_r)
  * stream was (opts.rowwise_until), and there each row goes in a form that
  * does not conflict (resolve_first): an INSERT after a DELETE of the
  * standby's row with its key; an UPDATE as a DELETE of the old row and an
- * INSERT of the new one, when the master sent every column (an unchanged
+ * INSERT of the new one (after a DELETE by the new key, which an UPDATE of
+ * the key may find taken), when the master sent every column (an unchanged
  * TOAST value is not sent: such an UPDATE stays one, and a missing row
  * still stops the stream); a DELETE that may find nothing.  The DELETE's
  * count tells whether there was a conflict; each one is logged (table, key,
@@ -1590,8 +1591,17 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 				return -1;
 			if (op == 'D')
 				return 0;
-			/* The master's new row, whole. */
-			row = describe_row(r, newt, r->nkeys > 0 && r->identity != PGO_IDENT_FULL);
+			/* The master's new row, whole; an UPDATE that changed the
+			 * key also replaces a standby row with the new key. */
+			bool keyed = r->nkeys > 0 && r->identity != PGO_IDENT_FULL;
+			if (keyed) {
+				row = describe_row(r, newt, true);
+				what = xasprintf("UPDATE to %s", row);
+				free(row);
+				if (resolve_first(p, r, 'I', newt, false, what, error_r) < 0)
+					return -1;
+			}
+			row = describe_row(r, newt, keyed);
 			what = xasprintf("INSERT into %s (an UPDATE, as DELETE and INSERT)", row);
 			free(row);
 			return send_insert(p, r, newt, what, error_r);

@@ -585,8 +585,9 @@ def test_conflict_stops_with_a_clear_error_and_resumes_when_fixed(pg):
 
 
 def test_conflicts_master_wins_resolves_logs_and_counts(pg):
-    """[pg] conflicts = master-wins: a duplicate key, and an UPDATE and a
-    DELETE of rows the standby lacks, in one transaction among many rows: the
+    """[pg] conflicts = master-wins: a duplicate key, an UPDATE and a DELETE
+    of rows the standby lacks, and an UPDATE of a key to one the standby
+    already has, in one transaction among many rows: the
     standby ends equal to the master, and each conflict is logged with its
     table and key and counted.  An UPDATE that does not carry every column
     (an unchanged TOAST value) of a missing row still stops."""
@@ -597,26 +598,27 @@ def test_conflicts_master_wins_resolves_logs_and_counts(pg):
     pg.start()
     pg.wait_state("streaming")
     pg.wait_equal("accounts")
-    pg.sql_b("INSERT INTO accounts VALUES (1001, 'intruder', NULL); "
+    pg.sql_b("INSERT INTO accounts VALUES (1001, 'intruder', NULL), (1002, 'intruder', NULL); "
              "DELETE FROM accounts WHERE id IN (5, 6)")
     pg.sql_a("BEGIN; UPDATE accounts SET owner = 'batch' WHERE id BETWEEN 100 AND 200; "
              "INSERT INTO accounts VALUES (1001, 'master', NULL); "
              "UPDATE accounts SET owner = 'five' WHERE id = 5; "
              "DELETE FROM accounts WHERE id = 6; "
+             "UPDATE accounts SET id = 1002, owner = 'seven' WHERE id = 7; "
              "INSERT INTO accounts SELECT g, 'n', NULL FROM generate_series(2000, 2100) g; COMMIT")
     pg.wait_equal("accounts")
-    sh.wait_until(lambda: pg.status()["conflicts_resolved"] == 3, 30,
-                  "the three conflicts counted")
+    sh.wait_until(lambda: pg.status()["conflicts_resolved"] == 4, 30,
+                  "the four conflicts counted")
     st = pg.status()
     assert st["conflicts"] == "master-wins" and st["state"] == "streaming", st
     log = pg.daemon.output()
     resolved = [line for line in log.splitlines() if "conflict resolved" in line]
-    assert len(resolved) == 3, log[-3000:]
+    assert len(resolved) == 4, log[-3000:]
     for key, text in (("1001", "the master's replaces it"), ("5", "new row is inserted"),
-                      ("6", "nothing to delete")):
+                      ("6", "nothing to delete"), ("1002", "the master's replaces it")):
         assert any(f"(id)=({key})" in line and text in line for line in resolved), resolved
     r = run(STANDINCTL, "-c", pg.conf, "status")
-    assert "streaming, 3 conflicts resolved (see its log)" in r.stdout, r.stdout
+    assert "streaming, 4 conflicts resolved (see its log)" in r.stdout, r.stdout
     # Unchanged TOAST values are not in the stream: no whole row to insert.
     pg.sql_a("INSERT INTO accounts VALUES (3000, 'toast', (SELECT string_agg(md5(g::text), '') "
              "FROM generate_series(1, 400) g))")
@@ -625,7 +627,7 @@ def test_conflicts_master_wins_resolves_logs_and_counts(pg):
     pg.sql_a("UPDATE accounts SET owner = 'changed' WHERE id = 3000")
     st = pg.wait_state("error")
     assert "UPDATE of public.accounts key (id)=(3000) found 0 rows" in st["last_error"], st
-    assert pg.status()["conflicts_resolved"] == 3
+    assert pg.status()["conflicts_resolved"] == 4
 
 
 def test_merge_only_where_the_standby_has_a_unique_key(pg):

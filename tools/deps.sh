@@ -5,7 +5,7 @@
 
 STANDIN_PACKAGES=(
 	build-essential autoconf automake libtool pkg-config
-	libpq-dev libldap-dev libetpan-dev libev-dev check libinih-dev libjansson-dev
+	libpq-dev postgresql-server-dev-15 libldap-dev libetpan-dev libev-dev check libinih-dev libjansson-dev
 	libssl-dev libsystemd-dev
 	postgresql-15 postgresql-client-15 slapd ldap-utils dovecot-core dovecot-imapd
 	python3 python3-pytest clang libclang-rt-14-dev socat man-db

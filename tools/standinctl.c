@@ -6,6 +6,7 @@
  *   standinctl [-c FILE] [-n NODE] state show | state init --master NODE [--force]
  *   standinctl [-c FILE] [-n NODE] proxy status | pause SVC | resume SVC | switch SVC NODE
  *                                        | drop SVC
+ *   standinctl [-c FILE] [-n NODE] pg ddl-done LSN
  *   standinctl [-c FILE] [-n NODE] dump pg|ldap|all [--from master|standby] [-v]
  *   standinctl [-c FILE] dump-verify [--restore [--node NODE]] DUMP
  *
@@ -51,6 +52,8 @@ usage(FILE *out)
 		"  proxy pause|resume SERVICE|all  hold new clients / forward them again\n"
 		"  proxy switch SERVICE NODE       send clients of SERVICE to NODE\n"
 		"  proxy drop SERVICE|all          close the service's client sessions\n"
+		"  pg ddl-done LSN                 go on past a DDL statement the standby could not\n"
+		"                                  apply, once it is applied there by hand\n"
 		"  dump pg|ldap|all [--from master|standby] [-v]\n"
 		"                                  dump, verify the files and prune old dumps (cron)\n"
 		"  dump-verify [--restore [--node NODE]] DUMP\n"
@@ -322,6 +325,45 @@ out:
 	return ret;
 }
 
+/*
+ * "pg ddl-done LSN": tell this node's standin-pgrepl that the DDL statement
+ * it stopped on at LSN has been applied by hand, so it goes on past it.
+ */
+static int
+cmd_pg(const struct ctl_opts *o, int argc, char **argv)
+{
+	char *path, *line, *reply = NULL, *error = NULL;
+	int ret = 1;
+
+	if (argc != 3 || strcmp(argv[1], "ddl-done") != 0) {
+		fprintf(stderr, "standinctl: usage: pg ddl-done LSN (the LSN that standin-pgrepl's "
+			"error names)\n");
+		return 2;
+	}
+	if (argv[2][0] == '\0' || strspn(argv[2], "0123456789ABCDEFabcdef/") != strlen(argv[2])) {
+		fprintf(stderr, "standinctl: pg ddl-done: bad LSN %s (expected e.g. 0/16B3748)\n",
+			st_q(argv[2]));
+		return 2;
+	}
+	struct st_conf *conf = load_conf(o);
+	const struct st_node *node = local_node(conf, o);
+	path = xasprintf("%s/standin-pgrepl.sock", node->run_dir);
+	line = xasprintf("ddl-done %s", argv[2]);
+	if (st_ctl_query(path, line, 10000, &reply, &error) < 0) {
+		fprintf(stderr, "standinctl: standin-pgrepl on node %s (%s): %s\n", node->name, path,
+			error);
+	} else {
+		fputs(reply, stdout);
+		ret = strstr(reply, "\"error\"") != NULL ? 1 : 0;
+	}
+	free(line);
+	free(path);
+	free(reply);
+	free(error);
+	st_conf_free(&conf);
+	return ret;
+}
+
 static int
 cmd_dump(const struct ctl_opts *o, int argc, char **argv)
 {
@@ -504,6 +546,8 @@ main(int argc, char **argv)
 		return cmd_state(&o, argc, argv);
 	if (strcmp(argv[0], "proxy") == 0)
 		return cmd_proxy(&o, argc, argv);
+	if (strcmp(argv[0], "pg") == 0)
+		return cmd_pg(&o, argc, argv);
 	if (strcmp(argv[0], "dump") == 0)
 		return cmd_dump(&o, argc, argv);
 	if (strcmp(argv[0], "dump-verify") == 0)

@@ -28,7 +28,11 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <jansson.h>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include "lib/durable.h"
 #include "lib/log.h"
 #include "replicators/pg/pgconn.h"
 
@@ -39,6 +43,17 @@
  * session ends, and that commit would carry the replication origin's
  * position of a group that failed (pg_replication_origin_xact_setup's
  * position stays set after an abort). */
+/* The settings a DDL message carries (standin_ddl.c, carried_settings), then
+ * check_function_bodies, which the standby turns off (as pg_restore does:
+ * the master checked the bodies).  Set for the statement, restored after. */
+static const char *const ddl_settings[] = {
+	"search_path", "standard_conforming_strings", "backslash_quote", "DateStyle",
+	"IntervalStyle", "TimeZone", "timezone_abbreviations", "default_tablespace",
+	"default_table_access_method", "default_toast_compression", "xmloption",
+	"transform_null_equals", "array_nulls", "check_function_bodies",
+};
+#define DDL_SETTINGS (sizeof(ddl_settings) / sizeof(ddl_settings[0]))
+
 #define ROWS_MARK "standin-row-count:"
 #define ROWS_SQLSTATE "22P02"
 
@@ -127,6 +142,8 @@ struct pending {
 	unsigned check;			/* PEND_MERGE_CHECK */
 	struct group_figures group;	/* PEND_COMMIT */
 	char *what;			/* for messages: "INSERT into public.t key (id)=(5)" */
+	char *ddl;			/* a DDL statement: its text, for ddl_failed() */
+	pgo_lsn ddl_lsn;		/* ... and its message's LSN */
 };
 
 struct pga {
@@ -136,6 +153,9 @@ struct pga {
 	long group_max_ms;
 	char *ddl_prefix;
 	char *ddl_key;
+	char *ddl_dir;
+	pgo_lsn ddl_done_lsn;
+	char *ddl_saved[DDL_SETTINGS];	/* this session's values of ddl_settings */
 	volatile int *stop;
 
 	struct rel *rels;
@@ -176,6 +196,7 @@ struct pga {
 };
 
 static int pump(struct pga *p, bool until_empty, char **error_r);
+static void ddl_failed(struct pga *p, const struct pending *pd, const char *why);
 
 /* ------------------------------------------------------------ relation cache */
 
@@ -292,6 +313,8 @@ enqueue(struct pga *p, enum pend_kind kind, char op, char *what)
 	pd->op = op;
 	pd->got_result = false;
 	pd->what = what;
+	pd->ddl = NULL;
+	pd->ddl_lsn = 0;
 	return pd;
 }
 
@@ -299,6 +322,7 @@ static void
 dequeue(struct pga *p)
 {
 	free(p->q[p->q_head].what);
+	free(p->q[p->q_head].ddl);
 	p->q_head++;
 	if (p->q_head == p->q_tail)
 		p->q_head = p->q_tail = 0;
@@ -450,7 +474,10 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 			conflict_seen(p);
 		} else if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0))
 			kind = "conflict: missing object on the standby: ";
-		fail(p, "%s%s failed on the standby: %s", kind, pd->what ? pd->what : "statement", why);
+		if (pd->ddl != NULL && p->error == NULL)
+			ddl_failed(p, pd, why);
+		else
+			fail(p, "%s%s failed on the standby: %s", kind, pd->what ? pd->what : "statement", why);
 		free(why);
 		return;
 	}
@@ -1694,31 +1721,17 @@ sha256(const void *a, size_t alen, const void *b, size_t blen, unsigned char out
 	EVP_MD_CTX_free(ctx);
 }
 
-/*
- * A "standin.ddl" message: MAC \n standin-ddl-1 \n ROLE \n SEARCH_PATH \n
- * STATEMENT (see ddl_capture.sql).  Checked, then run as ROLE with the
- * master's search path, inside the group, at its place in the stream.
- */
-static int
-apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
+/* The message's signature checked: its body, or NULL (counted, warned). */
+static const char *
+ddl_body(struct pga *p, const struct pgo_msg *m, const char *lsn_text)
 {
 	const char *content = m->u.message.content;
 	const char *nl = strchr(content, '\n');
-	char lsn_text[32];
 
-	snprintf(lsn_text, sizeof(lsn_text), PGO_LSN_FMT, PGO_LSN_ARGS(lsn));
-	if (p->ddl_key == NULL) {
-		st_set_error(error_r, "DDL message at %s, but no DDL key is known", lsn_text);
-		return -1;
-	}
-	if (!m->u.message.transactional || !p->in_source_txn) {
-		st_set_error(error_r, "non-transactional DDL message at %s", lsn_text);
-		return -1;
-	}
 	if (nl == NULL || nl - content != 64 || strlen(content) != m->u.message.len) {
 		p->stats.ddl_rejected++;
 		st_warn("malformed DDL message ignored lsn=%s", lsn_text);
-		return 0;
+		return NULL;
 	}
 	const char *body = nl + 1;
 	size_t klen = strlen(p->ddl_key);
@@ -1734,8 +1747,196 @@ apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
 		p->stats.ddl_rejected++;
 		st_warn("DDL message with a bad signature ignored lsn=%s (not from standin's "
 			"trigger: forged, or standin.ddl_key changed on the master)", lsn_text);
+		return NULL;
+	}
+	return body;
+}
+
+/* "CREATE TABLE public.t, role app": the DDL in messages, without its text
+ * (which can hold a secret: CREATE USER MAPPING ... OPTIONS (password ...)). */
+static char *
+ddl_label(json_t *msg)
+{
+	struct st_buf b;
+	json_t *objects = json_object_get(msg, "objects");
+	const char *tag = json_string_value(json_object_get(msg, "tag"));
+	const char *role = json_string_value(json_object_get(msg, "role"));
+	size_t i, n = json_array_size(objects);
+
+	st_buf_init(&b);
+	st_buf_puts(&b, tag != NULL ? tag : "DDL");
+	for (i = 0; i < n && i < 3; i++)
+		st_buf_printf(&b, "%s%s", i ? ", " : " ",
+			      json_string_value(json_array_get(objects, i)) ?: "?");
+	if (n > 3)
+		st_buf_printf(&b, " and %zu more", n - 3);
+	if (role != NULL)
+		st_buf_printf(&b, ", role %s", role);
+	return st_buf_steal(&b);
+}
+
+/* How the administrator goes on past a DDL the standby cannot run. */
+#define DDL_RESOLVE "apply it on the standby by hand as far as it must be, then run " \
+	"\"standinctl pg ddl-done %s\" on this node to go on past it"
+
+/*
+ * A DDL statement failed on the standby: its text goes to a file of mode
+ * 0600 (not to the log or the status, since it can hold a secret), and the
+ * error names the file and says how to go on.
+ */
+static void
+ddl_failed(struct pga *p, const struct pending *pd, const char *why)
+{
+	char lsn_text[32], file_lsn[32], *path = NULL, *err = NULL;
+
+	snprintf(lsn_text, sizeof(lsn_text), PGO_LSN_FMT, PGO_LSN_ARGS(pd->ddl_lsn));
+	snprintf(file_lsn, sizeof(file_lsn), "%X-%X", PGO_LSN_ARGS(pd->ddl_lsn));
+	if (p->ddl_dir != NULL) {
+		path = xasprintf("%s/pgrepl-ddl-%s.sql", p->ddl_dir, file_lsn);
+		char *one_line = xstrdup(why);
+		for (char *c = one_line; *c != '\0'; c++)
+			if (*c == '\n' || *c == '\r')
+				*c = ' ';
+		char *text = xasprintf("-- standin-pgrepl: the DDL statement at %s on the master\n"
+				       "-- (%s), which failed on the standby:\n-- %s\n%s;\n",
+				       lsn_text, pd->what, one_line, pd->ddl);
+		free(one_line);
+		if (st_durable_write(path, text, strlen(text), 0600, &err) < 0) {
+			st_warn("cannot write the failed DDL statement path=%s error=%s", st_q(path),
+				st_q(err));
+			free(err);
+			free(path);
+			path = NULL;
+		}
+		free(text);
+	}
+	fail(p, "DDL at %s (%s) failed on the standby: %s; the statement is in %s: " DDL_RESOLVE,
+	     lsn_text, pd->what, why, path != NULL ? path : "the master's log", lsn_text);
+	free(path);
+}
+
+/* SELECT set_config($1, $2, true), ...: NAMES = VALUES, for the transaction. */
+static int
+send_settings(struct pga *p, const char *const *values, const char *what, char **error_r)
+{
+	struct st_buf sql;
+	const char *pv[2 * DDL_SETTINGS];
+	int n = 0;
+
+	st_buf_init(&sql);
+	st_buf_puts(&sql, "SELECT ");
+	for (size_t i = 0; i < DDL_SETTINGS; i++) {
+		if (values[i] == NULL)
+			continue;
+		st_buf_printf(&sql, "%spg_catalog.set_config($%d, $%d, true)", n ? ", " : "",
+			      n + 1, n + 2);
+		pv[n++] = ddl_settings[i];
+		pv[n++] = values[i];
+	}
+	if (n == 0) {
+		st_buf_free(&sql);
 		return 0;
 	}
+	enqueue(p, PEND_COMMAND, 0, xstrdup(what));
+	int rc = after_send(p, PQsendQueryParams(p->conn, sql.data, n, NULL, pv, NULL, NULL, 0),
+			    error_r);
+	st_buf_free(&sql);
+	return rc;
+}
+
+/*
+ * A "standin.ddl" message of format 2 (standin_ddl.c): signed JSON with the
+ * statement's kind, command tag, role, objects, the settings it was read with
+ * and its text.  Run as that role, with those settings, at its place in the
+ * stream; "uncaptured" (and anything else not runnable) stops the stream
+ * with an error that says how to go on, unless the administrator marked that
+ * LSN done (opts.ddl_done_lsn).
+ */
+static int
+apply_ddl2(struct pga *p, const char *body, pgo_lsn lsn, const char *lsn_text, char **error_r)
+{
+	json_error_t jerr;
+	json_t *msg = json_loads(body, JSON_REJECT_DUPLICATES, &jerr);
+	const char *kind, *role, *stmt;
+	const char *values[DDL_SETTINGS] = { NULL };
+	char *label = NULL, *set_role = NULL, *rid = NULL;
+	int rc = -1;
+
+	if (msg == NULL || !json_is_object(msg)) {
+		st_set_error(error_r, "DDL message at %s: not JSON (%s)", lsn_text, jerr.text);
+		goto out;
+	}
+	label = ddl_label(msg);
+	kind = json_string_value(json_object_get(msg, "kind"));
+	role = json_string_value(json_object_get(msg, "role"));
+	stmt = json_string_value(json_object_get(msg, "statement"));
+	if (lsn == p->ddl_done_lsn) {
+		p->stats.ddl_skipped++;
+		st_notice("DDL skipped: marked done by the administrator lsn=%s ddl=%s", lsn_text,
+			  st_q(label));
+		rc = 0;
+		goto out;
+	}
+	if (kind != NULL && strcmp(kind, "uncaptured") == 0) {
+		st_set_error(error_r, "DDL at %s (%s) could not be captured exactly on the master "
+			     "(standin_ddl is not in its shared_preload_libraries, and the statement "
+			     "ran inside a function, a DO block or a procedure): " DDL_RESOLVE,
+			     lsn_text, label, lsn_text);
+		goto out;
+	}
+	if (kind == NULL || strcmp(kind, "statement") != 0 || role == NULL || stmt == NULL) {
+		st_set_error(error_r, "DDL at %s (%s): unknown kind of DDL message %s (is standin "
+			     "older here than on the master?): " DDL_RESOLVE, lsn_text, label,
+			     st_q(kind != NULL ? kind : "(none)"), lsn_text);
+		goto out;
+	}
+	const char *name;
+	json_t *value;
+	json_object_foreach(json_object_get(msg, "settings"), name, value) {
+		size_t i;
+		for (i = 0; i + 1 < DDL_SETTINGS && strcmp(ddl_settings[i], name) != 0; i++)
+			;
+		if (i + 1 == DDL_SETTINGS || !json_is_string(value)) {
+			st_set_error(error_r, "DDL at %s (%s): setting %s is not known here (is "
+				     "standin older here than on the master?)", lsn_text, label,
+				     st_q(name));
+			goto out;
+		}
+		values[i] = json_string_value(value);
+	}
+	values[DDL_SETTINGS - 1] = "off";	/* check_function_bodies */
+
+	p->group_ddl++;
+	st_debug("DDL lsn=%s ddl=%s statement=%s", lsn_text, st_q(label), st_q(stmt));
+	rid = pgc_ident(role);
+	set_role = xasprintf("SET LOCAL ROLE %s", rid);
+	if (send_command(p, set_role, xasprintf("DDL at %s (%s): SET ROLE", lsn_text, label),
+			 error_r) < 0 ||
+	    send_settings(p, values, "DDL: the master's settings", error_r) < 0)
+		goto out;
+	struct pending *pd = enqueue(p, PEND_COMMAND, 0, xstrdup(label));
+	pd->ddl = xstrdup(stmt);
+	pd->ddl_lsn = lsn;
+	if (after_send(p, PQsendQueryParams(p->conn, stmt, 0, NULL, NULL, NULL, NULL, 0),
+		       error_r) < 0 ||
+	    send_command(p, "RESET ROLE", xstrdup("RESET ROLE"), error_r) < 0 ||
+	    send_settings(p, (const char *const *)p->ddl_saved, "DDL: this session's settings",
+			  error_r) < 0)
+		goto out;
+	rc = 0;
+out:
+	free(label);
+	free(set_role);
+	free(rid);
+	json_decref(msg);
+	return rc;
+}
+
+/* Format 1 (standin 'DDL capture 2', before standin_ddl): MAC \n standin-ddl-1
+ * \n ROLE \n SEARCH_PATH \n STATEMENT, still in a stream after an upgrade. */
+static int
+apply_ddl1(struct pga *p, const char *body, const char *lsn_text, char **error_r)
+{
 	char *copy = xstrdup(body), *fields[4] = { NULL };
 	char *q = copy;
 	for (int i = 0; i < 3; i++) {
@@ -1747,7 +1948,7 @@ apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
 		q = e + 1;
 	}
 	fields[3] = q;
-	if (fields[2] == NULL || strcmp(fields[0], "standin-ddl-1") != 0) {
+	if (fields[2] == NULL) {
 		st_set_error(error_r, "DDL message at %s: unknown format", lsn_text);
 		free(copy);
 		return -1;
@@ -1758,15 +1959,15 @@ apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
 	int rc = -1;
 
 	p->group_ddl++;
-	st_info("DDL lsn=%s role=%s statement=%s", lsn_text, st_q(fields[1]), st_q(fields[3]));
+	st_debug("DDL lsn=%s role=%s statement=%s", lsn_text, st_q(fields[1]), st_q(fields[3]));
 	if (send_command(p, set_role, xasprintf("DDL at %s: %s", lsn_text, set_role), error_r) < 0)
 		goto out;
-	enqueue(p, PEND_COMMAND, 0, xasprintf("DDL at %s: search_path %s", lsn_text, fields[2]));
+	enqueue(p, PEND_COMMAND, 0, xasprintf("DDL at %s: search_path", lsn_text));
 	if (after_send(p, PQsendQueryParams(p->conn, "SELECT pg_catalog.set_config('search_path', "
 						      "$1, true)", 1, NULL, sp, NULL, NULL, 0),
 		       error_r) < 0)
 		goto out;
-	if (send_command(p, fields[3], xasprintf("DDL at %s (%s)", lsn_text, fields[3]), error_r) < 0 ||
+	if (send_command(p, fields[3], xasprintf("DDL at %s (format 1)", lsn_text), error_r) < 0 ||
 	    send_command(p, "RESET ROLE", xstrdup("RESET ROLE"), error_r) < 0 ||
 	    send_command(p, "SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)",
 			 xstrdup("reset search_path"), error_r) < 0)
@@ -1777,6 +1978,31 @@ out:
 	free(set_role);
 	free(copy);
 	return rc;
+}
+
+static int
+apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
+{
+	char lsn_text[32];
+	const char *body;
+
+	snprintf(lsn_text, sizeof(lsn_text), PGO_LSN_FMT, PGO_LSN_ARGS(lsn));
+	if (p->ddl_key == NULL) {
+		st_set_error(error_r, "DDL message at %s, but no DDL key is known", lsn_text);
+		return -1;
+	}
+	if (!m->u.message.transactional || !p->in_source_txn) {
+		st_set_error(error_r, "non-transactional DDL message at %s", lsn_text);
+		return -1;
+	}
+	if ((body = ddl_body(p, m, lsn_text)) == NULL)
+		return 0;
+	if (body[0] == '{')
+		return apply_ddl2(p, body, lsn, lsn_text, error_r);
+	if (strncmp(body, "standin-ddl-1\n", 14) == 0)
+		return apply_ddl1(p, body + 14, lsn_text, error_r);
+	st_set_error(error_r, "DDL message at %s: unknown format", lsn_text);
+	return -1;
 }
 
 /* ------------------------------------------------------------ groups */
@@ -2040,6 +2266,8 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 	p->group_max_ms = opts->group_max_ms;
 	p->ddl_prefix = opts->ddl_prefix ? xstrdup(opts->ddl_prefix) : NULL;
 	p->ddl_key = opts->ddl_key ? xstrdup(opts->ddl_key) : NULL;
+	p->ddl_dir = opts->ddl_dir ? xstrdup(opts->ddl_dir) : NULL;
+	p->ddl_done_lsn = opts->ddl_done_lsn;
 	p->stop = opts->stop;
 	p->rowwise_until = opts->rowwise_until;
 	p->master_wins = opts->master_wins;
@@ -2061,6 +2289,25 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 			   "SET synchronous_commit = off; SET search_path = pg_catalog; "
 			   "SET enable_seqscan = off; SET enable_memoize = off", &err) < 0)
 		goto fail;
+	/* What a DDL statement's settings are put back to (apply_ddl2). */
+	{
+		struct st_buf q;
+		st_buf_init(&q);
+		st_buf_puts(&q, "SELECT ");
+		for (size_t i = 0; i < DDL_SETTINGS; i++)
+			st_buf_printf(&q, "%spg_catalog.current_setting('%s')", i ? ", " : "",
+				      ddl_settings[i]);
+		PGresult *res = PQexec(conn, q.data);
+		st_buf_free(&q);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+			err = pgc_result_error(res);
+			PQclear(res);
+			goto fail;
+		}
+		for (size_t i = 0; i < DDL_SETTINGS; i++)
+			p->ddl_saved[i] = xstrdup(PQgetvalue(res, 0, (int)i));
+		PQclear(res);
+	}
 	/* What every group sends, parsed once per session. */
 	if (prepare_now(conn, "standin_begin", "BEGIN", &err) < 0 ||
 	    prepare_now(conn, "standin_commit", "COMMIT", &err) < 0 ||
@@ -2117,6 +2364,9 @@ pga_free(struct pga **pp)
 	free(p->params);
 	free(p->origin);
 	free(p->ddl_prefix);
+	free(p->ddl_dir);
+	for (size_t i = 0; i < DDL_SETTINGS; i++)
+		free(p->ddl_saved[i]);
 	if (p->ddl_key != NULL)
 		explicit_bzero(p->ddl_key, strlen(p->ddl_key));
 	free(p->ddl_key);

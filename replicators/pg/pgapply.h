@@ -40,6 +40,8 @@ struct pga_options {
 	long group_max_ms;		/* ... and at most this old */
 	const char *ddl_prefix;		/* logical message prefix carrying DDL */
 	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
+	const char *ddl_dir;		/* where a failed DDL statement is written (0600) */
+	pgo_lsn ddl_done_lsn;		/* the DDL message at this LSN was applied by hand */
 	volatile int *stop;		/* non-zero: give up waiting for the standby */
 	pgo_lsn rowwise_until;		/* one statement per row until applied past this */
 	bool master_wins;		/* [pg] conflicts = master-wins (see pgapply.c) */
@@ -51,6 +53,7 @@ struct pga_stats {
 	uint64_t groups;		/* target transactions */
 	uint64_t ddl;			/* DDL statements executed */
 	uint64_t ddl_rejected;		/* "standin.ddl" messages not signed by our trigger */
+	uint64_t ddl_skipped;		/* DDL passed over: marked done (ddl_done_lsn) */
 	uint64_t batches;		/* statements of many rows sent */
 	uint64_t batched_rows;		/* the rows in them */
 	uint64_t conflicts_resolved;	/* master-wins: conflicts resolved and committed */

@@ -11,6 +11,8 @@
 
 #include "replicators/pg/pgdiverge.h"
 
+#include <jansson.h>
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,8 @@
 #include "lib/log.h"
 #include "replicators/pg/pgconn.h"
 #include "replicators/pg/pgoutput.h"
+
+static void render_ddl(struct st_buf *b, const char *content);
 
 struct drel {
 	uint32_t relid;
@@ -198,20 +202,50 @@ render_change(struct render *r, const struct pgo_msg *m, char **error_r)
 		r->txn_rows++;
 		return 0;
 	case PGO_MESSAGE:
-		if (strcmp(m->u.message.prefix, "standin.ddl") == 0) {
-			/* MAC \n version \n role \n search_path \n statement */
-			const char *p = m->u.message.content;
-			for (int k = 0; k < 4 && p != NULL; k++) {
-				p = strchr(p, '\n');
-				if (p != NULL)
-					p++;
-			}
-			st_buf_printf(b, "-- DDL:\n%s;\n", p != NULL ? p : m->u.message.content);
-		}
+		if (strcmp(m->u.message.prefix, "standin.ddl") == 0)
+			render_ddl(b, m->u.message.content);
 		return 0;
 	default:
 		return 0;
 	}
+}
+
+/* A "standin.ddl" message (pgapply.c, apply_ddl): MAC \n JSON (format 2)
+ * or MAC \n standin-ddl-1 \n role \n search_path \n statement. */
+static void
+render_ddl(struct st_buf *b, const char *content)
+{
+	const char *body = strchr(content, '\n');
+	json_t *msg;
+
+	body = body != NULL ? body + 1 : content;
+	if (body[0] == '{' && (msg = json_loads(body, 0, NULL)) != NULL) {
+		json_t *settings = json_object_get(msg, "settings");
+		const char *tag = json_string_value(json_object_get(msg, "tag"));
+		const char *role = json_string_value(json_object_get(msg, "role"));
+		const char *stmt = json_string_value(json_object_get(msg, "statement"));
+		const char *sp = json_string_value(json_object_get(settings, "search_path"));
+		const char *scs = json_string_value(
+			json_object_get(settings, "standard_conforming_strings"));
+
+		st_buf_printf(b, "-- DDL %s, role %s, search_path %s%s:\n", tag ? tag : "?",
+			      role ? role : "?", sp ? sp : "?",
+			      scs != NULL && strcmp(scs, "off") == 0
+				      ? ", standard_conforming_strings off" : "");
+		if (stmt != NULL)
+			st_buf_printf(b, "%s;\n", stmt);
+		else
+			st_buf_puts(b, "-- (not captured on the master: see its log)\n");
+		json_decref(msg);
+		return;
+	}
+	const char *p = body;
+	for (int k = 0; k < 3 && p != NULL; k++) {
+		p = strchr(p, '\n');
+		if (p != NULL)
+			p++;
+	}
+	st_buf_printf(b, "-- DDL:\n%s;\n", p != NULL ? p : body);
 }
 
 int

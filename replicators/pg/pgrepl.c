@@ -30,6 +30,7 @@
 
 #include "lib/cstate.h"
 #include "lib/daemon.h"
+#include "lib/durable.h"
 #include "lib/log.h"
 #include "replicators/pg/pgapply.h"
 #include "replicators/pg/pgconn.h"
@@ -59,7 +60,7 @@ struct status {
 	const char *reverse_state;	/* "requested", "done", "failed" or NULL */
 	pgo_lsn reverse_lsn;
 	char reverse_error[512];
-	uint64_t txns, rows, groups, ddl, ddl_rejected, batches, batched_rows;
+	uint64_t txns, rows, groups, ddl, ddl_rejected, ddl_skipped, batches, batched_rows;
 	uint64_t conflicts_resolved;	/* [pg] conflicts = master-wins, since the start */
 	unsigned spooled_txns;		/* streamed in progress, waiting for their end */
 	uint64_t spooled_bytes, streamed_txns;
@@ -392,6 +393,7 @@ publish(struct stream *s)
 	r->st.groups = ps->groups;
 	r->st.ddl = ps->ddl;
 	r->st.ddl_rejected = ps->ddl_rejected;
+	r->st.ddl_skipped = ps->ddl_skipped;
 	r->st.batches = ps->batches;
 	r->st.batched_rows = ps->batched_rows;
 	r->st.conflicts_resolved = r->resolved_before + ps->conflicts_resolved;
@@ -859,6 +861,62 @@ slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
 	return rc;
 }
 
+/* ------------------------------------------------------------ DDL marked done */
+
+static char *lsn_text(pgo_lsn l);
+
+/*
+ * STATE_DIR/pgrepl-ddl-done holds "SOURCE LSN": the DDL message at LSN from
+ * SOURCE was applied on the standby by hand ("ddl-done"), and the stream
+ * goes on past it.  Once the standby has applied past LSN the mark has done
+ * its work and goes, with the statement's file (pgapply.c, ddl_failed).
+ */
+static char *
+ddl_done_path(const struct st_node *node)
+{
+	return xasprintf("%s/pgrepl-ddl-done", node->state_dir);
+}
+
+static pgo_lsn
+ddl_done_read(const struct st_node *node, const char *source, pgo_lsn progress)
+{
+	char *path = ddl_done_path(node), *data = NULL, *err = NULL;
+	const char *lsn_str = "";
+	size_t len;
+	pgo_lsn lsn = 0;
+
+	int rc = access(path, F_OK) == 0 ? st_read_file(path, 256, &data, &len, &err) : 1;
+	if (rc < 0) {
+		st_warn("cannot read the DDL marked done path=%s error=%s", st_q(path), st_q(err));
+		free(err);
+	} else if (rc == 0) {
+		char *name = data, *sp = strchr(data, ' '), *nl = strchr(data, '\n');
+		if (nl != NULL)
+			*nl = '\0';
+		if (sp != NULL) {
+			*sp = '\0';
+			lsn_str = sp + 1;
+		}
+		if (sp == NULL || pgo_lsn_parse(lsn_str, &lsn) < 0) {
+			st_warn("ignoring a malformed DDL mark path=%s", st_q(path));
+			lsn = 0;
+		} else if (strcmp(name, source) != 0) {
+			lsn = 0;	/* for another master: not ours to apply or remove */
+		} else if (lsn < progress) {
+			char *sql = xasprintf("%s/pgrepl-ddl-%X-%X.sql", node->state_dir,
+					      PGO_LSN_ARGS(lsn));
+			st_info("the DDL marked done is behind the standby now lsn=%s", lsn_str);
+			unlink(sql);
+			unlink(path);
+			free(sql);
+			lsn = 0;
+		}
+	}
+	free(data);
+	free(path);
+	return lsn;
+}
+
 /*
  * Replicate SOURCE -> this node until stopped or an error: 0 (stopped, or
  * the cluster state moved on), 2 (drained for a reverse), 3 (a statement of
@@ -946,6 +1004,8 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key, .stop = &r->stop_int,
 		.rowwise_until = strcmp(r->rowwise_source, source) == 0 ? r->rowwise_until : 0,
 		.master_wins = conf->pg.conflicts == ST_PG_CONFLICTS_MASTER_WINS,
+		.ddl_dir = node->state_dir,
+		.ddl_done_lsn = ddl_done_read(node, source, need_sync ? UINT64_MAX : progress),
 	};
 	pgo_lsn start;
 	s.apply = pga_new(tgt, &opts, &start, &err);
@@ -1293,6 +1353,7 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "rows_per_second", json_real(st.rows_per_s));
 	json_object_set_new(obj, "ddl", json_integer((json_int_t)st.ddl));
 	json_object_set_new(obj, "ddl_rejected", json_integer((json_int_t)st.ddl_rejected));
+	json_object_set_new(obj, "ddl_skipped", json_integer((json_int_t)st.ddl_skipped));
 	json_object_set_new(obj, "batches", json_integer((json_int_t)st.batches));
 	json_object_set_new(obj, "batched_rows", json_integer((json_int_t)st.batched_rows));
 	json_object_set_new(obj, "conflicts",
@@ -1384,6 +1445,51 @@ cmd_drain(void *ctx, const char *args, struct st_buf *reply)
 	free(rc);
 }
 
+/*
+ * "ddl-done LSN": the DDL at LSN, which stopped the stream, was applied on the
+ * standby by hand (or must not be): the stream goes on past it, at once.
+ */
+static void
+cmd_ddl_done(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct pgrepl *r = d->priv;
+	char source[ST_NAME_MAX + 1], *err = NULL;
+	pgo_lsn lsn;
+	uint64_t one = 1;
+
+	if (pgo_lsn_parse(args, &lsn) < 0 || lsn == 0) {
+		st_buf_puts(reply, "{\"error\":\"usage: ddl-done LSN (the LSN the error names, "
+				   "e.g. ddl-done 0/16B3748)\"}\n");
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	snprintf(source, sizeof(source), "%s", r->st.source);
+	pthread_mutex_unlock(&r->lock);
+	if (source[0] == '\0') {
+		st_buf_puts(reply, "{\"error\":\"no master to stream from yet\"}\n");
+		return;
+	}
+	char *path = ddl_done_path(r->node), *lsn_s = lsn_text(lsn);
+	char *line = xasprintf("%s %s\n", source, lsn_s);
+	if (st_durable_write(path, line, strlen(line), 0600, &err) < 0) {
+		json_t *o = json_pack("{s:s}", "error", err);
+		char *text = json_dumps(o, JSON_COMPACT);
+		st_buf_printf(reply, "%s\n", text);
+		free(text);
+		json_decref(o);
+		free(err);
+	} else {
+		st_notice("DDL marked done by the administrator source=%s lsn=%s", source, lsn_s);
+		if (write(r->wake_fd, &one, sizeof(one)) < 0)
+			st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
+		st_buf_printf(reply, "{\"marked\":\"%s\",\"source\":\"%s\"}\n", lsn_s, source);
+	}
+	free(line);
+	free(lsn_s);
+	free(path);
+}
+
 /* "sequences": copy the sequences now (switchover); see sequences_synced_ms. */
 static void
 cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
@@ -1432,6 +1538,7 @@ static const struct st_ctl_command pgrepl_commands[] = {
 	{ "reverse", cmd_reverse, "switchover: once drained, make this standby feed its master" },
 	{ "drain", cmd_drain, "drain LSN: tell whether the standby has applied up to LSN" },
 	{ "sequences", cmd_sequences, "copy the master's sequences to the standby now" },
+	{ "ddl-done", cmd_ddl_done, "ddl-done LSN: go on past the DDL at LSN, applied by hand" },
 	{ NULL, NULL, NULL },
 };
 

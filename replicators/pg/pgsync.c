@@ -63,7 +63,32 @@ pgs_ensure_publication(PGconn *src, const char *publication, char **error_r)
 	return rc;
 }
 
-#define DDL_CAPTURE_VERSION "standin DDL capture 2"	/* as in ddl_capture.sql */
+#define DDL_CAPTURE_VERSION "standin DDL capture 3"	/* as in ddl_capture.sql */
+
+/* Is standin_ddl in one of the preload lists of this session's server? */
+static bool
+ddl_module_preloaded(PGconn *src)
+{
+	char *lists = NULL, *err = NULL;
+	bool found = false;
+
+	if (pgc_value(src, "SELECT pg_catalog.current_setting('shared_preload_libraries') "
+			   "|| ',' || pg_catalog.current_setting('session_preload_libraries')",
+		      &lists, &err) < 0) {
+		st_debug("reading the preload lists failed error=%s", st_q(err));
+		free(err);
+		return true;	/* not known: no warning */
+	}
+	for (char *save = NULL, *tok = strtok_r(lists, ", \t\"", &save); tok != NULL;
+	     tok = strtok_r(NULL, ", \t\"", &save)) {
+		const char *base = strrchr(tok, '/');
+		base = base != NULL ? base + 1 : tok;
+		if (strcmp(base, "standin_ddl") == 0 || strcmp(base, "standin_ddl.so") == 0)
+			found = true;
+	}
+	free(lists);
+	return found;
+}
 
 int
 pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
@@ -74,7 +99,7 @@ pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
 	*key_r = NULL;
 	if (pgc_value(src, "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') "
 			   "FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_event_trigger e "
-			   "ON e.evtname = 'standin_ddl' WHERE n.nspname = 'standin'",
+			   "ON e.evtname = 'standin_ddl_end' WHERE n.nspname = 'standin'",
 		      &installed, error_r) < 0)
 		return -1;
 	if (installed == NULL || strcmp(installed, DDL_CAPTURE_VERSION) != 0) {
@@ -90,7 +115,11 @@ pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
 	free(installed);
 	if (rc < 0) {
 		char *why = *error_r;
-		*error_r = xasprintf("installing DDL capture on the master: %s", why);
+		bool no_module = strstr(why, "standin_ddl") != NULL;
+		*error_r = xasprintf("installing DDL capture on the master: %s%s", why,
+				     no_module ? " (the PostgreSQL module standin_ddl.so must be in "
+						 "the server's library directory, pg_config --pkglibdir: "
+						 "install standin on the master's host)" : "");
 		free(why);
 		char *ignored = NULL;
 		if (pgc_exec(src, "ROLLBACK", &ignored) < 0)
@@ -98,6 +127,11 @@ pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r)
 		free(ignored);
 		return -1;
 	}
+	if (!ddl_module_preloaded(src))
+		st_warn("standin_ddl is not in the master's shared_preload_libraries: DDL run "
+			"inside a function, a DO block or a procedure cannot be captured exactly "
+			"and will stop the standby (add shared_preload_libraries = 'standin_ddl' "
+			"to postgresql.conf on every node and restart PostgreSQL)");
 	if (pgc_value(src, "SELECT key FROM standin.ddl_key WHERE id = 1", key_r, error_r) < 0)
 		return -1;
 	if (*key_r == NULL) {

@@ -80,6 +80,15 @@ __all__ = [
 ]
 
 PG_BINDIR = os.environ.get("STANDIN_PG_BINDIR") or "/usr/lib/postgresql/15/bin"
+
+
+def pg_module_path():
+    """standin's PostgreSQL module (DDL capture) of this build, or None:
+    $STANDIN_PG_MODULE, else STANDIN_BUILDDIR/replicators/pg/standin_ddl.so."""
+    path = os.environ.get("STANDIN_PG_MODULE")
+    if not path and os.environ.get("STANDIN_BUILDDIR"):
+        path = os.path.join(os.environ["STANDIN_BUILDDIR"], "replicators", "pg", "standin_ddl.so")
+    return os.path.abspath(path) if path and os.path.exists(path) else None
 SLAPD = "/usr/sbin/slapd"
 SLAPPASSWD = "/usr/sbin/slappasswd"
 SLAPCAT = "/usr/sbin/slapcat"
@@ -766,13 +775,15 @@ class PgServer(Server):
 
     Options: fsync (False turns off fsync, synchronous_commit and
     full_page_writes, for speed), extra_conf (appended to postgresql.conf),
-    user, password, host.
+    user, password, host, preload_ddl (False: standin's module standin_ddl
+    is found by the server, as it is when installed, but not in
+    shared_preload_libraries).
     """
 
     kind = "pg"
 
     def __init__(self, harness, node="a", *, fsync=True, extra_conf="", user="standin",
-                 password=None, host=LOOPBACK, bindir=PG_BINDIR):
+                 password=None, host=LOOPBACK, bindir=PG_BINDIR, preload_ddl=True):
         _require_root("PgServer")
         self.bindir = bindir
         _require(*(os.path.join(bindir, p) for p in ("initdb", "pg_ctl", "postgres", "psql", "pg_isready")))
@@ -783,7 +794,7 @@ class PgServer(Server):
         self.password = password or _new_password()
         self.passfile = os.path.join(self.dir, "pgpass")
         self._role_created = False
-        self._initdb(fsync, extra_conf)
+        self._initdb(fsync, extra_conf, preload_ddl)
         # host:port:database:user:password; '*' matches "replication" too.
         esc = self.password.replace("\\", "\\\\").replace(":", "\\:")
         _write_file(self.passfile, f"{host}:{self.port}:*:{user}:{esc}\n", 0o600)
@@ -792,11 +803,22 @@ class PgServer(Server):
         """Full path of a PostgreSQL program (bindir/program)."""
         return os.path.join(self.bindir, program)
 
-    def _initdb(self, fsync, extra_conf):
+    def _initdb(self, fsync, extra_conf, preload_ddl=True):
         run([self.bin("initdb"), "-D", self.datadir, "-U", "postgres", "--no-sync", "--no-instructions",
              "-E", "UTF8", "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256"],
             user=PG_OS_USER, cwd=self.dir, timeout=120)
         sync = "" if fsync else "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+        # standin's module, as if installed in the server's $libdir: a copy the
+        # server's user can read, found through dynamic_library_path.
+        module = pg_module_path()
+        if module:
+            libdir = os.path.join(self.dir, "lib")
+            os.makedirs(libdir, exist_ok=True)
+            shutil.copy(module, os.path.join(libdir, "standin_ddl.so"))
+            os.chmod(libdir, 0o755)
+            sync += f"dynamic_library_path = '{libdir}:$libdir'\n"
+            if preload_ddl:
+                sync += "shared_preload_libraries = 'standin_ddl'\n"
         self.append_conf(f"""
 # --- standin test harness ---
 listen_addresses = '{self.host}'

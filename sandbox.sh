@@ -419,7 +419,8 @@ start() {
 		stop_daemons >/dev/null
 		"$py" "$harness" down "$box" >/dev/null || true
 	fi
-	"$py" "$harness" up "$box" --no-fsync
+	# The servers load standin_ddl (DDL capture) from this build.
+	STANDIN_BUILDDIR=$build "$py" "$harness" up "$box" --no-fsync
 	write_config
 	say "configuration $conf"
 	"$ctl" -c "$conf" config check

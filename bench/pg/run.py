@@ -970,7 +970,11 @@ def main():
         except FileNotFoundError as e:
             sys.exit(f"run.py: {e}\nbuild it: cd {ROOT} && [ -x configure ] || autoreconf -fi; "
                      f"mkdir -p {args.build} && cd {args.build} && {ROOT}/configure -q "
-                     f"CFLAGS='-O2 -g' && make -j2 replicators/pg/standin-pgrepl tools/standinctl")
+                     f"CFLAGS='-O2 -g' && make -j2 replicators/pg/standin-pgrepl tools/standinctl "
+                     f"replicators/pg/standin_ddl.so")
+    if sh.pg_module_path() is None:
+        sys.exit(f"run.py: no replicators/pg/standin_ddl.so in {args.build} (the master's DDL "
+                 f"capture): make -C {args.build} replicators/pg/standin_ddl.so")
     why = sh.missing_servers()
     if why:
         sys.exit(f"run.py: {why}")

@@ -154,7 +154,8 @@ struct pga {
 	char *ddl_prefix;
 	char *ddl_key;
 	char *ddl_dir;
-	pgo_lsn ddl_done_lsn;
+	pgo_lsn *ddl_done;
+	size_t n_ddl_done;
 	char *ddl_saved[DDL_SETTINGS];	/* this session's values of ddl_settings */
 	volatile int *stop;
 
@@ -1780,39 +1781,59 @@ ddl_label(json_t *msg)
 	"\"standinctl pg ddl-done %s\" on this node to go on past it"
 
 /*
- * A DDL statement failed on the standby: its text goes to a file of mode
- * 0600 (not to the log or the status, since it can hold a secret), and the
- * error names the file and says how to go on.
+ * The text of a DDL statement that the standby did not run, in
+ * STATE_DIR/pgrepl-ddl-HI-LO.sql (mode 0600; not in the log or the status,
+ * since it can hold a secret), headed by why: the file's path, or NULL.
  */
+static char *
+ddl_file(struct pga *p, pgo_lsn lsn, const char *label, const char *why, const char *stmt)
+{
+	char lsn_text[32], *path, *err = NULL;
+
+	if (p->ddl_dir == NULL)
+		return NULL;
+	snprintf(lsn_text, sizeof(lsn_text), PGO_LSN_FMT, PGO_LSN_ARGS(lsn));
+	path = xasprintf("%s/pgrepl-ddl-%X-%X.sql", p->ddl_dir, PGO_LSN_ARGS(lsn));
+	char *one_line = xstrdup(why);
+	for (char *c = one_line; *c != '\0'; c++)
+		if (*c == '\n' || *c == '\r')
+			*c = ' ';
+	char *text = xasprintf("-- standin-pgrepl: the DDL statement at %s on the master\n"
+			       "-- (%s), not applied on the standby:\n-- %s\n%s;\n",
+			       lsn_text, label, one_line, stmt);
+	free(one_line);
+	if (st_durable_write(path, text, strlen(text), 0600, &err) < 0) {
+		st_warn("cannot write the DDL statement path=%s error=%s", st_q(path), st_q(err));
+		free(err);
+		free(path);
+		path = NULL;
+	}
+	free(text);
+	return path;
+}
+
+/* A DDL statement failed on the standby: the error names it, the file that
+ * holds its text, and says how to go on. */
 static void
 ddl_failed(struct pga *p, const struct pending *pd, const char *why)
 {
-	char lsn_text[32], file_lsn[32], *path = NULL, *err = NULL;
+	char lsn_text[32];
+	char *path = ddl_file(p, pd->ddl_lsn, pd->what, why, pd->ddl);
 
 	snprintf(lsn_text, sizeof(lsn_text), PGO_LSN_FMT, PGO_LSN_ARGS(pd->ddl_lsn));
-	snprintf(file_lsn, sizeof(file_lsn), "%X-%X", PGO_LSN_ARGS(pd->ddl_lsn));
-	if (p->ddl_dir != NULL) {
-		path = xasprintf("%s/pgrepl-ddl-%s.sql", p->ddl_dir, file_lsn);
-		char *one_line = xstrdup(why);
-		for (char *c = one_line; *c != '\0'; c++)
-			if (*c == '\n' || *c == '\r')
-				*c = ' ';
-		char *text = xasprintf("-- standin-pgrepl: the DDL statement at %s on the master\n"
-				       "-- (%s), which failed on the standby:\n-- %s\n%s;\n",
-				       lsn_text, pd->what, one_line, pd->ddl);
-		free(one_line);
-		if (st_durable_write(path, text, strlen(text), 0600, &err) < 0) {
-			st_warn("cannot write the failed DDL statement path=%s error=%s", st_q(path),
-				st_q(err));
-			free(err);
-			free(path);
-			path = NULL;
-		}
-		free(text);
-	}
 	fail(p, "DDL at %s (%s) failed on the standby: %s; the statement is in %s: " DDL_RESOLVE,
 	     lsn_text, pd->what, why, path != NULL ? path : "the master's log", lsn_text);
 	free(path);
+}
+
+/* Did the administrator mark the DDL message at LSN done ("ddl-done")? */
+static bool
+ddl_marked_done(const struct pga *p, pgo_lsn lsn)
+{
+	for (size_t i = 0; i < p->n_ddl_done; i++)
+		if (p->ddl_done[i] == lsn)
+			return true;
+	return false;
 }
 
 /* SELECT set_config($1, $2, true), ...: NAMES = VALUES, for the transaction. */
@@ -1848,9 +1869,9 @@ send_settings(struct pga *p, const char *const *values, const char *what, char *
  * A "standin.ddl" message of format 2 (standin_ddl.c): signed JSON with the
  * statement's kind, command tag, role, objects, the settings it was read with
  * and its text.  Run as that role, with those settings, at its place in the
- * stream; "uncaptured" (and anything else not runnable) stops the stream
- * with an error that says how to go on, unless the administrator marked that
- * LSN done (opts.ddl_done_lsn).
+ * stream; "uncaptured", "unreproducible" (and anything else not runnable)
+ * stop the stream with an error that says how to go on (unless the
+ * administrator marked that LSN done, opts.ddl_done: see apply_ddl).
  */
 static int
 apply_ddl2(struct pga *p, const char *body, pgo_lsn lsn, const char *lsn_text, char **error_r)
@@ -1870,18 +1891,21 @@ apply_ddl2(struct pga *p, const char *body, pgo_lsn lsn, const char *lsn_text, c
 	kind = json_string_value(json_object_get(msg, "kind"));
 	role = json_string_value(json_object_get(msg, "role"));
 	stmt = json_string_value(json_object_get(msg, "statement"));
-	if (lsn == p->ddl_done_lsn) {
-		p->stats.ddl_skipped++;
-		st_notice("DDL skipped: marked done by the administrator lsn=%s ddl=%s", lsn_text,
-			  st_q(label));
-		rc = 0;
-		goto out;
-	}
 	if (kind != NULL && strcmp(kind, "uncaptured") == 0) {
 		st_set_error(error_r, "DDL at %s (%s) could not be captured exactly on the master "
 			     "(standin_ddl is not in its shared_preload_libraries, and the statement "
 			     "ran inside a function, a DO block or a procedure): " DDL_RESOLVE,
 			     lsn_text, label, lsn_text);
+		goto out;
+	}
+	if (kind != NULL && strcmp(kind, "unreproducible") == 0 && stmt != NULL) {
+		const char *reason = json_string_value(json_object_get(msg, "reason"));
+		char *path = ddl_file(p, lsn, label, reason != NULL ? reason : "", stmt);
+		st_set_error(error_r, "DDL at %s (%s) cannot be run on the standby as it ran on the "
+			     "master: %s; the statement is in %s: " DDL_RESOLVE, lsn_text, label,
+			     reason != NULL ? reason : "(no reason given)",
+			     path != NULL ? path : "the master's log", lsn_text);
+		free(path);
 		goto out;
 	}
 	if (kind == NULL || strcmp(kind, "statement") != 0 || role == NULL || stmt == NULL) {
@@ -1997,6 +2021,11 @@ apply_ddl(struct pga *p, const struct pgo_msg *m, pgo_lsn lsn, char **error_r)
 	}
 	if ((body = ddl_body(p, m, lsn_text)) == NULL)
 		return 0;
+	if (ddl_marked_done(p, lsn)) {
+		p->stats.ddl_skipped++;
+		st_notice("DDL skipped: marked done by the administrator lsn=%s", lsn_text);
+		return 0;
+	}
 	if (body[0] == '{')
 		return apply_ddl2(p, body, lsn, lsn_text, error_r);
 	if (strncmp(body, "standin-ddl-1\n", 14) == 0)
@@ -2267,7 +2296,11 @@ pga_new(PGconn *conn, const struct pga_options *opts, pgo_lsn *start_r, char **e
 	p->ddl_prefix = opts->ddl_prefix ? xstrdup(opts->ddl_prefix) : NULL;
 	p->ddl_key = opts->ddl_key ? xstrdup(opts->ddl_key) : NULL;
 	p->ddl_dir = opts->ddl_dir ? xstrdup(opts->ddl_dir) : NULL;
-	p->ddl_done_lsn = opts->ddl_done_lsn;
+	if (opts->n_ddl_done > 0) {
+		p->ddl_done = xcalloc(opts->n_ddl_done, sizeof(*p->ddl_done));
+		memcpy(p->ddl_done, opts->ddl_done, opts->n_ddl_done * sizeof(*p->ddl_done));
+		p->n_ddl_done = opts->n_ddl_done;
+	}
 	p->stop = opts->stop;
 	p->rowwise_until = opts->rowwise_until;
 	p->master_wins = opts->master_wins;
@@ -2365,6 +2398,7 @@ pga_free(struct pga **pp)
 	free(p->origin);
 	free(p->ddl_prefix);
 	free(p->ddl_dir);
+	free(p->ddl_done);
 	for (size_t i = 0; i < DDL_SETTINGS; i++)
 		free(p->ddl_saved[i]);
 	if (p->ddl_key != NULL)

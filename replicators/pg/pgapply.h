@@ -41,7 +41,8 @@ struct pga_options {
 	const char *ddl_prefix;		/* logical message prefix carrying DDL */
 	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
 	const char *ddl_dir;		/* where a failed DDL statement is written (0600) */
-	pgo_lsn ddl_done_lsn;		/* the DDL message at this LSN was applied by hand */
+	const pgo_lsn *ddl_done;		/* DDL messages at these LSNs were applied by hand */
+	size_t n_ddl_done;
 	volatile int *stop;		/* non-zero: give up waiting for the standby */
 	pgo_lsn rowwise_until;		/* one statement per row until applied past this */
 	bool master_wins;		/* [pg] conflicts = master-wins (see pgapply.c) */
@@ -53,7 +54,7 @@ struct pga_stats {
 	uint64_t groups;		/* target transactions */
 	uint64_t ddl;			/* DDL statements executed */
 	uint64_t ddl_rejected;		/* "standin.ddl" messages not signed by our trigger */
-	uint64_t ddl_skipped;		/* DDL passed over: marked done (ddl_done_lsn) */
+	uint64_t ddl_skipped;		/* DDL passed over: marked done (ddl_done) */
 	uint64_t batches;		/* statements of many rows sent */
 	uint64_t batched_rows;		/* the rows in them */
 	uint64_t conflicts_resolved;	/* master-wins: conflicts resolved and committed */

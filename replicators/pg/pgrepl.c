@@ -866,55 +866,118 @@ slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
 static char *lsn_text(pgo_lsn l);
 
 /*
- * STATE_DIR/pgrepl-ddl-done holds "SOURCE LSN": the DDL message at LSN from
- * SOURCE was applied on the standby by hand ("ddl-done"), and the stream
- * goes on past it.  Once the standby has applied past LSN the mark has done
- * its work and goes, with the statement's file (pgapply.c, ddl_failed).
+ * STATE_DIR/pgrepl-ddl-done holds "SOURCE LSN" lines: the DDL message at LSN
+ * from SOURCE was applied on the standby by hand ("ddl-done"), and the
+ * stream goes on past it.  Once the standby has applied past LSN a mark has
+ * done its work and goes, with the statement's file (pgapply.c, ddl_file).
+ * Several can wait at once: a DDL passed over in a transaction of nothing
+ * else may be read again after a later one stops the stream.
  */
+#define DDL_MARKS_MAX 64
+
+struct ddl_mark {
+	char source[ST_NAME_MAX + 1];
+	pgo_lsn lsn;
+};
+
+/* The engine reads the marks while an administrator adds one. */
+static pthread_mutex_t ddl_marks_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static char *
 ddl_done_path(const struct st_node *node)
 {
 	return xasprintf("%s/pgrepl-ddl-done", node->state_dir);
 }
 
-static pgo_lsn
-ddl_done_read(const struct st_node *node, const char *source, pgo_lsn progress)
+/* The marks in the file (none if it is missing), at most DDL_MARKS_MAX. */
+static size_t
+ddl_marks_read(const char *path, struct ddl_mark *marks)
 {
-	char *path = ddl_done_path(node), *data = NULL, *err = NULL;
-	const char *lsn_str = "";
-	size_t len;
-	pgo_lsn lsn = 0;
+	char *data = NULL, *err = NULL, *line, *next;
+	size_t len, n = 0;
 
-	int rc = access(path, F_OK) == 0 ? st_read_file(path, 256, &data, &len, &err) : 1;
-	if (rc < 0) {
+	if (access(path, F_OK) != 0)
+		return 0;
+	if (st_read_file(path, DDL_MARKS_MAX * (ST_NAME_MAX + 24), &data, &len, &err) < 0) {
 		st_warn("cannot read the DDL marked done path=%s error=%s", st_q(path), st_q(err));
 		free(err);
-	} else if (rc == 0) {
-		char *name = data, *sp = strchr(data, ' '), *nl = strchr(data, '\n');
-		if (nl != NULL)
-			*nl = '\0';
-		if (sp != NULL) {
-			*sp = '\0';
-			lsn_str = sp + 1;
+		return 0;
+	}
+	for (line = data; line != NULL && *line != '\0' && n < DDL_MARKS_MAX; line = next) {
+		char *sp = strchr(line, ' ');
+
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
+		if (sp == NULL || (size_t)(sp - line) > ST_NAME_MAX ||
+		    pgo_lsn_parse(sp + 1, &marks[n].lsn) < 0) {
+			st_warn("ignoring a malformed DDL mark path=%s line=%s", st_q(path), st_q(line));
+			continue;
 		}
-		if (sp == NULL || pgo_lsn_parse(lsn_str, &lsn) < 0) {
-			st_warn("ignoring a malformed DDL mark path=%s", st_q(path));
-			lsn = 0;
-		} else if (strcmp(name, source) != 0) {
-			lsn = 0;	/* for another master: not ours to apply or remove */
-		} else if (lsn < progress) {
-			char *sql = xasprintf("%s/pgrepl-ddl-%X-%X.sql", node->state_dir,
-					      PGO_LSN_ARGS(lsn));
-			st_info("the DDL marked done is behind the standby now lsn=%s", lsn_str);
-			unlink(sql);
-			unlink(path);
-			free(sql);
-			lsn = 0;
-		}
+		memcpy(marks[n].source, line, sp - line);
+		marks[n].source[sp - line] = '\0';
+		n++;
 	}
 	free(data);
+	return n;
+}
+
+static int
+ddl_marks_write(const char *path, const struct ddl_mark *marks, size_t n, char **error_r)
+{
+	struct st_buf b;
+	int rc;
+
+	if (n == 0) {
+		if (unlink(path) < 0 && errno != ENOENT) {
+			st_set_error(error_r, "cannot remove %s: %s", path, strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
+	st_buf_init(&b);
+	for (size_t i = 0; i < n; i++)
+		st_buf_printf(&b, "%s %X/%X\n", marks[i].source, PGO_LSN_ARGS(marks[i].lsn));
+	rc = st_durable_write(path, b.data, b.len, 0600, error_r);
+	st_buf_free(&b);
+	return rc;
+}
+
+/*
+ * The LSNs marked done for SOURCE that the standby has not applied past
+ * (PROGRESS), in LSNS (at most DDL_MARKS_MAX); the others are removed.
+ */
+static size_t
+ddl_done_read(const struct st_node *node, const char *source, pgo_lsn progress, pgo_lsn *lsns)
+{
+	struct ddl_mark marks[DDL_MARKS_MAX];
+	char *path = ddl_done_path(node), *err = NULL;
+	size_t n, kept = 0, found = 0;
+
+	pthread_mutex_lock(&ddl_marks_lock);
+	n = ddl_marks_read(path, marks);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(marks[i].source, source) != 0) {
+			marks[kept++] = marks[i];	/* another master's: not ours */
+		} else if (marks[i].lsn < progress) {
+			char *sql = xasprintf("%s/pgrepl-ddl-%X-%X.sql", node->state_dir,
+					      PGO_LSN_ARGS(marks[i].lsn));
+			st_info("the DDL marked done is behind the standby now lsn=%X/%X",
+				PGO_LSN_ARGS(marks[i].lsn));
+			unlink(sql);
+			free(sql);
+		} else {
+			lsns[found++] = marks[i].lsn;
+			marks[kept++] = marks[i];
+		}
+	}
+	if (kept < n && ddl_marks_write(path, marks, kept, &err) < 0) {
+		st_warn("cannot rewrite the DDL marked done path=%s error=%s", st_q(path), st_q(err));
+		free(err);
+	}
+	pthread_mutex_unlock(&ddl_marks_lock);
 	free(path);
-	return lsn;
+	return found;
 }
 
 /*
@@ -999,13 +1062,16 @@ replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, cons
 	PQfinish(src);
 	src = NULL;
 
+	pgo_lsn ddl_done[DDL_MARKS_MAX];
+	size_t n_ddl_done = ddl_done_read(node, source, need_sync ? UINT64_MAX : progress,
+					  ddl_done);
 	struct pga_options opts = {
 		.origin = origin, .group_max_txns = GROUP_MAX_TXNS, .group_max_ms = GROUP_MAX_MS,
 		.ddl_prefix = DDL_PREFIX, .ddl_key = ddl_key, .stop = &r->stop_int,
 		.rowwise_until = strcmp(r->rowwise_source, source) == 0 ? r->rowwise_until : 0,
 		.master_wins = conf->pg.conflicts == ST_PG_CONFLICTS_MASTER_WINS,
 		.ddl_dir = node->state_dir,
-		.ddl_done_lsn = ddl_done_read(node, source, need_sync ? UINT64_MAX : progress),
+		.ddl_done = ddl_done, .n_ddl_done = n_ddl_done,
 	};
 	pgo_lsn start;
 	s.apply = pga_new(tgt, &opts, &start, &err);
@@ -1454,9 +1520,11 @@ cmd_ddl_done(void *ctx, const char *args, struct st_buf *reply)
 {
 	struct st_daemon *d = ctx;
 	struct pgrepl *r = d->priv;
+	struct ddl_mark marks[DDL_MARKS_MAX];
 	char source[ST_NAME_MAX + 1], *err = NULL;
 	pgo_lsn lsn;
 	uint64_t one = 1;
+	size_t n, i;
 
 	if (pgo_lsn_parse(args, &lsn) < 0 || lsn == 0) {
 		st_buf_puts(reply, "{\"error\":\"usage: ddl-done LSN (the LSN the error names, "
@@ -1471,8 +1539,21 @@ cmd_ddl_done(void *ctx, const char *args, struct st_buf *reply)
 		return;
 	}
 	char *path = ddl_done_path(r->node), *lsn_s = lsn_text(lsn);
-	char *line = xasprintf("%s %s\n", source, lsn_s);
-	if (st_durable_write(path, line, strlen(line), 0600, &err) < 0) {
+	pthread_mutex_lock(&ddl_marks_lock);
+	n = ddl_marks_read(path, marks);
+	for (i = 0; i < n && !(strcmp(marks[i].source, source) == 0 && marks[i].lsn == lsn); i++)
+		;
+	if (i == n && n == DDL_MARKS_MAX) {
+		err = xasprintf("%d DDL statements are marked done already and not passed yet",
+				DDL_MARKS_MAX);
+	} else if (i == n) {
+		snprintf(marks[n].source, sizeof(marks[n].source), "%s", source);
+		marks[n++].lsn = lsn;
+		if (ddl_marks_write(path, marks, n, &err) < 0)
+			n--;
+	}
+	pthread_mutex_unlock(&ddl_marks_lock);
+	if (err != NULL) {
 		json_t *o = json_pack("{s:s}", "error", err);
 		char *text = json_dumps(o, JSON_COMPACT);
 		st_buf_printf(reply, "%s\n", text);
@@ -1485,7 +1566,6 @@ cmd_ddl_done(void *ctx, const char *args, struct st_buf *reply)
 			st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
 		st_buf_printf(reply, "{\"marked\":\"%s\",\"source\":\"%s\"}\n", lsn_s, source);
 	}
-	free(line);
 	free(lsn_s);
 	free(path);
 }

@@ -61,6 +61,7 @@
 #include "nodes/parsenodes.h"
 #include "nodes/pg_list.h"
 #include "nodes/plannodes.h"
+#include "optimizer/optimizer.h"
 #include "parser/scanner.h"
 #include "parser/scansup.h"
 #include "replication/message.h"
@@ -107,7 +108,7 @@ typedef struct Frame {
 /* What pg_event_trigger_ddl_commands() says the command did. */
 struct commands {
 	int n, temp;
-	Oid made_table;			/* CREATE TABLE AS: the table */
+	Oid table;			/* the first table it made or altered */
 	List *objects;			/* of char *: object identities */
 };
 
@@ -192,7 +193,7 @@ static char *ddl_key(void);
 static char *sign(const char *key, const char *body);
 static void emit(const char *text);
 static char *message_body(const char *kind, CommandTag tag, const char *statement,
-			  const struct commands *c);
+			  const char *reason, const struct commands *c);
 
 static bool
 ctas_receive(TupleTableSlot *slot, DestReceiver *self)
@@ -237,13 +238,13 @@ ctas_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 		return;		/* sent as "uncaptured" at ddl_command_end */
 	}
 	struct commands c = {
-		.n = 1, .made_table = relid,
+		.n = 1, .table = relid,
 		.objects = list_make1(quote_qualified_identifier(get_namespace_name(nsp),
 								  rv->relname)),
 	};
 	char *body = message_body("statement",
 				  r->stmt->is_select_into ? CMDTAG_SELECT_INTO : CMDTAG_CREATE_TABLE_AS,
-				  statement, &c);
+				  statement, NULL, &c);
 	char *text = MemoryContextStrdup(caller, sign(ddl_key(), body));
 	SPI_finish();
 	emit(text);
@@ -478,8 +479,8 @@ read_commands(struct commands *c)
 		if (id != NULL && list_length(c->objects) < 20)
 			c->objects = lappend(c->objects, id);
 		v = SPI_getbinval(t, d, 3, &isnull);
-		if (!isnull && c->made_table == InvalidOid)
-			c->made_table = DatumGetObjectId(v);
+		if (!isnull && c->table == InvalidOid)
+			c->table = DatumGetObjectId(v);
 	}
 }
 
@@ -584,7 +585,8 @@ json_field(StringInfo b, const char *name, const char *value)
 }
 
 static char *
-message_body(const char *kind, CommandTag tag, const char *statement, const struct commands *c)
+message_body(const char *kind, CommandTag tag, const char *statement, const char *reason,
+	     const struct commands *c)
 {
 	StringInfoData b;
 	ListCell *lc;
@@ -611,6 +613,8 @@ message_body(const char *kind, CommandTag tag, const char *statement, const stru
 		escape_json(&b, v != NULL ? v : "");
 	}
 	appendStringInfoChar(&b, '}');
+	if (reason != NULL)
+		json_field(&b, "reason", reason);
 	if (statement != NULL)
 		json_field(&b, "statement", statement);
 	appendStringInfoChar(&b, '}');
@@ -621,6 +625,72 @@ static void
 emit(const char *text)
 {
 	LogLogicalMessage(DDL_PREFIX, text, strlen(text), true);
+}
+
+/*
+ * ALTER TABLE ... ADD COLUMN whose existing rows get a value computed as it
+ * runs (a default that is not immutable, such as now() or
+ * gen_random_uuid(); a serial or identity column): the standby's run would
+ * compute values of its own, so such a statement on a table with rows is
+ * not run there.  Why, or NULL.
+ */
+static char *
+computed_column(AlterTableStmt *stmt, Oid relid)
+{
+	ListCell *lc;
+	char *column = NULL;
+
+	foreach (lc, stmt->cmds) {
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+		Oid argtypes[2] = { OIDOID, TEXTOID };
+		Datum args[2];
+
+		if (cmd->subtype != AT_AddColumn || cmd->def == NULL || !IsA(cmd->def, ColumnDef))
+			continue;
+		args[0] = ObjectIdGetDatum(relid);
+		args[1] = CStringGetTextDatum(((ColumnDef *)cmd->def)->colname);
+		if (SPI_execute_with_args(
+			    "SELECT a.attidentity OPERATOR(pg_catalog.<>) '', d.adbin::pg_catalog.text "
+			    "FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d "
+			    "ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid "
+			    "AND d.adnum OPERATOR(pg_catalog.=) a.attnum "
+			    "WHERE a.attrelid OPERATOR(pg_catalog.=) $1 "
+			    "AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name "
+			    "AND a.attgenerated OPERATOR(pg_catalog.=) ''",
+			    2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			continue;
+		bool isnull;
+		Datum identity = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		char *adbin = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		if (DatumGetBool(identity) ||
+		    (adbin != NULL && contain_mutable_functions((Node *)stringToNode(adbin)))) {
+			column = ((ColumnDef *)cmd->def)->colname;
+			break;
+		}
+	}
+	if (column == NULL)
+		return NULL;
+	char *table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+						 get_rel_name(relid));
+	char *query = psprintf("SELECT EXISTS (SELECT FROM %s)", table);
+	Oid save_uid;
+	int save_sec;
+	bool isnull, rows;
+	/* As the bootstrap superuser: no row security hides a row. */
+	GetUserIdAndSecContext(&save_uid, &save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+			       save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	if (SPI_execute(query, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "standin_ddl: reading %s failed", table);
+	rows = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SetUserIdAndSecContext(save_uid, save_sec);
+	if (!rows)
+		return NULL;	/* no rows: nothing computed */
+	return psprintf("column %s of %s was added with a value computed for the rows already "
+			"there (a default that is not immutable, such as now() or a random value; "
+			"a serial or identity column): run on the standby, it would compute other "
+			"values; add it there with the master's values",
+			quote_identifier(column), table);
 }
 
 /* Sent with the outer DDL's own run on the standby? (extension scripts) */
@@ -638,7 +708,7 @@ standin_ddl_end(PG_FUNCTION_ARGS)
 	Frame *self = top_frame, *outer = NULL;
 	struct commands c;
 	const char *kind = "statement";
-	char *statement = NULL;
+	char *statement = NULL, *reason = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 
 	/* The frame of this statement (marked at ddl_command_start); the hook
@@ -678,11 +748,11 @@ standin_ddl_end(PG_FUNCTION_ARGS)
 	if (IsA(trig->parsetree, CreateTableAsStmt) &&
 	    ((CreateTableAsStmt *)trig->parsetree)->objtype == OBJECT_TABLE) {
 		/* Nothing made (IF NOT EXISTS): nothing to send. */
-		if (c.made_table == InvalidOid) {
+		if (c.table == InvalidOid) {
 			SPI_finish();
 			PG_RETURN_VOID();
 		}
-		statement = table_definition(c.made_table);
+		statement = table_definition(c.table);
 	} else if (self != NULL && self->query != NULL) {
 		statement = cut_statement(self->query, self->location, self->len);
 	} else if (self == NULL && top_frame == NULL) {
@@ -692,8 +762,11 @@ standin_ddl_end(PG_FUNCTION_ARGS)
 		kind = "uncaptured";
 	else if (uses_concurrently(trig->parsetree))
 		statement = drop_concurrently(statement);
+	if (statement != NULL && IsA(trig->parsetree, AlterTableStmt) && OidIsValid(c.table) &&
+	    (reason = computed_column((AlterTableStmt *)trig->parsetree, c.table)) != NULL)
+		kind = "unreproducible";
 
-	char *body = message_body(kind, trig->tag, statement, &c);
+	char *body = message_body(kind, trig->tag, statement, reason, &c);
 	/* SPI_finish frees what was made since SPI_connect. */
 	char *text = MemoryContextStrdup(caller, sign(ddl_key(), body));
 	SPI_finish();

@@ -301,3 +301,47 @@ def test_ddl_the_master_could_not_capture_stops_with_a_clear_error(harness):
     caught_up(pg, 2)
     same_everywhere(pg)
     assert pg.sql_b("SELECT id FROM t_unc") == "1"
+
+
+def test_added_column_with_values_computed_as_it_runs_stops(pg):
+    """ADD COLUMN with a default such as now() or a serial column on a table
+    with rows: run again on the standby it would give those rows other
+    values, so it stops there instead; on an empty table, or with an
+    immutable default, it is applied."""
+    pg.sql_a("CREATE TABLE mark (id int PRIMARY KEY); CREATE TABLE acc (id int PRIMARY KEY);"
+             "INSERT INTO acc SELECT generate_series(1, 10)")
+    pg.start()
+    pg.wait_state("streaming")
+    one(pg.a, "ALTER TABLE acc ADD COLUMN flag boolean DEFAULT true, ADD COLUMN k int DEFAULT 7")
+    one(pg.a, "CREATE TABLE empty_one (id int); "
+              "ALTER TABLE empty_one ADD COLUMN u uuid DEFAULT gen_random_uuid(), "
+              "ADD COLUMN n bigserial")
+    caught_up(pg, 1)
+    same_everywhere(pg)
+    one(pg.a, "ALTER TABLE acc ADD COLUMN created timestamptz NOT NULL DEFAULT now()")
+    err, lsn = ddl_error(pg)
+    assert "cannot be run on the standby as it ran on the master" in err, err
+    assert "column created of public.acc" in err and "ALTER TABLE public.acc" in err, err
+    path = re.search(r"the statement is in (\S+):", err).group(1)
+    with open(path) as f:
+        assert "DEFAULT now()" in f.read()
+    # By hand: the master's value for the rows there, then its default.
+    value = pg.sql_a("SELECT DISTINCT created FROM acc")
+    pg.sql_b(f"ALTER TABLE acc ADD COLUMN created timestamptz NOT NULL DEFAULT '{value}'; "
+             "ALTER TABLE acc ALTER COLUMN created SET DEFAULT now()")
+    ddl_done(pg, lsn)
+    one(pg.a, "ALTER TABLE acc ADD COLUMN seq serial")
+    err, lsn = ddl_error(pg)
+    assert "column seq of public.acc" in err, err
+    pg.sql_b("CREATE SEQUENCE acc_seq_seq AS integer OWNED BY acc.id; ALTER TABLE acc "
+             "ADD COLUMN seq integer NOT NULL DEFAULT 0")
+    for row in pg.sql_a("SELECT id, seq FROM acc").splitlines():
+        i, seq = row.split("|")
+        pg.sql_b(f"UPDATE acc SET seq = {seq} WHERE id = {i}")
+    pg.sql_b("ALTER TABLE acc ALTER COLUMN seq SET DEFAULT nextval('acc_seq_seq'); "
+             "ALTER SEQUENCE acc_seq_seq OWNED BY acc.seq; "
+             f"SELECT setval('acc_seq_seq', {pg.sql_a('SELECT last_value FROM acc_seq_seq')})")
+    ddl_done(pg, lsn)
+    caught_up(pg, 2)
+    same_everywhere(pg)
+    assert pg.status()["ddl_skipped"] == 2

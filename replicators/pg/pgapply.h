@@ -41,7 +41,7 @@ struct pga_options {
 	const char *ddl_prefix;		/* logical message prefix carrying DDL */
 	const char *ddl_key;		/* the master's standin.ddl_key: DDL must be signed */
 	const char *ddl_dir;		/* where a failed DDL statement is written (0600) */
-	const pgo_lsn *ddl_done;		/* DDL messages at these LSNs were applied by hand */
+	const pgo_lsn *ddl_done;	/* DDL messages at these LSNs were applied by hand */
 	size_t n_ddl_done;
 	volatile int *stop;		/* non-zero: give up waiting for the standby */
 	pgo_lsn rowwise_until;		/* one statement per row until applied past this */

@@ -56,10 +56,12 @@ int pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progres
 int pgs_ensure_publication(PGconn *src_conn, const char *publication, char **error_r) ST_WARN_UNUSED;
 
 /*
- * Install (or refresh) DDL capture on the source: an event trigger that
- * emits each DDL statement as a transactional logical message with prefix
+ * Install (or refresh) DDL capture on the source (ddl_capture.sql): the event
+ * triggers of the server module standin_ddl (standin_ddl.c), which emits each
+ * DDL statement alone as a transactional logical message with prefix
  * "standin.ddl", signed with a key kept in standin.ddl_key (readable only by
- * superusers), so no other user can forge one.  *key_r is that key.
+ * superusers), so no other user can forge one.  *key_r is that key.  Warns
+ * when the module is not preloaded by the source's server.
  */
 int pgs_ensure_ddl_capture(PGconn *src, char **key_r, char **error_r) ST_WARN_UNUSED;
 

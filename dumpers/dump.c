@@ -813,7 +813,7 @@ static long long
 pg_lag_ms(const struct dump_ctx *c, char **why_r)
 {
 	const struct st_node *n = &c->conf->nodes[c->node];
-	char *path = xasprintf("%s/standin-pgrepl.sock", n->run_dir), *reply = NULL, *err = NULL;
+	char *path = st_ctl_socket_path(n, ST_PROGRAM_PGREPL), *reply = NULL, *err = NULL;
 	long long lag = -1;
 	json_error_t jerr;
 	json_t *o = NULL;
@@ -929,7 +929,7 @@ static long long
 ldap_lag_ms(const struct dump_ctx *c, int master, struct st_buf *pos, char **why_r)
 {
 	const struct st_node *n = &c->conf->nodes[c->node];
-	char *path = xasprintf("%s/standin-ldaprepl.sock", n->run_dir), *reply = NULL, *err = NULL;
+	char *path = st_ctl_socket_path(n, ST_PROGRAM_LDAPREPL), *reply = NULL, *err = NULL;
 	long long lag = -1;
 	json_error_t jerr;
 	json_t *o = NULL;

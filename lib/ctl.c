@@ -434,3 +434,21 @@ out:
 	close(fd);
 	return ret;
 }
+
+const char *
+st_replicator_program(enum st_service svc)
+{
+	static const char *const names[ST_SVC_COUNT] = {
+		[ST_SVC_PG] = ST_PROGRAM_PGREPL,
+		[ST_SVC_LDAP] = ST_PROGRAM_LDAPREPL,
+		[ST_SVC_IMAP] = ST_PROGRAM_IMAPREPL,
+	};
+
+	return names[svc];
+}
+
+char *
+st_ctl_socket_path(const struct st_node *node, const char *program)
+{
+	return xasprintf("%s/%s.sock", node->run_dir, program);
+}

@@ -14,9 +14,22 @@
 #include <ev.h>
 #include <sys/types.h>
 
+#include "lib/conf.h"
 #include "lib/util.h"
 
 #define ST_CTL_MAX_LINE 1024
+
+/* The daemons' program names: the replicator of each service, the proxy. */
+#define ST_PROGRAM_PGREPL "standin-pgrepl"
+#define ST_PROGRAM_LDAPREPL "standin-ldaprepl"
+#define ST_PROGRAM_IMAPREPL "standin-imaprepl"
+#define ST_PROGRAM_PROXY "standin-proxy"
+
+/* The program that replicates SVC (ST_PROGRAM_PGREPL...). */
+const char *st_replicator_program(enum st_service svc);
+
+/* NODE's RUN_DIR/PROGRAM.sock: the one place a daemon's socket is named. */
+char *st_ctl_socket_path(const struct st_node *node, const char *program);
 
 /* Fill REPLY (the handler adds the final newline).  ARGS is "" when none. */
 typedef void st_ctl_fn(void *ctx, const char *args, struct st_buf *reply);

@@ -399,7 +399,7 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 	commands[1] = (struct st_ctl_command){ "metrics", cmd_metrics, "Prometheus text format" };
 	for (size_t i = 0; i < n_extra; i++)
 		commands[2 + i] = ops->commands[i];
-	d.socket_path = xasprintf("%s/%s.sock", d.node->run_dir, ops->program);
+	d.socket_path = st_ctl_socket_path(d.node, ops->program);
 	ctl = st_ctl_listen(d.loop, d.socket_path, d.conf->admin_group, commands, &d, &error);
 	if (ctl == NULL) {
 		st_error("cannot open the status socket: %s", error);

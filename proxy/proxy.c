@@ -642,7 +642,7 @@ reload(struct st_daemon *d, struct st_conf *nc, char **error_r)
 }
 
 static const struct st_daemon_ops ops = {
-	.program = "standin-proxy",
+	.program = ST_PROGRAM_PROXY,
 	.summary = "route PostgreSQL, LDAP and IMAP clients to the cluster's master",
 	.start = start,
 	.stop = stop,

@@ -1,16 +1,10 @@
 /*
  * standinctl: the administrator's command.
  *
- *   standinctl [-c FILE] [-n NODE] status [--json]
- *   standinctl [-c FILE] config check|show
- *   standinctl [-c FILE] [-n NODE] state show | state init --master NODE [--force]
- *   standinctl [-c FILE] [-n NODE] proxy status | pause SVC | resume SVC | switch SVC NODE
- *                                        | drop SVC
- *   standinctl [-c FILE] [-n NODE] pg ddl-done LSN
- *   standinctl [-c FILE] [-n NODE] dump pg|ldap|all [--from master|standby] [-v]
- *   standinctl [-c FILE] dump-verify [--restore [--node NODE]] DUMP
+ *   standinctl [-c FILE] [-n NODE] COMMAND [ARGS]
  *
- * Later issues add switchover and failover here (failover/).
+ * The commands, their synopses and what they do are in one table (commands[]
+ * at the end), which "standinctl help" prints and main() dispatches from.
  */
 #include "config.h"
 
@@ -33,40 +27,8 @@ struct ctl_opts {
 	const char *node;
 };
 
-static void
-usage(FILE *out)
-{
-	fprintf(out,
-		"standinctl: administer a standin cluster\n"
-		"\n"
-		"Usage: standinctl [-c FILE] [-n NODE] COMMAND [ARGS]\n"
-		"\n"
-		"Commands:\n"
-		"  status [--json]                 roles, replicators, lag and errors of every node\n"
-		"  config check                    validate the configuration (exit 0 good, 2 bad)\n"
-		"  config show                     print the effective configuration\n"
-		"  state show [--json]             this node's cluster state (epoch, master, directions)\n"
-		"  state init --master NODE [--force]\n"
-		"                                  create this node's first cluster state (epoch 1)\n"
-		"  proxy status                    this node's standin-proxy, as JSON\n"
-		"  proxy pause|resume SERVICE|all  hold new clients / forward them again\n"
-		"  proxy switch SERVICE NODE       send clients of SERVICE to NODE\n"
-		"  proxy drop SERVICE|all          close the service's client sessions\n"
-		"  pg ddl-done LSN                 go on past a DDL statement the standby could not\n"
-		"                                  apply, once it is applied there by hand\n"
-		"  dump pg|ldap|all [--from master|standby] [-v]\n"
-		"                                  dump, verify the files and prune old dumps (cron)\n"
-		"  dump-verify [--restore [--node NODE]] DUMP\n"
-		"                                  check a dump: manifest, then pg_restore --list\n"
-		"                                  (or a scratch restore) or an LDIF parse\n"
-		"  version                         print the version\n"
-		"\n"
-		"Options:\n"
-		"  -c FILE   cluster configuration (default %s)\n"
-		"  -n NODE   this node's name (default: $STANDIN_NODE, else by host name)\n"
-		"  -h        this help\n",
-		ST_CONF_DEFAULT_PATH);
-}
+static int command_usage(const char *name);
+static void usage(FILE *out);
 
 static struct st_conf *
 load_conf(const struct ctl_opts *o)
@@ -101,10 +63,8 @@ cmd_config(const struct ctl_opts *o, int argc, char **argv)
 {
 	struct st_conf *conf;
 
-	if (argc != 2 || (strcmp(argv[1], "check") != 0 && strcmp(argv[1], "show") != 0)) {
-		fprintf(stderr, "standinctl: usage: config check|show\n");
-		return 2;
-	}
+	if (argc != 2 || (strcmp(argv[1], "check") != 0 && strcmp(argv[1], "show") != 0))
+		return command_usage("config");
 	conf = load_conf(o);
 	if (strcmp(argv[1], "show") == 0)
 		st_conf_dump(conf, stdout);
@@ -216,10 +176,8 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 	bool force = false, json = false;
 	int opt;
 
-	if (argc < 2) {
-		fprintf(stderr, "standinctl: usage: state show | state init --master NODE [--force]\n");
-		return 2;
-	}
+	if (argc < 2)
+		return command_usage("state");
 	const char *sub = argv[1];
 	argc--;
 	argv++;
@@ -264,7 +222,7 @@ cmd_status(const struct ctl_opts *o, int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	bool json = false;
-	int opt, ret;
+	int opt;
 
 	optind = 0;
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -277,9 +235,12 @@ cmd_status(const struct ctl_opts *o, int argc, char **argv)
 		return 2;
 	}
 	struct st_conf *conf = load_conf(o);
-	ret = st_status_print(conf, json, stdout);
+	struct st_status st;
+	st_status_collect(conf, &st);
+	st_status_print(conf, &st, json, stdout);
+	st_status_free(&st);
 	st_conf_free(&conf);
-	return ret;
+	return 0;
 }
 
 /* Pass one command to this node's standin-proxy; print its JSON answer. */
@@ -290,11 +251,8 @@ cmd_proxy(const struct ctl_opts *o, int argc, char **argv)
 	char *path, *reply = NULL, *error = NULL;
 	int ret = 1;
 
-	if (argc < 2) {
-		fprintf(stderr, "standinctl: usage: proxy status | pause SERVICE|all | resume "
-			"SERVICE|all | switch SERVICE NODE | drop SERVICE|all\n");
-		return 2;
-	}
+	if (argc < 2)
+		return command_usage("proxy");
 	struct st_conf *conf = load_conf(o);
 	const struct st_node *node = local_node(conf, o);
 	st_buf_init(&line);
@@ -306,7 +264,7 @@ cmd_proxy(const struct ctl_opts *o, int argc, char **argv)
 		}
 		st_buf_printf(&line, "%s%s", i > 1 ? " " : "", argv[i]);
 	}
-	path = xasprintf("%s/standin-proxy.sock", node->run_dir);
+	path = st_ctl_socket_path(node, ST_PROGRAM_PROXY);
 	if (st_ctl_query(path, line.data, 10000, &reply, &error) < 0) {
 		fprintf(stderr, "standinctl: standin-proxy on node %s (%s): %s\n", node->name, path,
 			error);
@@ -335,11 +293,8 @@ cmd_pg(const struct ctl_opts *o, int argc, char **argv)
 	char *path, *line, *reply = NULL, *error = NULL;
 	int ret = 1;
 
-	if (argc != 3 || strcmp(argv[1], "ddl-done") != 0) {
-		fprintf(stderr, "standinctl: usage: pg ddl-done LSN (the LSN that standin-pgrepl's "
-			"error names)\n");
-		return 2;
-	}
+	if (argc != 3 || strcmp(argv[1], "ddl-done") != 0)
+		return command_usage("pg");
 	if (argv[2][0] == '\0' || strspn(argv[2], "0123456789ABCDEFabcdef/") != strlen(argv[2])) {
 		fprintf(stderr, "standinctl: pg ddl-done: bad LSN %s (expected e.g. 0/16B3748)\n",
 			st_q(argv[2]));
@@ -347,7 +302,7 @@ cmd_pg(const struct ctl_opts *o, int argc, char **argv)
 	}
 	struct st_conf *conf = load_conf(o);
 	const struct st_node *node = local_node(conf, o);
-	path = xasprintf("%s/standin-pgrepl.sock", node->run_dir);
+	path = st_ctl_socket_path(node, ST_PROGRAM_PGREPL);
 	line = xasprintf("ddl-done %s", argv[2]);
 	if (st_ctl_query(path, line, 10000, &reply, &error) < 0) {
 		fprintf(stderr, "standinctl: standin-pgrepl on node %s (%s): %s\n", node->name, path,
@@ -399,10 +354,8 @@ cmd_dump(const struct ctl_opts *o, int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind + 1 != argc) {
-		fprintf(stderr, "standinctl: usage: dump pg|ldap|all [--from master|standby] [-v]\n");
-		return 2;
-	}
+	if (optind + 1 != argc)
+		return command_usage("dump");
 	struct st_conf *conf = load_conf(o);
 	const char *what = argv[optind];
 	if (strcmp(what, "all") == 0) {
@@ -472,10 +425,8 @@ cmd_dump_verify(const struct ctl_opts *o, int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind + 1 != argc) {
-		fprintf(stderr, "standinctl: usage: dump-verify [--restore [--node NODE]] DUMP\n");
-		return 2;
-	}
+	if (optind + 1 != argc)
+		return command_usage("dump-verify");
 	/* The configuration is needed for pg_bindir and --restore only: a dump
 	 * copied to another machine can be checked without one. */
 	if (v.restore || access(o->config_path, R_OK) == 0)
@@ -498,6 +449,108 @@ cmd_dump_verify(const struct ctl_opts *o, int argc, char **argv)
 	st_buf_free(&report);
 	st_conf_free(&conf);
 	return ret < 0 ? 1 : 0;
+}
+
+static int
+cmd_version(const struct ctl_opts *o, int argc, char **argv)
+{
+	(void)o;
+	(void)argc;
+	(void)argv;
+	printf("standinctl %s\n", PACKAGE_VERSION);
+	return 0;
+}
+
+static int
+cmd_help(const struct ctl_opts *o, int argc, char **argv)
+{
+	(void)o;
+	(void)argc;
+	(void)argv;
+	usage(stdout);
+	return 0;
+}
+
+/* A synopsis and what it does ('\n' continues the text on a new line). */
+struct usage_line {
+	const char *synopsis, *what;
+};
+
+static const struct command {
+	const char *name;
+	int (*fn)(const struct ctl_opts *o, int argc, char **argv);
+	struct usage_line lines[5];	/* ends with { NULL } */
+} commands[] = {
+	{ "status", cmd_status, {
+		{ "status [--json]", "roles, replicators, lag and errors of every node" } } },
+	{ "config", cmd_config, {
+		{ "config check", "validate the configuration (exit 0 good, 2 bad)" },
+		{ "config show", "print the effective configuration" } } },
+	{ "state", cmd_state, {
+		{ "state show [--json]", "this node's cluster state (epoch, master, directions)" },
+		{ "state init --master NODE [--force]",
+		  "create this node's first cluster state (epoch 1)" } } },
+	{ "proxy", cmd_proxy, {
+		{ "proxy status", "this node's standin-proxy, as JSON" },
+		{ "proxy pause|resume SERVICE|all", "hold new clients / forward them again" },
+		{ "proxy switch SERVICE NODE", "send clients of SERVICE to NODE" },
+		{ "proxy drop SERVICE|all", "close the service's client sessions" } } },
+	{ "pg", cmd_pg, {
+		{ "pg ddl-done LSN", "go on past a DDL statement the standby could not\n"
+				     "apply, once it is applied there by hand" } } },
+	{ "dump", cmd_dump, {
+		{ "dump pg|ldap|all [--from master|standby] [-v]",
+		  "dump, verify the files and prune old dumps (cron)" } } },
+	{ "dump-verify", cmd_dump_verify, {
+		{ "dump-verify [--restore [--node NODE]] DUMP",
+		  "check a dump: manifest, then pg_restore --list\n"
+		  "(or a scratch restore) or an LDIF parse" } } },
+	{ "version", cmd_version, { { "version", "print the version" } } },
+	{ "help", cmd_help, { { "help", "this help" } } },
+};
+
+#define SYNOPSIS_WIDTH 32
+
+static void
+print_line(FILE *out, const struct usage_line *l)
+{
+	const char *what = l->what;
+
+	if (strlen(l->synopsis) < SYNOPSIS_WIDTH)
+		fprintf(out, "  %-*s", SYNOPSIS_WIDTH, l->synopsis);
+	else
+		fprintf(out, "  %s\n  %-*s", l->synopsis, SYNOPSIS_WIDTH, "");
+	for (const char *nl; (nl = strchr(what, '\n')) != NULL; what = nl + 1)
+		fprintf(out, "%.*s\n  %-*s", (int)(nl - what), what, SYNOPSIS_WIDTH, "");
+	fprintf(out, "%s\n", what);
+}
+
+static void
+usage(FILE *out)
+{
+	fprintf(out, "standinctl: administer a standin cluster\n\n"
+		     "Usage: standinctl [-c FILE] [-n NODE] COMMAND [ARGS]\n\nCommands:\n");
+	for (size_t i = 0; i < ST_ARRAY_SIZE(commands); i++)
+		for (const struct usage_line *l = commands[i].lines; l->synopsis != NULL; l++)
+			print_line(out, l);
+	fprintf(out, "\nOptions:\n"
+		     "  -c FILE   cluster configuration (default %s)\n"
+		     "  -n NODE   this node's name (default: $STANDIN_NODE, else by host name)\n"
+		     "  -h        this help\n", ST_CONF_DEFAULT_PATH);
+}
+
+/* A command given the wrong arguments: its synopses on stderr, status 2. */
+static int
+command_usage(const char *name)
+{
+	for (size_t i = 0; i < ST_ARRAY_SIZE(commands); i++) {
+		if (strcmp(commands[i].name, name) != 0)
+			continue;
+		for (const struct usage_line *l = commands[i].lines; l->synopsis != NULL; l++)
+			fprintf(stderr, "%s standinctl %s\n", l == commands[i].lines ? "usage:" : "      ",
+				l->synopsis);
+	}
+	return 2;
 }
 
 int
@@ -538,28 +591,9 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (strcmp(argv[0], "status") == 0)
-		return cmd_status(&o, argc, argv);
-	if (strcmp(argv[0], "config") == 0)
-		return cmd_config(&o, argc, argv);
-	if (strcmp(argv[0], "state") == 0)
-		return cmd_state(&o, argc, argv);
-	if (strcmp(argv[0], "proxy") == 0)
-		return cmd_proxy(&o, argc, argv);
-	if (strcmp(argv[0], "pg") == 0)
-		return cmd_pg(&o, argc, argv);
-	if (strcmp(argv[0], "dump") == 0)
-		return cmd_dump(&o, argc, argv);
-	if (strcmp(argv[0], "dump-verify") == 0)
-		return cmd_dump_verify(&o, argc, argv);
-	if (strcmp(argv[0], "version") == 0) {
-		printf("standinctl %s\n", PACKAGE_VERSION);
-		return 0;
-	}
-	if (strcmp(argv[0], "help") == 0) {
-		usage(stdout);
-		return 0;
-	}
+	for (size_t i = 0; i < ST_ARRAY_SIZE(commands); i++)
+		if (strcmp(argv[0], commands[i].name) == 0)
+			return commands[i].fn(&o, argc, argv);
 	fprintf(stderr, "standinctl: unknown command: %s (try standinctl help)\n", argv[0]);
 	return 2;
 }

@@ -24,26 +24,6 @@
 
 #define STATUS_TIMEOUT_MS 2000
 
-struct row {
-	const char *node;
-	char role[32];
-	char epoch[24];
-	const char *service;
-	const char *daemon;
-	char *state;
-	char *lag;
-	char *error;
-	json_t *detail;		/* the daemon's whole status object, or NULL */
-};
-
-const char *
-st_status_daemon_for(enum st_service svc)
-{
-	static const char *const names[] = { "standin-pgrepl", "standin-ldaprepl",
-					     "standin-imaprepl" };
-	return names[svc];
-}
-
 void
 st_status_cstate_json(const struct st_cstate *st, struct st_buf *out)
 {
@@ -93,9 +73,9 @@ format_lag(json_t *obj)
 }
 
 static void
-query_daemon(const struct st_node *node, const char *daemon, struct row *r)
+query_daemon(const struct st_node *node, const char *daemon, struct st_status_row *r)
 {
-	char *path = xasprintf("%s/%s.sock", node->run_dir, daemon);
+	char *path = st_ctl_socket_path(node, daemon);
 	char *reply = NULL, *error = NULL;
 	struct stat sb;
 	json_error_t jerr;
@@ -143,7 +123,7 @@ out:
 }
 
 static void
-print_table(struct row *rows, size_t n, FILE *out)
+print_table(const struct st_status_row *rows, size_t n, FILE *out)
 {
 	static const char *const head[] = { "NODE", "ROLE", "EPOCH", "SERVICE", "DAEMON",
 					    "STATE", "LAG", "LAST ERROR" };
@@ -236,9 +216,10 @@ dumps_status(const struct st_conf *conf, json_t *json, FILE *out)
 }
 
 static void
-print_json(const struct st_conf *conf, struct row *rows, size_t n, struct st_cstate *states,
-	   int *state_rc, FILE *out)
+print_json(const struct st_conf *conf, const struct st_status *st, FILE *out)
 {
+	const struct st_status_row *rows = st->rows;
+	size_t n = st->n_rows;
 	json_t *root = json_object(), *nodes = json_array(), *arr = json_array();
 	char *s;
 
@@ -246,11 +227,11 @@ print_json(const struct st_conf *conf, struct row *rows, size_t n, struct st_cst
 	for (size_t i = 0; i < conf->n_nodes; i++) {
 		json_t *o = json_object();
 		json_object_set_new(o, "node", json_string(conf->nodes[i].name));
-		if (state_rc[i] == 0) {
-			json_object_set_new(o, "role",
-					    json_string(st_cstate_role(&states[i], conf->nodes[i].name)));
-			json_object_set_new(o, "epoch", json_integer((json_int_t)states[i].epoch));
-			json_object_set_new(o, "master", json_string(states[i].master));
+		if (st->state_rc[i] == 0) {
+			json_object_set_new(o, "role", json_string(st_cstate_role(&st->states[i],
+										   conf->nodes[i].name)));
+			json_object_set_new(o, "epoch", json_integer((json_int_t)st->states[i].epoch));
+			json_object_set_new(o, "master", json_string(st->states[i].master));
 		} else {
 			json_object_set_new(o, "role", json_null());
 		}
@@ -279,25 +260,22 @@ print_json(const struct st_conf *conf, struct row *rows, size_t n, struct st_cst
 	json_decref(root);
 }
 
-int
-st_status_print(const struct st_conf *conf, bool json, FILE *out)
+void
+st_status_collect(const struct st_conf *conf, struct st_status *st)
 {
-	struct st_cstate states[ST_MAX_NODES];
-	int state_rc[ST_MAX_NODES];
-	char *state_err[ST_MAX_NODES] = { 0 };
-	size_t max_rows = conf->n_nodes * (ST_SVC_COUNT + 1), n = 0;
-	struct row *rows = xcalloc(max_rows, sizeof(*rows));
-	uint64_t max_epoch = 0;
+	size_t max_rows = conf->n_nodes * (ST_SVC_COUNT + 1);
 
+	memset(st, 0, sizeof(*st));
+	st->rows = xcalloc(max_rows, sizeof(*st->rows));
 	for (size_t i = 0; i < conf->n_nodes; i++) {
 		const struct st_node *node = &conf->nodes[i];
 		char *path = st_cstate_path(node);
 
-		state_rc[i] = st_cstate_load(path, &states[i], &state_err[i]);
-		if (state_rc[i] == 1)
-			state_err[i] = xasprintf("%s does not exist (standinctl state init)", path);
-		if (state_rc[i] == 0 && states[i].epoch > max_epoch)
-			max_epoch = states[i].epoch;
+		st->state_rc[i] = st_cstate_load(path, &st->states[i], &st->state_err[i]);
+		if (st->state_rc[i] == 1)
+			st->state_err[i] = xasprintf("%s does not exist (standinctl state init)", path);
+		if (st->state_rc[i] == 0 && st->states[i].epoch > st->max_epoch)
+			st->max_epoch = st->states[i].epoch;
 		free(path);
 	}
 
@@ -305,55 +283,64 @@ st_status_print(const struct st_conf *conf, bool json, FILE *out)
 		const struct st_node *node = &conf->nodes[i];
 		char role[32], epoch[24];
 
-		if (state_rc[i] == 0) {
-			snprintf(role, sizeof(role), "%s", st_cstate_role(&states[i], node->name));
-			snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)states[i].epoch);
+		if (st->state_rc[i] == 0) {
+			snprintf(role, sizeof(role), "%s", st_cstate_role(&st->states[i], node->name));
+			snprintf(epoch, sizeof(epoch), "%llu",
+				 (unsigned long long)st->states[i].epoch);
 		} else {
 			snprintf(role, sizeof(role), "unknown");
 			snprintf(epoch, sizeof(epoch), "-");
 		}
 		for (int s = 0; s <= ST_SVC_COUNT; s++) {
-			struct row *r;
+			struct st_status_row *r;
 
 			if (s < ST_SVC_COUNT && !conf->service_enabled[s])
 				continue;
 			if (s == ST_SVC_COUNT && !conf->proxy_present)
 				continue;
-			r = &rows[n++];
+			r = &st->rows[st->n_rows++];
 			r->node = node->name;
 			memcpy(r->role, role, sizeof(role));
 			memcpy(r->epoch, epoch, sizeof(epoch));
 			r->service = s < ST_SVC_COUNT ? st_service_name(s) : "all";
-			query_daemon(node, s < ST_SVC_COUNT ? st_status_daemon_for(s) : "standin-proxy",
-				     r);
+			query_daemon(node, s < ST_SVC_COUNT ? st_replicator_program(s)
+							    : ST_PROGRAM_PROXY, r);
 		}
 	}
+}
 
+void
+st_status_free(struct st_status *st)
+{
+	for (size_t i = 0; i < st->n_rows; i++) {
+		free(st->rows[i].state);
+		free(st->rows[i].lag);
+		free(st->rows[i].error);
+		json_decref(st->rows[i].detail);
+	}
+	for (size_t i = 0; i < ST_MAX_NODES; i++)
+		free(st->state_err[i]);
+	free(st->rows);
+	memset(st, 0, sizeof(*st));
+}
+
+void
+st_status_print(const struct st_conf *conf, const struct st_status *st, bool json, FILE *out)
+{
 	if (json) {
-		print_json(conf, rows, n, states, state_rc, out);
-	} else {
-		fprintf(out, "cluster %s\n", conf->cluster_name);
-		print_table(rows, n, out);
-		for (size_t i = 0; i < conf->n_nodes; i++) {
-			if (state_rc[i] != 0)
-				fprintf(out, "warning: node %s: %s\n", conf->nodes[i].name, state_err[i]);
-			else if (states[i].epoch < max_epoch)
-				fprintf(out, "warning: node %s is at epoch %llu, behind epoch %llu: it "
-					"stays read-only until it catches up\n", conf->nodes[i].name,
-					(unsigned long long)states[i].epoch,
-					(unsigned long long)max_epoch);
-		}
-		dumps_status(conf, NULL, out);
+		print_json(conf, st, out);
+		return;
 	}
-
-	for (size_t i = 0; i < n; i++) {
-		free(rows[i].state);
-		free(rows[i].lag);
-		free(rows[i].error);
-		json_decref(rows[i].detail);
+	fprintf(out, "cluster %s\n", conf->cluster_name);
+	print_table(st->rows, st->n_rows, out);
+	for (size_t i = 0; i < conf->n_nodes; i++) {
+		if (st->state_rc[i] != 0)
+			fprintf(out, "warning: node %s: %s\n", conf->nodes[i].name, st->state_err[i]);
+		else if (st->states[i].epoch < st->max_epoch)
+			fprintf(out, "warning: node %s is at epoch %llu, behind epoch %llu: it "
+				"stays read-only until it catches up\n", conf->nodes[i].name,
+				(unsigned long long)st->states[i].epoch,
+				(unsigned long long)st->max_epoch);
 	}
-	for (size_t i = 0; i < conf->n_nodes; i++)
-		free(state_err[i]);
-	free(rows);
-	return 0;
+	dumps_status(conf, NULL, out);
 }

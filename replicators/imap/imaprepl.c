@@ -1157,7 +1157,7 @@ static const struct st_ctl_command imrepl_commands[] = {
 };
 
 static const struct st_daemon_ops imrepl_ops = {
-	.program = "standin-imaprepl",
+	.program = ST_PROGRAM_IMAPREPL,
 	.summary = "replicate every IMAP mailbox from the master to this standby",
 	.start = imrepl_start,
 	.stop = imrepl_stop,

@@ -1237,7 +1237,7 @@ static const struct st_ctl_command ldrepl_commands[] = {
 };
 
 static const struct st_daemon_ops ldrepl_ops = {
-	.program = "standin-ldaprepl",
+	.program = ST_PROGRAM_LDAPREPL,
 	.summary = "replicate the LDAP directory from the master to this standby (RFC 4533)",
 	.start = ldrepl_start,
 	.stop = ldrepl_stop,

@@ -1623,7 +1623,7 @@ static const struct st_ctl_command pgrepl_commands[] = {
 };
 
 static const struct st_daemon_ops pgrepl_ops = {
-	.program = "standin-pgrepl",
+	.program = ST_PROGRAM_PGREPL,
 	.summary = "replicate PostgreSQL from the master to this standby (logical decoding)",
 	.start = pgrepl_start,
 	.stop = pgrepl_stop,

@@ -1,6 +1,6 @@
 /*
  * dump.h: standinctl dump, dump-verify and the dump lines of status
- * (DESIGN.md section 8).
+ * (doc/architecture.md, section 5.5).
  *
  * A dump of SERVICE is DIR/SERVICE/NODE-SERVICE-YYYYmmddTHHMMSSZ.EXT:
  *   pg:   a directory NAME.pgdump holding globals.sql[.zst] (pg_dumpall

@@ -1,5 +1,5 @@
 /*
- * conf.h: the one cluster configuration file (DESIGN.md section 3).
+ * conf.h: the one cluster configuration file (doc/architecture.md, section 3).
  *
  * INI, read by every program on every node.  Parsing is driven by one table
  * of options (conf.c): type, default, whether it is required, whether it may

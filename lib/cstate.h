@@ -1,5 +1,5 @@
 /*
- * cstate.h: the cluster state (DESIGN.md section 4): the epoch, the master
+ * cstate.h: the cluster state (doc/architecture.md, section 4): the epoch, the master
  * node and, per service, the replication directions (source -> target).
  *
  * Stored per node in STATE_DIR/cluster.state as "key = value" lines ending

@@ -1,6 +1,6 @@
 /*
  * standin-proxy: the service address that always reaches the master
- * (DESIGN.md section 6).
+ * (doc/architecture.md, section 5.4).
  *
  * One listener per configured service address of this node.  Clients are
  * forwarded (forward.c) to that service's endpoint on the master named by

@@ -8,7 +8,7 @@
 
 #include "dumpers/ldapsrc.h"
 #include "dumpers/manifest.h"
-#include "dumpers/proc.h"
+#include "lib/proc.h"
 #include "dumpers/retention.h"
 #include "lib/ctl.h"
 #include "lib/cstate.h"
@@ -467,7 +467,7 @@ ctx_init(struct dump_ctx *c, const struct st_conf *conf, const struct st_node *l
 	if (conf->pg.passfile != NULL)
 		ctx_env(c, "PGPASSFILE=%s", conf->pg.passfile);
 	c->envp[c->n_env] = NULL;
-	c->zstd = dump_find_program(NULL, "zstd");
+	c->zstd = st_find_program(NULL, "zstd");
 }
 
 static void
@@ -637,8 +637,8 @@ db_file_part(const char *db)
  * the pipeline in *BG (the file is closed on our side at once, the commands
  * hold it). */
 static int
-run_to_file(struct dump_ctx *c, struct dump_cmd *cmds, size_t n, const char *path,
-	    struct dump_pipeline **bg, char **error_r)
+run_to_file(struct dump_ctx *c, struct st_cmd *cmds, size_t n, const char *path,
+	    struct st_pipeline **bg, char **error_r)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	int rc = 0;
@@ -648,11 +648,11 @@ run_to_file(struct dump_ctx *c, struct dump_cmd *cmds, size_t n, const char *pat
 		return -1;
 	}
 	if (bg != NULL) {
-		*bg = dump_proc_start(cmds, n, fd, c->envp, c->conf->dump.timeout_ms, error_r);
+		*bg = st_proc_start(cmds, n, fd, c->envp, c->conf->dump.timeout_ms, error_r);
 		if (*bg == NULL)
 			rc = -1;
 	} else {
-		rc = dump_proc_run(cmds, n, fd, NULL, NULL, c->envp, c->conf->dump.timeout_ms, error_r);
+		rc = st_proc_run(cmds, n, fd, NULL, NULL, c->envp, c->conf->dump.timeout_ms, error_r);
 	}
 	if (close(fd) < 0 && rc == 0 && bg == NULL) {
 		st_set_error(error_r, "%s: %s", path, strerror(errno));
@@ -665,11 +665,11 @@ run_to_file(struct dump_ctx *c, struct dump_cmd *cmds, size_t n, const char *pat
  * in the background with BG (see run_to_file). */
 static int
 run_compressed(struct dump_ctx *c, char **argv, const char *what, const char *path,
-	       struct dump_pipeline **bg, char **error_r)
+	       struct st_pipeline **bg, char **error_r)
 {
 	char jobs[24], level[8];
 	char *zargv[] = { c->zstd, "-q", "-c", level, jobs, NULL };
-	struct dump_cmd cmds[2] = { { argv, what }, { zargv, "zstd" } };
+	struct st_cmd cmds[2] = { { argv, what }, { zargv, "zstd" } };
 	int rc;
 
 	snprintf(jobs, sizeof(jobs), "-T%ld", c->conf->dump.jobs);
@@ -688,11 +688,11 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 {
 	const struct st_conf *conf = c->conf;
 	const char *node = conf->nodes[c->node].name;
-	char *pg_dump = dump_find_program(conf->dump.pg_bindir, "pg_dump");
-	char *pg_dumpall = dump_find_program(conf->dump.pg_bindir, "pg_dumpall");
+	char *pg_dump = st_find_program(conf->dump.pg_bindir, "pg_dump");
+	char *pg_dumpall = st_find_program(conf->dump.pg_bindir, "pg_dumpall");
 	char **dbs = NULL, jobs[24];
 	size_t n_dbs = 0;
-	struct dump_pipeline *globals = NULL;
+	struct st_pipeline *globals = NULL;
 	int ret = -1, rc_globals;
 
 	snprintf(jobs, sizeof(jobs), "%ld", conf->dump.jobs);
@@ -734,8 +734,8 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 			char *path = xasprintf("%s/db-%s.dir", tmp, part);
 			char *argv[] = { pg_dump, "-d", cs, "-Fd", "-j", jobs, "-f", path, "--no-sync",
 					 use_zstd(c) ? "-Z1" : "-Z0", NULL };
-			struct dump_cmd cmd = { argv, what };
-			rc = dump_proc_run(&cmd, 1, -1, NULL, NULL, c->envp, conf->dump.timeout_ms,
+			struct st_cmd cmd = { argv, what };
+			rc = st_proc_run(&cmd, 1, -1, NULL, NULL, c->envp, conf->dump.timeout_ms,
 					   error_r);
 			free(path);
 		} else {
@@ -750,7 +750,7 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 		if (rc < 0)
 			goto out;
 	}
-	rc_globals = dump_proc_wait(globals, error_r);
+	rc_globals = st_proc_wait(globals, error_r);
 	globals = NULL;
 	if (rc_globals < 0)
 		goto out;
@@ -764,7 +764,7 @@ out:
 	if (globals != NULL) {
 		/* A database dump failed: its message is the one reported. */
 		char *ignored = NULL;
-		(void)!dump_proc_wait(globals, &ignored);
+		(void)!st_proc_wait(globals, &ignored);
 		free(ignored);
 	}
 	for (size_t i = 0; i < n_dbs; i++)
@@ -866,7 +866,7 @@ dump_ldap_into(struct dump_ctx *c, const char *tmp, char **error_r)
 	int ret = -1;
 
 	if (sc != NULL && local) {
-		char *slapcat = dump_find_program(NULL, "slapcat");
+		char *slapcat = st_find_program(NULL, "slapcat");
 		struct stat sb;
 		if (slapcat == NULL) {
 			st_set_error(error_r, "slapcat not found: install slapd");
@@ -903,8 +903,8 @@ dump_ldap_into(struct dump_ctx *c, const char *tmp, char **error_r)
 			snprintf(level, sizeof(level), "-%ld", conf->dump.zstd_level);
 			char *zargv[] = { c->zstd, "-q", "--rm", level, jobs, "-o", path, (char *)tmp,
 					  NULL };
-			struct dump_cmd cmd = { zargv, "zstd of the LDIF export" };
-			if (dump_proc_run(&cmd, 1, -1, NULL, NULL, c->envp, conf->dump.timeout_ms,
+			struct st_cmd cmd = { zargv, "zstd of the LDIF export" };
+			if (st_proc_run(&cmd, 1, -1, NULL, NULL, c->envp, conf->dump.timeout_ms,
 					  error_r) < 0)
 				goto out;
 		}

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include "dumpers/ldapsrc.h"
+#include "lib/ldconn.h"
 
 #include <ctype.h>
 #include <ldap.h>
@@ -12,59 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-LDAP *
-dump_ldap_open_node(const struct st_conf *conf, int node_idx, char **error_r)
-{
-	const char *uri = conf->ldap.endpoint[node_idx];
-	const char *node = conf->nodes[node_idx].name;
-	LDAP *ld = NULL;
-	char *pw = NULL, *err = NULL;
-	int rc, version = LDAP_VERSION3;
-	struct timeval tv = { .tv_sec = conf->ldap.timeout_ms / 1000,
-			      .tv_usec = (conf->ldap.timeout_ms % 1000) * 1000 };
-	struct berval cred;
-
-	rc = ldap_initialize(&ld, uri);
-	if (rc != LDAP_SUCCESS) {
-		st_set_error(error_r, "LDAP %s (node %s): %s", uri, node, ldap_err2string(rc));
-		return NULL;
-	}
-	ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &version);
-	ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv);
-	ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);
-	ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF);
-	if (conf->ldap.ca_file != NULL)
-		ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTFILE, conf->ldap.ca_file);
-	if (conf->ldap.starttls != ST_TLS_NO && strncmp(uri, "ldap://", 7) == 0) {
-		int zero = 0;
-		ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &zero);
-		rc = ldap_start_tls_s(ld, NULL, NULL);
-		if (rc != LDAP_SUCCESS && conf->ldap.starttls == ST_TLS_DEMAND) {
-			st_set_error(error_r, "LDAP %s (node %s): StartTLS: %s", uri, node,
-				     ldap_err2string(rc));
-			goto fail;
-		}
-	}
-	if (st_secret_read(conf->ldap.password_file, &pw, &err) < 0) {
-		st_set_error(error_r, "[ldap] password_file: %s", err);
-		free(err);
-		goto fail;
-	}
-	cred.bv_val = pw;
-	cred.bv_len = strlen(pw);
-	rc = ldap_sasl_bind_s(ld, conf->ldap.bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
-	st_secret_free(&pw);
-	if (rc != LDAP_SUCCESS) {
-		st_set_error(error_r, "LDAP %s (node %s): bind as %s: %s", uri, node, conf->ldap.bind_dn,
-			     ldap_err2string(rc));
-		goto fail;
-	}
-	return ld;
-fail:
-	ldap_unbind_ext_s(ld, NULL, NULL);
-	return NULL;
-}
 
 int
 dump_ldap_context_csn(const struct st_conf *conf, int node_idx, struct dump_csns *r,
@@ -77,7 +25,7 @@ dump_ldap_context_csn(const struct st_conf *conf, int node_idx, struct dump_csns
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	ld = dump_ldap_open_node(conf, node_idx, error_r);
+	ld = st_ldap_open(conf, conf->nodes[node_idx].name, error_r);
 	if (ld == NULL)
 		return -1;
 	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0,
@@ -254,7 +202,7 @@ dump_ldap_export(const struct st_conf *conf, int node_idx, FILE *out, unsigned l
 	LDAP *ld;
 	int rc, ret = -1;
 
-	ld = dump_ldap_open_node(conf, node_idx, error_r);
+	ld = st_ldap_open(conf, conf->nodes[node_idx].name, error_r);
 	if (ld == NULL)
 		return -1;
 	rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_SUBTREE, "(objectClass=*)", attrs, 0,

@@ -21,12 +21,6 @@ struct dump_csns {
 	char csn[DUMP_MAX_CSNS][64];
 };
 
-/*
- * A connection to node NODE_IDX's slapd, bound as [ldap] bind_dn (StartTLS
- * and CA as configured); also used by standin-imaprepl to list users.
- */
-LDAP *dump_ldap_open_node(const struct st_conf *conf, int node_idx, char **error_r);
-
 /* The contextCSN values of the suffix on node NODE_IDX.  0 or -1. */
 int dump_ldap_context_csn(const struct st_conf *conf, int node_idx, struct dump_csns *r,
 			  char **error_r) ST_WARN_UNUSED;

@@ -10,7 +10,7 @@
 
 #include "dumpers/ldif.h"
 #include "dumpers/manifest.h"
-#include "dumpers/proc.h"
+#include "lib/proc.h"
 #include "lib/durable.h"
 
 #include <errno.h>
@@ -220,11 +220,11 @@ restore_scratch(const struct st_conf *conf, int idx, const char *archive, bool z
 		char *rargv[] = { pg_restore, "-d", dbarg, "--no-owner", "--exit-on-error",
 				  is_dir ? (char *)archive : NULL, NULL };
 		char *zargv[] = { zstd, "-q", "-dc", (char *)archive, NULL };
-		struct dump_cmd cmds[2] = { { zargv, "zstd -d" }, { rargv, "pg_restore" } };
+		struct st_cmd cmds[2] = { { zargv, "zstd -d" }, { rargv, "pg_restore" } };
 		if (!zst && !is_dir)
 			rargv[5] = (char *)archive;
-		int rc = zst ? dump_proc_run(cmds, 2, -1, NULL, NULL, verify_envp, 6L * 3600 * 1000, error_r)
-			     : dump_proc_run(&cmds[1], 1, -1, NULL, NULL, verify_envp, 6L * 3600 * 1000,
+		int rc = zst ? st_proc_run(cmds, 2, -1, NULL, NULL, verify_envp, 6L * 3600 * 1000, error_r)
+			     : st_proc_run(&cmds[1], 1, -1, NULL, NULL, verify_envp, 6L * 3600 * 1000,
 					     error_r);
 		if (rc < 0)
 			goto drop;
@@ -262,8 +262,8 @@ dump_verify(const struct st_conf *conf, const char *path, const struct dump_veri
 	    struct st_buf *report, char **error_r)
 {
 	char *dump, *mpath, *data = NULL, *err = NULL;
-	char *zstd = dump_find_program(NULL, "zstd");
-	char *pg_restore = dump_find_program(conf ? conf->dump.pg_bindir : NULL, "pg_restore");
+	char *zstd = st_find_program(NULL, "zstd");
+	char *pg_restore = st_find_program(conf ? conf->dump.pg_bindir : NULL, "pg_restore");
 	struct dump_manifest m;
 	struct stat sb;
 	size_t len;
@@ -331,10 +331,10 @@ dump_verify(const struct st_conf *conf, const char *path, const struct dump_veri
 				struct count_ctx cc = { 0 };
 				char *rargv[] = { pg_restore, "--list", zst ? NULL : full, NULL };
 				char *zargv[] = { zstd, "-q", "-dc", full, NULL };
-				struct dump_cmd cmds[2] = { { zargv, "zstd -d" }, { rargv, "pg_restore --list" } };
-				rc = zst ? dump_proc_run(cmds, 2, -1, count_entries, &cc, verify_envp,
+				struct st_cmd cmds[2] = { { zargv, "zstd -d" }, { rargv, "pg_restore --list" } };
+				rc = zst ? st_proc_run(cmds, 2, -1, count_entries, &cc, verify_envp,
 							 3600L * 1000, error_r)
-					 : dump_proc_run(&cmds[1], 1, -1, count_entries, &cc, verify_envp,
+					 : st_proc_run(&cmds[1], 1, -1, count_entries, &cc, verify_envp,
 							 3600L * 1000, error_r);
 				if (rc == 0)
 					st_buf_printf(report, "%s: pg_restore --list read the archive "
@@ -343,14 +343,14 @@ dump_verify(const struct st_conf *conf, const char *path, const struct dump_veri
 					/* --list reads only the table of contents: check
 					 * the whole compressed stream too. */
 					char *targv[] = { zstd, "-q", "-t", full, NULL };
-					struct dump_cmd cmd = { targv, "zstd -t" };
-					rc = dump_proc_run(&cmd, 1, -1, NULL, NULL, verify_envp, 3600L * 1000,
+					struct st_cmd cmd = { targv, "zstd -t" };
+					rc = st_proc_run(&cmd, 1, -1, NULL, NULL, verify_envp, 3600L * 1000,
 							   error_r);
 				}
 			} else if (zst) {
 				char *zargv[] = { zstd, "-q", "-t", full, NULL };
-				struct dump_cmd cmd = { zargv, "zstd -t" };
-				rc = dump_proc_run(&cmd, 1, -1, NULL, NULL, verify_envp, 3600L * 1000, error_r);
+				struct st_cmd cmd = { zargv, "zstd -t" };
+				rc = st_proc_run(&cmd, 1, -1, NULL, NULL, verify_envp, 3600L * 1000, error_r);
 				if (rc == 0)
 					st_buf_printf(report, "%s: zstd -t ok\n", fn);
 			}
@@ -382,8 +382,8 @@ dump_verify(const struct st_conf *conf, const char *path, const struct dump_veri
 			zargv[2] = "-dcf";
 			zargv[3] = dump;
 		}
-		struct dump_cmd cmd = { zargv, "reading the LDIF" };
-		rc = dump_proc_run(&cmd, 1, -1, feed_ldif, &p, verify_envp, 3600L * 1000, error_r);
+		struct st_cmd cmd = { zargv, "reading the LDIF" };
+		rc = st_proc_run(&cmd, 1, -1, feed_ldif, &p, verify_envp, 3600L * 1000, error_r);
 		if (rc == 0)
 			st_buf_printf(report, "%s: LDIF parsed, %lu entries\n", strrchr(dump, '/') ?
 				      strrchr(dump, '/') + 1 : dump, p.entries);

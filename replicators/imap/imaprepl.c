@@ -33,8 +33,8 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "dumpers/ldapsrc.h"
 #include "lib/cstate.h"
+#include "lib/ldconn.h"
 #include "lib/daemon.h"
 #include "lib/durable.h"
 #include "lib/log.h"
@@ -225,8 +225,7 @@ static int
 load_users_ldap(struct imrepl *r, char **error_r)
 {
 	const struct st_conf *conf = r->d->conf;
-	int idx = st_conf_node_index(conf, r->source);
-	LDAP *ld = dump_ldap_open_node(conf, idx, error_r);
+	LDAP *ld = st_ldap_open(conf, r->source, error_r);
 	LDAPMessage *res = NULL;
 	char *attrs[] = { conf->imap.users_ldap_attribute, NULL };
 	struct timeval tv = { conf->ldap.timeout_ms / 1000, 0 };

@@ -14,11 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lib/durable.h"
 #include "lib/log.h"
+#include "lib/proc.h"
 #include "replicators/pg/pgconn.h"
 #include "replicators/pg/pgdiverge.h"
 
@@ -407,17 +407,21 @@ pg_bindir(PGconn *c)
 	return xasprintf("/usr/lib/postgresql/%d/bin", PQserverVersion(c) / 10000);
 }
 
-/* Run ARGV (execve, no shell) with the libpq environment of NODE; capture
- * stderr's end for the message.  REPLICA: its sessions run with
- * session_replication_role = replica (no event trigger fires: the standby's
- * copy of the DDL capture trigger stays quiet while the schema is replaced). */
+/* The longest pg_dump or pg_restore of a schema may take (then it is killed). */
+#define PG_TOOL_TIMEOUT_MS (3600L * 1000)
+
+/* Run ARGV (execve, no shell: lib/proc) with the libpq environment of NODE;
+ * a failure is named with WHAT and the end of the tool's stderr.  REPLICA:
+ * its sessions run with session_replication_role = replica (no event
+ * trigger fires: the standby's copy of the DDL capture stays quiet while the
+ * schema is replaced). */
 static int
 run_tool(const struct st_conf *conf, const char *node, bool replica, char *const argv[],
-	 char **error_r)
+	 const char *what, char **error_r)
 {
 	int i = st_conf_node_index(conf, node);
 	char *host = NULL, *herr = NULL, port[16];
-	int port_n = 0, errpipe[2];
+	int port_n = 0;
 
 	if (st_parse_hostport(conf->pg.endpoint[i], &host, &port_n, &herr) < 0) {
 		st_set_error(error_r, "%s", herr);
@@ -445,67 +449,11 @@ run_tool(const struct st_conf *conf, const char *node, bool replica, char *const
 	env[n] = NULL;
 	free(host);
 
-	if (pipe2(errpipe, O_CLOEXEC) < 0) {
-		st_set_error(error_r, "pipe: %s", strerror(errno));
-		for (int k = 0; k < n; k++)
-			free(env[k]);
-		return -1;
-	}
-	pid_t pid = fork();
-	if (pid == 0) {
-		dup2(errpipe[1], 2);
-		int devnull = open("/dev/null", O_RDWR);
-		if (devnull >= 0) {
-			dup2(devnull, 0);
-			dup2(devnull, 1);
-		}
-		execve(argv[0], argv, env);
-		dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	close(errpipe[1]);
+	struct st_cmd cmd = { .argv = (char **)argv, .what = what };
+	int rc = st_proc_run(&cmd, 1, -1, NULL, NULL, env, PG_TOOL_TIMEOUT_MS, error_r);
 	for (int k = 0; k < n; k++)
 		free(env[k]);
-	if (pid < 0) {
-		close(errpipe[0]);
-		st_set_error(error_r, "fork: %s", strerror(errno));
-		return -1;
-	}
-	char tail[2048];
-	size_t tl = 0;
-	for (;;) {
-		char buf[4096];
-		ssize_t r = read(errpipe[0], buf, sizeof(buf));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		for (ssize_t k = 0; k < r; k++) {
-			if (tl == sizeof(tail) - 1) {
-				memmove(tail, tail + 1024, tl - 1024);
-				tl -= 1024;
-			}
-			tail[tl++] = buf[k] == '\n' ? ' ' : buf[k];
-		}
-	}
-	tail[tl] = '\0';
-	close(errpipe[0]);
-	int status = 0;
-	pid_t w;
-	while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
-		;
-	if (w != pid) {
-		st_set_error(error_r, "waiting for %s (pid %d): %s", argv[0], (int)pid,
-			     w < 0 ? strerror(errno) : "another process answered");
-		return -1;
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		st_set_error(error_r, "%s failed (%s %d): %s", argv[0],
-			     WIFEXITED(status) ? "exit" : "signal",
-			     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), tail);
-		return -1;
-	}
-	return 0;
+	return rc;
 }
 
 /*
@@ -525,7 +473,11 @@ dump_schema(const struct pgs_request *req, const char *bindir, const char *snaps
 	char *file_opt = xasprintf("--file=%s", dump);
 	char *argv[] = { pg_dump, "--schema-only", "--format=custom", "--no-publications",
 			 "--no-subscriptions", snap_opt, file_opt, NULL };
-	int rc = run_tool(req->conf, req->source, false, argv, error_r);
+	char *what = xasprintf("pg_dump of the schema of %s on node %s", req->conf->pg.dbname,
+			       req->source);
+	int rc = run_tool(req->conf, req->source, false, argv, what, error_r);
+
+	free(what);
 
 	free(pg_dump);
 	free(snap_opt);
@@ -563,7 +515,10 @@ restore_section(const struct pgs_request *req, const char *bindir, const char *d
 	argv[n++] = req->conf->pg.dbname;
 	argv[n++] = (char *)dump;
 	argv[n] = NULL;
-	rc = run_tool(req->conf, req->target, true, argv, error_r);
+	char *what = xasprintf("pg_restore of the %s schema into %s on node %s", section,
+			       req->conf->pg.dbname, req->target);
+	rc = run_tool(req->conf, req->target, true, argv, what, error_r);
+	free(what);
 	free(pg_restore);
 	free(section_opt);
 	free(jobs_opt);

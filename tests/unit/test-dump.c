@@ -9,7 +9,7 @@
 #include "dumpers/dump.h"
 #include "dumpers/ldif.h"
 #include "dumpers/manifest.h"
-#include "dumpers/proc.h"
+#include "lib/proc.h"
 #include "dumpers/retention.h"
 #include "lib/durable.h"
 
@@ -378,17 +378,17 @@ START_TEST(test_pipeline_background_and_foreground)
 	char *tr_argv[] = { "/usr/bin/tr", "a-z", "A-Z", NULL };
 	char *seq_argv[] = { "/usr/bin/seq", "1", "100000", NULL };
 	char *wc_argv[] = { "/usr/bin/wc", "-l", NULL };
-	struct dump_cmd bg[] = { { echo_argv, "echo" }, { tr_argv, "tr" } };
-	struct dump_cmd fg[] = { { seq_argv, "seq" }, { wc_argv, "wc" } };
+	struct st_cmd bg[] = { { echo_argv, "echo" }, { tr_argv, "tr" } };
+	struct st_cmd fg[] = { { seq_argv, "seq" }, { wc_argv, "wc" } };
 	int fd1 = open(p1, O_WRONLY | O_CREAT | O_EXCL, 0600);
 	int fd2 = open(p2, O_WRONLY | O_CREAT | O_EXCL, 0600);
 
-	struct dump_pipeline *p = dump_proc_start(bg, 2, fd1, no_env, 10000, &err);
+	struct st_pipeline *p = st_proc_start(bg, 2, fd1, no_env, 10000, &err);
 	ck_assert_ptr_nonnull(p);
 	close(fd1);
-	ck_assert_int_eq(dump_proc_run(fg, 2, fd2, NULL, NULL, no_env, 10000, &err), 0);
+	ck_assert_int_eq(st_proc_run(fg, 2, fd2, NULL, NULL, no_env, 10000, &err), 0);
 	close(fd2);
-	ck_assert_int_eq(dump_proc_wait(p, &err), 0);
+	ck_assert_int_eq(st_proc_wait(p, &err), 0);
 	ck_assert_ptr_null(err);
 	char *t1 = slurp(p1), *t2 = slurp(p2);
 	ck_assert_str_eq(t1, "ROLES AND TABLESPACES\n");
@@ -408,17 +408,17 @@ END_TEST
 static char *
 background_error(char **argv, const char *what)
 {
-	struct dump_cmd cmd = { argv, what };
+	struct st_cmd cmd = { argv, what };
 	char *err = NULL;
-	struct dump_pipeline *p = dump_proc_start(&cmd, 1, -1, no_env, 10000, &err);
+	struct st_pipeline *p = st_proc_start(&cmd, 1, -1, no_env, 10000, &err);
 
 	ck_assert_ptr_nonnull(p);
-	ck_assert_int_eq(dump_proc_wait(p, &err), -1);
+	ck_assert_int_eq(st_proc_wait(p, &err), -1);
 	ck_assert_ptr_nonnull(err);
 	return err;
 }
 
-/* A background command that fails is reported by dump_proc_wait, named,
+/* A background command that fails is reported by st_proc_wait, named,
  * with its status and the end of its stderr. */
 START_TEST(test_pipeline_background_failure)
 {
@@ -442,13 +442,13 @@ START_TEST(test_pipeline_background_deadline)
 {
 	char *err = NULL;
 	char *sleep_argv[] = { "/bin/sleep", "30", NULL };
-	struct dump_cmd cmd = { sleep_argv, "a slow command" };
+	struct st_cmd cmd = { sleep_argv, "a slow command" };
 	struct timespec t0, t1;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	struct dump_pipeline *p = dump_proc_start(&cmd, 1, -1, no_env, 300, &err);
+	struct st_pipeline *p = st_proc_start(&cmd, 1, -1, no_env, 300, &err);
 	ck_assert_ptr_nonnull(p);
-	ck_assert_int_eq(dump_proc_wait(p, &err), -1);
+	ck_assert_int_eq(st_proc_wait(p, &err), -1);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	ck_assert_msg(strstr(err, "a slow command: timed out") != NULL, "%s", err);
 	ck_assert_int_lt(t1.tv_sec - t0.tv_sec, 20);

@@ -1,19 +1,21 @@
 /*
  * proc.c: pipelines of external commands with a deadline.
  *
- * SIGCHLD is blocked while a pipeline runs and waited for with
- * sigtimedwait(), so the deadline needs no polling and no sleep.  All
+ * SIGCHLD is blocked in the calling thread while a pipeline runs and waited
+ * for with sigtimedwait(), a slice at a time: in a daemon another thread may
+ * take the signal, so each slice ends with waitpid(WNOHANG) anyway.  All
  * commands share one new process group, killed as a whole (SIGTERM, then
  * SIGKILL five seconds later) at the deadline or when the caller's consumer
  * gives up.
  */
 #include "config.h"
 
-#include "dumpers/proc.h"
+#include "lib/proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,10 +30,11 @@
 
 #define STDERR_KEEP 4000
 #define KILL_GRACE_MS 5000
+#define WAIT_SLICE_MS 200	/* at most this long between two waitpid() */
 #define PIPE_BUF_BYTES (1 << 20)
 
 char *
-dump_find_program(const char *dir, const char *program)
+st_find_program(const char *dir, const char *program)
 {
 	static const char *const dirs[] = { "/usr/bin", "/usr/sbin", "/bin", "/sbin" };
 	char *path;
@@ -135,6 +138,8 @@ wait_children(struct child *ch, size_t n, const sigset_t *chld, long long deadli
 		long long left = deadline - mono_ms();
 		if (left <= 0)
 			return false;
+		if (left > WAIT_SLICE_MS)
+			left = WAIT_SLICE_MS;
 		struct timespec ts = { .tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000 };
 		(void)sigtimedwait(chld, NULL, &ts);
 	}
@@ -165,7 +170,7 @@ describe_status(int status)
 	return xstrdup("unknown status");
 }
 
-struct dump_pipeline {
+struct st_pipeline {
 	struct child *ch;
 	char **what;		/* each command's, for messages */
 	size_t n;
@@ -177,7 +182,7 @@ struct dump_pipeline {
 };
 
 static void
-pipeline_free(struct dump_pipeline *p)
+pipeline_free(struct st_pipeline *p)
 {
 	for (size_t i = 0; i < p->n; i++) {
 		if (p->ch[i].errfd >= 0)
@@ -186,7 +191,7 @@ pipeline_free(struct dump_pipeline *p)
 	}
 	if (p->read_fd >= 0)
 		close(p->read_fd);
-	sigprocmask(SIG_SETMASK, &p->old, NULL);
+	pthread_sigmask(SIG_SETMASK, &p->old, NULL);
 	free(p->what);
 	free(p->ch);
 	free(p);
@@ -195,7 +200,7 @@ pipeline_free(struct dump_pipeline *p)
 /* Fork and exec the commands of P; with a pipe on the last one's stdout
  * (P->read_fd) when TO_PIPE. */
 static int
-pipeline_spawn(struct dump_pipeline *p, const struct dump_cmd *cmds, int out_fd, bool to_pipe,
+pipeline_spawn(struct st_pipeline *p, const struct st_cmd *cmds, int out_fd, bool to_pipe,
 	       char *const envp[], char **error_r)
 {
 	int prev_read = -1, devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -208,7 +213,7 @@ pipeline_spawn(struct dump_pipeline *p, const struct dump_cmd *cmds, int out_fd,
 		int fds[2] = { -1, -1 }, in, out;
 		bool last = i + 1 == p->n;
 
-		p->ch[i].errfd = memfd_create("standin-dump-stderr", MFD_CLOEXEC);
+		p->ch[i].errfd = memfd_create("standin-stderr", MFD_CLOEXEC);
 		if (p->ch[i].errfd < 0) {
 			st_set_error(error_r, "memfd_create: %s", strerror(errno));
 			goto fail;
@@ -237,7 +242,7 @@ pipeline_spawn(struct dump_pipeline *p, const struct dump_cmd *cmds, int out_fd,
 			setpgid(0, p->pgid);
 			if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(p->ch[i].errfd, 2) < 0)
 				_exit(127);
-			sigprocmask(SIG_SETMASK, &p->old, NULL);
+			pthread_sigmask(SIG_SETMASK, &p->old, NULL);
 			signal(SIGPIPE, SIG_DFL);
 			execve(cmds[i].argv[0], cmds[i].argv, envp);
 			dprintf(2, "cannot execute %s: %s\n", cmds[i].argv[0], strerror(errno));
@@ -267,11 +272,11 @@ fail:
 	return -1;
 }
 
-static struct dump_pipeline *
-pipeline_start(const struct dump_cmd *cmds, size_t n, int out_fd, bool to_pipe, char *const envp[],
+static struct st_pipeline *
+pipeline_start(const struct st_cmd *cmds, size_t n, int out_fd, bool to_pipe, char *const envp[],
 	       long timeout_ms, char **error_r)
 {
-	struct dump_pipeline *p = xcalloc(1, sizeof(*p));
+	struct st_pipeline *p = xcalloc(1, sizeof(*p));
 
 	p->ch = xcalloc(n, sizeof(*p->ch));
 	p->what = xcalloc(n, sizeof(*p->what));
@@ -285,7 +290,7 @@ pipeline_start(const struct dump_cmd *cmds, size_t n, int out_fd, bool to_pipe, 
 	}
 	sigemptyset(&p->chld);
 	sigaddset(&p->chld, SIGCHLD);
-	sigprocmask(SIG_BLOCK, &p->chld, &p->old);
+	pthread_sigmask(SIG_BLOCK, &p->chld, &p->old);
 	if (pipeline_spawn(p, cmds, out_fd, to_pipe, envp, error_r) < 0) {
 		pipeline_free(p);
 		return NULL;
@@ -296,7 +301,7 @@ pipeline_start(const struct dump_cmd *cmds, size_t n, int out_fd, bool to_pipe, 
 /* Feed the last command's output to CONSUME until its end; false when the
  * deadline passed or CONSUME (or reading) failed, with *ERR set then. */
 static bool
-pipeline_consume(struct dump_pipeline *p, dump_consume_fn *consume, void *ctx, bool *timed_out,
+pipeline_consume(struct st_pipeline *p, st_consume_fn *consume, void *ctx, bool *timed_out,
 		 char **err)
 {
 	char *buf = xmalloc(1 << 16);
@@ -346,7 +351,7 @@ pipeline_consume(struct dump_pipeline *p, dump_consume_fn *consume, void *ctx, b
 /* Wait for the end of P (the deadline kills it) and free it; 0 when every
  * command exited 0.  CONSUMER_ERR: the consumer failed with that message. */
 static int
-pipeline_finish(struct dump_pipeline *p, bool timed_out, bool consumer_failed,
+pipeline_finish(struct st_pipeline *p, bool timed_out, bool consumer_failed,
 		const char *consumer_err, char **error_r)
 {
 	int ret = -1;
@@ -356,7 +361,7 @@ pipeline_finish(struct dump_pipeline *p, bool timed_out, bool consumer_failed,
 		kill_group(p->pgid, p->ch, p->n, &p->chld);
 	}
 	if (timed_out) {
-		st_set_error(error_r, "%s: timed out after %ld s (dump timeout), killed", p->what[0],
+		st_set_error(error_r, "%s: timed out after %ld s, killed", p->what[0],
 			     p->timeout_ms / 1000);
 		goto out;
 	}
@@ -386,24 +391,24 @@ out:
 	return ret;
 }
 
-struct dump_pipeline *
-dump_proc_start(const struct dump_cmd *cmds, size_t n, int out_fd, char *const envp[],
+struct st_pipeline *
+st_proc_start(const struct st_cmd *cmds, size_t n, int out_fd, char *const envp[],
 		long timeout_ms, char **error_r)
 {
 	return pipeline_start(cmds, n, out_fd, false, envp, timeout_ms, error_r);
 }
 
 int
-dump_proc_wait(struct dump_pipeline *p, char **error_r)
+st_proc_wait(struct st_pipeline *p, char **error_r)
 {
 	return pipeline_finish(p, false, false, NULL, error_r);
 }
 
 int
-dump_proc_run(const struct dump_cmd *cmds, size_t n, int out_fd, dump_consume_fn *consume,
+st_proc_run(const struct st_cmd *cmds, size_t n, int out_fd, st_consume_fn *consume,
 	      void *ctx, char *const envp[], long timeout_ms, char **error_r)
 {
-	struct dump_pipeline *p = pipeline_start(cmds, n, out_fd, consume != NULL, envp, timeout_ms,
+	struct st_pipeline *p = pipeline_start(cmds, n, out_fd, consume != NULL, envp, timeout_ms,
 						 error_r);
 	char *consume_err = NULL;
 	bool timed_out = false, consumer_failed = false;

@@ -8,12 +8,13 @@
 
 #include "dumpers/ldapsrc.h"
 #include "dumpers/manifest.h"
-#include "lib/proc.h"
 #include "dumpers/retention.h"
-#include "lib/ctl.h"
 #include "lib/cstate.h"
+#include "lib/ctl.h"
 #include "lib/durable.h"
 #include "lib/log.h"
+#include "lib/pgconn.h"
+#include "lib/proc.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -538,20 +539,8 @@ pg_connstr(const struct st_conf *conf, int idx, const char *dbname)
 static PGconn *
 pg_connect(const struct st_conf *conf, int idx, const char *dbname, char **error_r)
 {
-	char *cs = pg_connstr(conf, idx, dbname);
-	PGconn *c = PQconnectdb(cs);
-
-	free(cs);
-	if (PQstatus(c) != CONNECTION_OK) {
-		char *msg = xstrdup(PQerrorMessage(c));
-		msg[strcspn(msg, "\n")] = '\0';
-		st_set_error(error_r, "PostgreSQL %s (node %s), database %s: %s", conf->pg.endpoint[idx],
-			     conf->nodes[idx].name, dbname, msg);
-		free(msg);
-		PQfinish(c);
-		return NULL;
-	}
-	return c;
+	return pgc_connect_db(conf, conf->nodes[idx].name, dbname, PGC_NORMAL, "standin-dump",
+			      error_r);
 }
 
 /* Run a query; the result or NULL with a message. */

@@ -10,8 +10,9 @@
 
 #include "dumpers/ldif.h"
 #include "dumpers/manifest.h"
-#include "lib/proc.h"
 #include "lib/durable.h"
+#include "lib/pgconn.h"
+#include "lib/proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -150,31 +151,8 @@ feed_ldif(void *ctx, const char *data, size_t len, char **error_r)
 static PGconn *
 restore_connect(const struct st_conf *conf, int idx, const char *db, char **error_r)
 {
-	char *host = NULL, *err = NULL, port[16];
-	int p;
-
-	if (st_parse_hostport(conf->pg.endpoint[idx], &host, &p, &err) < 0) {
-		st_set_error(error_r, "%s", err);
-		free(err);
-		return NULL;
-	}
-	snprintf(port, sizeof(port), "%d", p);
-	const char *keys[] = { "host", "port", "user", "dbname", "sslmode", "passfile",
-			       "application_name", NULL };
-	const char *vals[] = { host, port, conf->pg.user, db, st_conf_sslmode_name(conf->pg.sslmode),
-			       conf->pg.passfile, "standin-dump-verify", NULL };
-	PGconn *c = PQconnectdbParams(keys, vals, 0);
-	free(host);
-	if (PQstatus(c) != CONNECTION_OK) {
-		char *msg = xstrdup(PQerrorMessage(c));
-		msg[strcspn(msg, "\n")] = '\0';
-		st_set_error(error_r, "PostgreSQL %s (node %s): %s", conf->pg.endpoint[idx],
-			     conf->nodes[idx].name, msg);
-		free(msg);
-		PQfinish(c);
-		return NULL;
-	}
-	return c;
+	return pgc_connect_db(conf, conf->nodes[idx].name, db, PGC_NORMAL, "standin-dump-verify",
+			      error_r);
 }
 
 static int

@@ -34,7 +34,7 @@
 
 #include "lib/durable.h"
 #include "lib/log.h"
-#include "replicators/pg/pgconn.h"
+#include "lib/pgconn.h"
 
 /* What a count_wrap()ped statement that touched another number of rows
  * fails with: the cast of this text and the count to a number (SQLSTATE

@@ -21,7 +21,7 @@
 
 #include "lib/durable.h"
 #include "lib/log.h"
-#include "replicators/pg/pgconn.h"
+#include "lib/pgconn.h"
 #include "replicators/pg/pgoutput.h"
 
 static void render_ddl(struct st_buf *b, const char *content);

@@ -33,7 +33,7 @@
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "replicators/pg/pgapply.h"
-#include "replicators/pg/pgconn.h"
+#include "lib/pgconn.h"
 #include "replicators/pg/pgoutput.h"
 #include "replicators/pg/pgspool.h"
 #include "replicators/pg/pgsync.h"

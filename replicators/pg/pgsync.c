@@ -19,7 +19,7 @@
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "lib/proc.h"
-#include "replicators/pg/pgconn.h"
+#include "lib/pgconn.h"
 #include "replicators/pg/pgdiverge.h"
 
 #define MAX_JOBS 16

@@ -1,6 +1,8 @@
 /*
  * pgconn.h: libpq connections to the PostgreSQL of a node, as the config
- * describes it ([pg] endpoint.NODE, dbname, user, passfile, sslmode...).
+ * describes it ([pg] endpoint.NODE, dbname, user, passfile, sslmode,
+ * sslrootcert, connect_timeout): the one way standin-pgrepl, the dumps and
+ * dump-verify reach a server.
  *
  * Connections are made with PQconnectdbParams (keyword arrays: no conninfo
  * string is ever built, so no quoting mistakes), with the session settings
@@ -21,9 +23,15 @@ enum pgc_kind {
 	PGC_REPLICATION,	/* replication=database */
 };
 
-/* Connect to NODE's PostgreSQL.  NULL with *error_r on failure. */
+/* Connect to NODE's PostgreSQL, database [pg] dbname.  NULL with *error_r
+ * on failure. */
 PGconn *pgc_connect(const struct st_conf *conf, const char *node, enum pgc_kind kind,
 		    const char *application_name, char **error_r) ST_WARN_UNUSED;
+
+/* The same, to database DBNAME. */
+PGconn *pgc_connect_db(const struct st_conf *conf, const char *node, const char *dbname,
+		       enum pgc_kind kind, const char *application_name,
+		       char **error_r) ST_WARN_UNUSED;
 
 /* "node b (127.0.0.1:5433)" for messages; the caller frees it. */
 char *pgc_describe(const struct st_conf *conf, const char *node);

@@ -3,7 +3,7 @@
  */
 #include "config.h"
 
-#include "replicators/pg/pgconn.h"
+#include "lib/pgconn.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +61,13 @@ PGconn *
 pgc_connect(const struct st_conf *conf, const char *node, enum pgc_kind kind,
 	    const char *application_name, char **error_r)
 {
+	return pgc_connect_db(conf, node, conf->pg.dbname, kind, application_name, error_r);
+}
+
+PGconn *
+pgc_connect_db(const struct st_conf *conf, const char *node, const char *dbname,
+	       enum pgc_kind kind, const char *application_name, char **error_r)
+{
 	int i = st_conf_node_index(conf, node);
 	char *host = NULL, *herr = NULL, port[16], timeout[32];
 	int port_n = 0;
@@ -84,7 +91,7 @@ pgc_connect(const struct st_conf *conf, const char *node, enum pgc_kind kind,
 #define KV(k, v) do { keys[n] = (k); vals[n] = (v); n++; } while (0)
 	KV("host", host);
 	KV("port", port);
-	KV("dbname", conf->pg.dbname);
+	KV("dbname", dbname);
 	KV("user", conf->pg.user);
 	if (conf->pg.passfile != NULL)
 		KV("passfile", conf->pg.passfile);
@@ -110,7 +117,7 @@ pgc_connect(const struct st_conf *conf, const char *node, enum pgc_kind kind,
 	if (c == NULL || PQstatus(c) != CONNECTION_OK) {
 		char *who = pgc_describe(conf, node);
 		st_set_error(error_r, "cannot connect to PostgreSQL on %s as %s to database %s: %s",
-			     who, conf->pg.user, conf->pg.dbname, pgc_errmsg(c));
+			     who, conf->pg.user, dbname, pgc_errmsg(c));
 		free(who);
 		PQfinish(c);
 		c = NULL;

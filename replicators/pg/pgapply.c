@@ -35,8 +35,9 @@
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "lib/pgconn.h"
+#include "replicators/pg/pgsql.h"
 
-/* What a count_wrap()ped statement that touched another number of rows
+/* What a pgq_count_wrap()ped statement that touched another number of rows
  * fails with: the cast of this text and the count to a number (SQLSTATE
  * 22P02, invalid_text_representation).  No function of our own: a
  * temporary one would be dropped in a transaction of its own when the
@@ -54,7 +55,6 @@ static const char *const ddl_settings[] = {
 };
 #define DDL_SETTINGS (sizeof(ddl_settings) / sizeof(ddl_settings[0]))
 
-#define ROWS_MARK "standin-row-count:"
 #define ROWS_SQLSTATE "22P02"
 
 /* ------------------------------------------------------------ relations */
@@ -66,31 +66,6 @@ struct stmt {
 	bool merge;			/* U, D as MERGE (see merge_ok) */
 	char name[24];
 	struct stmt *next;
-};
-
-struct batch;
-
-struct rel {
-	uint32_t relid;			/* 0: free slot */
-	char *nspname, *relname;
-	char *qname;			/* "ns"."rel", quoted */
-	char *display;			/* ns.rel for messages */
-	enum pgo_identity identity;
-	uint16_t ncols;
-	struct {
-		char *name;
-		char *qname;
-		bool key;
-		uint32_t type_oid;	/* the master's: only built-in ones are used */
-	} *cols;
-	uint16_t nkeys;
-	/* UPDATE and DELETE may go as MERGE (see "MERGE" below): 1 yes, -1 no,
-	 * 0 not known yet (the standby's answer to merge_check() is on its
-	 * way; until then the count_wrap() form). */
-	int merge_ok;
-	unsigned merge_check;		/* which check's answer counts */
-	struct stmt *stmts;
-	struct batch *batch;		/* rows waiting to go as one statement */
 };
 
 /*
@@ -159,7 +134,7 @@ struct pga {
 	char *ddl_saved[DDL_SETTINGS];	/* this session's values of ddl_settings */
 	volatile int *stop;
 
-	struct rel *rels;
+	struct pga_rel *rels;
 	size_t rel_cap, rel_count;
 	unsigned stmt_seq;
 	unsigned merge_checks;		/* merge_check()s sent */
@@ -213,7 +188,7 @@ stmt_free_all(struct stmt *s)
 }
 
 static void
-rel_clear(struct rel *r)
+rel_clear(struct pga_rel *r)
 {
 	free(r->nspname);
 	free(r->relname);
@@ -237,12 +212,12 @@ rel_clear(struct rel *r)
 	memset(r, 0, sizeof(*r));
 }
 
-static struct rel *
+static struct pga_rel *
 rel_slot(struct pga *p, uint32_t relid, bool insert)
 {
 	if (insert && (p->rel_count + 1) * 2 > p->rel_cap) {
 		size_t old_cap = p->rel_cap;
-		struct rel *old = p->rels;
+		struct pga_rel *old = p->rels;
 		p->rel_cap = old_cap == 0 ? 64 : old_cap * 2;
 		p->rels = xcalloc(p->rel_cap, sizeof(*p->rels));
 		p->rel_count = 0;
@@ -267,7 +242,7 @@ rel_slot(struct pga *p, uint32_t relid, bool insert)
 static void
 rel_update(struct pga *p, const struct pgo_msg *m)
 {
-	struct rel *r = rel_slot(p, m->u.relation.relid, true);
+	struct pga_rel *r = rel_slot(p, m->u.relation.relid, true);
 
 	if (r->relid == 0)
 		p->rel_count++;
@@ -347,7 +322,7 @@ fail(struct pga *p, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* The rows a count_wrap()ped statement touched, as its answer or as its
+/* The rows a pgq_count_wrap()ped statement touched, as its answer or as its
  * failure says, in *N_R; false for any other answer. */
 static bool
 counted(const PGresult *res, unsigned long long *n_r)
@@ -501,7 +476,7 @@ check_result(struct pga *p, struct pending *pd, PGresult *res)
 		resolve_answered(p, pd, res);
 		break;
 	case PEND_MERGE_CHECK: {
-		struct rel *r = rel_slot(p, pd->relid, false);
+		struct pga_rel *r = rel_slot(p, pd->relid, false);
 		if (r != NULL && r->merge_check == pd->check)
 			r->merge_ok = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
 				      strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 1 : -1;
@@ -695,100 +670,8 @@ val(const struct pgo_value *v)
 	return v->kind == PGO_VAL_NULL ? NULL : v->data;
 }
 
-/* "public.t key (id)=(5)" from the columns used to find the row. */
-static char *
-describe_row(const struct rel *r, const struct pgo_tuple *t, bool key_only)
-{
-	struct st_buf b;
-	bool first = true;
-
-	st_buf_init(&b);
-	st_buf_printf(&b, "%s %s (", r->display, key_only ? "key" : "row");
-	for (uint16_t i = 0; i < t->ncols && i < r->ncols; i++) {
-		if ((key_only && !r->cols[i].key) || t->cols[i].kind == PGO_VAL_UNCHANGED)
-			continue;
-		st_buf_printf(&b, "%s%s", first ? "" : ", ", r->cols[i].name);
-		first = false;
-	}
-	st_buf_puts(&b, ")=(");
-	first = true;
-	for (uint16_t i = 0; i < t->ncols && i < r->ncols; i++) {
-		if ((key_only && !r->cols[i].key) || t->cols[i].kind == PGO_VAL_UNCHANGED)
-			continue;
-		if (!first)
-			st_buf_puts(&b, ", ");
-		first = false;
-		if (t->cols[i].kind == PGO_VAL_NULL) {
-			st_buf_puts(&b, "NULL");
-		} else {
-			size_t n = t->cols[i].len;
-			st_buf_append(&b, t->cols[i].data, n > 64 ? 64 : n);
-			if (n > 64)
-				st_buf_puts(&b, "...");
-		}
-	}
-	st_buf_puts(&b, ")");
-	char *s = st_buf_steal(&b);
-	st_buf_free(&b);
-	return s;
-}
-
-/* WHERE clause finding one row: by key columns, or (FULL) by every column. */
-static void
-where_clause(struct st_buf *sql, const struct rel *r, const struct pgo_tuple *t, bool full,
-	     int *param_no)
-{
-	bool first = true;
-
-	if (full)
-		st_buf_printf(sql, " WHERE ctid = (SELECT ctid FROM ONLY %s WHERE ", r->qname);
-	else
-		st_buf_puts(sql, " WHERE ");
-	for (uint16_t i = 0; i < r->ncols; i++) {
-		if (full ? t->cols[i].kind == PGO_VAL_UNCHANGED : !r->cols[i].key)
-			continue;
-		if (!first)
-			st_buf_puts(sql, " AND ");
-		first = false;
-		if (full)
-			st_buf_printf(sql, "%s::pg_catalog.text IS NOT DISTINCT FROM $%d::pg_catalog.text",
-				      r->cols[i].qname, ++*param_no);
-		else
-			st_buf_printf(sql, "%s = $%d", r->cols[i].qname, ++*param_no);
-	}
-	if (first)
-		st_buf_puts(sql, "true");
-	if (full)
-		st_buf_puts(sql, " LIMIT 1)");
-}
-
 /*
- * SQL, a row statement that must touch EXPECTED rows, made a query that
- * fails on the standby when it touches another number (see ROWS_MARK): the
- * INSERT, UPDATE or DELETE with RETURNING in a WITH, a SELECT as a
- * subquery.  Its one row is the count.
- */
-static void
-count_wrap(struct st_buf *sql, bool is_select, uint32_t expected)
-{
-	char *inner = st_buf_steal(sql);	/* SQL is empty again */
-
-	if (is_select)
-		st_buf_printf(sql, "SELECT ");
-	else
-		st_buf_printf(sql, "WITH standin_r AS (%s RETURNING 1) SELECT ", inner);
-	st_buf_printf(sql, "CASE pg_catalog.count(*) WHEN %" PRIu32 " THEN %" PRIu32 " ELSE ('"
-		      ROWS_MARK "' OPERATOR(pg_catalog.||) pg_catalog.count(*))::pg_catalog.int8 "
-		      "END FROM ", expected, expected);
-	if (is_select)
-		st_buf_printf(sql, "(%s) AS standin_r", inner);
-	else
-		st_buf_puts(sql, "standin_r");
-	free(inner);
-}
-
-/*
- * MERGE.  count_wrap() costs the standby a CTE and a result row per
+ * MERGE.  pgq_count_wrap() costs the standby a CTE and a result row per
  * statement, about a fifth of what a group of pgbench's transactions costs it
  * (BENCHMARKS.md).  Where the standby's table has a unique index on the
  * replica identity's columns (or on some of them), UPDATE and DELETE go as
@@ -802,7 +685,7 @@ count_wrap(struct st_buf *sql, bool is_select, uint32_t expected)
  * ONLY make a source row match at most one row; one that matches none
  * evaluates the NOT MATCHED condition, a cast of ROWS_MARK "0" and now() to
  * a number that fails (now(), stable, keeps the planner from folding it),
- * so the statement fails before its INSERT would, as a count_wrap()ped one
+ * so the statement fails before its INSERT would, as a pgq_count_wrap()ped one
  * does.  So a MERGE that succeeds changed exactly its rows, which its command
  * tag says too.  The index is asked for when the Relation message comes
  * (merge_check); a plain table ('r'), no rules (MERGE refuses them), the
@@ -813,9 +696,6 @@ count_wrap(struct st_buf *sql, bool is_select, uint32_t expected)
  * count would have seen it, and PostgreSQL fires the statement triggers of
  * every action a MERGE names, INSERT included.
  */
-#define MERGE_NOT_MATCHED " WHEN NOT MATCHED AND ('" ROWS_MARK "0 ' OPERATOR(pg_catalog.||) " \
-	"pg_catalog.now())::pg_catalog.int8 IS NULL THEN INSERT DEFAULT VALUES"
-
 static const char merge_check_sql[] =
 	"SELECT c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND NOT EXISTS ("
 	"SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid "
@@ -831,7 +711,7 @@ static const char merge_check_sql[] =
 
 /* Ask the standby whether R's UPDATEs and DELETEs may go as MERGE. */
 static int
-merge_check(struct pga *p, struct rel *r, char **error_r)
+merge_check(struct pga *p, struct pga_rel *r, char **error_r)
 {
 	r->merge_ok = -1;
 	if (r->identity == PGO_IDENT_FULL || r->nkeys == 0)
@@ -864,29 +744,6 @@ merge_check(struct pga *p, struct rel *r, char **error_r)
 	return after_send(p, ok, error_r);
 }
 
-/* "c = $1, d = $2": the columns MASK marks set ('.'), numbered from 1. */
-static void
-set_list(struct st_buf *sql, const struct rel *r, const char *mask)
-{
-	int k = 0;
-
-	for (uint16_t i = 0; i < r->ncols; i++) {
-		if (mask[i] != '.')
-			continue;
-		st_buf_printf(sql, "%s%s = $%d", k ? ", " : "", r->cols[i].qname, k + 1);
-		k++;
-	}
-}
-
-/* A batch's "c = standin_v.c1, ...": its values after the key's. */
-static void
-batch_set_list(struct st_buf *sql, const struct rel *r, const struct batch *b)
-{
-	for (uint16_t j = b->nkeys; j < b->nvals; j++)
-		st_buf_printf(sql, "%s%s = standin_v.c%u", j > b->nkeys ? ", " : "",
-			      r->cols[b->cols[j]].qname, j);
-}
-
 static bool
 same_mask(const char *a, const char *b)
 {
@@ -894,7 +751,7 @@ same_mask(const char *a, const char *b)
 }
 
 static const char *
-prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
+prepared(struct pga *p, struct pga_rel *r, char op, const char *mask, bool full,
 	 const struct pgo_tuple *old, char **error_r)
 {
 	int nset = 0;
@@ -908,81 +765,8 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 			return s->name;
 
 	struct st_buf sql;
-	int n = 0;
 	st_buf_init(&sql);
-	if (merge) {
-		/* The values set first, then the key, as in the UPDATE below. */
-		n = nset;
-		st_buf_printf(&sql, "MERGE INTO ONLY %s AS standin_t USING (SELECT) AS standin_v ON ",
-			      r->qname);
-		bool first = true;
-		for (uint16_t i = 0; i < r->ncols; i++) {
-			if (!r->cols[i].key)
-				continue;
-			st_buf_printf(&sql, "%sstandin_t.%s = $%d", first ? "" : " AND ",
-				      r->cols[i].qname, ++n);
-			first = false;
-		}
-		if (op == 'U') {
-			st_buf_puts(&sql, " WHEN MATCHED THEN UPDATE SET ");
-			set_list(&sql, r, mask);
-		} else {
-			st_buf_puts(&sql, " WHEN MATCHED THEN DELETE");
-		}
-		st_buf_puts(&sql, MERGE_NOT_MATCHED);
-	}
-	switch (merge ? 'M' : op) {
-	case 'I':
-		if (r->ncols == 0) {
-			st_buf_printf(&sql, "INSERT INTO %s DEFAULT VALUES", r->qname);
-			break;
-		}
-		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
-		for (uint16_t i = 0; i < r->ncols; i++)
-			st_buf_printf(&sql, "%s%s", i ? ", " : "", r->cols[i].qname);
-		/* Identity columns GENERATED ALWAYS take the master's values. */
-		st_buf_puts(&sql, ") OVERRIDING SYSTEM VALUE VALUES (");
-		for (uint16_t i = 0; i < r->ncols; i++)
-			st_buf_printf(&sql, "%s$%d", i ? ", " : "", ++n);
-		st_buf_puts(&sql, ")");
-		break;
-	case 'U': {
-		bool any = false;
-		for (uint16_t i = 0; i < r->ncols; i++)
-			any |= mask[i] == '.';
-		if (!any) {
-			/* Nothing to set (no column, or only unchanged TOAST values
-			 * and key columns): the row must still be there, one row, as
-			 * for any UPDATE. */
-			st_buf_printf(&sql, "SELECT 1 FROM ONLY %s", r->qname);
-			where_clause(&sql, r, old, full, &n);
-			count_wrap(&sql, true, 1);
-			break;
-		}
-		st_buf_printf(&sql, "UPDATE ONLY %s SET ", r->qname);
-		set_list(&sql, r, mask);
-		n = nset;
-		where_clause(&sql, r, old, full, &n);
-		count_wrap(&sql, false, 1);
-		break;
-	}
-	case 'D':
-		st_buf_printf(&sql, "DELETE FROM ONLY %s", r->qname);
-		where_clause(&sql, r, old, full, &n);
-		count_wrap(&sql, false, 1);
-		break;
-	case 'R': {
-		/* master-wins (resolve_first): the standby's row goes if it is
-		 * there, and the count says whether it was. */
-		st_buf_printf(&sql, "DELETE FROM ONLY %s", r->qname);
-		where_clause(&sql, r, old, full, &n);
-		char *inner = st_buf_steal(&sql);
-		st_buf_printf(&sql, "WITH standin_r AS (%s RETURNING 1) "
-			      "SELECT pg_catalog.count(*) FROM standin_r", inner);
-		free(inner);
-		break;
-	}
-	}
+	pgq_row_statement(&sql, r, op, mask, full, merge, old);
 
 	struct stmt *s = xcalloc(1, sizeof(*s));
 	s->op = op;
@@ -999,26 +783,9 @@ prepared(struct pga *p, struct rel *r, char op, const char *mask, bool full,
 	return s->name;
 }
 
-/*
- * REPLICA IDENTITY FULL: which of the old row's columns the WHERE compares,
- * as part of a statement's mask ("F", then '.' or 'u' for an unchanged
- * TOAST value, left out); NULL when the row is found by its key.
- */
-static char *
-full_mask(const struct rel *r, const struct pgo_tuple *old, bool full)
-{
-	if (!full)
-		return NULL;
-	char *key = xcalloc((size_t)r->ncols + 2, 1);
-	key[0] = 'F';
-	for (uint16_t i = 0; i < r->ncols; i++)
-		key[i + 1] = old->cols[i].kind == PGO_VAL_UNCHANGED ? 'u' : '.';
-	return key;
-}
-
-/* The values of where_clause()'s parameters, from OLD, into PV from *N_R on. */
+/* The values of pgq_where()'s parameters, from OLD, into PV from *N_R on. */
 static int
-where_params(const struct rel *r, const struct pgo_tuple *old, bool full, const char **pv,
+where_params(const struct pga_rel *r, const struct pgo_tuple *old, bool full, const char **pv,
 	     int *n_r, const char *what, char **error_r)
 {
 	for (uint16_t i = 0; i < r->ncols; i++) {
@@ -1040,10 +807,10 @@ where_params(const struct rel *r, const struct pgo_tuple *old, bool full, const 
  * row), counted (resolve_answered).  OP and WHAT say what the row is.
  */
 static int
-resolve_first(struct pga *p, struct rel *r, char op, const struct pgo_tuple *old, bool full,
+resolve_first(struct pga *p, struct pga_rel *r, char op, const struct pgo_tuple *old, bool full,
 	      char *what, char **error_r)
 {
-	char *key = full_mask(r, old, full);
+	char *key = pgq_full_mask(r, old, full);
 	const char *stmt = prepared(p, r, 'R', key, full, old, error_r);
 	const char **pv = params(p, r->ncols);
 	int n = 0;
@@ -1078,10 +845,10 @@ send_row(struct pga *p, const char *stmt, int n, char op, char *what, char **err
 			  error_r);
 }
 
-static struct rel *
+static struct pga_rel *
 known_rel(struct pga *p, uint32_t relid, const char *what, char **error_r)
 {
-	struct rel *r = rel_slot(p, relid, false);
+	struct pga_rel *r = rel_slot(p, relid, false);
 
 	if (r == NULL)
 		st_set_error(error_r, "%s for relation OID %" PRIu32 " before its Relation message",
@@ -1090,7 +857,7 @@ known_rel(struct pga *p, uint32_t relid, const char *what, char **error_r)
 }
 
 static int
-check_width(const struct rel *r, const struct pgo_tuple *t, const char *what, char **error_r)
+check_width(const struct pga_rel *r, const struct pgo_tuple *t, const char *what, char **error_r)
 {
 	if (t->ncols != r->ncols) {
 		st_set_error(error_r, "%s on %s has %u columns, its Relation message %u", what,
@@ -1156,7 +923,7 @@ static void
 batch_discard_all(struct pga *p)
 {
 	for (size_t i = 0; i < p->open_count; i++) {
-		struct rel *r = rel_slot(p, p->open[i], false);
+		struct pga_rel *r = rel_slot(p, p->open[i], false);
 		if (r != NULL && r->batch != NULL) {
 			batch_clear(r->batch);
 			r->batch->listed = false;
@@ -1173,7 +940,7 @@ batch_same_shape(const struct batch *b, char op, const char *mask)
 
 /* The batch's statement for N rows, prepared once per session. */
 static const char *
-batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, char **error_r)
+batch_prepared(struct pga *p, struct pga_rel *r, const struct batch *b, uint32_t n, char **error_r)
 {
 	bool merge = b->op != 'I' && r->merge_ok == 1;
 	for (struct stmt *s = r->stmts; s != NULL; s = s->next)
@@ -1181,52 +948,16 @@ batch_prepared(struct pga *p, struct rel *r, const struct batch *b, uint32_t n, 
 			return s->name;
 
 	struct st_buf sql;
-	int k = 0;
 	st_buf_init(&sql);
-	if (merge) {
-		st_buf_printf(&sql, "MERGE INTO ONLY %s AS standin_t USING (VALUES ", r->qname);
-	} else if (b->op == 'I') {
-		st_buf_printf(&sql, "INSERT INTO %s (", r->qname);
-		for (uint16_t j = 0; j < b->nvals; j++)
-			st_buf_printf(&sql, "%s%s", j ? ", " : "", r->cols[b->cols[j]].qname);
-		st_buf_puts(&sql, ") OVERRIDING SYSTEM VALUE VALUES ");
-	} else if (b->op == 'U') {
-		st_buf_printf(&sql, "UPDATE ONLY %s AS standin_t SET ", r->qname);
-		batch_set_list(&sql, r, b);
-		st_buf_puts(&sql, " FROM (VALUES ");
-	} else {
-		st_buf_printf(&sql, "DELETE FROM ONLY %s AS standin_t USING (VALUES ", r->qname);
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		st_buf_puts(&sql, i ? ", (" : "(");
-		for (uint16_t j = 0; j < b->nvals; j++)
-			st_buf_printf(&sql, "%s$%d", j ? ", " : "", ++k);
-		st_buf_puts(&sql, ")");
-	}
+	int k = pgq_batch_statement(&sql, r, b->op, merge, b->nkeys, b->nvals, b->cols, n);
+	/* VALUES in FROM needs its types: the master's built-in ones. */
 	Oid *types = NULL;
 	if (b->op != 'I') {
-		st_buf_puts(&sql, ") AS standin_v (");
-		for (uint16_t j = 0; j < b->nvals; j++)
-			st_buf_printf(&sql, "%sc%u", j ? ", " : "", j);
-		st_buf_puts(&sql, merge ? ") ON " : ") WHERE ");
-		for (uint16_t j = 0; j < b->nkeys; j++)
-			st_buf_printf(&sql, "%sstandin_t.%s = standin_v.c%u", j ? " AND " : "",
-				      r->cols[b->cols[j]].qname, j);
-		if (merge && b->op == 'U') {
-			st_buf_puts(&sql, " WHEN MATCHED THEN UPDATE SET ");
-			batch_set_list(&sql, r, b);
-		} else if (merge) {
-			st_buf_puts(&sql, " WHEN MATCHED THEN DELETE");
-		}
-		if (merge)
-			st_buf_puts(&sql, MERGE_NOT_MATCHED);
 		types = xcalloc((size_t)n * b->nvals, sizeof(*types));
 		for (uint32_t i = 0; i < n; i++)
 			for (uint16_t j = 0; j < b->nvals; j++)
 				types[(size_t)i * b->nvals + j] = b->types[j];
 	}
-	if (!merge)
-		count_wrap(&sql, false, n);
 
 	struct stmt *s = xcalloc(1, sizeof(*s));
 	s->op = b->op;
@@ -1256,7 +987,7 @@ batch_val(const struct batch *b, uint32_t row, uint16_t j)
 
 /* One row of a batch, alone: the one-row statement and its message. */
 static int
-batch_send_one(struct pga *p, struct rel *r, const struct batch *b, uint32_t row,
+batch_send_one(struct pga *p, struct pga_rel *r, const struct batch *b, uint32_t row,
 	       char **error_r)
 {
 	const char *stmt = prepared(p, r, b->op, b->mask, false, NULL, error_r);
@@ -1285,7 +1016,7 @@ batch_send_one(struct pga *p, struct rel *r, const struct batch *b, uint32_t row
 			k->data = v;
 			k->len = v != NULL ? (uint32_t)strlen(v) : 0;
 		}
-		char *desc = describe_row(r, &key, true);
+		char *desc = pgq_describe_row(r, &key, true);
 		what = xasprintf("%s of %s", b->op == 'U' ? "UPDATE" : "DELETE", desc);
 		free(desc);
 		free(kv);
@@ -1296,7 +1027,7 @@ batch_send_one(struct pga *p, struct rel *r, const struct batch *b, uint32_t row
 
 /* Send R's batch: the biggest statements that fit, a last row alone. */
 static int
-batch_flush(struct pga *p, struct rel *r, char **error_r)
+batch_flush(struct pga *p, struct pga_rel *r, char **error_r)
 {
 	struct batch *b = r->batch;
 	uint32_t done = 0, n;
@@ -1339,7 +1070,7 @@ batch_flush(struct pga *p, struct rel *r, char **error_r)
 static int
 batch_flush_relid(struct pga *p, uint32_t relid, char **error_r)
 {
-	struct rel *r = rel_slot(p, relid, false);
+	struct pga_rel *r = rel_slot(p, relid, false);
 
 	return r != NULL ? batch_flush(p, r, error_r) : 0;
 }
@@ -1348,7 +1079,7 @@ static int
 batch_flush_all(struct pga *p, char **error_r)
 {
 	for (size_t i = 0; i < p->open_count; i++) {
-		struct rel *r = rel_slot(p, p->open[i], false);
+		struct pga_rel *r = rel_slot(p, p->open[i], false);
 		if (r == NULL || r->batch == NULL)
 			continue;
 		r->batch->listed = false;
@@ -1390,7 +1121,7 @@ key_equal(const struct batch *b, uint32_t row, const struct pgo_value *const *v)
 
 /* (Re)shape R's batch for OP/MASK and these columns. */
 static struct batch *
-batch_shape(struct rel *r, char op, const char *mask, const uint16_t *cols, uint16_t nvals,
+batch_shape(struct pga_rel *r, char op, const char *mask, const uint16_t *cols, uint16_t nvals,
 	    uint16_t nkeys)
 {
 	struct batch *b = r->batch;
@@ -1431,7 +1162,7 @@ batch_shape(struct rel *r, char op, const char *mask, const uint16_t *cols, uint
  * UPDATE); MASK as for prepared().
  */
 static int
-batch_add(struct pga *p, struct rel *r, char op, const char *mask, const struct pgo_tuple *old,
+batch_add(struct pga *p, struct pga_rel *r, char op, const char *mask, const struct pgo_tuple *old,
 	  const struct pgo_tuple *newt, char **error_r)
 {
 	uint16_t *cols = NULL, nvals = 0, nkeys = 0;
@@ -1538,7 +1269,7 @@ out:
 
 /* One row T, whole, as an INSERT of its own; WHAT (taken) names it. */
 static int
-send_insert(struct pga *p, struct rel *r, const struct pgo_tuple *t, char *what, char **error_r)
+send_insert(struct pga *p, struct pga_rel *r, const struct pgo_tuple *t, char *what, char **error_r)
 {
 	const char *stmt = prepared(p, r, 'I', NULL, false, NULL, error_r);
 	const char **pv = params(p, r->ncols);
@@ -1562,7 +1293,7 @@ send_insert(struct pga *p, struct rel *r, const struct pgo_tuple *t, char *what,
 static int
 apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 {
-	struct rel *r = known_rel(p, m->u.change.relid, "Insert", error_r);
+	struct pga_rel *r = known_rel(p, m->u.change.relid, "Insert", error_r);
 	const struct pgo_tuple *t = &m->u.change.new_tuple;
 
 	if (r == NULL || check_width(r, t, "Insert", error_r) < 0)
@@ -1571,7 +1302,7 @@ apply_insert(struct pga *p, const struct pgo_msg *m, char **error_r)
 	if (batched != 0)
 		return batched < 0 ? -1 : 0;
 	if (resolving(p) && r->nkeys > 0 && r->identity != PGO_IDENT_FULL) {
-		char *row = describe_row(r, t, true);
+		char *row = pgq_describe_row(r, t, true);
 		char *what = xasprintf("INSERT into %s", row);
 		free(row);
 		if (resolve_first(p, r, 'I', t, false, what, error_r) < 0)
@@ -1586,7 +1317,7 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 {
 	char op = m->kind == PGO_UPDATE ? 'U' : 'D';
 	const char *opname = op == 'U' ? "Update" : "Delete";
-	struct rel *r = known_rel(p, m->u.change.relid, opname, error_r);
+	struct pga_rel *r = known_rel(p, m->u.change.relid, opname, error_r);
 	if (r == NULL)
 		return -1;
 	const struct pgo_tuple *newt = &m->u.change.new_tuple;
@@ -1611,7 +1342,7 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 		for (uint16_t i = 0; whole && i < r->ncols; i++)
 			whole = newt->cols[i].kind != PGO_VAL_UNCHANGED;
 		if (op == 'D' || whole) {
-			char *row = describe_row(r, old, !full);
+			char *row = pgq_describe_row(r, old, !full);
 			char *what = xasprintf("%s of %s%s", op == 'U' ? "UPDATE" : "DELETE", row,
 					       op == 'U' ? " (as DELETE and INSERT)" : "");
 			free(row);
@@ -1623,13 +1354,13 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 			 * key also replaces a standby row with the new key. */
 			bool keyed = r->nkeys > 0 && r->identity != PGO_IDENT_FULL;
 			if (keyed) {
-				row = describe_row(r, newt, true);
+				row = pgq_describe_row(r, newt, true);
 				what = xasprintf("UPDATE to %s", row);
 				free(row);
 				if (resolve_first(p, r, 'I', newt, false, what, error_r) < 0)
 					return -1;
 			}
-			row = describe_row(r, newt, keyed);
+			row = pgq_describe_row(r, newt, keyed);
 			what = xasprintf("INSERT into %s (an UPDATE, as DELETE and INSERT)", row);
 			free(row);
 			return send_insert(p, r, newt, what, error_r);
@@ -1649,7 +1380,7 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 				: m->u.change.old_kind == 0 && r->cols[i].key ? 'k' : '.';
 	}
 	/* FULL: the old row's unchanged columns are left out of the WHERE: part of the mask. */
-	char *key = full_mask(r, old, full);
+	char *key = pgq_full_mask(r, old, full);
 	char *fullmask = xasprintf("%s|%s", mask ? mask : "", key ? key : "");
 	/* A key change or REPLICA IDENTITY FULL goes alone, after the batch. */
 	int batched = !full && (op == 'D' || m->u.change.old_kind == 0)
@@ -1673,7 +1404,7 @@ apply_update_delete(struct pga *p, const struct pgo_msg *m, char **error_r)
 	free(fullmask);
 	if (rc < 0)
 		return -1;
-	char *row = describe_row(r, old, !full);
+	char *row = pgq_describe_row(r, old, !full);
 	char *what = xasprintf("%s of %s", op == 'U' ? "UPDATE" : "DELETE", row);
 	free(row);
 	return send_row(p, stmt, n, op, what, error_r);
@@ -1689,7 +1420,7 @@ apply_truncate(struct pga *p, const struct pgo_msg *m, char **error_r)
 	st_buf_init(&sql);
 	st_buf_puts(&sql, "TRUNCATE ");
 	for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
-		struct rel *r = known_rel(p, m->u.truncate.relids[i], "Truncate", error_r);
+		struct pga_rel *r = known_rel(p, m->u.truncate.relids[i], "Truncate", error_r);
 		if (r == NULL) {
 			st_buf_free(&sql);
 			return -1;

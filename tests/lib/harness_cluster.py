@@ -1,0 +1,279 @@
+"""The two-node cluster of the standin test harness, and its command line.
+
+start_pairs() starts PostgreSQL, slapd and Dovecot on nodes a (master) and
+b (standby) and returns a Cluster of three Pairs.  missing_servers() tells
+why the servers cannot run on this machine.  main() is the up/down/status
+command line ./sandbox.sh runs as `python3 tests/lib/standin_harness.py`:
+`up DIR` starts the six servers and leaves them running, described in
+DIR/servers.json and DIR/servers.env; stop_described() stops one of them
+from that description (`down`).
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+
+from harness_core import (NODES, CommandError, Harness, HarnessError, WaitTimeout, _check_traversable,
+                          _new_password, _read_pidfile, _signal_pids, _wait_pids_gone, _write_file,
+                          pid_alive, process_tree, run)
+from harness_imap import DOVEADM, DOVECOT
+from harness_ldap import LDAP_BINDIR, SLAPD
+from harness_pg import PG_BINDIR, PG_OS_USER
+
+# The facade, run as a script by ./sandbox.sh (and named in `up`'s output).
+HARNESS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_harness.py")
+
+
+def missing_servers():
+    """Why the servers cannot run here (a sentence), or None if they can."""
+    if os.geteuid() != 0:
+        return "needs root (the servers run as postgres and nobody)"
+    needed = [os.path.join(PG_BINDIR, "postgres"), SLAPD, DOVECOT, DOVEADM,
+              os.path.join(LDAP_BINDIR, "ldapsearch")]
+    missing = [p for p in needed if not os.access(p, os.X_OK)]
+    if missing:
+        return ("missing " + ", ".join(missing) +
+                " (apt-get install postgresql-15 slapd ldap-utils dovecot-core dovecot-imapd)")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The six servers of a two-node cluster
+
+
+class Pair:
+    """The two instances of one kind of server: pair.a, pair.b, pair['a'],
+    and iteration in node order."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __getitem__(self, node):
+        return {"a": self.a, "b": self.b}[node]
+
+    def __iter__(self):
+        return iter((self.a, self.b))
+
+    def __repr__(self):
+        return f"Pair({self.a!r}, {self.b!r})"
+
+
+class Cluster:
+    """pg, ldap and imap Pairs (node a = master, node b = standby)."""
+
+    def __init__(self, harness, pg, ldap, imap):
+        self.harness, self.pg, self.ldap, self.imap = harness, pg, ldap, imap
+
+    nodes = NODES
+
+    def node(self, name):
+        """{'pg': ..., 'ldap': ..., 'imap': ...} of one node."""
+        return {"pg": self.pg[name], "ldap": self.ldap[name], "imap": self.imap[name]}
+
+    def servers(self):
+        """All six, in start order."""
+        return [s for pair in (self.pg, self.ldap, self.imap) for s in pair]
+
+    def stop(self):
+        """Stop all six (newest first)."""
+        for s in reversed(self.servers()):
+            s.stop()
+
+    def describe(self):
+        """What servers.json holds: {'base_dir', 'nodes': {node: {kind: describe()}}}."""
+        return {"version": 1, "base_dir": self.harness.base_dir,
+                "nodes": {n: {k: s.describe() for k, s in self.node(n).items()} for n in self.nodes}}
+
+
+def start_pairs(harness, *, ldap_base="master", fsync=True, pg_options=None, ldap_options=None,
+                imap_options=None):
+    """Start PostgreSQL, slapd and Dovecot on nodes a and b; returns a Cluster.
+
+    ldap_base: where the base LDAP entries are loaded: 'master' (node a),
+    'both' or 'none'.  The two servers of a kind share their password (the
+    pg role's, the LDAP rootdn's, the IMAP master user's) unless the options
+    give one.  fsync=False makes PostgreSQL faster and unsafe.  The
+    *_options dicts go to the server constructors.
+    """
+    if ldap_base not in ("master", "both", "none"):
+        raise HarnessError(f"ldap_base must be master, both or none, not {ldap_base!r}")
+    # Like a real cluster with one config file: one secret per service, the
+    # same on both nodes (standin.conf names one password file per service).
+    pg_options = dict(pg_options or {})
+    pg_options.setdefault("password", _new_password())
+    ldap_options = dict(ldap_options or {})
+    ldap_options.setdefault("password", _new_password())
+    imap_options = dict(imap_options or {})
+    imap_options.setdefault("master_password", _new_password())
+    pg = Pair(*(harness.start_pg(n, fsync=fsync, **pg_options) for n in NODES))
+    ldap = Pair(*(harness.start_slapd(n, role, load_base=(ldap_base == "both" or
+                                                          (ldap_base == "master" and role == "master")),
+                                      **ldap_options)
+                  for n, role in zip(NODES, ("master", "standby"))))
+    imap = Pair(*(harness.start_dovecot(n, **imap_options) for n in NODES))
+    return Cluster(harness, pg, ldap, imap)
+
+
+# ---------------------------------------------------------------------------
+# Command line: up / down / status for shell scripts (./sandbox.sh)
+
+
+def _describe_running(info):
+    """Is the server described by `info` (from servers.json) running?"""
+    return pid_alive(_read_pidfile(info["pidfile"]))
+
+
+def stop_described(info, timeout=30):
+    """Stop a server from its servers.json description (the `down` command).
+    Returns 'stopped' or 'not running'.  A server that dies or was never
+    there is fine; one that will not stop is killed."""
+    pid = _read_pidfile(info["pidfile"])
+    if not pid_alive(pid):
+        return "not running"
+    pids = process_tree(pid)
+    if info["kind"] == "pg":
+        try:
+            run([os.path.join(info["bindir"], "pg_ctl"), "-D", info["datadir"], "-m", "fast", "-w",
+                 "-t", str(timeout), "stop"], user=PG_OS_USER, cwd="/", timeout=timeout + 10)
+        except CommandError:
+            if not pid_alive(pid):
+                return "stopped"
+            _signal_pids(pids, signal.SIGKILL)
+    else:
+        _signal_pids([pid], signal.SIGTERM)
+    try:
+        _wait_pids_gone(pids, timeout, f"{info['kind']}-{info['node']} to exit")
+    except WaitTimeout:
+        _signal_pids(pids, signal.SIGKILL)
+        _wait_pids_gone(pids, 10, f"{info['kind']}-{info['node']} to die after SIGKILL")
+    return "stopped"
+
+
+def _servers_in(description):
+    return [info for node in description["nodes"].values() for info in node.values()]
+
+
+def _env_lines(description):
+    """servers.env: shell assignments such as STANDIN_PG_A_PORT=5433."""
+    lines = [f"STANDIN_SANDBOX={shlex.quote(description['base_dir'])}"]
+    for node, kinds in description["nodes"].items():
+        for kind, info in kinds.items():
+            for key, value in info.items():
+                if isinstance(value, (str, int)):
+                    var = re.sub(r"[^A-Z0-9]", "_", f"STANDIN_{kind}_{node}_{key}".upper())
+                    lines.append(f"{var}={shlex.quote(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def _summary(description):
+    out = []
+    for node, kinds in description["nodes"].items():
+        pg, ldap, imap = kinds["pg"], kinds["ldap"], kinds["imap"]
+        out.append(f"node {node}:\n"
+                   f"  pg    {pg['host']}:{pg['port']}  user {pg['user']}  passfile {pg['passfile']}\n"
+                   f"        psql \"{pg['dsn']}\"\n"
+                   f"  ldap  {ldap['uri']}  ({ldap['role']})  {ldap['rootdn']}  -y {ldap['password_file']}\n"
+                   f"  imap  {imap['host']}:{imap['port']}  users {', '.join(imap['users'])}  "
+                   f"master user {imap['master_user']}  password file {imap['master_password_file']}")
+    return "\n".join(out)
+
+
+def _cmd_up(args):
+    base = os.path.abspath(args.dir)
+    json_path = os.path.join(base, "servers.json")
+    if os.path.isdir(base) and os.listdir(base):
+        if not os.path.exists(json_path):
+            print(f"{base} is not empty and holds no servers.json: not touching it", file=sys.stderr)
+            return 1
+        with open(json_path) as f:
+            old = json.load(f)
+        if any(_describe_running(i) for i in _servers_in(old)):
+            print(f"servers of {json_path} are still running: run `down` first", file=sys.stderr)
+            return 1
+        for entry in list(old["nodes"]) + ["servers.json", "servers.env"]:   # an old sandbox
+            p = os.path.join(base, entry)
+            shutil.rmtree(p) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
+    os.makedirs(base, exist_ok=True)
+    _check_traversable(base)
+    h = Harness(base_dir=base)
+    try:
+        cluster = start_pairs(h, ldap_base=args.ldap_base, fsync=not args.no_fsync)
+        description = cluster.describe()
+        _write_file(json_path + ".tmp", json.dumps(description, indent=2) + "\n", 0o600)
+        os.replace(json_path + ".tmp", json_path)
+        _write_file(os.path.join(base, "servers.env"), _env_lines(description), 0o600)
+    except BaseException:
+        h.close(failed=True)
+        raise
+    h.detach()
+    print(_summary(description))
+    print(f"described in {json_path} (shell variables: {os.path.join(base, 'servers.env')});\n"
+          f"stop with: {sys.executable} {HARNESS_SCRIPT} down {base}")
+    return 0
+
+
+def _cmd_down(args):
+    json_path = os.path.join(os.path.abspath(args.dir), "servers.json")
+    if not os.path.exists(json_path):
+        print(f"{json_path} does not exist: nothing to stop")
+        return 0
+    with open(json_path) as f:
+        description = json.load(f)
+    rc = 0
+    for info in reversed(_servers_in(description)):
+        try:
+            print(f"{info['kind']}-{info['node']}: {stop_described(info)}")
+        except HarnessError as e:
+            print(f"{info['kind']}-{info['node']}: {e}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def _cmd_status(args):
+    json_path = os.path.join(os.path.abspath(args.dir), "servers.json")
+    if not os.path.exists(json_path):
+        print(f"{json_path} does not exist")
+        return 1
+    with open(json_path) as f:
+        description = json.load(f)
+    running = 0
+    for info in _servers_in(description):
+        up = _describe_running(info)
+        running += up
+        print(f"{info['kind']}-{info['node']}: {'running' if up else 'stopped'} (port {info['port']})")
+    return 0 if running == len(_servers_in(description)) else 3
+
+
+def main(argv=None):
+    """python3 standin_harness.py up|down|status DIR"""
+    parser = argparse.ArgumentParser(
+        prog="standin_harness.py",
+        description="Start or stop the six servers of a standin sandbox (PostgreSQL, slapd and "
+                    "Dovecot on nodes a and b) under DIR.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start all six servers under DIR, write DIR/servers.json")
+    up.add_argument("dir")
+    up.add_argument("--ldap-base", choices=("master", "both", "none"), default="master",
+                    help="where to load the base LDAP entries (default: master)")
+    up.add_argument("--no-fsync", action="store_true", help="run PostgreSQL with fsync off")
+    up.set_defaults(func=_cmd_up)
+    down = sub.add_parser("down", help="stop the servers DIR/servers.json lists (idempotent)")
+    down.add_argument("dir")
+    down.set_defaults(func=_cmd_down)
+    status = sub.add_parser("status", help="tell which servers run (exit 3 unless all do)")
+    status.add_argument("dir")
+    status.set_defaults(func=_cmd_status)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (HarnessError, OSError) as e:
+        print(f"standin_harness: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"standin_harness: {e or 'interrupted'}", file=sys.stderr)
+        return 130

@@ -32,6 +32,12 @@ struct ctl_client {
 	size_t reply_off;
 	bool writing;
 	bool draining;		/* reply sent early: discard input until EOF */
+	struct st_ctl_held *held;	/* the reply comes later (st_ctl_hold) */
+};
+
+/* A client whose reply comes later; C is NULL once it is gone. */
+struct st_ctl_held {
+	struct ctl_client *c;
 };
 
 struct st_ctl_server {
@@ -48,6 +54,9 @@ static void
 client_free(struct ctl_client *c)
 {
 	struct st_ctl_server *srv = c->srv;
+
+	if (c->held != NULL)
+		c->held->c = NULL;	/* its st_ctl_reply_later() finds nobody */
 
 	ev_io_stop(srv->loop, &c->io);
 	ev_timer_stop(srv->loop, &c->timer);
@@ -175,6 +184,11 @@ client_cb(struct ev_loop *loop, ev_io *w, int revents)
 		st_buf_puts(&c->reply, "{\"error\":\"NUL byte in command\"}\n");
 	} else {
 		dispatch(c);
+		if (c->held != NULL) {
+			/* The handler answers later (st_ctl_reply_later). */
+			ev_io_stop(loop, &c->io);
+			return;
+		}
 	}
 	/* Reply, then close. */
 	c->writing = true;
@@ -451,4 +465,36 @@ char *
 st_ctl_socket_path(const struct st_node *node, const char *program)
 {
 	return xasprintf("%s/%s.sock", node->run_dir, program);
+}
+
+struct st_ctl_held *
+st_ctl_hold(struct st_buf *reply, long timeout_ms)
+{
+	struct ctl_client *c = (struct ctl_client *)((char *)reply - offsetof(struct ctl_client,
+									      reply));
+	struct st_ctl_held *h = xcalloc(1, sizeof(*h));
+
+	h->c = c;
+	c->held = h;
+	ev_timer_stop(c->srv->loop, &c->timer);
+	ev_timer_set(&c->timer, (double)timeout_ms / 1000.0 + CTL_CLIENT_TIMEOUT, 0.);
+	ev_timer_start(c->srv->loop, &c->timer);
+	return h;
+}
+
+void
+st_ctl_reply_later(struct st_ctl_held *h, const char *text)
+{
+	struct ctl_client *c = h->c;
+
+	free(h);
+	if (c == NULL)
+		return;		/* the client left, or timed out */
+	c->held = NULL;
+	st_buf_puts(&c->reply, text);
+	c->writing = true;
+	ev_io_stop(c->srv->loop, &c->io);
+	ev_io_set(&c->io, c->io.fd, EV_WRITE);
+	ev_io_start(c->srv->loop, &c->io);
+	client_write(c);
 }

@@ -43,6 +43,17 @@ struct st_ctl_command {
 struct st_ctl_server;
 
 /*
+ * A handler that cannot answer at once (it waits for a thread, a position)
+ * holds its client: st_ctl_hold(REPLY, TIMEOUT_MS) in the handler, and later,
+ * on the loop, st_ctl_reply_later() with the whole reply.  The client is
+ * closed without a reply if it is not answered within TIMEOUT_MS (and ten
+ * seconds); st_ctl_reply_later() is still called, and frees the handle.
+ */
+struct st_ctl_held;
+struct st_ctl_held *st_ctl_hold(struct st_buf *reply, long timeout_ms);
+void st_ctl_reply_later(struct st_ctl_held *held, const char *text);
+
+/*
  * Listen on PATH.  A stale socket file (nobody listening) is replaced; a
  * live one is an error (another daemon has it).  COMMANDS ends with a
  * {NULL} entry; CTX is passed to every handler.

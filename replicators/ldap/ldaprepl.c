@@ -30,6 +30,7 @@
 
 #include <ldap.h>
 
+#include "lib/bgjob.h"
 #include "lib/cstate.h"
 #include "lib/ldconn.h"
 #include "lib/daemon.h"
@@ -52,6 +53,7 @@
 
 enum phase {
 	PH_IDLE,		/* no session */
+	PH_CONNECTING,		/* connecting and binding, in a thread (connect_work) */
 	PH_LISTING,		/* before a refresh from scratch: which entryUUIDs the standby has */
 	PH_REFRESH,		/* receiving the refresh */
 	PH_RECONCILE,		/* refresh received: finishing it on the standby */
@@ -77,6 +79,13 @@ struct ldrepl {
 	uint64_t epoch;
 	char *cookie_path;
 	LDAP *src, *tgt;
+	/* PH_CONNECTING: the thread's job, what it made, where the stream starts */
+	struct st_bgjob *connect_job;
+	LDAP *conn_src, *conn_tgt;
+	char *conn_err;
+	bool connect_cancelled;
+	struct ldsync_cookie connect_start;
+	struct st_bgjob *reverse_job;	/* "reverse NODE" reading NODE's contextCSN */
 	int sync_msgid;
 	ev_io src_io, tgt_io;
 	struct ldq q;
@@ -108,6 +117,8 @@ struct ldrepl {
 static struct ldrepl G;
 
 static void session_end(struct ldrepl *r);
+static void connect_work(void *arg);
+static void connect_done(void *arg);
 static void src_drain(struct ldrepl *r);
 static void progress(struct ldrepl *r);
 
@@ -235,6 +246,11 @@ find_source(const struct st_cstate *cs, const char *target)
 static void
 session_end(struct ldrepl *r)
 {
+	if (r->connect_job != NULL) {
+		/* Its connections are closed by connect_done(). */
+		r->connect_cancelled = true;
+		st_bgjob_wait(&r->connect_job);
+	}
 	if (r->phase == PH_IDLE && r->src == NULL && r->tgt == NULL)
 		return;
 	ev_io_stop(r->d->loop, &r->src_io);
@@ -295,7 +311,6 @@ static void tgt_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void
 session_start(struct ldrepl *r)
 {
-	const struct st_conf *conf = r->d->conf;
 	const struct st_node *node = r->d->node;
 	char *path = st_cstate_path(node), *err = NULL;
 	struct st_cstate cs;
@@ -342,12 +357,67 @@ session_start(struct ldrepl *r)
 	}
 	/* Cookies merge into the position we start from. */
 	ldsync_cookie_copy(&r->received, &start);
-	r->tgt = connect_to(r, r->target, &err);
-	if (r->tgt == NULL)
+	/* Connecting and binding can take [ldap] timeout and more: in a thread,
+	 * so the status socket answers meanwhile (connect_done goes on). */
+	ldsync_cookie_clear(&r->connect_start);
+	ldsync_cookie_copy(&r->connect_start, &start);
+	ldsync_cookie_clear(&start);
+	r->connect_cancelled = false;
+	r->phase = PH_CONNECTING;
+	r->connect_job = st_bgjob_start(r->d->loop, connect_work, connect_done, r, &err);
+	if (r->connect_job == NULL)
 		goto fail;
-	r->src = connect_to(r, r->source, &err);
-	if (r->src == NULL)
-		goto fail;
+	return;
+fail:
+	ldsync_cookie_clear(&start);
+	fail(r, "%s", err);
+	free(err);
+}
+
+/* In the connect thread: both connections, the standby's first.  It reads
+ * the configuration, which a reload keeps until the job is done. */
+static void
+connect_work(void *arg)
+{
+	struct ldrepl *r = arg;
+
+	r->conn_tgt = connect_to(r, r->target, &r->conn_err);
+	if (r->conn_tgt == NULL)
+		return;
+	r->conn_src = connect_to(r, r->source, &r->conn_err);
+	if (r->conn_src == NULL) {
+		ldap_unbind_ext_s(r->conn_tgt, NULL, NULL);
+		r->conn_tgt = NULL;
+	}
+}
+
+/* On the loop: the connections are there (or why not); start the stream. */
+static void
+connect_done(void *arg)
+{
+	struct ldrepl *r = arg;
+	const struct st_conf *conf = r->d->conf;
+	struct ldsync_cookie start = r->connect_start;
+	char *err = r->conn_err;
+
+	r->connect_job = NULL;
+	r->conn_err = NULL;
+	memset(&r->connect_start, 0, sizeof(r->connect_start));
+	if (r->connect_cancelled || r->conn_src == NULL) {
+		if (r->conn_src != NULL)
+			ldap_unbind_ext_s(r->conn_src, NULL, NULL);
+		if (r->conn_tgt != NULL)
+			ldap_unbind_ext_s(r->conn_tgt, NULL, NULL);
+		r->conn_src = r->conn_tgt = NULL;
+		if (!r->connect_cancelled)
+			goto fail;
+		ldsync_cookie_clear(&start);
+		free(err);
+		return;
+	}
+	r->src = r->conn_src;
+	r->tgt = r->conn_tgt;
+	r->conn_src = r->conn_tgt = NULL;
 	ldq_init(&r->q, QUEUE_ITEMS);
 	r->apply = lda_new(r->tgt, conf->ldap.suffix, &r->q, MAX_IN_FLIGHT);
 	ev_io_init(&r->src_io, src_cb, ldap_fd(r->src), EV_READ);
@@ -948,6 +1018,7 @@ ldrepl_stop(struct st_daemon *d)
 	ev_timer_stop(d->loop, &r->tick);
 	ev_timer_stop(d->loop, &r->retry);
 	session_end(r);
+	st_bgjob_wait(&r->reverse_job);
 }
 
 static void
@@ -1050,88 +1121,147 @@ cmd_drain(void *ctx, const char *args, struct st_buf *reply)
 	json_decref(o);
 }
 
+/* "reverse NODE" in flight: NODE's contextCSN read in a thread. */
+struct reverse {
+	struct ldrepl *r;
+	char node[ST_NAME_MAX + 1];
+	struct st_ctl_held *held;
+	char *csns;			/* ';'-separated contextCSN values */
+	char *err;
+};
+
+static void
+reverse_work(void *arg)
+{
+	struct reverse *rv = arg;
+	const struct st_conf *conf = rv->r->d->conf;
+	LDAPMessage *res = NULL;
+	struct berval **vals = NULL;
+	LDAP *ld = connect_to(rv->r, rv->node, &rv->err);
+
+	if (ld == NULL)
+		return;
+	static char *attrs[] = { "contextCSN", NULL };
+	struct timeval tv = { conf->ldap.timeout_ms / 1000, (conf->ldap.timeout_ms % 1000) * 1000 };
+	int rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs,
+				   0, NULL, NULL, &tv, 1, &res);
+	LDAPMessage *e = rc == LDAP_SUCCESS ? ldap_first_entry(ld, res) : NULL;
+	vals = e != NULL ? ldap_get_values_len(ld, e, "contextCSN") : NULL;
+	if (vals == NULL || vals[0] == NULL) {
+		rv->err = xasprintf("no contextCSN on %s's %s: %s", rv->node, conf->ldap.suffix,
+				    rc == LDAP_SUCCESS ? "is syncprov configured there?"
+						       : ldap_err2string(rc));
+	} else {
+		struct st_buf csns;
+		st_buf_init(&csns);
+		for (size_t i = 0; vals[i] != NULL; i++) {
+			if (i > 0)
+				st_buf_puts(&csns, ";");
+			st_buf_append(&csns, vals[i]->bv_val, vals[i]->bv_len);
+		}
+		st_buf_puts(&csns, "");
+		rv->csns = st_buf_steal(&csns);
+		st_buf_free(&csns);
+	}
+	if (vals != NULL)
+		ldap_value_free_len(vals);
+	if (res != NULL)
+		ldap_msgfree(res);
+	ldap_unbind_ext_s(ld, NULL, NULL);
+}
+
+/* On the loop: write the cookie for source NODE, answer the client. */
+static void
+reverse_done(void *arg)
+{
+	struct reverse *rv = arg;
+	struct ldrepl *r = rv->r;
+	json_t *o = json_object();
+
+	r->reverse_job = NULL;
+	if (rv->err == NULL) {
+		struct ldsync_cookie c = { 0 };
+		ldsync_cookie_from_csn(&c, rv->csns);
+		free(r->cookie_path);
+		r->cookie_path = xasprintf("%s/ldaprepl-%s.cookie", r->d->node->state_dir, rv->node);
+		if (cookie_store(r, &c, &rv->err) == 0) {
+			st_notice("reverse: will replicate from %s starting at its contextCSN "
+				  "cookie=%s", rv->node, st_q((const char *)c.data));
+			json_object_set_new(o, "cookie", json_string((const char *)c.data));
+		}
+		ldsync_cookie_clear(&c);
+	}
+	if (rv->err != NULL)
+		json_object_set_new(o, "error", json_string(rv->err));
+	else
+		json_object_set_new(o, "done", json_true());
+	char *text = json_dumps(o, JSON_COMPACT);
+	char *line = xasprintf("%s\n", text);
+	st_ctl_reply_later(rv->held, line);
+	free(line);
+	free(text);
+	json_decref(o);
+	free(rv->csns);
+	free(rv->err);
+	free(rv);
+}
+
 /*
  * "reverse NODE", on the master's daemon during a switchover, once this
  * master is fenced and NODE (its standby) has drained: NODE becomes the
  * master and this node its standby.  Both directories are equal now, so
  * this node will resume from NODE's contextCSN instead of comparing the
- * whole directory: the cookie for source NODE is written here.
+ * whole directory: the cookie for source NODE is written here.  NODE is
+ * asked in a thread (reverse_work); the reply comes when it has answered.
  */
 static void
 cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 {
 	struct st_daemon *d = ctx;
 	struct ldrepl *r = d->priv;
-	char *err = NULL, node[ST_NAME_MAX + 1];
-	LDAP *ld = NULL;
-	LDAPMessage *res = NULL;
-	struct berval **vals = NULL;
-	json_t *o = json_object();
+	char *err = NULL;
+	struct reverse *rv = xcalloc(1, sizeof(*rv));
 
+	rv->r = r;
 	while (*args == ' ')
 		args++;
-	snprintf(node, sizeof(node), "%s", args);
-	node[strcspn(node, " ")] = '\0';
-	if (st_conf_node(d->conf, node) == NULL || strcmp(node, d->node->name) == 0) {
+	snprintf(rv->node, sizeof(rv->node), "%s", args);
+	rv->node[strcspn(rv->node, " ")] = '\0';
+	if (st_conf_node(d->conf, rv->node) == NULL || strcmp(rv->node, d->node->name) == 0)
 		err = xasprintf("usage: reverse NODE (the standby that becomes the master; "
 				"not this node)");
-		goto out;
-	}
-	if (r->phase != PH_IDLE && r->source[0] != '\0') {
+	else if (r->phase != PH_IDLE && r->source[0] != '\0')
 		err = xasprintf("this node replicates from %s: reverse is for the master's daemon",
 				r->source);
-		goto out;
-	}
-	ld = connect_to(r, node, &err);
-	if (ld == NULL)
-		goto out;
-	static char *attrs[] = { "contextCSN", NULL };
-	struct timeval tv = { d->conf->ldap.timeout_ms / 1000, 0 };
-	int rc = ldap_search_ext_s(ld, d->conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)",
-				   attrs, 0, NULL, NULL, &tv, 1, &res);
-	LDAPMessage *e = rc == LDAP_SUCCESS ? ldap_first_entry(ld, res) : NULL;
-	vals = e != NULL ? ldap_get_values_len(ld, e, "contextCSN") : NULL;
-	if (vals == NULL || vals[0] == NULL) {
-		err = xasprintf("no contextCSN on %s's %s: %s", node, d->conf->ldap.suffix,
-				rc == LDAP_SUCCESS ? "is syncprov configured there?"
-						   : ldap_err2string(rc));
-		goto out;
-	}
-	struct st_buf csns;
-	st_buf_init(&csns);
-	for (size_t i = 0; vals[i] != NULL; i++) {
-		if (i > 0)
-			st_buf_puts(&csns, ";");
-		st_buf_append(&csns, vals[i]->bv_val, vals[i]->bv_len);
-	}
-	st_buf_puts(&csns, "");
-	struct ldsync_cookie c = { 0 };
-	ldsync_cookie_from_csn(&c, csns.data);
-	free(r->cookie_path);
-	r->cookie_path = xasprintf("%s/ldaprepl-%s.cookie", d->node->state_dir, node);
-	if (cookie_store(r, &c, &err) == 0) {
-		st_notice("reverse: will replicate from %s starting at its contextCSN cookie=%s", node,
-			  st_q((const char *)c.data));
-		json_object_set_new(o, "cookie", json_string((const char *)c.data));
-	}
-	ldsync_cookie_clear(&c);
-	st_buf_free(&csns);
-out:
-	if (vals != NULL)
-		ldap_value_free_len(vals);
-	if (res != NULL)
-		ldap_msgfree(res);
-	if (ld != NULL)
-		ldap_unbind_ext_s(ld, NULL, NULL);
-	if (err != NULL)
-		json_object_set_new(o, "error", json_string(err));
+	else if (r->reverse_job != NULL)
+		err = xstrdup("a reverse is running already");
 	else
-		json_object_set_new(o, "done", json_true());
-	char *text = json_dumps(o, JSON_COMPACT);
-	st_buf_printf(reply, "%s\n", text);
-	free(text);
-	json_decref(o);
-	free(err);
+		r->reverse_job = st_bgjob_start(d->loop, reverse_work, reverse_done, rv, &err);
+	if (err != NULL) {
+		json_t *o = json_pack("{s:s}", "error", err);
+		char *text = json_dumps(o, JSON_COMPACT);
+		st_buf_printf(reply, "%s\n", text);
+		free(text);
+		json_decref(o);
+		free(err);
+		free(rv);
+		return;
+	}
+	/* Connect, bind and search: each within [ldap] timeout. */
+	rv->held = st_ctl_hold(reply, 3 * d->conf->ldap.timeout_ms);
+}
+
+/* A reload frees the configuration the threads read: let them finish. */
+static int
+ldrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
+{
+	struct ldrepl *r = d->priv;
+
+	(void)conf;
+	(void)error_r;
+	st_bgjob_wait(&r->connect_job);
+	st_bgjob_wait(&r->reverse_job);
+	return 0;
 }
 
 static const struct st_ctl_command ldrepl_commands[] = {
@@ -1145,6 +1275,7 @@ static const struct st_daemon_ops ldrepl_ops = {
 	.summary = "replicate the LDAP directory from the master to this standby (RFC 4533)",
 	.start = ldrepl_start,
 	.stop = ldrepl_stop,
+	.reload = ldrepl_reload,
 	.status = ldrepl_status,
 	.metrics = ldrepl_metrics,
 	.commands = ldrepl_commands,

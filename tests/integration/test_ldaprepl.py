@@ -574,3 +574,40 @@ def test_forced_refresh_required(harness):
     st = env.status()
     assert st["refresh_entries"] < 10, st
     assert d.output().count("e-syncRefreshRequired") == 1
+
+
+def test_status_answers_while_the_master_does_not(harness):
+    """Connecting and binding run off the event loop: with a master that
+    takes the TCP connection and never answers, the status socket answers at
+    once all along ('connecting'), until the bind's timeout (5 s) is the
+    error; the daemon then stops promptly."""
+    import socket
+    env = LdapEnv(harness)
+    silent = socket.socket()
+    silent.bind((env.a.host, 0))
+    silent.listen(8)
+    harness.add_cleanup(silent.close)
+    uri = f"ldap://{env.a.host}:{silent.getsockname()[1]}"
+    with open(env.conf) as f:
+        text = f.read().replace(f"endpoint.a = {env.a.uri}", f"endpoint.a = {uri}")
+    with open(env.conf, "w") as f:
+        f.write(text)
+    env.start()
+    seen = {"connecting": 0}
+
+    def until_error():
+        env.alive()
+        t0 = time.monotonic()
+        st = env.status()
+        took = time.monotonic() - t0
+        if took > 1.0:
+            raise sh.StopWaiting(f"status took {took:.1f}s in state {st['state']}")
+        if st["state"] == "connecting":
+            seen["connecting"] += 1
+        return st if st["state"] == "error" else None
+    st = sh.wait_until(until_error, 30, "the bind to the silent master to time out")
+    assert seen["connecting"] >= 10, seen
+    assert uri[len("ldap://"):] in st["last_error"], st
+    t0 = time.monotonic()
+    env.daemon.stop()
+    assert time.monotonic() - t0 < 15

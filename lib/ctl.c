@@ -9,7 +9,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <jansson.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +50,20 @@ struct st_ctl_server {
 	void *ctx;
 	struct ctl_client *clients;
 	unsigned n_clients;
+	struct drain_wait *drains;	/* "drain POS TIMEOUT_MS" waiting */
+};
+
+/* A drain that waits (st_ctl_drain): checked every DRAIN_POLL_MS. */
+#define DRAIN_POLL_MS 20
+struct drain_wait {
+	ev_timer timer;		/* first: the watcher gives back the wait */
+	struct st_ctl_server *srv;
+	struct drain_wait *next;
+	struct st_ctl_held *held;
+	st_ctl_drain_fn *check;
+	void *ctx;
+	char *pos;
+	long long deadline;
 };
 
 static void
@@ -258,6 +274,119 @@ fill_sockaddr(const char *path, struct sockaddr_un *sun, char **error_r)
 	return 0;
 }
 
+static void
+drain_end(struct drain_wait *w, const char *text)
+{
+	for (struct drain_wait **pp = &w->srv->drains; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	}
+	ev_timer_stop(w->srv->loop, &w->timer);
+	st_ctl_reply_later(w->held, text);
+	free(w->pos);
+	free(w);
+}
+
+/* Run CHECK for POS: the reply line when it is final (drained, not a
+ * position, or FINAL), else NULL. */
+static char *
+drain_answer(st_ctl_drain_fn *check, void *ctx, const char *pos, bool final)
+{
+	json_t *o = json_object();
+	int rc = check(ctx, pos, o);
+	char *line = NULL;
+
+	if (rc < 0 || rc > 0 || final) {
+		if (rc >= 0)
+			json_object_set_new(o, "drained", json_boolean(rc > 0));
+		char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+		line = xasprintf("%s\n", text);
+		free(text);
+	}
+	json_decref(o);
+	return line;
+}
+
+static void
+drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct drain_wait *w = (struct drain_wait *)t;
+	char *line = drain_answer(w->check, w->ctx, w->pos, st_monotonic_ms() >= w->deadline);
+
+	(void)loop;
+	(void)revents;
+	if (line != NULL) {
+		drain_end(w, line);
+		free(line);
+	}
+}
+
+void
+st_ctl_drain(void *ctx, const char *args, struct st_buf *reply, st_ctl_drain_fn *check)
+{
+	char pos[ST_CTL_MAX_LINE + 1];
+	long timeout_ms = 0;
+	size_t n = strcspn(args, " ");
+
+	memcpy(pos, args, n);
+	pos[n] = '\0';
+	const char *rest = args + n;
+	while (*rest == ' ')
+		rest++;
+	if (*rest != '\0') {
+		char *end;
+		timeout_ms = strtol(rest, &end, 10);
+		if (*end != '\0' || timeout_ms < 0 || timeout_ms > 3600000) {
+			st_ctl_reply_error(reply, "usage: drain POS [TIMEOUT_MS] (at most 3600000 ms), "
+					   "not %s", rest);
+			return;
+		}
+	}
+	char *line = drain_answer(check, ctx, pos, timeout_ms == 0);
+	if (line != NULL) {
+		st_buf_puts(reply, line);
+		free(line);
+		return;
+	}
+	struct ctl_client *c = (struct ctl_client *)((char *)reply - offsetof(struct ctl_client,
+									      reply));
+	struct drain_wait *w = xcalloc(1, sizeof(*w));
+	w->srv = c->srv;
+	w->check = check;
+	w->ctx = ctx;
+	w->pos = xstrdup(pos);
+	w->deadline = st_monotonic_ms() + timeout_ms;
+	w->held = st_ctl_hold(reply, timeout_ms);
+	w->next = w->srv->drains;
+	w->srv->drains = w;
+	ev_timer_init(&w->timer, drain_timer_cb, DRAIN_POLL_MS / 1000.0, DRAIN_POLL_MS / 1000.0);
+	ev_timer_start(w->srv->loop, &w->timer);
+}
+
+void
+st_ctl_reply_json(struct st_buf *reply, json_t *obj)
+{
+	char *text = json_dumps(obj, JSON_COMPACT);
+
+	st_buf_printf(reply, "%s\n", text != NULL ? text : "{\"error\":\"out of memory\"}");
+	free(text);
+	json_decref(obj);
+}
+
+void
+st_ctl_reply_error(struct st_buf *reply, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	char *msg = xvasprintf(fmt, ap);
+	va_end(ap);
+	st_ctl_reply_json(reply, json_pack("{s:s}", "error", msg));
+	free(msg);
+}
+
 struct st_ctl_server *
 st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 	      const struct st_ctl_command *commands, void *ctx, char **error_r)
@@ -342,6 +471,8 @@ st_ctl_close(struct st_ctl_server **srvp)
 
 	if (srv == NULL)
 		return;
+	while (srv->drains != NULL)
+		drain_end(srv->drains, "{\"error\":\"the daemon is stopping\"}\n");
 	while (srv->clients != NULL)
 		client_free(srv->clients);
 	ev_io_stop(srv->loop, &srv->io);

@@ -12,6 +12,7 @@
 #define STANDIN_CTL_H
 
 #include <ev.h>
+#include <jansson.h>
 #include <sys/types.h>
 
 #include "lib/conf.h"
@@ -63,6 +64,22 @@ struct st_ctl_server *st_ctl_listen(struct ev_loop *loop, const char *path, cons
 				    char **error_r) ST_WARN_UNUSED;
 /* Stop listening, close client connections, remove the socket file. */
 void st_ctl_close(struct st_ctl_server **srv);
+
+/* One JSON line as the reply (OBJ is consumed); or {"error":"..."}. */
+void st_ctl_reply_json(struct st_buf *reply, json_t *obj);
+void st_ctl_reply_error(struct st_buf *reply, const char *fmt, ...) ST_PRINTF(2, 3);
+
+/*
+ * "drain POS [TIMEOUT_MS]", the same in every replicator (doc/architecture.md,
+ * section 6).  CHECK puts into OUT at least "applied" (this daemon's position,
+ * in the form of POS) and returns 1 when everything the master had at POS is
+ * applied and durable here, 0 when not yet, or -1 (with "error" in OUT) when
+ * POS is not a position.  The reply is OUT with "drained": at once without
+ * TIMEOUT_MS, else when drained or once TIMEOUT_MS has passed (CHECK is
+ * called on the loop every 20 ms meanwhile).
+ */
+typedef int st_ctl_drain_fn(void *ctx, const char *pos, json_t *out);
+void st_ctl_drain(void *ctx, const char *args, struct st_buf *reply, st_ctl_drain_fn *check);
 
 /*
  * Client: send COMMAND to the socket at PATH and read the whole reply, with

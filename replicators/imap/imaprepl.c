@@ -1101,41 +1101,78 @@ imrepl_metrics(struct st_daemon *d, struct st_buf *out)
 	st_metric(out, "standin_imap_passes_total", "counter", "Full passes completed.", labels, (double)r->passes);
 }
 
-/*
- * "drain [MS]": is everything the master had at MS (ms since the epoch;
- * default now) on the standby?  Yes once a full pass that started at or
- * after MS ended without error; a pass is started when needed.
- */
-static void
-cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+/* drain's check: a pass is started when one is needed. */
+static int
+drain_check(void *ctx, const char *pos, json_t *out)
 {
 	struct st_daemon *d = ctx;
 	struct imrepl *r = d->priv;
-	long long from = st_now_ms();
+	char *e;
+	long long from = strtoll(pos, &e, 10);
 
-	while (*args == ' ')
-		args++;
-	if (*args) {
-		char *e;
-		from = strtoll(args, &e, 10);
-		if (*e != '\0' || from <= 0) {
-			st_buf_puts(reply, "{\"error\":\"usage: drain [MS] (milliseconds since the epoch)\"}\n");
-			return;
-		}
+	if (*pos == '\0' || *e != '\0' || from <= 0) {
+		json_object_set_new(out, "error", json_string("usage: drain [MS [TIMEOUT_MS]] "
+							      "(milliseconds since the epoch)"));
+		return -1;
 	}
 	bool drained = r->active && r->last_clean_start_ms >= from;
 	if (!drained && r->active && (!r->pass_active || r->pass_started_ms < from))
 		start_pass(r);
-	json_t *o = json_object();
-	json_object_set_new(o, "drained", json_boolean(drained));
-	json_object_set_new(o, "since_ms", json_integer(from));
-	json_object_set_new(o, "last_clean_pass_start_ms", json_integer(r->last_clean_start_ms));
+	char applied[32];
+	snprintf(applied, sizeof(applied), "%lld", r->last_clean_start_ms);
+	json_object_set_new(out, "applied", json_string(applied));
+	json_object_set_new(out, "since_ms", json_integer(from));
+	json_object_set_new(out, "last_clean_pass_start_ms", json_integer(r->last_clean_start_ms));
 	if (!r->active)
-		json_object_set_new(o, "error", json_string("not replicating (no source in the cluster state)"));
-	char *text = json_dumps(o, JSON_COMPACT);
-	st_buf_printf(reply, "%s\n", text);
-	free(text);
-	json_decref(o);
+		json_object_set_new(out, "error",
+				    json_string("not replicating (no source in the cluster state)"));
+	return drained;
+}
+
+/*
+ * "drain [MS [TIMEOUT_MS]]" (st_ctl_drain): is everything the master had at
+ * MS (ms since the epoch; default now) on the standby?  Yes once a full pass
+ * that started at or after MS ended without error.
+ */
+static void
+cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+{
+	while (*args == ' ')
+		args++;
+	if (*args == '\0') {
+		char now[32];
+		snprintf(now, sizeof(now), "%lld", st_now_ms());
+		st_ctl_drain(ctx, now, reply, drain_check);
+	} else {
+		st_ctl_drain(ctx, args, reply, drain_check);
+	}
+}
+
+/* "position": the newest time (ms) such that everything the master had
+ * then is on the standby: the start of the last clean full pass. */
+static void
+cmd_position(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct imrepl *r = d->priv;
+	json_t *o = json_object();
+	char pos[32];
+
+	(void)args;
+	snprintf(pos, sizeof(pos), "%lld", r->last_clean_start_ms);
+	json_object_set_new(o, "service", json_string("imap"));
+	json_object_set_new(o, "position", r->active && r->last_clean_start_ms > 0 ? json_string(pos)
+										   : json_null());
+	st_ctl_reply_json(reply, o);
+}
+
+/* "sequences": IMAP has none (the same verbs in every replicator). */
+static void
+cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
+{
+	(void)ctx;
+	(void)args;
+	st_buf_puts(reply, "{\"requested\":false,\"reason\":\"IMAP has no sequences\"}\n");
 }
 
 static void
@@ -1150,7 +1187,9 @@ cmd_pass(void *ctx, const char *args, struct st_buf *reply)
 }
 
 static const struct st_ctl_command imrepl_commands[] = {
-	{ "drain", cmd_drain, "drain [MS]: tell whether everything the master had at MS is on the standby" },
+	{ "drain", cmd_drain, "drain [MS [TIMEOUT_MS]]: tell (or wait until) everything the master had at MS is on the standby" },
+	{ "position", cmd_position, "position: the time (ms) up to which everything is on the standby" },
+	{ "sequences", cmd_sequences, "sequences: nothing to do (IMAP has none)" },
 	{ "pass", cmd_pass, "pass: start a full pass now" },
 	{ NULL, NULL, NULL },
 };

@@ -1092,33 +1092,61 @@ ldrepl_metrics(struct st_daemon *d, struct st_buf *out)
 }
 
 /*
- * "drain CSN": is everything the master wrote up to its contextCSN CSN
- * applied here and the cookie saying so durable?
+ * "drain CSN [TIMEOUT_MS]" (st_ctl_drain): is everything the master wrote up
+ * to its contextCSN CSN applied here and the cookie saying so durable?
  */
-static void
-cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+static int
+drain_check(void *ctx, const char *pos, json_t *out)
 {
 	struct st_daemon *d = ctx;
 	struct ldrepl *r = d->priv;
 	char applied[128];
 
-	while (*args == ' ')
-		args++;
-	if (ldsync_csn_ms(args) < 0) {
-		st_buf_puts(reply, "{\"error\":\"usage: drain CSN (the master's contextCSN, e.g. "
-				   "20261123105305.397177Z#000000#001#000000)\"}\n");
-		return;
+	if (ldsync_csn_ms(pos) < 0) {
+		json_object_set_new(out, "error", json_string("usage: drain CSN [TIMEOUT_MS] (the "
+				    "master's contextCSN, e.g. 20261123105305.397177Z#000000#001#000000)"));
+		return -1;
 	}
 	save_cookie(r, true);
-	bool have = r->stored.data != NULL && ldsync_cookie_csn(&r->stored, applied, sizeof(applied)) == 0;
-	bool drained = r->phase == PH_PERSIST && have && strcmp(applied, args) >= 0;
+	bool have = r->stored.data != NULL &&
+		    ldsync_cookie_csn(&r->stored, applied, sizeof(applied)) == 0;
+	json_object_set_new(out, "applied", have ? json_string(applied) : json_null());
+	json_object_set_new(out, "applied_csn", have ? json_string(applied) : json_null());
+	return r->phase == PH_PERSIST && have && strcmp(applied, pos) >= 0;
+}
+
+static void
+cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+{
+	st_ctl_drain(ctx, args, reply, drain_check);
+}
+
+/* "position": the master's CSN up to which this standby has applied and
+ * made durable everything (null when none is known). */
+static void
+cmd_position(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct ldrepl *r = d->priv;
+	char applied[128];
 	json_t *o = json_object();
-	json_object_set_new(o, "drained", json_boolean(drained));
-	json_object_set_new(o, "applied_csn", have ? json_string(applied) : json_null());
-	char *text = json_dumps(o, JSON_COMPACT);
-	st_buf_printf(reply, "%s\n", text);
-	free(text);
-	json_decref(o);
+
+	(void)args;
+	save_cookie(r, true);
+	bool have = r->stored.data != NULL &&
+		    ldsync_cookie_csn(&r->stored, applied, sizeof(applied)) == 0;
+	json_object_set_new(o, "service", json_string("ldap"));
+	json_object_set_new(o, "position", have ? json_string(applied) : json_null());
+	st_ctl_reply_json(reply, o);
+}
+
+/* "sequences": LDAP has none (the same verbs in every replicator). */
+static void
+cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
+{
+	(void)ctx;
+	(void)args;
+	st_buf_puts(reply, "{\"requested\":false,\"reason\":\"LDAP has no sequences\"}\n");
 }
 
 /* "reverse NODE" in flight: NODE's contextCSN read in a thread. */
@@ -1265,7 +1293,9 @@ ldrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 }
 
 static const struct st_ctl_command ldrepl_commands[] = {
-	{ "drain", cmd_drain, "drain CSN: tell whether the master's contextCSN CSN is applied here" },
+	{ "drain", cmd_drain, "drain CSN [TIMEOUT_MS]: tell (or wait until) the master's contextCSN CSN is applied here" },
+	{ "position", cmd_position, "position: the master's CSN applied and durable here" },
+	{ "sequences", cmd_sequences, "sequences: nothing to do (LDAP has none)" },
 	{ "reverse", cmd_reverse, "reverse NODE: on the master, start the reverse direction from NODE's contextCSN" },
 	{ NULL, NULL, NULL },
 };

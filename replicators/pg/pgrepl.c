@@ -1477,23 +1477,24 @@ pgrepl_metrics(struct st_daemon *d, struct st_buf *out)
 }
 
 /*
- * "drain LSN": is everything the master wrote up to LSN (its
+ * "drain LSN [TIMEOUT_MS]" (st_ctl_drain): is everything the master wrote up to LSN (its
  * pg_current_wal_insert_lsn() once fenced) applied and durable here?  Either a
  * commit at or past LSN is applied, or the stream has reached LSN and all it
  * carried is applied and durable (WAL with nothing to replicate, such as the
  * fencing itself, never shows up as an applied commit).
  */
-static void
-cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+static int
+drain_check(void *ctx, const char *pos, json_t *out)
 {
 	struct st_daemon *d = ctx;
 	struct pgrepl *r = d->priv;
 	pgo_lsn want, applied, flushed, received;
 	bool caught_up, streaming;
 
-	if (pgo_lsn_parse(args, &want) < 0) {
-		st_buf_puts(reply, "{\"error\":\"usage: drain LSN (e.g. drain 0/16B3748)\"}\n");
-		return;
+	if (pgo_lsn_parse(pos, &want) < 0) {
+		json_object_set_new(out, "error", json_string("usage: drain LSN [TIMEOUT_MS] "
+							      "(e.g. drain 0/16B3748 5000)"));
+		return -1;
 	}
 	pthread_mutex_lock(&r->lock);
 	applied = r->st.applied;
@@ -1502,13 +1503,39 @@ cmd_drain(void *ctx, const char *args, struct st_buf *reply)
 	caught_up = r->st.caught_up;
 	streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
 	pthread_mutex_unlock(&r->lock);
-	bool drained = streaming && (flushed >= want || (caught_up && received >= want));
-	char *a = lsn_text(applied), *f = lsn_text(flushed), *rc = lsn_text(received);
-	st_buf_printf(reply, "{\"drained\":%s,\"applied_lsn\":\"%s\",\"flushed_lsn\":\"%s\","
-		      "\"received_lsn\":\"%s\"}\n", drained ? "true" : "false", a, f, rc);
-	free(a);
-	free(f);
-	free(rc);
+	set_lsn(out, "applied", flushed);
+	set_lsn(out, "applied_lsn", applied);
+	set_lsn(out, "flushed_lsn", flushed);
+	set_lsn(out, "received_lsn", received);
+	return streaming && (flushed >= want || (caught_up && received >= want));
+}
+
+static void
+cmd_drain(void *ctx, const char *args, struct st_buf *reply)
+{
+	st_ctl_drain(ctx, args, reply, drain_check);
+}
+
+/* "position": the master's LSN up to which this standby has applied and
+ * made durable everything (null when it is not streaming). */
+static void
+cmd_position(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct pgrepl *r = d->priv;
+	json_t *o = json_object();
+
+	(void)args;
+	pthread_mutex_lock(&r->lock);
+	pgo_lsn flushed = r->st.flushed;
+	bool streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
+	pthread_mutex_unlock(&r->lock);
+	json_object_set_new(o, "service", json_string("pg"));
+	if (streaming)
+		set_lsn(o, "position", flushed);
+	else
+		json_object_set_new(o, "position", json_null());
+	st_ctl_reply_json(reply, o);
 }
 
 /*
@@ -1616,7 +1643,8 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 
 static const struct st_ctl_command pgrepl_commands[] = {
 	{ "reverse", cmd_reverse, "switchover: once drained, make this standby feed its master" },
-	{ "drain", cmd_drain, "drain LSN: tell whether the standby has applied up to LSN" },
+	{ "drain", cmd_drain, "drain LSN [TIMEOUT_MS]: tell (or wait until) the standby has applied up to LSN" },
+	{ "position", cmd_position, "position: the master's LSN applied and durable here" },
 	{ "sequences", cmd_sequences, "copy the master's sequences to the standby now" },
 	{ "ddl-done", cmd_ddl_done, "ddl-done LSN: go on past the DDL at LSN, applied by hand" },
 	{ NULL, NULL, NULL },

@@ -343,6 +343,11 @@ def test_drain_and_switchover_reverse(env):
     def drained():
         return json.loads(query(env.daemon.sock, f"drain {t}"))["drained"] or None
     sh.wait_until(drained, 60, "drain")
+    # The admin contract: the position is a time at or after t; sequences: none.
+    pos = json.loads(query(env.daemon.sock, "position"))
+    assert pos["service"] == "imap" and int(pos["position"]) >= t, pos
+    assert json.loads(query(env.daemon.sock, f"drain {t} 5000"))["drained"] is True
+    assert json.loads(query(env.daemon.sock, "sequences"))["requested"] is False
     problems, n = env.diff(users=["alice"])
     assert not problems and n == 60, problems
     # Switchover: b becomes the master, and the daemon on a (idle while a was

@@ -5,6 +5,7 @@ drain, kill -9 under load with the two directories compared entry by
 entry (DN, entryUUID and every attribute) at the end, StartTLS and ldaps://
 with certificate checks, and a real e-syncRefreshRequired from the master."""
 import base64
+import json
 import os
 import random
 import threading
@@ -183,6 +184,11 @@ def test_refresh_then_persist_every_kind_of_change(env):
     assert csn in reply
     bad = query(d.sock, "drain nonsense")
     assert "usage" in bad
+    # The admin contract: position, drain with a timeout, sequences (none).
+    pos = json.loads(query(d.sock, "position"))
+    assert pos == {"service": "ldap", "position": json.loads(reply)["applied"]}, pos
+    assert json.loads(query(d.sock, f"drain {csn} 5000"))["drained"] is True
+    assert json.loads(query(d.sock, "sequences"))["requested"] is False
 
 
 def test_changes_while_down_resume_from_cookie(env):

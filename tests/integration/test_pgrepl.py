@@ -1120,9 +1120,18 @@ def test_drain_reaches_the_fenced_masters_position(pg):
     # Fence: a change with nothing to replicate, then the master's position.
     pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
     lsn = pg.a.psql("SELECT pg_current_wal_insert_lsn()")
-    sh.wait_until(lambda: json.loads(query(d.sock, f"drain {lsn}"))["drained"], 30,
-                  f"drain {lsn}")
+    # With a timeout the answer waits until drained (the admin contract).
+    got = json.loads(query(d.sock, f"drain {lsn} 20000", timeout=30))
+    assert got["drained"] is True, got
     assert pg.digest(pg.a, "t") == pg.digest(pg.b, "t")
+    pos = json.loads(query(d.sock, "position"))
+    assert pos["service"] == "pg" and pos["position"] == got["applied"], (pos, got)
+    # ...or until the timeout, undrained, with the position reached.
+    t0 = time.monotonic()
+    far = json.loads(query(d.sock, "drain FF/0 300", timeout=30))
+    assert far["drained"] is False and far["applied"] == pos["position"], far
+    assert 0.25 <= time.monotonic() - t0 < 5
+    assert "usage" in json.loads(query(d.sock, f"drain {lsn} soon"))["error"]
 
 
 def test_switchover_reverses_without_a_copy(pg):

@@ -503,22 +503,18 @@ conn_append(struct st_buf *b, const char *k, const char *v)
 }
 
 /* A libpq connection string for node IDX and DBNAME (no password: the
- * passfile is in the environment). */
-static char *
-pg_connstr(const struct st_conf *conf, int idx, const char *dbname)
+ * passfile is in the environment), each value quoted. */
+char *
+dump_pg_connstr(const struct st_conf *conf, int idx, const char *dbname)
 {
-	char *host = NULL, *err = NULL, port[16], timeout[24];
-	int p = 5432;
+	const struct st_endpoint *ep = st_conf_endpoint(conf, ST_SVC_PG, idx);
+	char port[16], timeout[24];
 	struct st_buf b;
 
-	if (st_parse_hostport(conf->pg.endpoint[idx], &host, &p, &err) < 0) {
-		free(err);
-		host = xstrdup(conf->pg.endpoint[idx]);
-	}
-	snprintf(port, sizeof(port), "%d", p);
+	snprintf(port, sizeof(port), "%d", ep->port);
 	snprintf(timeout, sizeof(timeout), "%ld", (conf->pg.connect_timeout_ms + 999) / 1000);
 	st_buf_init(&b);
-	conn_append(&b, "host", host);
+	conn_append(&b, "host", ep->host != NULL ? ep->host : "");
 	conn_append(&b, "port", port);
 	conn_append(&b, "user", conf->pg.user);
 	conn_append(&b, "dbname", dbname);
@@ -529,7 +525,6 @@ pg_connstr(const struct st_conf *conf, int idx, const char *dbname)
 		conn_append(&b, "passfile", conf->pg.passfile);
 	conn_append(&b, "connect_timeout", timeout);
 	conn_append(&b, "application_name", "standin-dump");
-	free(host);
 	char *res = st_buf_steal(&b);
 
 	st_buf_free(&b);
@@ -700,7 +695,7 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 	/* Roles and tablespaces, while the first database is dumped: a
 	 * second connection, but no time of its own. */
 	{
-		char *cs = pg_connstr(conf, c->node, conf->pg.dbname);
+		char *cs = dump_pg_connstr(conf, c->node, conf->pg.dbname);
 		char *argv[] = { pg_dumpall, "-d", cs, "-l", conf->pg.dbname, "--globals-only", NULL };
 		char *what = xasprintf("pg_dumpall --globals-only of node %s", node);
 		char *path = xasprintf("%s/globals.sql", tmp);
@@ -712,7 +707,7 @@ dump_pg_into(struct dump_ctx *c, const char *tmp, char **error_r)
 			goto out;
 	}
 	for (size_t i = 0; i < n_dbs; i++) {
-		char *cs = pg_connstr(conf, c->node, dbs[i]);
+		char *cs = dump_pg_connstr(conf, c->node, dbs[i]);
 		char *part = db_file_part(dbs[i]);
 		char *what = xasprintf("pg_dump of database %s on node %s", dbs[i], node);
 		int rc;

@@ -64,6 +64,10 @@ int dump_newest(const struct st_conf *conf, enum st_service svc, struct dump_inf
 		char **error_r) ST_WARN_UNUSED;
 void dump_info_free(struct dump_info *info);
 
+/* libpq's connection string for node IDX's database DBNAME, as pg_dump and
+ * pg_restore take it (-d): every value quoted, no password (the passfile). */
+char *dump_pg_connstr(const struct st_conf *conf, int idx, const char *dbname);
+
 /* Split "NODE-SERVICE-YYYYmmddTHHMMSSZ.EXT" for SERVICE: 0 or -1. */
 int dump_parse_name(const char *name, const char *service, char **node_r, time_t *created_r)
 	ST_WARN_UNUSED;

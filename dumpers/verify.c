@@ -178,22 +178,16 @@ restore_scratch(const struct st_conf *conf, int idx, const char *archive, bool z
 		char *zstd, char *pg_restore, struct st_buf *report, char **error_r)
 {
 	char *scratch = xasprintf("standin_verify_%ld", (long)getpid());
-	char *sql = NULL, *err = NULL, *host = NULL, port[16], *dbarg = NULL;
+	char *sql = NULL, *dbarg = NULL;
 	PGconn *admin = restore_connect(conf, idx, conf->pg.dbname, error_r), *sc = NULL;
-	int ret = -1, p;
+	int ret = -1;
 
 	if (admin == NULL)
 		goto out;
 	sql = xasprintf("CREATE DATABASE %s", scratch);
 	if (exec_sql(admin, sql, error_r) < 0)
 		goto out;
-	if (st_parse_hostport(conf->pg.endpoint[idx], &host, &p, &err) < 0)
-		goto drop;
-	snprintf(port, sizeof(port), "%d", p);
-	dbarg = xasprintf("host=%s port=%s user=%s dbname=%s%s%s sslmode=%s", host, port, conf->pg.user,
-			  scratch, conf->pg.passfile ? " passfile=" : "",
-			  conf->pg.passfile ? conf->pg.passfile : "",
-			  st_conf_sslmode_name(conf->pg.sslmode));
+	dbarg = dump_pg_connstr(conf, idx, scratch);
 	{
 		char *rargv[] = { pg_restore, "-d", dbarg, "--no-owner", "--exit-on-error",
 				  is_dir ? (char *)archive : NULL, NULL };
@@ -228,8 +222,6 @@ drop:
 out:
 	PQfinish(admin);
 	free(sql);
-	free(err);
-	free(host);
 	free(dbarg);
 	free(scratch);
 	return ret;

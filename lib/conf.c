@@ -1060,6 +1060,21 @@ load_semantics(struct loader *L)
 		}
 	}
 
+	/* Endpoints, parsed once for every program (each was checked above). */
+	for (int s = 0; s < ST_SVC_COUNT; s++) {
+		char **eps = s == ST_SVC_PG ? conf->pg.endpoint : s == ST_SVC_LDAP ? conf->ldap.endpoint
+										   : conf->imap.endpoint;
+		for (size_t n = 0; n < conf->n_nodes && conf->service_enabled[s]; n++) {
+			char *why = NULL;
+			if (eps[n] != NULL &&
+			    st_endpoint_parse(s, eps[n], &conf->endpoints[s][n], &why) < 0) {
+				conf_error(L, kind_line[2 + s], "[%s] endpoint.%s: %s", st_service_name(s),
+					   conf->nodes[n].name, why);
+				free(why);
+			}
+		}
+	}
+
 	/* Cross-checks. */
 	if (conf->service_enabled[ST_SVC_PG])
 		check_distinct_endpoints(L, conf->pg.endpoint, "pg", kind_line[2]);
@@ -1229,12 +1244,90 @@ st_conf_free(struct st_conf **confp)
 	}
 	for (size_t n = 0; n < conf->n_nodes; n++)
 		free(conf->nodes[n].name);
+	for (int s = 0; s < ST_SVC_COUNT; s++)
+		for (size_t n = 0; n < ST_MAX_NODES; n++)
+			free(conf->endpoints[s][n].host);
 	free(conf->path);
 	free(conf);
 	*confp = NULL;
 }
 
 /* ---------------------------------------------------------------------- */
+
+int
+st_endpoint_parse(enum st_service svc, const char *endpoint, struct st_endpoint *ep,
+		  char **error_r)
+{
+	static const struct {
+		enum st_service svc;
+		const char *scheme;
+		int port;
+		bool tls;
+	} schemes[] = {
+		{ ST_SVC_LDAP, "ldap://", 389, false },
+		{ ST_SVC_LDAP, "ldaps://", 636, true },
+		{ ST_SVC_IMAP, "imap://", 143, false },
+		{ ST_SVC_IMAP, "imaps://", 993, true },
+	};
+	char *hp = NULL, *why = NULL;
+	int ret = -1;
+
+	memset(ep, 0, sizeof(*ep));
+	if (svc == ST_SVC_PG) {
+		if (st_parse_hostport(endpoint, &ep->host, &ep->port, &why) < 0) {
+			st_set_error(error_r, "pg endpoint %s: %s", endpoint, why);
+			free(why);
+			return -1;
+		}
+		return 0;
+	}
+	size_t i;
+	for (i = 0; i < ST_ARRAY_SIZE(schemes); i++) {
+		if (schemes[i].svc == svc && st_str_has_prefix(endpoint, schemes[i].scheme))
+			break;
+	}
+	if (i == ST_ARRAY_SIZE(schemes)) {
+		st_set_error(error_r, "%s endpoint %s: scheme must be %s", st_service_name(svc),
+			     endpoint, svc == ST_SVC_LDAP ? "ldap:// or ldaps://" : "imap:// or imaps://");
+		return -1;
+	}
+	const char *rest = endpoint + strlen(schemes[i].scheme);
+	size_t n = strcspn(rest, "/?#");
+	if (rest[n] != '\0' && strcmp(rest + n, "/") != 0) {
+		st_set_error(error_r, "%s endpoint %s: nothing may follow host:port", st_service_name(svc),
+			     endpoint);
+		return -1;
+	}
+	hp = xstrndup(rest, n);
+	/* The port is optional: host, [v6] or a bare v6 in brackets. */
+	const char *close = hp[0] == '[' ? strchr(hp, ']') : NULL;
+	bool has_port = hp[0] == '[' ? (close != NULL && close[1] == ':') : strchr(hp, ':') != NULL;
+	if (!has_port) {
+		char *with = xasprintf("%s:%d", hp, schemes[i].port);
+		free(hp);
+		hp = with;
+	}
+	if (st_parse_hostport(hp, &ep->host, &ep->port, &why) < 0) {
+		st_set_error(error_r, "%s endpoint %s: %s", st_service_name(svc), endpoint, why);
+		goto out;
+	}
+	ep->tls = schemes[i].tls;
+	ret = 0;
+out:
+	free(hp);
+	free(why);
+	return ret;
+}
+
+const struct st_endpoint *
+st_conf_endpoint(const struct st_conf *conf, enum st_service svc, int node_idx)
+{
+	static const struct st_endpoint none = { 0 };
+
+	if (node_idx < 0 || (size_t)node_idx >= conf->n_nodes)
+		return &none;
+	return &conf->endpoints[svc][node_idx];
+}
 
 const char *
 st_service_name(enum st_service svc)

@@ -151,6 +151,13 @@ struct st_conf_dump {
 	char *slapcat_config[ST_MAX_NODES];
 };
 
+/* A service's endpoint on a node, parsed once when the file is loaded. */
+struct st_endpoint {
+	char *host;		/* without brackets; NULL: the node has no endpoint */
+	int port;		/* the scheme's default port when the URI has none */
+	bool tls;		/* ldaps:// or imaps:// */
+};
+
 struct st_conf {
 	char *path;
 
@@ -174,7 +181,21 @@ struct st_conf {
 
 	bool dump_present;
 	struct st_conf_dump dump;
+
+	/* Each [SERVICE] endpoint.NODE, parsed (st_conf_endpoint). */
+	struct st_endpoint endpoints[ST_SVC_COUNT][ST_MAX_NODES];
 };
+
+/*
+ * Parse a service's endpoint: host:port or [v6]:port for pg; ldap://,
+ * ldaps://, imap://, imaps:// URIs (port optional) for ldap and imap.
+ */
+int st_endpoint_parse(enum st_service svc, const char *endpoint, struct st_endpoint *ep,
+		      char **error_r) ST_WARN_UNUSED;
+
+/* Node NODE_IDX's endpoint of SVC; ->host is NULL when it has none. */
+const struct st_endpoint *st_conf_endpoint(const struct st_conf *conf, enum st_service svc,
+					   int node_idx);
 
 /*
  * Load and validate PATH.  On failure returns NULL and sets *errors_r to

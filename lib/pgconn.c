@@ -68,21 +68,17 @@ PGconn *
 pgc_connect_db(const struct st_conf *conf, const char *node, const char *dbname,
 	       enum pgc_kind kind, const char *application_name, char **error_r)
 {
-	int i = st_conf_node_index(conf, node);
-	char *host = NULL, *herr = NULL, port[16], timeout[32];
-	int port_n = 0;
+	const struct st_endpoint *ep =
+		st_conf_endpoint(conf, ST_SVC_PG, st_conf_node_index(conf, node));
+	char port[16], timeout[32];
 	PGconn *c = NULL;
 
-	if (i < 0 || conf->pg.endpoint[i] == NULL) {
+	if (ep->host == NULL) {
 		st_set_error(error_r, "node %s has no [pg] endpoint", node);
 		return NULL;
 	}
-	if (st_parse_hostport(conf->pg.endpoint[i], &host, &port_n, &herr) < 0) {
-		st_set_error(error_r, "node %s: [pg] endpoint: %s", node, herr);
-		free(herr);
-		return NULL;
-	}
-	snprintf(port, sizeof(port), "%d", port_n);
+	const char *host = ep->host;
+	snprintf(port, sizeof(port), "%d", ep->port);
 	snprintf(timeout, sizeof(timeout), "%ld",
 		 conf->pg.connect_timeout_ms > 0 ? (conf->pg.connect_timeout_ms + 999) / 1000 : 10);
 
@@ -122,7 +118,6 @@ pgc_connect_db(const struct st_conf *conf, const char *node, const char *dbname,
 		PQfinish(c);
 		c = NULL;
 	}
-	free(host);
 	return c;
 }
 

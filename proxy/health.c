@@ -103,14 +103,7 @@ check_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 			check_end(h, msg);
 			return;
 		}
-		char *host = NULL;
-		int port;
-		if (px_endpoint_parse(id, id == ST_SVC_PG ? h->svc->px->conf->pg.endpoint[h->node] :
-				      id == ST_SVC_LDAP ? h->svc->px->conf->ldap.endpoint[h->node] :
-				      h->svc->px->conf->imap.endpoint[h->node],
-				      &host, &port, &tls, NULL) < 0)
-			tls = true;
-		free(host);
+		tls = st_conf_endpoint(h->svc->px->conf, id, h->node)->tls;
 		if (id == ST_SVC_LDAP || tls) {
 			check_end(h, NULL);
 			return;
@@ -163,27 +156,18 @@ check_start(struct px_health *h)
 	struct px *px = svc->px;
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *res = NULL;
-	char *host = NULL, *error = NULL, port[8], msg[160];
-	int p, rc;
-	bool tls;
-	const char *ep = svc->id == ST_SVC_PG ? px->conf->pg.endpoint[h->node] :
-			 svc->id == ST_SVC_LDAP ? px->conf->ldap.endpoint[h->node] :
-			 px->conf->imap.endpoint[h->node];
+	char port[8], msg[160];
+	int rc;
+	const struct st_endpoint *ep = st_conf_endpoint(px->conf, svc->id, h->node);
 
 	if (h->fd >= 0)
 		check_end(h, "no answer within health_interval");
-	if (ep == NULL)
+	if (ep->host == NULL)
 		return;
 	h->started_ms = st_monotonic_ms();
 	h->step = 0;
-	if (px_endpoint_parse(svc->id, ep, &host, &p, &tls, &error) < 0) {
-		check_end(h, error);
-		free(error);
-		return;
-	}
-	snprintf(port, sizeof(port), "%d", p);
-	rc = getaddrinfo(host, port, &hints, &res);
-	free(host);
+	snprintf(port, sizeof(port), "%d", ep->port);
+	rc = getaddrinfo(ep->host, port, &hints, &res);
 	if (rc != 0) {
 		snprintf(msg, sizeof(msg), "resolve: %s", gai_strerror(rc));
 		check_end(h, msg);

@@ -73,8 +73,10 @@ backend_resolve(const struct st_conf *conf, enum st_service svc, int node, struc
 			     st_service_name(svc));
 		return -1;
 	}
-	if (px_endpoint_parse(svc, ep, &b->host, &b->port, &b->tls, error_r) < 0)
-		return -1;
+	const struct st_endpoint *pe = st_conf_endpoint(conf, svc, node);
+	b->host = xstrdup(pe->host);
+	b->port = pe->port;
+	b->tls = pe->tls;
 	snprintf(port, sizeof(port), "%d", b->port);
 	rc = getaddrinfo(b->host, port, &hints, &res);
 	if (rc != 0) {

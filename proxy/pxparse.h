@@ -43,15 +43,6 @@ int px_cmd_parse(const char *line, struct px_cmd *cmd_r, char **error_r) ST_WARN
 
 const char *px_verb_name(enum px_verb verb);
 
-/*
- * The host and port clients of SVC are sent to, from its endpoint in the
- * configuration: "host:port" for pg; ldap://, ldaps://, imap://, imaps://
- * URIs (default ports 389, 636, 143, 993) for the others.  *tls_r tells
- * whether the backend speaks TLS from the first byte (ldaps, imaps).
- */
-int px_endpoint_parse(enum st_service svc, const char *endpoint, char **host_r, int *port_r,
-		      bool *tls_r, char **error_r) ST_WARN_UNUSED;
-
 /* Largest PROXY v2 header px_proxy_v2() writes (IPv6: 16 + 36). */
 #define PX_PROXY_V2_MAX 52
 

@@ -838,9 +838,15 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 			     r->d->config_path);
 		return -1;
 	}
-	if (im_endpoint_parse(conf->imap.endpoint[si], &r->src_ep, error_r) < 0 ||
-	    im_endpoint_parse(conf->imap.endpoint[ti], &r->tgt_ep, error_r) < 0)
+	const struct st_endpoint *se = st_conf_endpoint(conf, ST_SVC_IMAP, si);
+	const struct st_endpoint *te = st_conf_endpoint(conf, ST_SVC_IMAP, ti);
+	if (se->host == NULL || te->host == NULL) {
+		st_set_error(error_r, "node %s has no [imap] endpoint", se->host == NULL ? source
+								  : r->d->node->name);
 		return -1;
+	}
+	r->src_ep = (struct im_endpoint){ xstrdup(se->host), (unsigned)se->port, se->tls };
+	r->tgt_ep = (struct im_endpoint){ xstrdup(te->host), (unsigned)te->port, te->tls };
 	if (st_secret_read(conf->imap.password_file, &r->password, &err) < 0) {
 		st_set_error(error_r, "[imap] password_file: %s", err);
 		free(err);

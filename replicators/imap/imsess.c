@@ -41,56 +41,6 @@ struct im_sess {
 
 /* -- endpoints ---------------------------------------------------------- */
 
-int
-im_endpoint_parse(const char *uri, struct im_endpoint *ep, char **error_r)
-{
-	const char *p, *host, *end;
-	size_t hlen;
-
-	memset(ep, 0, sizeof(*ep));
-	if (st_str_has_prefix(uri, "imap://"))
-		p = uri + 7;
-	else if (st_str_has_prefix(uri, "imaps://")) {
-		p = uri + 8;
-		ep->imaps = true;
-	} else {
-		st_set_error(error_r, "\"%s\" is not an imap:// or imaps:// URI", uri);
-		return -1;
-	}
-	if (*p == '[') {
-		host = p + 1;
-		end = strchr(host, ']');
-		if (end == NULL)
-			goto bad;
-		hlen = (size_t)(end - host);
-		p = end + 1;
-	} else {
-		host = p;
-		hlen = strcspn(p, ":/");
-		p += hlen;
-	}
-	if (hlen == 0)
-		goto bad;
-	ep->port = ep->imaps ? 993 : 143;
-	if (*p == ':') {
-		char *e;
-		unsigned long port = strtoul(p + 1, &e, 10);
-		if (e == p + 1 || port == 0 || port > 65535)
-			goto bad;
-		ep->port = (unsigned)port;
-		p = e;
-	}
-	if (*p == '/')
-		p++;
-	if (*p != '\0')
-		goto bad;
-	ep->host = xstrndup(host, hlen);
-	return 0;
-bad:
-	st_set_error(error_r, "\"%s\" is not a valid IMAP URI (imap[s]://HOST[:PORT])", uri);
-	return -1;
-}
-
 void
 im_endpoint_free(struct im_endpoint *ep)
 {

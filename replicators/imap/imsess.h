@@ -16,14 +16,13 @@
 #include "lib/util.h"
 #include "replicators/imap/imstate.h"
 
+/* An [imap] endpoint (from the configuration's st_endpoint). */
 struct im_endpoint {
 	char *host;
 	unsigned port;
 	bool imaps;
 };
 
-/* Parse imap://HOST[:PORT] or imaps://HOST[:PORT] ([v6] allowed). */
-int im_endpoint_parse(const char *uri, struct im_endpoint *ep, char **error_r) ST_WARN_UNUSED;
 void im_endpoint_free(struct im_endpoint *ep);
 
 struct im_login {

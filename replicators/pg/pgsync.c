@@ -419,16 +419,16 @@ static int
 run_tool(const struct st_conf *conf, const char *node, bool replica, char *const argv[],
 	 const char *what, char **error_r)
 {
-	int i = st_conf_node_index(conf, node);
-	char *host = NULL, *herr = NULL, port[16];
-	int port_n = 0;
+	const struct st_endpoint *ep =
+		st_conf_endpoint(conf, ST_SVC_PG, st_conf_node_index(conf, node));
+	char port[16];
 
-	if (st_parse_hostport(conf->pg.endpoint[i], &host, &port_n, &herr) < 0) {
-		st_set_error(error_r, "%s", herr);
-		free(herr);
+	if (ep->host == NULL) {
+		st_set_error(error_r, "node %s has no [pg] endpoint", node);
 		return -1;
 	}
-	snprintf(port, sizeof(port), "%d", port_n);
+	const char *host = ep->host;
+	snprintf(port, sizeof(port), "%d", ep->port);
 	char *env[14];
 	int n = 0;
 	env[n++] = xasprintf("PGHOST=%s", host);
@@ -447,7 +447,6 @@ run_tool(const struct st_conf *conf, const char *node, bool replica, char *const
 	env[n++] = xstrdup("LC_ALL=C.UTF-8");
 	env[n++] = xstrdup("PATH=/usr/bin:/bin");
 	env[n] = NULL;
-	free(host);
 
 	struct st_cmd cmd = { .argv = (char **)argv, .what = what };
 	int rc = st_proc_run(&cmd, 1, -1, NULL, NULL, env, PG_TOOL_TIMEOUT_MS, error_r);

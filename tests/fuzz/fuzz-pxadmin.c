@@ -16,10 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *line = xstrndup((const char *)data, size), *error = NULL, *host = NULL;
+	char *line = xstrndup((const char *)data, size), *error = NULL;
 	struct px_cmd cmd;
-	int port;
-	bool tls;
 
 	if (px_cmd_parse(line, &cmd, &error) == 0) {
 		if (cmd.verb > PX_CMD_DROP || cmd.service < PX_ALL_SERVICES ||
@@ -33,15 +31,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(error);
 	error = NULL;
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
-		if (px_endpoint_parse((enum st_service)s, line, &host, &port, &tls, &error) == 0) {
-			if (host == NULL || port < 1 || port > 65535)
+		struct st_endpoint ep;
+		if (st_endpoint_parse((enum st_service)s, line, &ep, &error) == 0) {
+			if (ep.host == NULL || ep.port < 1 || ep.port > 65535)
 				abort();
-		} else if (error == NULL) {
+			free(ep.host);
+		} else if (error == NULL || ep.host != NULL) {
 			abort();
 		}
-		free(host);
 		free(error);
-		host = error = NULL;
+		error = NULL;
 	}
 	free(line);
 	return 0;

@@ -205,6 +205,20 @@ START_TEST(test_all_sections)
 	ck_assert_int_eq(conf->dump.keep, 3);
 	ck_assert_int_eq(conf->dump.weekly, 4);
 	ck_assert_int_eq(conf->dump.compress, ST_COMPRESS_ZSTD);
+	/* Endpoints parsed once, for every program: default ports, v6, TLS. */
+	const struct st_endpoint *ep = st_conf_endpoint(conf, ST_SVC_PG, 1);
+	ck_assert_str_eq(ep->host, "127.0.0.2");
+	ck_assert_int_eq(ep->port, 5432);
+	ep = st_conf_endpoint(conf, ST_SVC_LDAP, 1);
+	ck_assert_str_eq(ep->host, "::1");
+	ck_assert_int_eq(ep->port, 636);
+	ck_assert(ep->tls);
+	ep = st_conf_endpoint(conf, ST_SVC_IMAP, 0);
+	ck_assert_str_eq(ep->host, "mail-a.example.com");
+	ck_assert_int_eq(ep->port, 993);
+	ck_assert(ep->tls);
+	ck_assert(!st_conf_endpoint(conf, ST_SVC_IMAP, 1)->tls);
+	ck_assert_ptr_null(st_conf_endpoint(conf, ST_SVC_PG, 7)->host);
 
 	/* The printed configuration is itself valid and prints the same again. */
 	char *out1 = NULL, *out2 = NULL;

@@ -69,26 +69,24 @@ END_TEST
 static void
 expect_ep(enum st_service svc, const char *ep, const char *host, int port, bool tls)
 {
-	char *h = NULL, *error = NULL;
-	int p;
-	bool t;
+	struct st_endpoint e;
+	char *error = NULL;
 
-	ck_assert_msg(px_endpoint_parse(svc, ep, &h, &p, &t, &error) == 0, "%s: %s", ep, error);
-	ck_assert_str_eq(h, host);
-	ck_assert_int_eq(p, port);
-	ck_assert(t == tls);
-	free(h);
+	ck_assert_msg(st_endpoint_parse(svc, ep, &e, &error) == 0, "%s: %s", ep, error);
+	ck_assert_str_eq(e.host, host);
+	ck_assert_int_eq(e.port, port);
+	ck_assert(e.tls == tls);
+	free(e.host);
 }
 
 static void
 expect_ep_error(enum st_service svc, const char *ep, const char *msg)
 {
-	char *h = NULL, *error = NULL;
-	int p;
-	bool t;
+	struct st_endpoint e;
+	char *error = NULL;
 
-	ck_assert_int_eq(px_endpoint_parse(svc, ep, &h, &p, &t, &error), -1);
-	ck_assert_ptr_null(h);
+	ck_assert_int_eq(st_endpoint_parse(svc, ep, &e, &error), -1);
+	ck_assert_ptr_null(e.host);
 	ck_assert_msg(error != NULL && strstr(error, msg) != NULL, "%s: got %s, want %s", ep,
 		      error, msg);
 	free(error);

@@ -50,7 +50,9 @@ row_sql(const struct pga_rel *r, char op, const char *mask, bool full, bool merg
 
 	st_buf_init(&b);
 	pgq_row_statement(&b, r, op, mask, full, merge, &old_row);
-	return st_buf_steal(&b);
+	char *sql = st_buf_steal(&b);
+	st_buf_free(&b);
+	return sql;
 }
 
 #define COUNTED(inner, n)                                                                       \

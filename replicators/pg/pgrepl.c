@@ -493,9 +493,15 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 
 	pthread_mutex_lock(&r->lock);
 	st = r->st;
-	st.error = NULL;
+	/* The engine's error with its state, read together: the runtime's copy
+	 * (async_cb) may lag behind a state that already says "error". */
+	st.error = r->st.error != NULL ? xstrdup(r->st.error) : NULL;
 	pthread_mutex_unlock(&r->lock);
 
+	if (st.error != NULL)
+		json_object_set_new(obj, "last_error", json_string(st.error));
+	free(st.error);
+	st.error = NULL;
 	json_object_set_new(obj, "state", json_string(st.state ? st.state : "starting"));
 	json_object_set_new(obj, "source", st.source[0] ? json_string(st.source) : json_null());
 	json_object_set_new(obj, "target", st.target[0] ? json_string(st.target) : json_null());

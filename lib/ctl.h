@@ -46,7 +46,8 @@ struct st_ctl_server;
 /*
  * A handler that cannot answer at once (it waits for a thread, a position)
  * holds its client: st_ctl_hold(REPLY, TIMEOUT_MS) in the handler, and later,
- * on the loop, st_ctl_reply_later() with the whole reply.  The client is
+ * on the loop, st_ctl_reply_later() with the whole reply (never from within
+ * the handler that held it: answer such a client directly).  The client is
  * closed without a reply if it is not answered within TIMEOUT_MS (and ten
  * seconds); st_ctl_reply_later() is still called, and frees the handle.
  */

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -283,7 +284,7 @@ pipeline_start(const struct st_cmd *cmds, size_t n, int out_fd, bool to_pipe, ch
 	p->n = n;
 	p->read_fd = -1;
 	p->timeout_ms = timeout_ms;
-	p->deadline = mono_ms() + timeout_ms;
+	p->deadline = timeout_ms > 0 ? mono_ms() + timeout_ms : LLONG_MAX;
 	for (size_t i = 0; i < n; i++) {
 		p->ch[i].errfd = -1;
 		p->what[i] = xstrdup(cmds[i].what);

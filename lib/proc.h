@@ -28,7 +28,8 @@ typedef int st_consume_fn(void *ctx, const char *data, size_t len, char **error_
  * /dev/null; the last writes to OUT_FD (/dev/null when -1), or when CONSUME
  * is not NULL to a pipe read by CONSUME.  Returns 0 when every command
  * exited 0, otherwise -1 with a message naming the command that failed, how,
- * and the end of its stderr.  After TIMEOUT_MS every command is killed.
+ * and the end of its stderr.  After TIMEOUT_MS every command is killed
+ * (TIMEOUT_MS <= 0: no deadline).
  */
 int st_proc_run(const struct st_cmd *cmds, size_t n, int out_fd, st_consume_fn *consume,
 		  void *ctx, char *const envp[], long timeout_ms, char **error_r) ST_WARN_UNUSED;

@@ -51,10 +51,8 @@ flushes (the ratios are the worst case).  --fsync measures with them on.
 """
 
 import argparse
-import datetime
 import hashlib
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -66,8 +64,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.dont_write_bytecode = True   # no __pycache__ in tests/ (other people's directories)
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import standin_harness as sh  # noqa: E402
+from benchlib import BenchError, log, out, preamble  # noqa: E402
 
 PGBIN = sh.PG_BINDIR
 PGBENCH = os.path.join(PGBIN, "pgbench")
@@ -76,21 +76,6 @@ SIDES = ("plain", "standin")
 DDL_KEY = "benchkey"
 MODULE = os.path.join("replicators", "pg", "standin_ddl.so")
 CAPTURE_SQL = os.path.join(ROOT, "replicators", "pg", "ddl_capture.sql")
-
-T_START = time.monotonic()
-
-
-def log(msg):
-    print(f"[{time.monotonic() - T_START:7.1f}s] {msg}", flush=True)
-
-
-def out(msg=""):
-    print(msg, flush=True)
-
-
-class BenchError(Exception):
-    pass
-
 
 # ---------------------------------------------------------------------------
 # Workloads: pgbench scripts (None: pgbench's built-in -S)
@@ -306,34 +291,23 @@ def pgbench_count(output):
 
 
 def machine_info(args):
-    def sh_out(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.rstrip()
-        except OSError as e:
-            return f"({e})"
-    git = sh_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = sh_out(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
-    out(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    out(f"host:    {platform.node()} {platform.platform()}")
-    out(f"nproc:   {sh_out(['nproc'])}")
+    """The machine, the tree and the build (benchlib.preamble), then the
+    module the standin server loads and how the servers run."""
+    preamble("bench/pg/ddl.py: the master-side cost of standin's DDL capture", ROOT,
+             args.build, [MODULE], lambda p: os.path.join(args.build, p),
+             f"postgres: {subprocess.run([os.path.join(PGBIN, 'postgres'), '--version'], capture_output=True, text=True).stdout.strip()}",
+             make=False)
     out(f"loadavg: {open('/proc/loadavg').read().strip()}")
-    out("free -g:\n" + sh_out(["free", "-g"]))
-    out(f"postgres: {sh_out([os.path.join(PGBIN, 'postgres'), '--version'])}")
-    out(f"tree:    {ROOT} at {git}{' (with uncommitted changes)' if dirty else ''}")
-    out(f"build:   {os.path.abspath(args.build)}: "
-        + sh_out(["grep", "-m1", "^CFLAGS =", os.path.join(args.build, "Makefile")]))
     module = os.path.join(args.build, MODULE)
     built = os.stat(module).st_mtime
     src = os.path.join(ROOT, "replicators", "pg", "standin_ddl.c")
     newer = os.stat(src).st_mtime > built
-    out(f"module:  {module} sha256 {file_sha256(module)[:16]} built "
-        f"{datetime.datetime.fromtimestamp(built).astimezone().isoformat(timespec='seconds')}"
+    out(f"module:  {module} sha256 {file_sha256(module)[:16]}"
         + ("; standin_ddl.c IS NEWER" if newer else "; standin_ddl.c not newer"))
     out("servers: wal_level = logical, autovacuum off, "
         + ("fsync on" if args.fsync else "fsync/synchronous_commit/full_page_writes off")
         + f"; pgbench -c {args.clients} -j {args.jobs}, {args.ddl_txns} transactions a DDL run, "
         f"{args.dml_txns} a DML run, {args.rounds} rounds")
-    out(f"command: {shlex.join([sys.executable] + sys.argv)}")
     out()
 
 

@@ -1266,11 +1266,7 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	else
 		r->reverse_job = st_bgjob_start(d->loop, reverse_work, reverse_done, rv, &err);
 	if (err != NULL) {
-		json_t *o = json_pack("{s:s}", "error", err);
-		char *text = json_dumps(o, JSON_COMPACT);
-		st_buf_printf(reply, "%s\n", text);
-		free(text);
-		json_decref(o);
+		st_ctl_reply_error(reply, "%s", err);
 		free(err);
 		free(rv);
 		return;

@@ -664,15 +664,15 @@ cmd_ddl_done(void *ctx, const char *args, struct st_buf *reply)
 	size_t n, i;
 
 	if (pgo_lsn_parse(args, &lsn) < 0 || lsn == 0) {
-		st_buf_puts(reply, "{\"error\":\"usage: ddl-done LSN (the LSN the error names, "
-				   "e.g. ddl-done 0/16B3748)\"}\n");
+		st_ctl_reply_error(reply, "usage: ddl-done LSN (the LSN the error names, "
+				   "e.g. ddl-done 0/16B3748)");
 		return;
 	}
 	pthread_mutex_lock(&r->lock);
 	snprintf(source, sizeof(source), "%s", r->st.source);
 	pthread_mutex_unlock(&r->lock);
 	if (source[0] == '\0') {
-		st_buf_puts(reply, "{\"error\":\"no master to stream from yet\"}\n");
+		st_ctl_reply_error(reply, "no master to stream from yet");
 		return;
 	}
 	char *path = ddl_done_path(r->node), *lsn_s = pgr_lsn_text(lsn);
@@ -691,11 +691,7 @@ cmd_ddl_done(void *ctx, const char *args, struct st_buf *reply)
 	}
 	pthread_mutex_unlock(&ddl_marks_lock);
 	if (err != NULL) {
-		json_t *o = json_pack("{s:s}", "error", err);
-		char *text = json_dumps(o, JSON_COMPACT);
-		st_buf_printf(reply, "%s\n", text);
-		free(text);
-		json_decref(o);
+		st_ctl_reply_error(reply, "%s", err);
 		free(err);
 	} else {
 		st_notice("DDL marked done by the administrator source=%s lsn=%s", source, lsn_s);
@@ -740,8 +736,8 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	pthread_mutex_unlock(&r->lock);
 	if (!streaming) {
 		/* Only a standby that streams from its master can take its place. */
-		st_buf_puts(reply, "{\"error\":\"not streaming: reverse is for the standby, "
-				   "while it streams from the master\"}\n");
+		st_ctl_reply_error(reply, "not streaming: reverse is for the standby, while it "
+				   "streams from the master");
 		return;
 	}
 	pgr_set_reverse(r, "requested", 0, NULL);

@@ -407,8 +407,9 @@ pg_bindir(PGconn *c)
 	return xasprintf("/usr/lib/postgresql/%d/bin", PQserverVersion(c) / 10000);
 }
 
-/* The longest pg_dump or pg_restore of a schema may take (then it is killed). */
-#define PG_TOOL_TIMEOUT_MS (3600L * 1000)
+/* No deadline for pg_dump and pg_restore: the post-data restore builds the
+ * indexes of the whole copied database, which takes as long as it takes. */
+#define PG_TOOL_TIMEOUT_MS 0
 
 /* Run ARGV (execve, no shell: lib/proc) with the libpq environment of NODE;
  * a failure is named with WHAT and the end of the tool's stderr.  REPLICA:

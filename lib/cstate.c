@@ -5,6 +5,7 @@
 
 #include "lib/cstate.h"
 #include "lib/durable.h"
+#include "lib/log.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -338,4 +339,154 @@ st_cstate_lock(const char *path, bool wait, char **error_r)
 	}
 	free(lock);
 	return fd;
+}
+
+bool
+st_cstate_same(const struct st_cstate *a, const struct st_cstate *b)
+{
+	if (a->epoch != b->epoch || strcmp(a->cluster, b->cluster) != 0 ||
+	    strcmp(a->master, b->master) != 0)
+		return false;
+	for (int s = 0; s < ST_SVC_COUNT; s++) {
+		if (a->n_edges[s] != b->n_edges[s])
+			return false;
+		for (size_t i = 0; i < a->n_edges[s]; i++) {
+			if (strcmp(a->edges[s][i].source, b->edges[s][i].source) != 0 ||
+			    strcmp(a->edges[s][i].target, b->edges[s][i].target) != 0)
+				return false;
+		}
+	}
+	return true;
+}
+
+const char *
+st_cstate_source(const struct st_cstate *st, enum st_service svc, const char *target)
+{
+	for (size_t i = 0; i < st->n_edges[svc]; i++) {
+		if (strcmp(st->edges[svc][i].target, target) == 0)
+			return st->edges[svc][i].source;
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------ follower */
+
+void
+st_cstate_follower_init(struct st_cstate_follower *f, const struct st_node *node)
+{
+	memset(f, 0, sizeof(*f));
+	f->path = st_cstate_path(node);
+}
+
+void
+st_cstate_follower_free(struct st_cstate_follower *f)
+{
+	st_cstate_unwatch(f);
+	free(f->path);
+	free(f->error);
+	memset(f, 0, sizeof(*f));
+}
+
+/* Set f->error to ERR (taken); true when it differs from the one before. */
+static bool
+follower_error(struct st_cstate_follower *f, char *err)
+{
+	bool same = (f->error == NULL && err == NULL) ||
+		    (f->error != NULL && err != NULL && strcmp(f->error, err) == 0);
+
+	if (same) {
+		free(err);
+		return false;
+	}
+	if (err != NULL)
+		st_warn("cluster state: %s%s", err, f->valid ? " (keeping the last one taken)" : "");
+	else
+		st_notice("cluster state readable again path=%s", st_q(f->path));
+	free(f->error);
+	f->error = err;
+	return true;
+}
+
+bool
+st_cstate_follow(struct st_cstate_follower *f)
+{
+	struct st_cstate cs;
+	char *err = NULL;
+	int rc = st_cstate_load(f->path, &cs, &err);
+
+	if (rc != 0) {
+		if (rc > 0)
+			err = xasprintf("%s does not exist (standinctl state init)", f->path);
+		return follower_error(f, err);
+	}
+	bool changed = follower_error(f, NULL);
+	if (f->valid && cs.epoch <= f->cs.epoch) {
+		if (st_cstate_same(&cs, &f->cs))
+			return changed;
+		if (!f->refused_valid || !st_cstate_same(&cs, &f->refused)) {
+			st_warn("cluster state refused: epoch %" PRIu64 " master %s %s epoch %" PRIu64
+				" master %s path=%s", cs.epoch, cs.master,
+				cs.epoch < f->cs.epoch ? "is older than the one taken,"
+						       : "differs from the one taken with the same",
+				f->cs.epoch, f->cs.master, st_q(f->path));
+			f->refused = cs;
+			f->refused_valid = true;
+		}
+		return changed;
+	}
+	st_notice("cluster state epoch=%" PRIu64 " master=%s%s", cs.epoch, cs.master,
+		  f->valid ? "" : " (first read)");
+	f->cs = cs;
+	f->valid = true;
+	f->refused_valid = false;
+	return true;
+}
+
+static void
+follower_run(struct st_cstate_follower *f)
+{
+	if (st_cstate_follow(f) && f->cb != NULL)
+		f->cb(f, f->cb_data);
+}
+
+static void
+follower_stat_cb(struct ev_loop *loop, ev_stat *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	follower_run(w->data);
+}
+
+static void
+follower_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	follower_run(w->data);
+}
+
+void
+st_cstate_watch(struct st_cstate_follower *f, struct ev_loop *loop, double interval,
+		st_cstate_cb *cb, void *data)
+{
+	st_cstate_unwatch(f);
+	f->loop = loop;
+	f->cb = cb;
+	f->cb_data = data;
+	ev_stat_init(&f->watch, follower_stat_cb, f->path, interval);
+	f->watch.data = f;
+	ev_stat_start(loop, &f->watch);
+	ev_timer_init(&f->poll, follower_poll_cb, interval, interval);
+	f->poll.data = f;
+	ev_timer_start(loop, &f->poll);
+}
+
+void
+st_cstate_unwatch(struct st_cstate_follower *f)
+{
+	if (f->loop == NULL)
+		return;
+	ev_stat_stop(f->loop, &f->watch);
+	ev_timer_stop(f->loop, &f->poll);
+	f->loop = NULL;
 }

@@ -10,6 +10,7 @@
 #ifndef STANDIN_CSTATE_H
 #define STANDIN_CSTATE_H
 
+#include <ev.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -62,5 +63,52 @@ const char *st_cstate_role(const struct st_cstate *st, const char *node);
 
 /* Exclusive lock for writers (flock on PATH.lock); returns an fd or -1. */
 int st_cstate_lock(const char *path, bool wait, char **error_r) ST_WARN_UNUSED;
+
+/* Epoch, cluster, master and directions equal (the time written is not compared). */
+bool st_cstate_same(const struct st_cstate *a, const struct st_cstate *b);
+
+/* The node TARGET replicates SVC from, or NULL (a master, or a node left out). */
+const char *st_cstate_source(const struct st_cstate *st, enum st_service svc, const char *target);
+
+/*
+ * A daemon's view of its node's cluster state, the same in every daemon
+ * (doc/architecture.md, section 4).  One rule: the first readable state is
+ * taken; after it only a higher epoch is a change.  A lower epoch, or the
+ * same epoch with other content, is refused and logged once: an old or
+ * forged order never moves a daemon back.  A missing or unreadable file
+ * keeps the state already taken; error says why.
+ *
+ * st_cstate_follow() reads the file now (usable from any one thread);
+ * st_cstate_watch() does it from an event loop on every change of the file
+ * (ev_stat, inotify where there is one) and at least every INTERVAL seconds.
+ */
+struct st_cstate_follower;
+typedef void st_cstate_cb(struct st_cstate_follower *f, void *data);
+
+struct st_cstate_follower {
+	char *path;
+	bool valid;			/* cs holds the state taken */
+	struct st_cstate cs;
+	char *error;			/* why the file cannot be taken now, or NULL */
+	bool refused_valid;
+	struct st_cstate refused;	/* the last state refused (logged once) */
+	/* st_cstate_watch() */
+	struct ev_loop *loop;
+	ev_stat watch;
+	ev_timer poll;
+	st_cstate_cb *cb;
+	void *cb_data;
+};
+
+void st_cstate_follower_init(struct st_cstate_follower *f, const struct st_node *node);
+void st_cstate_follower_free(struct st_cstate_follower *f);
+
+/* Read the file and apply the rule.  Returns true when cs or error changed. */
+bool st_cstate_follow(struct st_cstate_follower *f);
+
+/* Follow from LOOP; CB runs after every st_cstate_follow() that returned true. */
+void st_cstate_watch(struct st_cstate_follower *f, struct ev_loop *loop, double interval,
+		     st_cstate_cb *cb, void *data);
+void st_cstate_unwatch(struct st_cstate_follower *f);
 
 #endif

@@ -154,60 +154,35 @@ update_state_name(struct px *px)
 		px->d->state = any ? "paused" : "running";
 }
 
-/* (Re)read the cluster state; route every service to its master. */
+/* The cluster state taken changed (or became unreadable): route every
+ * service to its master. */
 static void
-state_load(struct px *px, bool force)
+state_changed(struct st_cstate_follower *f, void *data)
 {
-	struct st_cstate cs;
-	char *error = NULL;
-	int rc = st_cstate_load(px->state_path, &cs, &error);
+	struct px *px = data;
 
-	if (rc == 1) {
-		free(error);
-		error = xasprintf("%s does not exist (standinctl state init)", px->state_path);
-		rc = -1;
-	}
-	if (rc < 0) {
-		if (px->cs_error == NULL || strcmp(px->cs_error, error) != 0) {
-			st_daemon_set_error(px->d, "cluster state: %s%s", error,
-					    px->cs_valid ? " (keeping the last good one)" : "");
-			free(px->cs_error);
-			px->cs_error = error;
-		} else {
-			free(error);
-		}
+	if (f->error != NULL)
+		st_daemon_set_error(px->d, "cluster state: %s%s", f->error,
+				    f->valid ? " (keeping the last one taken)" : "");
+	else
+		st_daemon_set_error(px->d, NULL);
+	if (!f->valid || (px->cs_valid && st_cstate_same(&f->cs, &px->cs))) {
 		update_state_name(px);
 		return;
 	}
-	if (px->cs_error != NULL) {
-		st_notice("cluster state readable again path=%s", st_q(px->state_path));
-		free(px->cs_error);
-		px->cs_error = NULL;
-		st_daemon_set_error(px->d, NULL);
-	}
-	if (px->cs_valid && !force) {
-		if (cs.epoch < px->cs.epoch) {
-			st_warn("cluster state ignored: epoch %llu is older than %llu path=%s",
-				(unsigned long long)cs.epoch, (unsigned long long)px->cs.epoch,
-				st_q(px->state_path));
-			return;
-		}
-		if (cs.epoch == px->cs.epoch && strcmp(cs.master, px->cs.master) == 0)
-			return;
-	}
-	int node = st_conf_node_index(px->conf, cs.master);
+	const struct st_cstate *cs = &f->cs;
+	int node = st_conf_node_index(px->conf, cs->master);
 	if (node < 0) {
 		st_daemon_set_error(px->d, "cluster state names master %s, not a node of %s",
-				    cs.master, px->conf->path);
+				    cs->master, px->conf->path);
 		return;
 	}
 	bool first = !px->cs_valid;
-	px->cs = cs;
+	px->cs = *cs;
 	px->cs_valid = true;
-	st_notice("cluster state epoch=%llu master=%s", (unsigned long long)cs.epoch, cs.master);
 	char why[96];
 	snprintf(why, sizeof(why), "%s epoch %llu", first ? "cluster state" : "cluster state changed",
-		 (unsigned long long)cs.epoch);
+		 (unsigned long long)cs->epoch);
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
 		if (!px->svc_on[s])
 			continue;
@@ -215,22 +190,6 @@ state_load(struct px *px, bool force)
 		route(&px->svc[s], node, why);
 	}
 	update_state_name(px);
-}
-
-static void
-state_stat_cb(struct ev_loop *loop, ev_stat *w, int revents)
-{
-	(void)loop;
-	(void)revents;
-	state_load(w->data, false);
-}
-
-static void
-state_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	(void)loop;
-	(void)revents;
-	state_load(w->data, false);
 }
 
 /* ------------------------------------------------------------ admin */
@@ -548,14 +507,10 @@ start(struct st_daemon *d, char **error_r)
 			     d->node->name);
 		return -1;
 	}
-	px->state_path = st_cstate_path(d->node);
-	state_load(px, true);
-	ev_stat_init(&px->state_watch, state_stat_cb, px->state_path, STATE_POLL_S);
-	px->state_watch.data = px;
-	ev_stat_start(d->loop, &px->state_watch);
-	ev_timer_init(&px->state_poll, state_poll_cb, STATE_POLL_S, STATE_POLL_S);
-	px->state_poll.data = px;
-	ev_timer_start(d->loop, &px->state_poll);
+	st_cstate_follower_init(&px->follow, d->node);
+	st_cstate_follow(&px->follow);
+	state_changed(&px->follow, px);
+	st_cstate_watch(&px->follow, d->loop, STATE_POLL_S, state_changed, px);
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
 		if (px->svc_on[s])
 			px_health_start(&px->svc[s]);
@@ -580,8 +535,7 @@ stop(struct st_daemon *d)
 			px_conn_close_all(svc, false, "stopping");
 		backend_clear(&svc->backend);
 	}
-	ev_stat_stop(px->loop, &px->state_watch);
-	ev_timer_stop(px->loop, &px->state_poll);
+	st_cstate_follower_free(&px->follow);
 	ev_timer_stop(px->loop, &px->accept_retry);
 	px_pools_free(px);
 	px->svc_on[0] = px->svc_on[1] = px->svc_on[2] = false;

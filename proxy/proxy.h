@@ -91,12 +91,9 @@ struct px {
 	struct px_service svc[ST_SVC_COUNT];
 	bool svc_on[ST_SVC_COUNT];
 
-	char *state_path;
-	ev_stat state_watch;
-	ev_timer state_poll;
-	struct st_cstate cs;
+	struct st_cstate_follower follow;	/* the state taken (lib/cstate.h) */
+	struct st_cstate cs;		/* the state routed by */
 	bool cs_valid;
-	char *cs_error;			/* why the state is not usable, owned */
 
 	ev_timer accept_retry;		/* listeners stopped after EMFILE */
 	bool accept_paused;

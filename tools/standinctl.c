@@ -113,13 +113,21 @@ state_show(const struct ctl_opts *o, bool json)
 	return ret;
 }
 
+/*
+ * state init: the first state, epoch 1.  --force replaces an existing one;
+ * a readable one gives its epoch + 1, so that the epoch never goes back on
+ * this node (its daemons refuse an older one).
+ * state set: MASTER at the epoch after the current one, every other node
+ * following it: moving the master by hand, on each node, when no
+ * switchover can run.
+ */
 static int
-state_init(const struct ctl_opts *o, const char *master, bool force)
+state_write(const struct ctl_opts *o, const char *master, bool set, bool force)
 {
 	struct st_conf *conf = load_conf(o);
 	const struct st_node *node = local_node(conf, o);
 	char *path = st_cstate_path(node), *error = NULL;
-	struct st_cstate st;
+	struct st_cstate st, old;
 	int lock = -1, ret = 1, rc;
 
 	if (st_conf_node(conf, master) == NULL) {
@@ -136,18 +144,35 @@ state_init(const struct ctl_opts *o, const char *master, bool force)
 		fprintf(stderr, "standinctl: %s\n", error);
 		goto out;
 	}
-	rc = st_cstate_load(path, &st, &error);
-	if (rc == 0 && !force) {
-		fprintf(stderr, "standinctl: %s already exists (epoch %llu, master %s); "
-			"use --force to start again at epoch 1\n", path,
-			(unsigned long long)st.epoch, st.master);
+	rc = st_cstate_load(path, &old, &error);
+	if (set && rc != 0) {
+		if (rc > 0)
+			fprintf(stderr, "standinctl: %s does not exist; create it with: standinctl "
+				"state init --master NODE\n", path);
+		else
+			fprintf(stderr, "standinctl: %s\nstandinctl: replace it with: standinctl state "
+				"init --master NODE --force\n", error);
 		goto out;
 	}
-	if (rc < 0 && !force) {
+	if (!set && rc == 0 && !force) {
+		fprintf(stderr, "standinctl: %s already exists (epoch %llu, master %s); "
+			"use state set to move the master, --force to replace it\n", path,
+			(unsigned long long)old.epoch, old.master);
+		goto out;
+	}
+	if (!set && rc < 0 && !force) {
 		fprintf(stderr, "standinctl: %s\nstandinctl: use --force to replace it\n", error);
 		goto out;
 	}
 	st_cstate_init(&st, conf, master);
+	if (rc == 0) {
+		if (old.epoch == UINT64_MAX) {
+			fprintf(stderr, "standinctl: %s: the epoch cannot grow past %llu\n", path,
+				(unsigned long long)old.epoch);
+			goto out;
+		}
+		st.epoch = old.epoch + 1;
+	}
 	if (st_cstate_save(path, &st, &error) < 0) {
 		fprintf(stderr, "standinctl: cannot write the cluster state: %s\n", error);
 		goto out;
@@ -203,12 +228,16 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 	}
 	if (strcmp(sub, "show") == 0)
 		return state_show(o, json);
-	if (strcmp(sub, "init") == 0) {
+	if (strcmp(sub, "init") == 0 || strcmp(sub, "set") == 0) {
 		if (master == NULL) {
-			fprintf(stderr, "standinctl: state init needs --master NODE\n");
+			fprintf(stderr, "standinctl: state %s needs --master NODE\n", sub);
 			return 2;
 		}
-		return state_init(o, master, force);
+		if (force && strcmp(sub, "set") == 0) {
+			fprintf(stderr, "standinctl: state set takes no --force\n");
+			return 2;
+		}
+		return state_write(o, master, strcmp(sub, "set") == 0, force);
 	}
 	fprintf(stderr, "standinctl: unknown state command: %s\n", sub);
 	return 2;
@@ -489,7 +518,9 @@ static const struct command {
 	{ "state", cmd_state, {
 		{ "state show [--json]", "this node's cluster state (epoch, master, directions)" },
 		{ "state init --master NODE [--force]",
-		  "create this node's first cluster state (epoch 1)" } } },
+		  "create this node's first cluster state (epoch 1)" },
+		{ "state set --master NODE",
+		  "this node's state at the next epoch with NODE the master (by hand)" } } },
 	{ "proxy", cmd_proxy, {
 		{ "proxy status", "this node's standin-proxy, as JSON" },
 		{ "proxy pause|resume SERVICE|all", "hold new clients / forward them again" },

@@ -127,7 +127,8 @@ struct imrepl {
 	bool pass_active, pass_wanted;
 	long long pass_started_ms, last_pass_ms, last_clean_start_ms, last_clean_end_ms;
 	uint64_t passes, pass_errors_now;
-	long long next_cstate_ms;
+	struct st_cstate_follower follow;
+	long long next_cstate_ms;	/* retry of a direction that did not start */
 	char *last_error;		/* of the current pass, under mu */
 	long long drain_from_ms;
 	uint64_t appended_base;
@@ -770,15 +771,6 @@ wake_cb(struct ev_loop *loop, ev_async *w, int revents)
 
 /* ------------------------------------------------------------ direction */
 
-static const char *
-find_source(const struct st_cstate *cs, const char *target)
-{
-	for (size_t i = 0; i < cs->n_edges[ST_SVC_IMAP]; i++)
-		if (strcmp(cs->edges[ST_SVC_IMAP][i].target, target) == 0)
-			return cs->edges[ST_SVC_IMAP][i].source;
-	return NULL;
-}
-
 static void
 stop_workers(struct imrepl *r)
 {
@@ -889,34 +881,34 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 	return 0;
 }
 
+/* Follow the cluster state taken (lib/cstate.h): start, stop or move the
+ * direction this node replicates from. */
 static void
-check_cstate(struct imrepl *r)
+apply_cstate(struct imrepl *r)
 {
-	char *path = st_cstate_path(r->d->node), *err = NULL;
-	struct st_cstate cs;
-	int rc = st_cstate_load(path, &cs, &err);
+	const struct st_cstate_follower *f = &r->follow;
+	char *err = NULL;
 
-	free(path);
-	if (rc != 0) {
-		if (rc < 0)
-			st_daemon_set_error(r->d, "%s", err);
-		else if (r->active)
+	if (f->error != NULL)
+		st_daemon_set_error(r->d, "cluster state: %s", f->error);
+	if (!f->valid) {
+		if (r->active) {
 			st_warn("no cluster state on this node: replication stopped");
-		free(err);
-		if (r->active)
 			stop_workers(r);
-		set_state(r, rc < 0 ? "error" : "no-cluster-state");
+		}
+		set_state(r, "no-cluster-state");
 		return;
 	}
-	const char *src = find_source(&cs, r->d->node->name);
-	if (r->active && (src == NULL || strcmp(src, r->source) != 0 || cs.epoch != r->epoch)) {
-		st_notice("cluster state changed (epoch %" PRIu64 "): restarting replication", cs.epoch);
+	const char *src = st_cstate_source(&f->cs, ST_SVC_IMAP, r->d->node->name);
+	if (r->active && (src == NULL || strcmp(src, r->source) != 0 || f->cs.epoch != r->epoch)) {
+		st_notice("cluster state changed (epoch %" PRIu64 "): restarting replication",
+			  f->cs.epoch);
 		stop_workers(r);
 	}
-	r->epoch = cs.epoch;
+	r->epoch = f->cs.epoch;
 	if (src == NULL) {
 		r->source[0] = '\0';
-		set_state(r, strcmp(cs.master, r->d->node->name) == 0 ? "idle (master)" : "no-source");
+		set_state(r, strcmp(f->cs.master, r->d->node->name) == 0 ? "idle (master)" : "no-source");
 		return;
 	}
 	if (!r->active && start_direction(r, src, &err) < 0) {
@@ -928,6 +920,13 @@ check_cstate(struct imrepl *r)
 }
 
 static void
+cstate_cb(struct st_cstate_follower *f, void *data)
+{
+	(void)f;
+	apply_cstate(data);
+}
+
+static void
 tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct imrepl *r = w->data;
@@ -935,9 +934,10 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (now >= r->next_cstate_ms) {
+	if (!r->active && now >= r->next_cstate_ms) {
+		/* A direction that could not start: try again. */
 		r->next_cstate_ms = now + CSTATE_CHECK_MS;
-		check_cstate(r);
+		apply_cstate(r);
 	}
 	if (now - r->rate_ms >= 1000) {
 		uint64_t a = atomic_load(&r->c.appended);
@@ -993,7 +993,10 @@ imrepl_start(struct st_daemon *d, char **error_r)
 	r->pass_timer.data = r;
 	ev_timer_start(d->loop, &r->pass_timer);
 	set_state(r, "starting");
-	check_cstate(r);
+	st_cstate_follower_init(&r->follow, d->node);
+	st_cstate_follow(&r->follow);
+	apply_cstate(r);
+	st_cstate_watch(&r->follow, d->loop, CSTATE_CHECK_MS / 1000.0, cstate_cb, r);
 	return 0;
 }
 
@@ -1003,6 +1006,7 @@ imrepl_stop(struct st_daemon *d)
 	struct imrepl *r = d->priv;
 
 	stop_workers(r);
+	st_cstate_follower_free(&r->follow);
 	ev_timer_stop(d->loop, &r->tick);
 	ev_timer_stop(d->loop, &r->pass_timer);
 	ev_async_stop(d->loop, &r->wake);
@@ -1181,6 +1185,38 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 	st_buf_puts(reply, "{\"requested\":false,\"reason\":\"IMAP has no sequences\"}\n");
 }
 
+/*
+ * "reverse NODE [TIMEOUT_MS]", on the master's daemon as in every
+ * replicator (doc/architecture.md, section 6.3): nothing to prepare.  IMAP
+ * keeps no stream position: once the cluster state makes NODE this node's
+ * source, the first pass compares every folder by UID and copies only what
+ * differs.
+ */
+static void
+cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
+{
+	struct st_daemon *d = ctx;
+	struct imrepl *r = d->priv;
+	char node[65], extra[2];
+	long timeout = 0;
+	int n = sscanf(args, "%64s %ld %1s", node, &timeout, extra);
+
+	if (n < 1 || n > 2 || (n == 2 && timeout <= 0) || st_conf_node(d->conf, node) == NULL ||
+	    strcmp(node, d->node->name) == 0) {
+		st_ctl_reply_error(reply, "usage: reverse NODE [TIMEOUT_MS] (NODE: the standby that "
+				   "becomes the master; not this node)");
+		return;
+	}
+	if (r->active) {
+		st_ctl_reply_error(reply, "this node replicates from %s: reverse is for the master's "
+				   "daemon", r->source);
+		return;
+	}
+	st_ctl_reply_json(reply, json_pack("{s:b,s:s}", "done", 1, "note",
+					   "nothing to prepare: the first pass from the new master "
+					   "compares every folder"));
+}
+
 static void
 cmd_pass(void *ctx, const char *args, struct st_buf *reply)
 {
@@ -1197,6 +1233,7 @@ static const struct st_ctl_command imrepl_commands[] = {
 	{ "position", cmd_position, "position: the time (ms) up to which everything is on the standby" },
 	{ "sequences", cmd_sequences, "sequences: nothing to do (IMAP has none)" },
 	{ "pass", cmd_pass, "pass: start a full pass now" },
+	{ "reverse", cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master: nothing to prepare for IMAP" },
 	{ NULL, NULL, NULL },
 };
 

@@ -105,6 +105,7 @@ struct ldrepl {
 	struct ldsync_cookie stored;	/* durable */
 	struct ldsync_cookie received;	/* newest seen in the stream */
 	struct ldsync_cookie refresh_cookie;	/* the refresh's final cookie */
+	struct st_cstate_follower follow;
 	long long next_cookie_save_ms, next_cstate_ms, poll_due_ms;
 	long long session_started_ms, persist_since_ms;
 
@@ -234,15 +235,6 @@ ldap_fd(LDAP *ld)
 
 /* ------------------------------------------------------------ session */
 
-static const char *
-find_source(const struct st_cstate *cs, const char *target)
-{
-	for (size_t i = 0; i < cs->n_edges[ST_SVC_LDAP]; i++)
-		if (strcmp(cs->edges[ST_SVC_LDAP][i].target, target) == 0)
-			return cs->edges[ST_SVC_LDAP][i].source;
-	return NULL;
-}
-
 static void
 session_end(struct ldrepl *r)
 {
@@ -312,29 +304,20 @@ static void
 session_start(struct ldrepl *r)
 {
 	const struct st_node *node = r->d->node;
-	char *path = st_cstate_path(node), *err = NULL;
-	struct st_cstate cs;
+	const struct st_cstate_follower *f = &r->follow;
+	char *err = NULL;
 
-	int lrc = st_cstate_load(path, &cs, &err);
-	free(path);
-	if (lrc != 0) {
-		if (lrc > 0) {
-			free(err);
-			err = xasprintf("%s/%s does not exist (standinctl state init)", node->state_dir,
-					ST_CSTATE_FILE);
-		}
+	r->next_cstate_ms = st_monotonic_ms() + CSTATE_CHECK_MS;
+	if (!f->valid) {
 		set_state(r, "no cluster state");
-		st_daemon_set_error(r->d, "%s", err);
-		free(err);
-		r->next_cstate_ms = st_monotonic_ms() + CSTATE_CHECK_MS;
+		st_daemon_set_error(r->d, "%s", f->error);
 		return;
 	}
-	const char *source = find_source(&cs, node->name);
-	r->epoch = cs.epoch;
-	r->next_cstate_ms = st_monotonic_ms() + CSTATE_CHECK_MS;
+	const char *source = st_cstate_source(&f->cs, ST_SVC_LDAP, node->name);
+	r->epoch = f->cs.epoch;
 	if (source == NULL) {
 		r->source[0] = '\0';
-		set_state(r, strcmp(cs.master, node->name) == 0 ? "idle (master)" : "idle (no source)");
+		set_state(r, strcmp(f->cs.master, node->name) == 0 ? "idle (master)" : "idle (no source)");
 		return;
 	}
 	snprintf(r->source, sizeof(r->source), "%s", source);
@@ -915,21 +898,40 @@ save_cookie(struct ldrepl *r, bool force)
 	ldsync_cookie_clear(&c);
 }
 
+/* Does the cluster state taken move this node's session? */
 static bool
-cstate_changed(struct ldrepl *r)
+cstate_changed(const struct ldrepl *r)
 {
-	char *path = st_cstate_path(r->d->node), *err = NULL;
-	struct st_cstate cs;
-	bool changed = false;
+	const struct st_cstate_follower *f = &r->follow;
+	if (!f->valid)
+		return false;	/* keep going; session_start() reports it */
+	const char *src = st_cstate_source(&f->cs, ST_SVC_LDAP, r->d->node->name);
+	return f->cs.epoch != r->epoch || (src == NULL) != (r->source[0] == '\0') ||
+	       (src != NULL && strcmp(src, r->source) != 0);
+}
 
-	if (st_cstate_load(path, &cs, &err) == 0) {
-		const char *src = find_source(&cs, r->d->node->name);
-		changed = cs.epoch != r->epoch || (src == NULL) != (r->source[0] == '\0') ||
-			  (src != NULL && strcmp(src, r->source) != 0);
+/* Start, end or move the session after the cluster state (or a pause). */
+static void
+follow_cstate(struct ldrepl *r)
+{
+	r->next_cstate_ms = st_monotonic_ms() + CSTATE_CHECK_MS;
+	if (ev_is_active(&r->retry))
+		return;		/* retry_cb starts with the state taken then */
+	if (r->phase != PH_IDLE && !cstate_changed(r))
+		return;
+	if (r->phase != PH_IDLE) {
+		st_notice("cluster state changed: ending this session");
+		save_cookie(r, true);
+		session_end(r);
 	}
-	free(err);
-	free(path);
-	return changed;
+	session_start(r);
+}
+
+static void
+cstate_cb(struct st_cstate_follower *f, void *data)
+{
+	(void)f;
+	follow_cstate(data);
 }
 
 static void
@@ -962,19 +964,8 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		}
 		ldsync_cookie_clear(&c);
 	}
-	if (now >= r->next_cstate_ms) {
-		r->next_cstate_ms = now + CSTATE_CHECK_MS;
-		if (ev_is_active(&r->retry))
-			return;
-		if (r->phase == PH_IDLE || cstate_changed(r)) {
-			if (r->phase != PH_IDLE) {
-				st_notice("cluster state changed: ending this session");
-				save_cookie(r, true);
-				session_end(r);
-			}
-			session_start(r);
-		}
-	}
+	if (now >= r->next_cstate_ms)
+		follow_cstate(r);
 }
 
 static void
@@ -1005,7 +996,10 @@ ldrepl_start(struct st_daemon *d, char **error_r)
 	ev_timer_init(&r->retry, retry_cb, 1.0, 0.);
 	r->retry.data = r;
 	set_state(r, "starting");
+	st_cstate_follower_init(&r->follow, d->node);
+	st_cstate_follow(&r->follow);
 	session_start(r);
+	st_cstate_watch(&r->follow, d->loop, CSTATE_CHECK_MS / 1000.0, cstate_cb, r);
 	return 0;
 }
 
@@ -1019,6 +1013,7 @@ ldrepl_stop(struct st_daemon *d)
 	ev_timer_stop(d->loop, &r->retry);
 	session_end(r);
 	st_bgjob_wait(&r->reverse_job);
+	st_cstate_follower_free(&r->follow);
 }
 
 static void
@@ -1152,7 +1147,7 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 /* "reverse NODE" in flight: NODE's contextCSN read in a thread. */
 struct reverse {
 	struct ldrepl *r;
-	char node[ST_NAME_MAX + 1];
+	char node[65];		/* as given; checked against the nodes */
 	struct st_ctl_held *held;
 	char *csns;			/* ';'-separated contextCSN values */
 	char *err;
@@ -1250,14 +1245,16 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	char *err = NULL;
 	struct reverse *rv = xcalloc(1, sizeof(*rv));
 
+	char node[65], extra[2];
+	long timeout = 3 * d->conf->ldap.timeout_ms;
+	int n = sscanf(args, "%64s %ld %1s", node, &timeout, extra);
+
 	rv->r = r;
-	while (*args == ' ')
-		args++;
-	snprintf(rv->node, sizeof(rv->node), "%s", args);
-	rv->node[strcspn(rv->node, " ")] = '\0';
-	if (st_conf_node(d->conf, rv->node) == NULL || strcmp(rv->node, d->node->name) == 0)
-		err = xasprintf("usage: reverse NODE (the standby that becomes the master; "
-				"not this node)");
+	snprintf(rv->node, sizeof(rv->node), "%s", n >= 1 ? node : "");
+	if (n < 1 || n > 2 || timeout <= 0 || st_conf_node(d->conf, node) == NULL ||
+	    strcmp(node, d->node->name) == 0)
+		err = xstrdup("usage: reverse NODE [TIMEOUT_MS] (NODE: the standby that becomes the "
+			      "master; not this node)");
 	else if (r->phase != PH_IDLE && r->source[0] != '\0')
 		err = xasprintf("this node replicates from %s: reverse is for the master's daemon",
 				r->source);
@@ -1271,8 +1268,8 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 		free(rv);
 		return;
 	}
-	/* Connect, bind and search: each within [ldap] timeout. */
-	rv->held = st_ctl_hold(reply, 3 * d->conf->ldap.timeout_ms);
+	/* Connect, bind and search: each within [ldap] timeout (3 x by default). */
+	rv->held = st_ctl_hold(reply, timeout);
 }
 
 /* A reload frees the configuration the threads read: let them finish. */
@@ -1292,7 +1289,7 @@ static const struct st_ctl_command ldrepl_commands[] = {
 	{ "drain", cmd_drain, "drain CSN [TIMEOUT_MS]: tell (or wait until) the master's contextCSN CSN is applied here" },
 	{ "position", cmd_position, "position: the master's CSN applied and durable here" },
 	{ "sequences", cmd_sequences, "sequences: nothing to do (LDAP has none)" },
-	{ "reverse", cmd_reverse, "reverse NODE: on the master, start the reverse direction from NODE's contextCSN" },
+	{ "reverse", cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master, start the reverse direction from NODE's contextCSN" },
 	{ NULL, NULL, NULL },
 };
 

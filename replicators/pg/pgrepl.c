@@ -34,6 +34,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "lib/bgjob.h"
 #include "lib/cstate.h"
 #include "lib/daemon.h"
 #include "lib/durable.h"
@@ -259,73 +260,26 @@ pgr_ddl_done_read(const struct st_node *node, const char *source, pgo_lsn progre
 }
 
 
-/*
- * Switchover, after the drain: this node (the standby) will be the master and
- * OLD_SOURCE its standby.  Make this node feed OLD_SOURCE from now, with no
- * copy, then idle until the cluster state says so.
- */
-static void
-reverse(struct pgrepl *r, const struct st_conf *conf, const char *old_source, const char *me,
-	const char *cstate_path)
-{
-	char new_slot[64], new_origin[96], stale_slot[64], *err = NULL;
-	pgo_lsn start = 0;
-
-	pgr_name_part(new_slot, sizeof(new_slot), "standin_", old_source);
-	pgr_name_part(new_origin, sizeof(new_origin), "standin_from_", me);
-	pgr_name_part(stale_slot, sizeof(stale_slot), "standin_", me);
-	pgr_set_state(r, "reversing");
-	if (pgs_prepare_reverse(conf, me, old_source, PUBLICATION, new_slot, new_origin, stale_slot,
-				&start, &err) < 0) {
-		pgr_set_reverse(r, "failed", 0, err);
-		pgr_set_error(r, "error", err);
-		free(err);
-		atomic_store(&r->reverse_requested, 0);
-		return;
-	}
-	pgr_set_reverse(r, "done", start, NULL);
-	atomic_store(&r->reverse_requested, 0);
-	pgr_set_error(r, "reversed (waiting for the cluster state)", NULL);
-	/* Until the cluster state says this node is the master, pulling again from
-	 * the old master would find its slot gone: wait. */
-	while (!pgr_stopping(r)) {
-		struct st_cstate cs;
-		if (st_cstate_load(cstate_path, &cs, &err) == 0) {
-			const char *src = pgr_find_source(&cs, me);
-			if (src == NULL || strcmp(src, old_source) != 0)
-				break;
-		}
-		free(err);
-		err = NULL;
-		pgr_pause_ms(r, 500);
-	}
-	free(err);
-}
-
 static void *
 engine_main(void *arg)
 {
 	struct pgrepl *r = arg;
 	const struct st_conf *conf = r->conf;
 	const char *me = r->node->name;
-	char *path = st_cstate_path(r->node);
+	struct st_cstate_follower *f = &r->follow;
 	long retry_ms = RETRY_MIN_MS;
 
 	while (!pgr_stopping(r)) {
-		struct st_cstate cs;
 		char *err = NULL;
-		int lrc = st_cstate_load(path, &cs, &err);
-		if (lrc != 0) {
-			if (lrc > 0)
-				err = xasprintf("%s does not exist (standinctl state init)", path);
-			pgr_set_error(r, "no cluster state", err);
-			free(err);
+		st_cstate_follow(f);
+		if (!f->valid) {
+			pgr_set_error(r, "no cluster state", f->error);
 			pgr_pause_ms(r, IDLE_CHECK_MS);
 			continue;
 		}
-		const char *source = pgr_find_source(&cs, me);
+		const char *source = st_cstate_source(&f->cs, ST_SVC_PG, me);
 		if (source == NULL) {
-			pgr_set_error(r, strcmp(cs.master, me) == 0 ? "idle (master)" : "idle (no source)",
+			pgr_set_error(r, strcmp(f->cs.master, me) == 0 ? "idle (master)" : "idle (no source)",
 				  NULL);
 			pgr_pause_ms(r, IDLE_CHECK_MS);
 			continue;
@@ -333,11 +287,7 @@ engine_main(void *arg)
 		char src_name[ST_NAME_MAX + 1];
 		snprintf(src_name, sizeof(src_name), "%s", source);
 		long long began = st_monotonic_ms();
-		int rrc = pgr_replicate(r, conf, src_name, me, cs.epoch, &err);
-		if (rrc == 2) {
-			reverse(r, conf, src_name, me, path);
-			continue;
-		}
+		int rrc = pgr_replicate(r, conf, src_name, me, f->cs.epoch, &err);
 		if (rrc == 0 || pgr_stopping(r)) {
 			free(err);
 			continue;
@@ -358,7 +308,6 @@ engine_main(void *arg)
 		pgr_pause_ms(r, retry_ms);
 		retry_ms = retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : retry_ms * 2;
 	}
-	free(path);
 	return NULL;
 }
 
@@ -395,6 +344,7 @@ pgrepl_start(struct st_daemon *d, char **error_r)
 	r->async.data = r;
 	ev_async_start(d->loop, &r->async);
 	d->state = "starting";
+	st_cstate_follower_init(&r->follow, r->node);
 	if (pthread_create(&r->thread, NULL, engine_main, r) != 0) {
 		st_set_error(error_r, "cannot start the engine thread: %s", strerror(errno));
 		return -1;
@@ -416,13 +366,17 @@ engine_stop(struct pgrepl *r)
 		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
 	pthread_join(r->thread, NULL);
 	r->thread_started = false;
+	st_cstate_follower_free(&r->follow);
 	st_info("engine stopped");
 }
 
 static void
 pgrepl_stop(struct st_daemon *d)
 {
-	engine_stop(d->priv);
+	struct pgrepl *r = d->priv;
+
+	st_bgjob_wait(&r->reverse_job);
+	engine_stop(r);
 }
 
 static bool
@@ -718,37 +672,181 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 	st_buf_puts(reply, "{\"requested\":true}\n");
 }
 
+/* "reverse NODE [TIMEOUT_MS]" in flight, in a thread (libpq blocks). */
+struct reverse {
+	struct pgrepl *r;
+	char node[65];		/* as given; checked against the nodes */
+	long timeout_ms;
+	struct st_ctl_held *held;
+	pgo_lsn final, start;
+	char *err;
+};
+
+#define REVERSE_TIMEOUT_MS 30000
+
 /*
- * "reverse": the switchover's step on the standby, once the master is fenced:
- * wait until its position is drained here, then make this node feed it
- * (reverse.state in status: requested, done, failed).
+ * This node (the old master, fenced) waits until NODE has confirmed its
+ * final position on slot standin_NODE here: everything it wrote is on NODE.
+ * The insert position, not pg_current_wal_lsn(): with asynchronous commit a
+ * committed transaction may not be written yet.
+ */
+static int
+reverse_wait_drained(struct reverse *rv, PGconn *me, const char *slot, char **error_r)
+{
+	char *lit = pgc_literal(slot), *value = NULL, *sql = NULL;
+	long long deadline = st_monotonic_ms() + rv->timeout_ms;
+	pgo_lsn confirmed = 0;
+	int rc = -1;
+
+	if (pgc_value(me, "SELECT pg_catalog.pg_current_wal_insert_lsn()", &value, error_r) < 0)
+		goto out;
+	if (value == NULL || pgo_lsn_parse(value, &rv->final) < 0) {
+		st_set_error(error_r, "pg_current_wal_insert_lsn() gave %s", st_q(value ? value : "NULL"));
+		goto out;
+	}
+	sql = xasprintf("SELECT coalesce(confirmed_flush_lsn::text, '') FROM "
+			"pg_catalog.pg_replication_slots WHERE slot_name = %s", lit);
+	for (;;) {
+		free(value);
+		value = NULL;
+		if (pgc_value(me, sql, &value, error_r) < 0)
+			goto out;
+		if (value == NULL) {
+			st_set_error(error_r, "no replication slot %s here: %s does not replicate from "
+				     "this node", slot, rv->node);
+			goto out;
+		}
+		if (value[0] != '\0' && pgo_lsn_parse(value, &confirmed) < 0) {
+			st_set_error(error_r, "slot %s: bad confirmed_flush_lsn %s", slot, st_q(value));
+			goto out;
+		}
+		if (confirmed >= rv->final)
+			break;
+		if (pgr_stopping(rv->r) || st_monotonic_ms() >= deadline) {
+			st_set_error(error_r, "%s has not confirmed this node's final position " PGO_LSN_FMT
+				     " within %ld ms (slot %s at " PGO_LSN_FMT "): is this node fenced, "
+				     "and %s streaming?", rv->node, PGO_LSN_ARGS(rv->final), rv->timeout_ms,
+				     slot, PGO_LSN_ARGS(confirmed), rv->node);
+			goto out;
+		}
+		usleep(100 * 1000);
+	}
+	rc = 0;
+out:
+	free(value);
+	free(sql);
+	free(lit);
+	return rc;
+}
+
+static void
+reverse_work(void *arg)
+{
+	struct reverse *rv = arg;
+	struct pgrepl *r = rv->r;
+	const char *me = r->node->name;
+	char drained_slot[64], new_slot[64], new_origin[96];
+	PGconn *c = pgc_connect(r->conf, me, PGC_NORMAL, "standin-pgrepl reverse", &rv->err);
+
+	if (c == NULL)
+		return;
+	pgr_name_part(drained_slot, sizeof(drained_slot), "standin_", rv->node);
+	pgr_name_part(new_slot, sizeof(new_slot), "standin_", me);
+	pgr_name_part(new_origin, sizeof(new_origin), "standin_from_", rv->node);
+	int rc = reverse_wait_drained(rv, c, drained_slot, &rv->err);
+	PQfinish(c);
+	if (rc < 0)
+		return;
+	/* The slot NODE pulled with stays until NODE's session ends; this
+	 * node's first session from NODE drops it (pgr_replicate). */
+	if (pgs_prepare_reverse(r->conf, rv->node, me, PUBLICATION, new_slot, new_origin, NULL,
+				&rv->start, &rv->err) == 0)
+		st_notice("reverse: %s will feed this node from lsn=" PGO_LSN_FMT " (this node's "
+			  "final lsn=" PGO_LSN_FMT ")", rv->node, PGO_LSN_ARGS(rv->start),
+			  PGO_LSN_ARGS(rv->final));
+}
+
+static void
+reverse_done(void *arg)
+{
+	struct reverse *rv = arg;
+	struct pgrepl *r = rv->r;
+	json_t *o = json_object();
+
+	r->reverse_job = NULL;
+	pgr_set_reverse(r, rv->err != NULL ? "failed" : "done", rv->start, rv->err);
+	if (rv->err != NULL) {
+		st_warn("reverse from %s failed: %s", rv->node, rv->err);
+		json_object_set_new(o, "error", json_string(rv->err));
+	} else {
+		json_object_set_new(o, "done", json_true());
+		char *f = pgr_lsn_text(rv->final), *l = pgr_lsn_text(rv->start);
+		json_object_set_new(o, "final", json_string(f));
+		json_object_set_new(o, "start", json_string(l));
+		free(f);
+		free(l);
+	}
+	char *text = json_dumps(o, JSON_COMPACT);
+	char *line = xasprintf("%s\n", text);
+	st_ctl_reply_later(rv->held, line);
+	free(line);
+	free(text);
+	json_decref(o);
+	free(rv->err);
+	free(rv);
+}
+
+/*
+ * "reverse NODE [TIMEOUT_MS]", the switchover's step on the master's daemon
+ * (the node that becomes a standby), once this node is fenced: wait until
+ * NODE has confirmed everything this node wrote, then make NODE feed this
+ * node with no copy (a slot on NODE, this node's origin at its start).  The
+ * same side and arguments as in standin-ldaprepl and standin-imaprepl
+ * (doc/architecture.md, section 6.3).  The reply comes when it is done.
  */
 static void
 cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 {
 	struct st_daemon *d = ctx;
 	struct pgrepl *r = d->priv;
-	uint64_t one = 1;
+	struct reverse *rv = xcalloc(1, sizeof(*rv));
+	char *err = NULL, node[65], extra[2];
+	long timeout = REVERSE_TIMEOUT_MS;
 
-	(void)args;
+	rv->r = r;
+	int n = sscanf(args, "%64s %ld %1s", node, &timeout, extra);
+	snprintf(rv->node, sizeof(rv->node), "%s", n >= 1 ? node : "");
 	pthread_mutex_lock(&r->lock);
-	bool streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
+	bool master = r->st.state != NULL && strcmp(r->st.state, "idle (master)") == 0;
+	char source[ST_NAME_MAX + 1];
+	snprintf(source, sizeof(source), "%s", r->st.source);
 	pthread_mutex_unlock(&r->lock);
-	if (!streaming) {
-		/* Only a standby that streams from its master can take its place. */
-		st_ctl_reply_error(reply, "not streaming: reverse is for the standby, while it "
-				   "streams from the master");
+	if (n < 1 || n > 2 || timeout <= 0 || st_conf_node(r->conf, node) == NULL ||
+	    strcmp(node, r->node->name) == 0)
+		err = xstrdup("usage: reverse NODE [TIMEOUT_MS] (NODE: the standby that becomes the "
+			      "master; not this node)");
+	else if (!master)
+		err = xasprintf("this daemon is not idle as the master (%s): reverse is for the "
+				"master's daemon", source[0] != '\0' ? source : "no state yet");
+	else if (r->reverse_job != NULL)
+		err = xstrdup("a reverse is running already");
+	else {
+		rv->timeout_ms = timeout;
+		pgr_set_reverse(r, "running", 0, NULL);
+		r->reverse_job = st_bgjob_start(d->loop, reverse_work, reverse_done, rv, &err);
+	}
+	if (err != NULL) {
+		st_ctl_reply_error(reply, "%s", err);
+		free(err);
+		free(rv);
 		return;
 	}
-	pgr_set_reverse(r, "requested", 0, NULL);
-	atomic_store(&r->reverse_requested, 1);
-	if (write(r->wake_fd, &one, sizeof(one)) < 0)
-		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
-	st_buf_puts(reply, "{\"requested\":true}\n");
+	/* The wait, then connections to both nodes. */
+	rv->held = st_ctl_hold(reply, timeout + 4 * r->conf->pg.connect_timeout_ms + 10000);
 }
 
 static const struct st_ctl_command pgrepl_commands[] = {
-	{ "reverse", cmd_reverse, "switchover: once drained, make this standby feed its master" },
+	{ "reverse", cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master, once fenced and drained, make NODE feed this node" },
 	{ "drain", cmd_drain, "drain LSN [TIMEOUT_MS]: tell (or wait until) the standby has applied up to LSN" },
 	{ "position", cmd_position, "position: the master's LSN applied and durable here" },
 	{ "sequences", cmd_sequences, "copy the master's sequences to the standby now" },

@@ -1,6 +1,6 @@
 /*
  * pgrepl.h: what standin-pgrepl's daemon (pgrepl.c: status, admin commands,
- * the engine thread's loop over the cluster state, the switchover's reverse)
+ * the engine thread's loop over the cluster state)
  * and its stream session (pgstream.c: one session from a source, its side
  * queries, feedback and sequence copies) share.  Not a library: one program.
  */
@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lib/bgjob.h"
 #include "lib/cstate.h"
 #include "lib/daemon.h"
 #include "replicators/pg/pgoutput.h"
@@ -37,7 +38,7 @@ struct status {
 	int64_t applied_commit_time;
 	long long oldest_pending_ms;	/* unix ms of the oldest commit not applied, 0 none */
 	bool caught_up;			/* everything received is applied and durable */
-	const char *reverse_state;	/* "requested", "done", "failed" or NULL */
+	const char *reverse_state;	/* "running", "done", "failed" or NULL */
 	pgo_lsn reverse_lsn;
 	char reverse_error[512];
 	uint64_t txns, rows, groups, ddl, ddl_rejected, ddl_skipped, batches, batched_rows;
@@ -73,7 +74,8 @@ struct pgrepl {
 	uint64_t error_seen;
 	atomic_int sequences_requested;	/* admin "sequences": copy them now */
 	uint64_t resolved_before;	/* conflicts resolved by the sessions that ended */
-	atomic_int reverse_requested;	/* admin "reverse": switchover, see pgr_replicate() */
+	struct st_bgjob *reverse_job;	/* admin "reverse NODE" in flight (pgrepl.c) */
+	struct st_cstate_follower follow;	/* the engine thread's, no watch */
 
 	pthread_mutex_t lock;
 	struct status st;
@@ -94,17 +96,15 @@ void pgr_pause_ms(struct pgrepl *r, long ms);
 void pgr_name_part(char *out, size_t size, const char *prefix, const char *node);
 /* "0/16B3748"; the caller frees it. */
 char *pgr_lsn_text(pgo_lsn l);
-/* The pg source of TARGET in CS, or NULL. */
-const char *pgr_find_source(const struct st_cstate *cs, const char *target);
 /* The DDL messages from SOURCE marked done and not passed yet (PROGRESS). */
 size_t pgr_ddl_done_read(const struct st_node *node, const char *source, pgo_lsn progress,
 			 pgo_lsn *lsns);
 
 /*
  * Replicate SOURCE -> TARGET until stopped or an error: 0 (stopped, or the
- * cluster state moved on), 2 (drained for a reverse), 3 (a statement of many
- * rows failed: start again at once, one statement per row up to
- * r->rowwise_until) or -1 with *error_r (pgstream.c).
+ * cluster state moved on), 3 (a statement of many rows failed: start again
+ * at once, one statement per row up to r->rowwise_until) or -1 with
+ * *error_r (pgstream.c).
  */
 int pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source,
 		  const char *target, uint64_t epoch, char **error_r);

@@ -2,9 +2,8 @@
  * pgstream.c: one replication session of standin-pgrepl, from a source to
  * this node: the replication connection and its feedback, the apply
  * (pgapply.c), streamed transactions (pgspool.c), the side connections'
- * queries (positions, sequences), the initial sync when one is needed, and
- * the reverse of a switchover's drain.  The daemon (pgrepl.c) runs it on its
- * engine thread.
+ * queries (positions, sequences), and the initial sync when one is needed.
+ * The daemon (pgrepl.c) runs it on its engine thread.
  */
 #include "config.h"
 
@@ -180,7 +179,6 @@ struct stream {
 	const struct st_conf *conf;
 	const char *source, *target, *origin;
 	uint64_t epoch;			/* of the cluster state this session follows */
-	char *cstate_path;
 	long long next_cstate_ms, next_sequences_ms;
 	struct side src_side, tgt_side;
 	char *seq_names, *seq_values;	/* read on the master, to set on the standby */
@@ -196,8 +194,6 @@ struct stream {
 	pgo_lsn last_commit_end;	/* end LSN of the last Commit received */
 	long long next_feedback_ms;
 	long long oldest_pending_ms;
-	long long reverse_deadline_ms;	/* a reverse request waits this long for the drain */
-	pgo_lsn reverse_want;		/* the fenced master's position */
 	long long rate_ms;		/* when rate_txns/rate_rows were taken */
 	uint64_t rate_txns, rate_rows;
 };
@@ -414,53 +410,6 @@ pgr_set_reverse(struct pgrepl *r, const char *state, pgo_lsn lsn, const char *er
 }
 
 /*
- * A reverse request (switchover): once the fenced master's position is
- * drained here, end the session with 2 so the engine can turn the direction
- * around; give up (failed) if the drain does not come within 30 s.
- */
-static int
-reverse_check(struct stream *s, char **error_r)
-{
-	struct pgrepl *r = s->r;
-	char *value = NULL;
-
-	if (s->reverse_deadline_ms == 0) {
-		/* The master's side connection, once its query is answered. */
-		if (s->src_side.job != SIDE_IDLE)
-			return 0;
-		if (side_connect(s->conf, &s->src_side, error_r) < 0)
-			return -1;
-		/* The insert position, not pg_current_wal_lsn(): with asynchronous
-		 * commit a committed transaction may not be written yet. */
-		if (pgc_value(s->src_side.conn, "SELECT pg_catalog.pg_current_wal_insert_lsn()", &value,
-			      error_r) < 0 || value == NULL || pgo_lsn_parse(value, &s->reverse_want) < 0) {
-			free(value);
-			return -1;
-		}
-		free(value);
-		s->reverse_deadline_ms = st_monotonic_ms() + 30000;
-		st_notice("reverse requested: waiting for the drain lsn=" PGO_LSN_FMT,
-			  PGO_LSN_ARGS(s->reverse_want));
-	}
-	bool drained = !pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
-		       s->durable >= s->last_commit_end &&
-		       (s->durable >= s->reverse_want || s->received >= s->reverse_want);
-	if (drained)
-		return 2;
-	if (st_monotonic_ms() > s->reverse_deadline_ms) {
-		char why[256];
-		snprintf(why, sizeof(why), "not drained within 30 s: the master is at " PGO_LSN_FMT
-			 ", received " PGO_LSN_FMT ", durable " PGO_LSN_FMT " (is it fenced?)",
-			 PGO_LSN_ARGS(s->reverse_want), PGO_LSN_ARGS(s->received),
-			 PGO_LSN_ARGS(s->durable));
-		pgr_set_reverse(r, "failed", 0, why);
-		atomic_store(&r->reverse_requested, 0);
-		s->reverse_deadline_ms = 0;
-	}
-	return 0;
-}
-
-/*
  * The sequence copy, periodically and when the admin socket asks: read on
  * the master's side connection, then set on the standby's, neither waited
  * for.  sequences_synced_ms is when the read went out: the standby's
@@ -548,22 +497,18 @@ side_answered(struct stream *s, struct side *sd, char **error_r)
 static bool
 cstate_changed(struct stream *s)
 {
-	struct st_cstate cs;
-	char *err = NULL;
-	bool changed = false;
+	const struct st_cstate_follower *f = &s->r->follow;
 
 	s->next_cstate_ms = st_monotonic_ms() + IDLE_CHECK_MS;
-	if (st_cstate_load(s->cstate_path, &cs, &err) != 0) {
-		free(err);
-		return false;	/* unreadable now: keep going, the engine reports it later */
-	}
-	const char *src = pgr_find_source(&cs, s->target);
-	if (cs.epoch != s->epoch || src == NULL || strcmp(src, s->source) != 0) {
+	if (!st_cstate_follow(&s->r->follow) || !f->valid)
+		return false;	/* unchanged, or unreadable now: keep going */
+	const char *src = st_cstate_source(&f->cs, ST_SVC_PG, s->target);
+	if (f->cs.epoch != s->epoch || src == NULL || strcmp(src, s->source) != 0) {
 		st_notice("cluster state changed epoch=%" PRIu64 " source=%s: ending this session",
-			  cs.epoch, src != NULL ? src : "none");
-		changed = true;
+			  f->cs.epoch, src != NULL ? src : "none");
+		return true;
 	}
-	return changed;
+	return false;
 }
 
 static int
@@ -621,11 +566,6 @@ stream_loop(struct stream *s, char **error_r)
 			return 0;
 		if (sequences_step(s, error_r) < 0)
 			return -1;
-		if (atomic_load(&r->reverse_requested)) {
-			int rc = reverse_check(s, error_r);
-			if (rc != 0)
-				return rc;
-		}
 		bool behind = pga_behind(s->apply);
 		if (!dry && !behind)
 			continue;
@@ -664,15 +604,6 @@ stream_loop(struct stream *s, char **error_r)
 
 /* ------------------------------------------------------------ one session */
 
-const char *
-pgr_find_source(const struct st_cstate *cs, const char *target)
-{
-	for (size_t i = 0; i < cs->n_edges[ST_SVC_PG]; i++)
-		if (strcmp(cs->edges[ST_SVC_PG][i].target, target) == 0)
-			return cs->edges[ST_SVC_PG][i].source;
-	return NULL;
-}
-
 static int
 slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
 {
@@ -691,7 +622,7 @@ slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
 
 /*
  * Replicate SOURCE -> this node until stopped or an error: 0 (stopped, or
- * the cluster state moved on), 2 (drained for a reverse), 3 (a statement of
+ * the cluster state moved on), 3 (a statement of
  * many rows failed: start again at once, one statement per row up to
  * r->rowwise_until) or -1 with *error_r.
  */
@@ -702,7 +633,7 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 	const struct st_node *node = st_conf_node(conf, target);
 	char slot[64], origin[96], *marker = NULL, *err = NULL, *ddl_key = NULL;
 	struct stream s = { .r = r, .conf = conf, .source = source, .target = target,
-			    .origin = origin, .epoch = epoch, .cstate_path = st_cstate_path(node),
+			    .origin = origin, .epoch = epoch,
 			    .src_side = { .node = source }, .tgt_side = { .node = target } };
 	PGconn *tgt = NULL, *src = NULL;
 	int rc = -1;
@@ -748,6 +679,17 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 		r->resync = false;
 		st_notice("initial sync done source=%s target=%s start=" PGO_LSN_FMT, source, target,
 			  PGO_LSN_ARGS(start));
+	}
+
+	if (!need_sync) {
+		/* After a switchover (reverse), this node still holds the slot its
+		 * new source pulled with when it was the standby: a slot here
+		 * feeding this node's own source only keeps WAL.  (The initial
+		 * sync drops it too.) */
+		char stale_slot[64];
+		pgr_name_part(stale_slot, sizeof(stale_slot), "standin_", source);
+		if (pgs_free_slot(tgt, stale_slot, true, &err) < 0)
+			goto fail;
 	}
 
 	src = pgc_connect(conf, source, PGC_NORMAL, "standin-pgrepl check", &err);
@@ -841,7 +783,6 @@ fail:
 out:
 	free(err);
 	free(marker);
-	free(s.cstate_path);
 	side_close(&s.src_side);
 	side_close(&s.tgt_side);
 	free(s.seq_names);

@@ -332,7 +332,7 @@ pgs_prepare_reverse(const struct st_conf *conf, const char *new_source, const ch
 	if (set_origin(tgt, new_origin, start, &err) < 0)
 		goto fail;
 	step = "dropping the new standby's old slot";
-	if (pgs_free_slot(tgt, stale_slot, true, &err) < 0)
+	if (stale_slot != NULL && pgs_free_slot(tgt, stale_slot, true, &err) < 0)
 		goto fail;
 	st_notice("reversed: %s now feeds %s from slot=%s start=" PGO_LSN_FMT, new_source,
 		  new_target, new_slot, PGO_LSN_ARGS(start));

@@ -87,7 +87,8 @@ extern const char PGS_SEQUENCES_SET[];
  * with no copy.  A slot NEW_SLOT is created on NEW_SOURCE (no snapshot; its
  * consistent point is "now", before NEW_SOURCE takes writes), NEW_ORIGIN on
  * NEW_TARGET is advanced to that point, and NEW_TARGET's STALE_SLOT (the one
- * NEW_SOURCE pulled with) is dropped.  *start_r: the consistent point.
+ * NEW_SOURCE pulled with; NULL: left) is dropped.  *start_r: the consistent
+ * point.
  */
 int pgs_prepare_reverse(const struct st_conf *conf, const char *new_source,
 			const char *new_target, const char *publication, const char *new_slot,

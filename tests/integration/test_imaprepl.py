@@ -355,8 +355,12 @@ def test_drain_and_switchover_reverse(env):
     # the messages by content: nothing is copied again.
     env.start("a")
     env.wait_status(lambda s: s["state"] == "idle (master)", "a idle as master", node="a")
+    # reverse: on the master's daemon, as in every replicator; nothing to prepare for IMAP.
+    assert "reverse is for the master's daemon" in query(env.daemon.sock, "reverse a")
+    assert "usage: reverse NODE [TIMEOUT_MS]" in query(env.daemons["a"].sock, "reverse a")
+    assert json.loads(query(env.daemons["a"].sock, "reverse b"))["done"] is True
     for node in ("a", "b"):
-        r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "set", "--master", "b")
         assert r.returncode == 0, r.stderr + r.stdout
     env.wait_status(lambda s: s["state"] == "idle (master)", "b idle as master")
     env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "reverse pass", node="a")

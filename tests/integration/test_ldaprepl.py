@@ -361,11 +361,13 @@ def test_switchover_reverses_without_a_reload(env):
     csn = env.context_csn(a)
     sh.wait_until(lambda: '"drained":true' in query(d_b.sock, f"drain {csn}"), 30, "b drained")
     env.wait_equal()
-    assert "reverse is for the master" in query(d_b.sock, "reverse a")
-    reply = query(d_a.sock, "reverse b")
+    assert "reverse is for the master's daemon" in query(d_b.sock, "reverse a")
+    for bad in ("reverse", "reverse a", "reverse zz", "reverse b 0", "reverse b 10 x"):
+        assert "usage: reverse NODE [TIMEOUT_MS]" in query(d_a.sock, bad), bad
+    reply = query(d_a.sock, "reverse b 20000", timeout=30)
     assert '"done":true' in reply, reply
     for node in ("a", "b"):
-        r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        r = run(STANDINCTL, "-c", env.conf, "-n", node, "state", "set", "--master", "b")
         assert r.returncode == 0, r.stderr
     sh.wait_until(lambda: d_a.status()["state"] == "persisting", 60, "a persisting from b")
     sh.wait_until(lambda: d_b.status()["state"] == "idle (master)", 30, "b idle as master")

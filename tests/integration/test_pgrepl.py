@@ -969,13 +969,29 @@ def test_follows_the_cluster_state(pg):
     pg.sql_a("CREATE TABLE t (id int PRIMARY KEY)")
     d = pg.start()
     pg.wait_state("streaming")
+    path = os.path.join(pg.base, "b", "state", "cluster.state")
+    with open(path, "rb") as f:
+        epoch1 = f.read()
     # Node b becomes the master (as a switchover would record it): b's daemon stops pulling.
-    r = run(STANDINCTL, "-c", pg.conf, "-n", "b", "state", "init", "--master", "b", "--force")
-    assert r.returncode == 0, r.stderr
+    r = run(STANDINCTL, "-c", pg.conf, "-n", "b", "state", "set", "--master", "b")
+    assert r.returncode == 0 and "epoch 2, master b" in r.stdout, r.stderr
     pg.wait_state("idle (master)", timeout=30)
     assert "cluster state changed" in d.output()
+    # An older state put back (a stale copy, a late order) is refused, loudly.
+    with open(path + ".tmp", "wb") as f:
+        f.write(epoch1)
+    os.rename(path + ".tmp", path)
+    sh.wait_until(lambda: "cluster state refused: epoch 1 master a is older than the one taken, "
+                  "epoch 2 master b" in d.output(), 30, "the old state refused")
+    assert pg.status()["state"] == "idle (master)"
     r = run(STANDINCTL, "-c", pg.conf, "-n", "b", "state", "init", "--master", "a", "--force")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "epoch 2, master a" in r.stdout, r.stdout
+    # Epoch 2 again, saying otherwise: refused too.
+    sh.wait_until(lambda: "cluster state refused: epoch 2 master a differs from the one taken with "
+                  "the same epoch 2 master b" in d.output(), 30, "the same epoch refused")
+    assert pg.status()["state"] == "idle (master)"
+    r = run(STANDINCTL, "-c", pg.conf, "-n", "b", "state", "set", "--master", "a")
+    assert r.returncode == 0 and "epoch 3, master a" in r.stdout, r.stderr
     pg.wait_state("streaming", timeout=30)
     pg.sql_a("INSERT INTO t VALUES (1)")
     pg.wait_equal("t")
@@ -1041,7 +1057,7 @@ def test_divergence_report_after_unplanned_failover(pg):
     pg.sql_a("DELETE FROM t WHERE id = 2")
     # Failover: b is the master now, and takes writes.
     for node in ("a", "b"):
-        r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "set", "--master", "b")
         assert r.returncode == 0, r.stderr
     pg.sql_b("INSERT INTO t VALUES (100, 'written on b')")
     # Node a comes back as the standby: replaced by b's content, after the report.
@@ -1135,9 +1151,10 @@ def test_drain_reaches_the_fenced_masters_position(pg):
 
 
 def test_switchover_reverses_without_a_copy(pg):
-    """The pg steps of a planned switchover: fence a, drain, reverse on b,
-    flip the cluster state; the same daemons then replicate b -> a from
-    where a stopped, with no initial sync and nothing lost."""
+    """The pg steps of a planned switchover: fence a, reverse b on a (the
+    master's daemon, as in every replicator), flip the cluster state; the
+    same daemons then replicate b -> a from where a stopped, with no initial
+    sync and nothing lost."""
     pg.sql_a("CREATE TABLE t (id int PRIMARY KEY, v text); "
              "INSERT INTO t SELECT g, 'a' FROM generate_series(1, 500) g")
     d_b = pg.start()
@@ -1147,16 +1164,27 @@ def test_switchover_reverses_without_a_copy(pg):
     pg.wait_state("streaming")
     sh.wait_until(lambda: d_a.status()["state"] == "idle (master)", 30, "a idle as master")
     pg.sql_a("UPDATE t SET v = 'last on a' WHERE id = 1")
-    assert "not streaming" in query(d_a.sock, "reverse")     # the master cannot
-    # Fence a, then turn the direction around from b.
+    assert "reverse is for the master's daemon" in query(d_b.sock, "reverse a")  # the standby
+    for bad in ("reverse", "reverse a", "reverse zz", "reverse b -5", "reverse b 10 x"):
+        assert "usage: reverse NODE [TIMEOUT_MS]" in query(d_a.sock, bad), bad
+    # b not confirming (stopped): the reverse gives up within its timeout, says why.
+    os.kill(d_b.proc.pid, signal.SIGSTOP)
+    try:
+        pg.sql_a("UPDATE t SET v = 'while b is stopped' WHERE id = 3")
+        reply = json.loads(query(d_a.sock, "reverse b 1500", timeout=30))
+        assert "b has not confirmed this node's final position" in reply["error"], reply
+        assert d_a.status()["reverse"]["state"] == "failed"
+    finally:
+        os.kill(d_b.proc.pid, signal.SIGCONT)
+    # Fence a, then turn the direction around from a.
     pg.a.psql("ALTER DATABASE groupware SET default_transaction_read_only = on")
-    assert '"requested":true' in query(d_b.sock, "reverse")
-    st = sh.wait_until(lambda: (s := d_b.status())["reverse"]["state"] != "requested" and s, 60,
-                       "the reverse on b")
-    assert st["reverse"]["state"] == "done", st
+    reply = json.loads(query(d_a.sock, "reverse b", timeout=60))
+    assert reply.get("done") is True, reply
+    st = d_a.status()
+    assert st["reverse"]["state"] == "done" and st["reverse"]["lsn"] == reply["start"], st
     pg.wait_equal("t")
     for node in ("a", "b"):
-        r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "init", "--master", "b", "--force")
+        r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "set", "--master", "b")
         assert r.returncode == 0, r.stderr
     sh.wait_until(lambda: d_a.status()["state"] == "streaming", 60, "a streaming from b")
     sh.wait_until(lambda: d_b.status()["state"] == "idle (master)", 30, "b idle as master")

@@ -325,7 +325,7 @@ def test_switch_closes_sessions_on_the_old_master(env):
     sh.wait_until(lambda: svc_status(d, "pg")["switched"] is False, 10, "the state to be reread")
     assert env.psql(port, "SELECT inet_server_port()") == str(env.pg.a.port)
     set_state(d, 1, "b")
-    sh.wait_until(lambda: "cluster state ignored: epoch 1 is older than 2" in d.output(), 10,
+    sh.wait_until(lambda: "cluster state refused: epoch 1 master b is older than the one taken, epoch 2" in d.output(), 10,
                   "the old epoch to be refused")
     assert svc_status(d, "pg")["backend"]["node"] == "a"
 

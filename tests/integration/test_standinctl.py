@@ -86,12 +86,21 @@ def test_state_init_and_show(tmp_path):
 
     r = ctl(conf, "state", "init", "--master", "b", node="a")
     assert r.returncode == 1 and "already exists (epoch 1, master a)" in r.stderr
+    # --force over a readable state: the epoch still goes forward.
     r = ctl(conf, "state", "init", "--master", "b", "--force", node="a")
-    assert r.returncode == 0 and "master b" in r.stdout
+    assert r.returncode == 0 and "epoch 2, master b" in r.stdout
+    r = ctl(conf, "state", "set", "--master", "a", node="a")
+    assert r.returncode == 0 and "epoch 3, master a" in r.stdout
+    r = ctl(conf, "state", "show", "--json", node="a")
+    assert json.loads(r.stdout)["directions"]["pg"] == [{"source": "a", "target": "b"}]
+    r = ctl(conf, "state", "set", "--master", "z", node="a")
+    assert r.returncode == 2 and "--master z: no such node" in r.stderr
+    r = ctl(conf, "state", "set", "--master", "a", node="b")
+    assert r.returncode == 1 and "does not exist; create it with: standinctl state init" in r.stderr
 
     # A damaged state file is reported, not half read.
     path = tmp_path / "a" / "state" / "cluster.state"
-    path.write_text(path.read_text().replace("epoch = 1", "epoch = 9"))
+    path.write_text(path.read_text().replace("epoch = 3", "epoch = 9"))
     r = ctl(conf, "state", "show", node="a")
     assert r.returncode == 1
     assert f"{path}: checksum mismatch: the file is damaged or was edited" in r.stderr

@@ -281,6 +281,129 @@ START_TEST(test_durable_write_errors)
 }
 END_TEST
 
+/* The follower's one rule: first state taken, then only a higher epoch. */
+START_TEST(test_follower_rule)
+{
+	struct st_node node = { .name = "a", .state_dir = tmpdir };
+	struct st_cstate_follower f;
+	struct st_cstate st;
+	char *error = NULL;
+
+	st_cstate_follower_init(&f, &node);
+	/* No file yet: nothing taken, an error naming the file. */
+	ck_assert(st_cstate_follow(&f));
+	ck_assert(!f.valid);
+	ck_assert_ptr_nonnull(strstr(f.error, "cluster.state does not exist"));
+	ck_assert(!st_cstate_follow(&f));	/* the same error is no change */
+
+	/* The first state is taken whatever its epoch. */
+	st_cstate_init(&st, conf, "a");
+	st.epoch = 5;
+	ck_assert_int_eq(st_cstate_save(f.path, &st, &error), 0);
+	ck_assert(st_cstate_follow(&f));
+	ck_assert(f.valid && f.error == NULL && f.cs.epoch == 5);
+	ck_assert_str_eq(st_cstate_source(&f.cs, ST_SVC_PG, "b"), "a");
+	ck_assert_ptr_null(st_cstate_source(&f.cs, ST_SVC_PG, "a"));
+	ck_assert_ptr_null(st_cstate_source(&f.cs, ST_SVC_LDAP, "b"));
+	ck_assert(!st_cstate_follow(&f));
+
+	/* Rewritten unchanged (a new time only): no change. */
+	st.updated += 100;
+	ck_assert_int_eq(st_cstate_save(f.path, &st, &error), 0);
+	ck_assert(!st_cstate_follow(&f));
+
+	/* An older epoch is refused, and so is the same epoch saying otherwise. */
+	st_cstate_init(&st, conf, "b");
+	st.epoch = 4;
+	ck_assert_int_eq(st_cstate_save(f.path, &st, &error), 0);
+	ck_assert(!st_cstate_follow(&f));
+	ck_assert_str_eq(f.cs.master, "a");
+	ck_assert(f.refused_valid && f.refused.epoch == 4);
+	st.epoch = 5;
+	ck_assert_int_eq(st_cstate_save(f.path, &st, &error), 0);
+	ck_assert(!st_cstate_follow(&f));
+	ck_assert_str_eq(f.cs.master, "a");
+	ck_assert(f.refused.epoch == 5);
+
+	/* A torn file or none at all keeps the state taken and says why. */
+	ck_assert_int_eq(truncate(f.path, 10), 0);
+	ck_assert(st_cstate_follow(&f));
+	ck_assert(f.valid && f.cs.epoch == 5 && f.error != NULL);
+	ck_assert_int_eq(unlink(f.path), 0);
+	ck_assert(st_cstate_follow(&f));
+	ck_assert(f.valid && f.cs.epoch == 5);
+	ck_assert_ptr_nonnull(strstr(f.error, "does not exist"));
+
+	/* A higher epoch is a change, and clears the error. */
+	st.epoch = 6;
+	ck_assert_int_eq(st_cstate_save(f.path, &st, &error), 0);
+	ck_assert(st_cstate_follow(&f));
+	ck_assert(f.valid && f.error == NULL && f.cs.epoch == 6 && !f.refused_valid);
+	ck_assert_str_eq(f.cs.master, "b");
+	ck_assert_str_eq(st_cstate_source(&f.cs, ST_SVC_PG, "c"), "b");
+	st_cstate_follower_free(&f);
+}
+END_TEST
+
+static void
+watch_cb(struct st_cstate_follower *f, void *data)
+{
+	(void)f;
+	ev_break((struct ev_loop *)data, EVBREAK_ALL);
+}
+
+static void
+write_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct st_cstate *st = w->data;
+	char *error = NULL;
+
+	(void)loop;
+	(void)revents;
+	ck_assert_int_eq(st_cstate_save(getenv("CSTATE_TEST_PATH"), st, &error), 0);
+}
+
+static void
+deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+/* st_cstate_watch() calls back when the file gets a higher epoch. */
+START_TEST(test_follower_watch)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct st_node node = { .name = "b", .state_dir = tmpdir };
+	struct st_cstate_follower f;
+	struct st_cstate st;
+	ev_timer writer, deadline;
+	char *error = NULL;
+
+	st_cstate_follower_init(&f, &node);
+	st_cstate_init(&st, conf, "a");
+	ck_assert_int_eq(st_cstate_save(f.path, &st, &error), 0);
+	ck_assert(st_cstate_follow(&f) && f.cs.epoch == 1);
+	setenv("CSTATE_TEST_PATH", f.path, 1);
+	st_cstate_init(&st, conf, "c");
+	st.epoch = 2;
+	st_cstate_watch(&f, loop, 0.2, watch_cb, loop);
+	ev_timer_init(&writer, write_cb, 0.05, 0.);
+	writer.data = &st;
+	ev_timer_start(loop, &writer);
+	ev_timer_init(&deadline, deadline_cb, 10., 0.);
+	ev_timer_start(loop, &deadline);
+	ev_run(loop, 0);
+	ck_assert_uint_eq(f.cs.epoch, 2);
+	ck_assert_str_eq(f.cs.master, "c");
+	ck_assert_str_eq(st_cstate_source(&f.cs, ST_SVC_PG, "b"), "c");
+	st_cstate_follower_free(&f);
+	ev_timer_stop(loop, &deadline);
+	ev_loop_destroy(loop);
+}
+END_TEST
+
 static Suite *
 cstate_suite(void)
 {
@@ -297,6 +420,8 @@ cstate_suite(void)
 	tcase_add_test(tc, test_kill9_during_writes);
 	tcase_add_test(tc, test_lock);
 	tcase_add_test(tc, test_durable_write_errors);
+	tcase_add_test(tc, test_follower_rule);
+	tcase_add_test(tc, test_follower_watch);
 	suite_add_tcase(s, tc);
 	return s;
 }

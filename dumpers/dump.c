@@ -791,8 +791,9 @@ pg_position(const struct dump_ctx *c, char **pos_r, char **error_r)
 	return 0;
 }
 
-/* The standby's lag from standin-pgrepl's status socket: ms, or -1 with
- * *why_r saying why it is not known. */
+/* The standby's lag from standin-pgrepl's status socket, in whatever state
+ * (a stuck or retrying standby's lag keeps growing: standin-pgrepl(8)): ms,
+ * or -1 with *why_r saying why it is not known. */
 static long long
 pg_lag_ms(const struct dump_ctx *c, char **why_r)
 {
@@ -809,13 +810,10 @@ pg_lag_ms(const struct dump_ctx *c, char **why_r)
 	}
 	o = json_loads(reply, 0, &jerr);
 	json_t *state = json_object_get(o, "state"), *secs = json_object_get(o, "lag_seconds");
-	if (!json_is_string(state) || strcmp(json_string_value(state), "streaming") != 0) {
-		*why_r = xasprintf("standin-pgrepl on node %s is %s, not streaming", n->name,
-				   json_is_string(state) ? json_string_value(state) : "in an unknown state");
-		goto out;
-	}
 	if (!json_is_number(secs)) {
-		*why_r = xasprintf("standin-pgrepl on node %s reports no lag", n->name);
+		*why_r = xasprintf("standin-pgrepl on node %s (%s) reports no lag yet (no heartbeat "
+				   "from the master applied)", n->name,
+				   json_is_string(state) ? json_string_value(state) : "in an unknown state");
 		goto out;
 	}
 	lag = (long long)(json_number_value(secs) * 1000.0);
@@ -927,12 +925,10 @@ ldap_lag_ms(const struct dump_ctx *c, int master, struct st_buf *pos, char **why
 	o = json_loads(reply, 0, &jerr);
 	json_t *state = json_object_get(o, "state"), *csn = json_object_get(o, "applied_csn");
 	const char *sv = json_is_string(state) ? json_string_value(state) : "in an unknown state";
-	if (strcmp(sv, "persisting") != 0 && strcmp(sv, "waiting for the next poll") != 0) {
-		*why_r = xasprintf("standin-ldaprepl on node %s is %s, not persisting", n->name, sv);
-		goto out;
-	}
+	/* Not the state word: what is applied against what the master has. */
 	if (!json_is_string(csn) || strlen(json_string_value(csn)) >= sizeof(ac.csn[0])) {
-		*why_r = xasprintf("standin-ldaprepl on node %s reports no applied CSN", n->name);
+		*why_r = xasprintf("standin-ldaprepl on node %s (%s) reports no applied CSN", n->name,
+				   sv);
 		goto out;
 	}
 	snprintf(ac.csn[0], sizeof(ac.csn[0]), "%s", json_string_value(csn));

@@ -124,6 +124,8 @@ static const struct option options[] = {
 	  "Take large transactions from the master while they are still in progress (protocol 2), spooled in the node's state_dir until they commit." },
 	{ "pg", "conflicts", OT_ENUM, 0, C(pg.conflicts), "stop", pg_conflicts, 0, 0,
 	  "What a conflict on the standby does: stop (with an error naming the table and key) or master-wins (the master's row replaces the standby's, each one logged and counted)." },
+	{ "pg", "slot_warn_mb", OT_INT, 0, C(pg.slot_warn_mb), "1024", NULL, 1, 1048576,
+	  "standinctl status warns when a standin replication slot holds more WAL than this many MB (see max_slot_wal_keep_size)." },
 
 	{ "ldap", "endpoint", OT_URI, F_REQUIRED | F_PER_NODE, C(ldap.endpoint), NULL, ldap_schemes, 0, 0,
 	  "ldap:// or ldaps:// URI of slapd on each node, as endpoint.NODE." },

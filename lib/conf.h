@@ -89,6 +89,7 @@ struct st_conf_pg {
 	long connect_timeout_ms;
 	bool streaming;			/* large transactions streamed while in progress */
 	int conflicts;			/* enum st_pg_conflicts */
+	long slot_warn_mb;		/* standinctl status warns past this much WAL held */
 };
 
 struct st_conf_ldap {

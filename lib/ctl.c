@@ -126,7 +126,7 @@ dispatch(struct ctl_client *c)
 			return;
 		}
 	}
-	st_buf_printf(&c->reply, "{\"error\":\"unknown command; try help\"}\n");
+	st_buf_printf(&c->reply, "{\"ok\":false,\"error\":\"unknown command; try help\"}\n");
 }
 
 static void
@@ -194,10 +194,10 @@ client_cb(struct ev_loop *loop, ev_io *w, int revents)
 	if (memchr(c->line, '\n', c->line_len) == NULL && n > 0) {
 		if (c->line_len < ST_CTL_MAX_LINE)
 			return;
-		st_buf_puts(&c->reply, "{\"error\":\"command line too long\"}\n");
+		st_buf_puts(&c->reply, "{\"ok\":false,\"error\":\"command line too long\"}\n");
 		c->draining = true;
 	} else if (memchr(c->line, '\0', c->line_len) != NULL) {
-		st_buf_puts(&c->reply, "{\"error\":\"NUL byte in command\"}\n");
+		st_buf_puts(&c->reply, "{\"ok\":false,\"error\":\"NUL byte in command\"}\n");
 	} else {
 		dispatch(c);
 		if (c->held != NULL) {
@@ -301,6 +301,8 @@ drain_answer(st_ctl_drain_fn *check, void *ctx, const char *pos, bool final)
 	if (rc < 0 || rc > 0 || final) {
 		if (rc >= 0)
 			json_object_set_new(o, "drained", json_boolean(rc > 0));
+		else
+			json_object_set_new(o, "ok", json_false());
 		char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
 		line = xasprintf("%s\n", text);
 		free(text);
@@ -370,7 +372,7 @@ st_ctl_reply_json(struct st_buf *reply, json_t *obj)
 {
 	char *text = json_dumps(obj, JSON_COMPACT);
 
-	st_buf_printf(reply, "%s\n", text != NULL ? text : "{\"error\":\"out of memory\"}");
+	st_buf_printf(reply, "%s\n", text != NULL ? text : "{\"ok\":false,\"error\":\"out of memory\"}");
 	free(text);
 	json_decref(obj);
 }
@@ -383,7 +385,7 @@ st_ctl_reply_error(struct st_buf *reply, const char *fmt, ...)
 	va_start(ap, fmt);
 	char *msg = xvasprintf(fmt, ap);
 	va_end(ap);
-	st_ctl_reply_json(reply, json_pack("{s:s}", "error", msg));
+	st_ctl_reply_json(reply, json_pack("{s:b,s:s}", "ok", 0, "error", msg));
 	free(msg);
 }
 
@@ -472,7 +474,7 @@ st_ctl_close(struct st_ctl_server **srvp)
 	if (srv == NULL)
 		return;
 	while (srv->drains != NULL)
-		drain_end(srv->drains, "{\"error\":\"the daemon is stopping\"}\n");
+		drain_end(srv->drains, "{\"ok\":false,\"error\":\"the daemon is stopping\"}\n");
 	while (srv->clients != NULL)
 		client_free(srv->clients);
 	ev_io_stop(srv->loop, &srv->io);

@@ -109,8 +109,21 @@ void
 st_metric(struct st_buf *out, const char *name, const char *type, const char *help,
 	  const char *labels, double value)
 {
-	st_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s%s%s%s %.17g\n", name, help, name, type,
-		      name, labels ? "{" : "", labels ? labels : "", labels ? "}" : "", value);
+	st_metric_head(out, name, type, help);
+	st_metric_sample(out, name, labels, value);
+}
+
+void
+st_metric_head(struct st_buf *out, const char *name, const char *type, const char *help)
+{
+	st_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void
+st_metric_sample(struct st_buf *out, const char *name, const char *labels, double value)
+{
+	st_buf_printf(out, "%s%s%s%s %.17g\n", name, labels ? "{" : "", labels ? labels : "",
+		      labels ? "}" : "", value);
 }
 
 static void

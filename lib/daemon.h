@@ -79,5 +79,8 @@ void st_daemon_set_error(struct st_daemon *d, const char *fmt, ...) ST_PRINTF(2,
 /* Append a Prometheus metric with HELP and TYPE lines. */
 void st_metric(struct st_buf *out, const char *name, const char *type, const char *help,
 	       const char *labels, double value);
+/* The same in two parts, for a metric with several label sets: the head once. */
+void st_metric_head(struct st_buf *out, const char *name, const char *type, const char *help);
+void st_metric_sample(struct st_buf *out, const char *name, const char *labels, double value);
 
 #endif

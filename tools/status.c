@@ -215,6 +215,56 @@ dumps_status(const struct st_conf *conf, json_t *json, FILE *out)
 	}
 }
 
+/*
+ * What an administrator must hear about: a standin slot on a master that
+ * no standby streams from, that holds more WAL than [pg] slot_warn_mb, or
+ * that PostgreSQL no longer keeps the WAL of (max_slot_wal_keep_size).
+ */
+static void
+slot_warnings(const struct st_conf *conf, const struct st_status *st, json_t *arr, FILE *out)
+{
+	for (size_t i = 0; i < st->n_rows; i++) {
+		json_t *slots = st->rows[i].detail != NULL ? json_object_get(st->rows[i].detail, "slots")
+							   : NULL;
+		size_t k;
+		json_t *sl;
+		json_array_foreach(slots, k, sl) {
+			const char *name = json_string_value(json_object_get(sl, "slot"));
+			const char *ws = json_string_value(json_object_get(sl, "wal_status"));
+			json_int_t held = json_integer_value(json_object_get(sl, "retained_bytes"));
+			bool active = json_is_true(json_object_get(sl, "active"));
+			double mb = (double)held / (1024.0 * 1024.0);
+			char *w = NULL;
+			if (name == NULL)
+				continue;
+			if (ws != NULL && strcmp(ws, "lost") == 0)
+				w = xasprintf("node %s: replication slot %s is lost (max_slot_wal_keep_size): "
+					      "its standby must be copied again (standin-pgrepl --resync)",
+					      st->rows[i].node, name);
+			else if (mb > (double)conf->pg.slot_warn_mb)
+				w = xasprintf("node %s: replication slot %s holds %.0f MB of WAL, more than "
+					      "[pg] slot_warn_mb %ld%s", st->rows[i].node, name, mb,
+					      conf->pg.slot_warn_mb,
+					      active ? "" : "; no standby streams from it");
+			else if (!active)
+				w = xasprintf("node %s: no standby streams from replication slot %s "
+					      "(it holds %.0f MB of WAL and grows)", st->rows[i].node,
+					      name, mb);
+			else if (ws != NULL && strcmp(ws, "unreserved") == 0)
+				w = xasprintf("node %s: replication slot %s is about to lose WAL its "
+					      "standby needs (max_slot_wal_keep_size)", st->rows[i].node,
+					      name);
+			if (w == NULL)
+				continue;
+			if (arr != NULL)
+				json_array_append_new(arr, json_string(w));
+			if (out != NULL)
+				fprintf(out, "warning: %s\n", w);
+			free(w);
+		}
+	}
+}
+
 static void
 print_json(const struct st_conf *conf, const struct st_status *st, FILE *out)
 {
@@ -251,6 +301,9 @@ print_json(const struct st_conf *conf, const struct st_status *st, FILE *out)
 		json_array_append_new(arr, o);
 	}
 	json_object_set_new(root, "daemons", arr);
+	json_t *warnings = json_array();
+	slot_warnings(conf, st, warnings, NULL);
+	json_object_set_new(root, "warnings", warnings);
 	json_t *dumps = json_array();
 	dumps_status(conf, dumps, NULL);
 	json_object_set_new(root, "dumps", dumps);
@@ -342,5 +395,6 @@ st_status_print(const struct st_conf *conf, const struct st_status *st, bool jso
 				(unsigned long long)st->states[i].epoch,
 				(unsigned long long)st->max_epoch);
 	}
+	slot_warnings(conf, st, NULL, out);
 	dumps_status(conf, NULL, out);
 }

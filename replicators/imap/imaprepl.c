@@ -55,6 +55,7 @@ enum idle_state { IDLE_OFF, IDLE_QUEUED, IDLE_READY, IDLE_WATCHING };
 struct folder {
 	char *name;
 	bool queued, running, again;
+	uint64_t behind;		/* source messages not on the standby (last tree job) */
 	struct folder *next;
 };
 
@@ -566,6 +567,7 @@ worker_main(void *arg)
 				uint64_t behind = 0;
 				for (size_t i = 0; i < tree.n; i++) {
 					behind += tree.v[i].behind;
+					folder_get(j->u, tree.v[i].folder)->behind = tree.v[i].behind;
 					if (tree.v[i].changed)
 						want_folder(r, j->u, tree.v[i].folder, j->urgent);
 				}
@@ -585,8 +587,13 @@ worker_main(void *arg)
 		case JOB_FOLDER:
 			j->f->running = false;
 			j->u->running--;
-			if (rc < 0)
+			if (rc < 0) {
 				note_error(r, j->u, err);
+			} else {
+				/* Copied: what the tree job counted for it is on the standby. */
+				j->u->behind -= j->f->behind < j->u->behind ? j->f->behind : j->u->behind;
+				j->f->behind = 0;
+			}
 			if (j->f->again) {
 				j->f->again = false;
 				j->f->queued = true;

@@ -310,18 +310,28 @@ resolve_intents(struct pass *p)
 			}
 		}
 	}
+	/* Before "C", which ends the intents: the unpaired ones are copied
+	 * again, from the lowest one on (copy_new searches from src_uidnext). */
+	size_t n_intents = p->st.n_intents, unpaired = 0;
+	uint32_t rewind = p->st.src_uidnext;
+	for (size_t i = 0; i < n_intents; i++) {
+		const struct im_intent *in = &p->st.intents[i];
+		if (im_state_find(&p->st, in->src))
+			continue;
+		unpaired++;
+		if (rewind > 0 && in->src < rewind)
+			rewind = in->src;
+	}
 	if (jlog(p, "C") < 0 || jsync(p) < 0)
 		goto out;
-	if (p->st.src_uidnext > 0) {
-		/* Unpaired ones are copied again from the lowest one on. */
-		for (size_t i = 0; i < p->st.n_intents; i++)
-			if (!im_state_find(&p->st, p->st.intents[i].src) && p->st.intents[i].src < p->st.src_uidnext)
-				p->st.src_uidnext = p->st.intents[i].src;
+	if (rewind < p->st.src_uidnext) {
+		st_info("user %s folder %s: copying again from source UID %" PRIu32 " (was %" PRIu32 ")",
+			st_q(p->user), st_q(p->folder), rewind, p->st.src_uidnext);
+		p->st.src_uidnext = rewind;
 	}
 	atomic_fetch_add(&p->env->c->recovered, paired);
 	st_notice("user %s folder %s: interrupted copy resolved: %zu message(s) were on the standby "
-		  "already, %zu will be copied", st_q(p->user), st_q(p->folder), paired,
-		  p->st.n_intents - paired);
+		  "already, %zu will be copied", st_q(p->user), st_q(p->folder), paired, unpaired);
 	rc = 0;
 out:
 	free(mapped);

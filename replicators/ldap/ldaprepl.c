@@ -1214,10 +1214,12 @@ reverse_done(void *arg)
 		}
 		ldsync_cookie_clear(&c);
 	}
-	if (rv->err != NULL)
+	if (rv->err != NULL) {
+		json_object_set_new(o, "ok", json_false());
 		json_object_set_new(o, "error", json_string(rv->err));
-	else
+	} else {
 		json_object_set_new(o, "done", json_true());
+	}
 	char *text = json_dumps(o, JSON_COMPACT);
 	char *line = xasprintf("%s\n", text);
 	st_ctl_reply_later(rv->held, line);

@@ -53,7 +53,8 @@ void
 pgr_set_state(struct pgrepl *r, const char *state)
 {
 	pthread_mutex_lock(&r->lock);
-	r->st.state = state;
+	r->st.session_state = state;
+	r->st.state = r->st.error_until != 0 ? "retrying" : state;
 	pthread_mutex_unlock(&r->lock);
 	ev_async_send(r->d->loop, &r->async);
 }
@@ -62,12 +63,99 @@ void
 pgr_set_error(struct pgrepl *r, const char *state, const char *error)
 {
 	pthread_mutex_lock(&r->lock);
-	r->st.state = state;
+	r->st.state = r->st.session_state = state;
+	r->st.error_until = 0;
 	free(r->st.error);
 	r->st.error = error != NULL ? xstrdup(error) : NULL;
 	r->st.error_seq++;
 	pthread_mutex_unlock(&r->lock);
 	ev_async_send(r->d->loop, &r->async);
+}
+
+void
+pgr_fail(struct pgrepl *r, const char *error)
+{
+	pthread_mutex_lock(&r->lock);
+	r->st.state = "error";
+	r->st.session_state = NULL;
+	/* Past everything received: the change that failed is in it. */
+	pgo_lsn until = r->st.received > 0 ? r->st.received : 1;
+	if (until > r->st.error_until)
+		r->st.error_until = until;
+	free(r->st.error);
+	r->st.error = xstrdup(error);
+	r->st.error_seq++;
+	pthread_mutex_unlock(&r->lock);
+	ev_async_send(r->d->loop, &r->async);
+}
+
+void
+pgr_confirmed_locked(struct pgrepl *r, pgo_lsn confirmed)
+{
+	r->st.confirmed = confirmed;
+	if (r->st.error_until == 0 || confirmed < r->st.error_until)
+		return;
+	st_notice("applied past the error at lsn=" PGO_LSN_FMT " (confirmed " PGO_LSN_FMT
+		  "): %s cleared", PGO_LSN_ARGS(r->st.error_until), PGO_LSN_ARGS(confirmed),
+		  st_q(r->st.error != NULL ? r->st.error : ""));
+	r->st.error_until = 0;
+	free(r->st.error);
+	r->st.error = NULL;
+	r->st.error_seq++;
+	r->st.state = r->st.session_state != NULL ? r->st.session_state : "streaming";
+	ev_async_send(r->d->loop, &r->async);
+}
+
+/* STATE_DIR/pgrepl.heartbeat: the master time of the newest heartbeat
+ * applied, so the lag after a restart counts the time the daemon was down.
+ * Written at most every 10 s: one a little old shows a lag a little high. */
+#define HEARTBEAT_SAVE_MS 10000
+
+void
+pgr_heartbeat_load(struct pgrepl *r)
+{
+	char *path = xasprintf("%s/pgrepl.heartbeat", r->node->state_dir), *data = NULL, *err = NULL;
+	size_t len = 0;
+
+	if (access(path, F_OK) == 0) {
+		if (st_read_file(path, 64, &data, &len, &err) < 0) {
+			st_warn("%s: the lag is unknown until the first heartbeat", err);
+		} else {
+			char *end;
+			long long ms = strtoll(data, &end, 10);
+			if (end != data && (*end == '\n' || *end == '\0') && ms > 0)
+				r->st.heartbeat_ms = ms;
+			else
+				st_warn("%s: unreadable (%s); the lag is unknown until the first "
+					"heartbeat", path, st_q(data));
+		}
+	}
+	free(err);
+	free(data);
+	free(path);
+}
+
+void
+pgr_heartbeat_save(struct pgrepl *r, bool force)
+{
+	long long now = st_monotonic_ms();
+
+	pthread_mutex_lock(&r->lock);
+	int64_t ms = r->st.heartbeat_ms;
+	bool due = ms > 0 && (force || now - r->st.heartbeat_saved_ms >= HEARTBEAT_SAVE_MS);
+	if (due)
+		r->st.heartbeat_saved_ms = now;
+	pthread_mutex_unlock(&r->lock);
+	if (!due)
+		return;
+	char *path = xasprintf("%s/pgrepl.heartbeat", r->node->state_dir), *err = NULL;
+	char text[32];
+	int n = snprintf(text, sizeof(text), "%lld\n", (long long)ms);
+	if (st_durable_write(path, text, (size_t)n, 0644, &err) < 0) {
+		st_warn("cannot keep the heartbeat: %s", err);
+		free(err);
+	}
+	free(path);
 }
 
 /* Main thread: publish the engine's state and error through the runtime. */
@@ -260,6 +348,48 @@ pgr_ddl_done_read(const struct st_node *node, const char *source, pgo_lsn progre
 }
 
 
+/*
+ * The slots of this node's database that standin's standbys pull from: how
+ * much WAL each holds back, whether a standby is on it.  A standby left
+ * down makes its slot keep WAL until max_slot_wal_keep_size (then the slot
+ * is lost: "lost" here, and that standby must be copied again).
+ */
+static void
+slots_check(struct pgrepl *r)
+{
+	static const char sql[] =
+		"SELECT slot_name, active, coalesce(pg_catalog.pg_wal_lsn_diff("
+		"pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::bigint, "
+		"coalesce(wal_status, '') FROM pg_catalog.pg_replication_slots "
+		"WHERE slot_name LIKE 'standin\\_%' ORDER BY slot_name";
+	char *err = NULL;
+	PGresult *res = NULL;
+	PGconn *c = pgc_connect(r->conf, r->node->name, PGC_NORMAL, "standin-pgrepl slots", &err);
+
+	if (c != NULL) {
+		res = PQexec(c, sql);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+			err = pgc_result_error(res);
+	}
+	pthread_mutex_lock(&r->lock);
+	r->st.slots_ms = st_now_ms();
+	r->st.n_slots = 0;
+	snprintf(r->st.slots_error, sizeof(r->st.slots_error), "%s", err != NULL ? err : "");
+	for (int i = 0; err == NULL && i < PQntuples(res) && r->st.n_slots < SLOTS_MAX; i++) {
+		struct pgr_slot *sl = &r->st.slots[r->st.n_slots++];
+		snprintf(sl->name, sizeof(sl->name), "%s", PQgetvalue(res, i, 0));
+		sl->active = strcmp(PQgetvalue(res, i, 1), "t") == 0;
+		sl->retained = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+		snprintf(sl->wal_status, sizeof(sl->wal_status), "%s", PQgetvalue(res, i, 3));
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (err != NULL)
+		st_warn("reading this node's replication slots: %s", err);
+	free(err);
+	PQclear(res);
+	PQfinish(c);
+}
+
 static void *
 engine_main(void *arg)
 {
@@ -268,6 +398,7 @@ engine_main(void *arg)
 	const char *me = r->node->name;
 	struct st_cstate_follower *f = &r->follow;
 	long retry_ms = RETRY_MIN_MS;
+	long long next_slots_ms = 0;
 
 	while (!pgr_stopping(r)) {
 		char *err = NULL;
@@ -279,8 +410,12 @@ engine_main(void *arg)
 		}
 		const char *source = st_cstate_source(&f->cs, ST_SVC_PG, me);
 		if (source == NULL) {
-			pgr_set_error(r, strcmp(f->cs.master, me) == 0 ? "idle (master)" : "idle (no source)",
-				  NULL);
+			bool master = strcmp(f->cs.master, me) == 0;
+			pgr_set_error(r, master ? "idle (master)" : "idle (no source)", NULL);
+			if (master && st_monotonic_ms() >= next_slots_ms) {
+				slots_check(r);
+				next_slots_ms = st_monotonic_ms() + SLOTS_CHECK_MS;
+			}
 			pgr_pause_ms(r, IDLE_CHECK_MS);
 			continue;
 		}
@@ -300,7 +435,7 @@ engine_main(void *arg)
 			free(err);
 			continue;
 		}
-		pgr_set_error(r, "error", err);
+		pgr_fail(r, err);
 		free(err);
 		/* Back off, but start over quickly after a long healthy run. */
 		if (st_monotonic_ms() - began > 60000)
@@ -308,6 +443,7 @@ engine_main(void *arg)
 		pgr_pause_ms(r, retry_ms);
 		retry_ms = retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : retry_ms * 2;
 	}
+	pgr_heartbeat_save(r, true);
 	return NULL;
 }
 
@@ -345,6 +481,7 @@ pgrepl_start(struct st_daemon *d, char **error_r)
 	ev_async_start(d->loop, &r->async);
 	d->state = "starting";
 	st_cstate_follower_init(&r->follow, r->node);
+	pgr_heartbeat_load(r);
 	if (pthread_create(&r->thread, NULL, engine_main, r) != 0) {
 		st_set_error(error_r, "cannot start the engine thread: %s", strerror(errno));
 		return -1;
@@ -439,6 +576,35 @@ set_lsn(json_t *obj, const char *key, pgo_lsn l)
 	free(s);
 }
 
+/*
+ * The lag, in every state of a standby: seconds since the master's newest
+ * heartbeat applied here (known once one was, kept across restarts), bytes
+ * from the master's end to what this node confirmed (known once the master
+ * was reached).  False when unknown, or on the master's own daemon.
+ */
+static bool
+status_lag(const struct status *st, double *secs_r, int64_t *bytes_r)
+{
+	bool standby = st->source[0] != '\0' && st->state != NULL &&
+		       strncmp(st->state, "idle", 4) != 0 && strcmp(st->state, "no cluster state") != 0;
+
+	if (!standby)
+		return false;
+	if (secs_r != NULL) {
+		if (st->heartbeat_ms <= 0)
+			return false;
+		double lag = (double)(st_now_ms() - st->heartbeat_ms) / 1000.0;
+		*secs_r = lag < 0 ? 0 : lag;
+	}
+	if (bytes_r != NULL) {
+		if (st->server_end == 0)
+			return false;
+		pgo_lsn done = st->confirmed > st->applied ? st->confirmed : st->applied;
+		*bytes_r = st->server_end > done ? (int64_t)(st->server_end - done) : 0;
+	}
+	return true;
+}
+
 static void
 pgrepl_status(struct st_daemon *d, json_t *obj)
 {
@@ -465,17 +631,29 @@ pgrepl_status(struct st_daemon *d, json_t *obj)
 	set_lsn(obj, "applied_lsn", st.applied);
 	set_lsn(obj, "flushed_lsn", st.flushed);
 	set_lsn(obj, "server_lsn", st.server_end);
-	bool streaming = st.state != NULL && strcmp(st.state, "streaming") == 0;
-	if (streaming) {
-		json_object_set_new(obj, "lag_bytes", json_integer(st.server_end > st.applied
-								    ? (json_int_t)(st.server_end - st.applied) : 0));
-		double lag = st.oldest_pending_ms > 0 ? (double)(st_now_ms() - st.oldest_pending_ms) / 1000.0
-						      : 0.0;
-		json_object_set_new(obj, "lag_seconds", json_real(lag < 0 ? 0 : lag));
-	} else {
-		json_object_set_new(obj, "lag_bytes", json_null());
+	double lag_s;
+	int64_t lag_b;
+	if (status_lag(&st, &lag_s, NULL))
+		json_object_set_new(obj, "lag_seconds", json_real(lag_s));
+	else
 		json_object_set_new(obj, "lag_seconds", json_null());
-	}
+	if (status_lag(&st, NULL, &lag_b))
+		json_object_set_new(obj, "lag_bytes", json_integer((json_int_t)lag_b));
+	else
+		json_object_set_new(obj, "lag_bytes", json_null());
+	json_object_set_new(obj, "heartbeat_ms", st.heartbeat_ms > 0 ? json_integer(st.heartbeat_ms)
+								 : json_null());
+	set_lsn(obj, "confirmed_lsn", st.confirmed);
+	json_t *slots = json_array();
+	for (size_t i = 0; i < st.n_slots; i++)
+		json_array_append_new(slots, json_pack("{s:s,s:b,s:I,s:s}", "slot", st.slots[i].name,
+						       "active", st.slots[i].active, "retained_bytes",
+						       (json_int_t)st.slots[i].retained, "wal_status",
+						       st.slots[i].wal_status));
+	json_object_set_new(obj, "slots", slots);
+	json_object_set_new(obj, "slots_ms", st.slots_ms > 0 ? json_integer(st.slots_ms) : json_null());
+	if (st.slots_error[0] != '\0')
+		json_object_set_new(obj, "slots_error", json_string(st.slots_error));
 	json_object_set_new(obj, "transactions", json_integer((json_int_t)st.txns));
 	json_object_set_new(obj, "rows", json_integer((json_int_t)st.rows));
 	json_object_set_new(obj, "groups", json_integer((json_int_t)st.groups));
@@ -533,8 +711,31 @@ pgrepl_metrics(struct st_daemon *d, struct st_buf *out)
 		  labels, (double)st.applied);
 	st_metric(out, "standin_pg_flushed_lsn", "gauge", "LSN durable on the standby.", labels,
 		  (double)st.flushed);
-	st_metric(out, "standin_pg_lag_bytes", "gauge", "WAL bytes the standby is behind.", labels,
-		  st.server_end > st.applied ? (double)(st.server_end - st.applied) : 0);
+	double lag_s;
+	int64_t lag_b;
+	if (status_lag(&st, NULL, &lag_b))
+		st_metric(out, "standin_pg_lag_bytes", "gauge",
+			  "WAL bytes between the master's end and what the standby confirmed.", labels,
+			  (double)lag_b);
+	if (status_lag(&st, &lag_s, NULL))
+		st_metric(out, "standin_pg_lag_seconds", "gauge",
+			  "Seconds since the master's newest heartbeat applied on the standby.", labels,
+			  lag_s);
+	static const struct { const char *name, *help; } slot_metrics[] = {
+		{ "standin_pg_slot_retained_bytes", "WAL held back by a standin slot on this node." },
+		{ "standin_pg_slot_active", "1 when a standby streams from the slot." },
+	};
+	for (size_t m = 0; st.n_slots > 0 && m < ST_ARRAY_SIZE(slot_metrics); m++) {
+		st_metric_head(out, slot_metrics[m].name, "gauge", slot_metrics[m].help);
+		for (size_t i = 0; i < st.n_slots; i++) {
+			char sl[192];
+			snprintf(sl, sizeof(sl), "node=\"%s\",slot=\"%s\"", d->node->name,
+				 st.slots[i].name);
+			st_metric_sample(out, slot_metrics[m].name, sl,
+					 m == 0 ? (double)st.slots[i].retained
+						: (st.slots[i].active ? 1 : 0));
+		}
+	}
 	st_metric(out, "standin_pg_transactions_total", "counter", "Source transactions applied.",
 		  labels, (double)st.txns);
 	st_metric(out, "standin_pg_rows_total", "counter", "Rows applied.", labels, (double)st.rows);
@@ -777,6 +978,7 @@ reverse_done(void *arg)
 	pgr_set_reverse(r, rv->err != NULL ? "failed" : "done", rv->start, rv->err);
 	if (rv->err != NULL) {
 		st_warn("reverse from %s failed: %s", rv->node, rv->err);
+		json_object_set_new(o, "ok", json_false());
 		json_object_set_new(o, "error", json_string(rv->err));
 	} else {
 		json_object_set_new(o, "done", json_true());

@@ -29,6 +29,21 @@
 #define RETRY_MAX_MS 30000
 #define IDLE_CHECK_MS 2000
 #define SEQUENCE_SYNC_MS 10000
+/* The lag clock: a non-transactional logical message with the master's time
+ * (unix ms), emitted on the master every HEARTBEAT_MS by the standby's
+ * session; lag = now - the newest one applied here (pgstream.c). */
+#define HEARTBEAT_PREFIX "standin.heartbeat"
+#define HEARTBEAT_MS 1000
+/* The master's slots, read every SLOTS_CHECK_MS while idle as the master. */
+#define SLOTS_CHECK_MS 10000
+#define SLOTS_MAX 16
+
+struct pgr_slot {
+	char name[64];
+	bool active;
+	int64_t retained;		/* bytes of WAL it holds back */
+	char wal_status[16];		/* reserved, extended, unreserved, lost */
+};
 
 struct status {
 	const char *state;		/* static string */
@@ -51,6 +66,20 @@ struct status {
 	long long sequences_synced_ms;	/* unix ms of the last sequence copy */
 	char *error;			/* the engine's last error, or NULL */
 	uint64_t error_seq;
+	/*
+	 * An error stays until the master's position at the failure is confirmed
+	 * applied here (confirmed >= error_until): a retry that connects again
+	 * shows "retrying", not "streaming", and keeps last_error.
+	 */
+	pgo_lsn error_until;
+	const char *session_state;	/* the session's own state meanwhile */
+	pgo_lsn confirmed;		/* told to the master as flushed here */
+	int64_t heartbeat_ms;		/* master time of the newest heartbeat applied, 0 none */
+	long long heartbeat_saved_ms;	/* monotonic ms it was last written to STATE_DIR */
+	struct pgr_slot slots[SLOTS_MAX];
+	size_t n_slots;
+	long long slots_ms;		/* unix ms they were read, 0 never */
+	char slots_error[256];
 };
 
 struct pgrepl {
@@ -84,9 +113,20 @@ struct pgrepl {
 /* Up to this many DDL statements marked done wait at once (pgrepl.c). */
 #define DDL_MARKS_MAX 64
 
-/* The state and error the status shows; wake the loop to publish them. */
+/*
+ * The state and error the status shows; wake the loop to publish them.
+ * pgr_set_state keeps an error that is pending (error_until); pgr_fail sets
+ * one, pending until the master's position received so far is applied here;
+ * pgr_set_error sets STATE and ERROR (NULL: none) and ends a pending one.
+ */
 void pgr_set_state(struct pgrepl *r, const char *state);
+void pgr_fail(struct pgrepl *r, const char *error);
 void pgr_set_error(struct pgrepl *r, const char *state, const char *error);
+/* Called with r->lock held: the pending error ends once CONFIRMED passes it. */
+void pgr_confirmed_locked(struct pgrepl *r, pgo_lsn confirmed);
+/* The heartbeat kept in STATE_DIR across restarts (pgrepl.heartbeat). */
+void pgr_heartbeat_load(struct pgrepl *r);
+void pgr_heartbeat_save(struct pgrepl *r, bool force);
 void pgr_set_reverse(struct pgrepl *r, const char *state, pgo_lsn lsn, const char *error);
 bool pgr_stopping(struct pgrepl *r);
 /* Read the wake-up eventfd quiet again; sleep up to MS or until woken. */

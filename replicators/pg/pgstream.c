@@ -37,6 +37,7 @@ enum side_job {
 	SIDE_DURABLE,			/* standby: the origin's durable progress */
 	SIDE_SEQ_READ,			/* master: PGS_SEQUENCES_READ */
 	SIDE_SEQ_SET,			/* standby: PGS_SEQUENCES_SET */
+	SIDE_HEARTBEAT,			/* master: the lag clock's message */
 };
 
 struct side {
@@ -57,6 +58,8 @@ side_job_name(enum side_job job)
 		return "reading sequences on the master";
 	case SIDE_SEQ_SET:
 		return "setting sequences on the standby";
+	case SIDE_HEARTBEAT:
+		return "sending the heartbeat on the master";
 	case SIDE_IDLE:
 		break;
 	}
@@ -196,6 +199,13 @@ struct stream {
 	long long oldest_pending_ms;
 	long long rate_ms;		/* when rate_txns/rate_rows were taken */
 	uint64_t rate_txns, rate_rows;
+	pgo_lsn confirmed;		/* last sent to the master as flushed */
+	/* Heartbeats received, waiting for the commits before them to be
+	 * applied here: NEED is the last commit end received before each. */
+	struct { pgo_lsn need; int64_t ms; } hb[32];
+	size_t hb_n;
+	long long next_heartbeat_ms;
+	bool hb_failed;			/* the last heartbeat failed (logged once) */
 };
 
 /* Copy the stream's figures into the shared status. */
@@ -226,7 +236,21 @@ publish(struct stream *s)
 	r->st.oldest_pending_ms = ps->applied_lsn >= s->last_commit_end ? 0 : s->oldest_pending_ms;
 	r->st.caught_up = !pga_group_open(s->apply) && !pga_in_source_txn(s->apply) &&
 			  s->durable >= s->last_commit_end;
+	/* A heartbeat counts once every commit received before it is applied. */
+	size_t done = 0;
+	while (done < s->hb_n && ps->applied_lsn >= s->hb[done].need) {
+		if (s->hb[done].ms > r->st.heartbeat_ms)
+			r->st.heartbeat_ms = s->hb[done].ms;
+		done++;
+	}
+	if (done > 0) {
+		memmove(s->hb, s->hb + done, (s->hb_n - done) * sizeof(s->hb[0]));
+		s->hb_n -= done;
+	}
+	pgr_confirmed_locked(r, s->confirmed);
 	pthread_mutex_unlock(&r->lock);
+	if (done > 0)
+		pgr_heartbeat_save(r, false);
 }
 
 /*
@@ -246,6 +270,7 @@ send_status(struct stream *s, char **error_r)
 	    s->durable >= s->last_commit_end &&
 	    (s->spool == NULL || pgsp_open_txns(s->spool) == 0) && s->received > flushed)
 		flushed = s->received;
+	s->confirmed = flushed;
 	pgo_build_status_update(buf, s->received, flushed, flushed,
 				pgo_unix_ms_to_ts(st_now_ms()), false);
 	if (PQputCopyData(s->repl, (const char *)buf, sizeof(buf)) != 1 || PQflush(s->repl) < 0) {
@@ -358,6 +383,53 @@ replay_streamed(struct stream *s, char **error_r)
 	return pga_message(s->apply, &commit, error_r);
 }
 
+/*
+ * A heartbeat: the master's time when it was written.  Every commit the
+ * master made before it came before it in the stream; once those are
+ * applied here, the standby holds everything the master had at that time.
+ * Any standby's heartbeat serves (each marks a moment of the master's WAL).
+ */
+static void
+heartbeat_seen(struct stream *s, const struct pgo_msg *m)
+{
+	char *end;
+	errno = 0;
+	long long ms = strtoll(m->u.message.content, &end, 10);
+
+	if (errno != 0 || end == m->u.message.content || *end != '\0' || ms <= 0) {
+		st_warn("heartbeat with unreadable content %s at lsn=" PGO_LSN_FMT " ignored",
+			st_q(m->u.message.content), PGO_LSN_ARGS(m->u.message.lsn));
+		return;
+	}
+	if (s->hb_n == ST_ARRAY_SIZE(s->hb)) {
+		/* Far behind: keep the newest; the older ones are passed anyway
+		 * when it is (the lag shown errs on the high side meanwhile). */
+		memmove(s->hb, s->hb + 1, (s->hb_n - 1) * sizeof(s->hb[0]));
+		s->hb_n--;
+	}
+	s->hb[s->hb_n].need = s->last_commit_end;
+	s->hb[s->hb_n].ms = ms;
+	s->hb_n++;
+}
+
+/*
+ * Every HEARTBEAT_MS, on the master's side connection: a non-transactional
+ * logical message with the master's clock.  It fails quietly (logged once):
+ * the lag then grows, which is what it should show.
+ */
+static int
+heartbeat_step(struct stream *s, char **error_r)
+{
+	static const char sql[] =
+		"SELECT pg_catalog.pg_logical_emit_message(false, '" HEARTBEAT_PREFIX "', "
+		"(extract(epoch FROM pg_catalog.clock_timestamp()) * 1000)::bigint::text)";
+
+	if (st_monotonic_ms() < s->next_heartbeat_ms || s->src_side.job != SIDE_IDLE)
+		return 0;
+	s->next_heartbeat_ms = st_monotonic_ms() + HEARTBEAT_MS;
+	return side_send(s->conf, &s->src_side, SIDE_HEARTBEAT, sql, 0, NULL, error_r);
+}
+
 static int
 handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r)
 {
@@ -396,6 +468,11 @@ handle_copydata(struct stream *s, const uint8_t *buf, size_t len, char **error_r
 	}
 	if (s->msg.kind == PGO_COMMIT)
 		commit_seen(s, &s->msg);
+	if (s->msg.kind == PGO_MESSAGE && !s->msg.u.message.transactional &&
+	    strcmp(s->msg.u.message.prefix, HEARTBEAT_PREFIX) == 0) {
+		heartbeat_seen(s, &s->msg);
+		return 0;
+	}
 	return pga_message(s->apply, &s->msg, error_r);
 }
 
@@ -487,6 +564,19 @@ side_answered(struct stream *s, struct side *sd, char **error_r)
 		}
 		sequences_copied(s, (unsigned)strtoul(PQgetvalue(res, 0, 0), NULL, 10));
 		break;
+	case SIDE_HEARTBEAT: {
+		char *why = NULL;
+		if (side_check(s->conf, sd, job, res, &why) < 0) {
+			if (!s->hb_failed)
+				st_warn("%s: the lag shown grows until it works", why);
+			s->hb_failed = true;
+		} else if (s->hb_failed) {
+			st_notice("heartbeats on the master work again");
+			s->hb_failed = false;
+		}
+		free(why);
+		break;
+	}
 	}
 	PQclear(res);
 	return rc;
@@ -564,7 +654,7 @@ stream_loop(struct stream *s, char **error_r)
 		long long now = st_monotonic_ms();
 		if (now >= s->next_cstate_ms && cstate_changed(s))
 			return 0;
-		if (sequences_step(s, error_r) < 0)
+		if (sequences_step(s, error_r) < 0 || heartbeat_step(s, error_r) < 0)
 			return -1;
 		bool behind = pga_behind(s->apply);
 		if (!dry && !behind)
@@ -573,6 +663,8 @@ stream_loop(struct stream *s, char **error_r)
 		long timeout = s->next_feedback_ms - st_monotonic_ms();
 		if (s->next_cstate_ms - st_monotonic_ms() < timeout)
 			timeout = s->next_cstate_ms - st_monotonic_ms();
+		if (s->next_heartbeat_ms - st_monotonic_ms() < timeout)
+			timeout = s->next_heartbeat_ms - st_monotonic_ms();
 		long due = pga_ms_until_due(s->apply);
 		if (due >= 0 && due < timeout)
 			timeout = due;
@@ -605,14 +697,15 @@ stream_loop(struct stream *s, char **error_r)
 /* ------------------------------------------------------------ one session */
 
 static int
-slot_exists(PGconn *src, const char *slot, bool *exists_r, char **error_r)
+slot_exists(PGconn *src, const char *slot, bool *exists_r, bool *lost_r, char **error_r)
 {
 	char *lit = pgc_literal(slot), *value = NULL;
-	char *sql = xasprintf("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s "
-			      "AND plugin = 'pgoutput'", lit);
+	char *sql = xasprintf("SELECT coalesce(wal_status, '') FROM pg_catalog.pg_replication_slots "
+			      "WHERE slot_name = %s AND plugin = 'pgoutput'", lit);
 	int rc = pgc_value(src, sql, &value, error_r);
 
 	*exists_r = value != NULL;
+	*lost_r = value != NULL && strcmp(value, "lost") == 0;
 	free(value);
 	free(sql);
 	free(lit);
@@ -642,6 +735,18 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 	pgr_name_part(origin, sizeof(origin), "standin_from_", source);
 	marker = xasprintf("%s/pgrepl-%s.sync", node->state_dir, source);
 	pthread_mutex_lock(&r->lock);
+	if (strcmp(r->st.source, source) != 0) {
+		/* Positions of another server: not comparable, and an error
+		 * pending on the old source's position is moot. */
+		r->st.received = r->st.applied = r->st.flushed = r->st.server_end = 0;
+		r->st.confirmed = 0;
+		if (r->st.error_until != 0) {
+			r->st.error_until = 0;
+			free(r->st.error);
+			r->st.error = NULL;
+			r->st.error_seq++;
+		}
+	}
 	snprintf(r->st.source, sizeof(r->st.source), "%s", source);
 	snprintf(r->st.target, sizeof(r->st.target), "%s", target);
 	snprintf(r->st.slot, sizeof(r->st.slot), "%s", slot);
@@ -695,9 +800,17 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 	src = pgc_connect(conf, source, PGC_NORMAL, "standin-pgrepl check", &err);
 	if (src == NULL)
 		goto fail;
-	bool exists;
-	if (slot_exists(src, slot, &exists, &err) < 0)
+	bool exists, lost;
+	if (slot_exists(src, slot, &exists, &lost, &err) < 0)
 		goto fail;
+	if (lost) {
+		char *who = pgc_describe(conf, source);
+		err = xasprintf("replication slot %s on the master %s is lost: the WAL it needed "
+				"went past max_slot_wal_keep_size; start standin-pgrepl once with "
+				"--resync to copy the database again", slot, who);
+		free(who);
+		goto fail;
+	}
 	if (!exists) {
 		char *who = pgc_describe(conf, source);
 		err = xasprintf("replication slot %s is missing on the master %s: the changes since "
@@ -706,6 +819,18 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 		free(who);
 		goto fail;
 	}
+	/* Where the master is: the lag in bytes while this session starts. */
+	char *end_text = NULL;
+	pgo_lsn master_end = 0;
+	if (pgc_value(src, "SELECT pg_catalog.pg_current_wal_lsn()", &end_text, &err) < 0)
+		goto fail;
+	if (end_text != NULL && pgo_lsn_parse(end_text, &master_end) == 0) {
+		s.server_end = master_end;
+		pthread_mutex_lock(&r->lock);
+		r->st.server_end = master_end;
+		pthread_mutex_unlock(&r->lock);
+	}
+	free(end_text);
 	if (pgs_ensure_publication(src, PUBLICATION, &err) < 0 ||
 	    pgs_ensure_ddl_capture(src, &ddl_key, &err) < 0 ||
 	    pgs_free_slot(src, slot, false, &err) < 0)
@@ -764,8 +889,9 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 	}
 	st_notice("streaming source=%s target=%s slot=%s start=" PGO_LSN_FMT, source, target, slot,
 		  PGO_LSN_ARGS(start));
-	pgr_set_error(r, "streaming", NULL);
+	pgr_set_state(r, "streaming");
 	s.next_feedback_ms = st_monotonic_ms();
+	s.next_heartbeat_ms = st_monotonic_ms();
 	s.next_cstate_ms = st_monotonic_ms() + IDLE_CHECK_MS;
 	s.next_sequences_ms = st_monotonic_ms();
 	rc = stream_loop(&s, &err);
@@ -774,6 +900,8 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 	goto out;
 fail:
 	st_set_error(error_r, "%s -> %s: %s", source, target, err != NULL ? err : "unknown error");
+	if (s.apply != NULL)
+		publish(&s);
 	if (s.apply != NULL && pga_batch_failed(s.apply)) {
 		/* Everything received is past the failed statement's rows. */
 		r->rowwise_until = s.received;

@@ -112,7 +112,7 @@ def test_status_metrics_pidfile_and_stop(daemon_env):
     assert "# TYPE standin_config_reloads_total counter" in metrics
     assert "standin_testd_counter 0" in metrics
     assert "fail: set the last error" in query(d.sock, "help")
-    assert json.loads(query(d.sock, "bogus")) == {"error": "unknown command; try help"}
+    assert json.loads(query(d.sock, "bogus")) == {"ok": False, "error": "unknown command; try help"}
 
     # A second instance of the same daemon on the same node refuses to start.
     r = run(TESTD, "-c", conf, "-n", "a")

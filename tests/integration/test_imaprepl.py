@@ -201,6 +201,8 @@ def test_initial_sync_then_push_flags_expunges_folders(env):
     env.start()
     st = env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "first pass")
     assert st["users"] == 3 and st["appended"] == 60, st
+    # Everything copied: nothing behind (not the count the first tree job saw).
+    assert st["messages_behind"] == 0 and st["messages"] == 60, st
     assert env.wait_equal() == 60
 
     # New mail reaches the standby through IDLE, well before the next full pass (30 s).
@@ -297,6 +299,11 @@ def test_kill9_during_5000_message_sync_no_duplicate_nothing_missing(env):
     # The kills cut APPEND batches: their intents were resolved on the standby, not appended twice.
     log = env.daemon.output()
     assert log.count("interrupted copy resolved") >= 1, log[-3000:]
+    # Each says how many of the cut batch (at most 64) were there and how many are copied again.
+    import re
+    for there, again in re.findall(r"interrupted copy resolved: (\d+) message\(s\) were on the "
+                                   r"standby already, (\d+) will be copied", log):
+        assert int(there) + int(again) <= 64, (there, again)
 
 
 def test_standby_folder_recreated_no_duplicates(env):

@@ -298,6 +298,10 @@ def test_admin_errors(env):
         "ok": False, "error": "unknown service mysql: expected pg, ldap, imap or all"}
     assert admin(d, "switch pg c")["error"] == f"no node c in {d.conf_path}"
     assert admin(d, "switch pg")["error"] == "usage: switch SERVICE NODE"
+    # Every failure says "ok": false, also the runtime's own (standin-proxy(8)).
+    for line in ("frobnicate", "", "pause\0pg", "x" * 5000):
+        reply = admin(d, line)
+        assert reply["ok"] is False and reply["error"], (line[:20], reply)
     assert "unknown command" in query(d.sock, "frobnicate")
     # By hand with socat, as the man page says.
     r = sh.run(["socat", "-", f"UNIX-CONNECT:{d.sock}"], input="pause imap\n")

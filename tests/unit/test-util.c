@@ -183,10 +183,10 @@ START_TEST(test_ctl_server)
 
 	ck_assert_msg(t.replies[0] != NULL, "%s", t.errors[0]);
 	ck_assert_str_eq(t.replies[0], "{\"args\":\"hello world\"}\n");
-	ck_assert_str_eq(t.replies[1], "{\"error\":\"unknown command; try help\"}\n");
+	ck_assert_str_eq(t.replies[1], "{\"ok\":false,\"error\":\"unknown command; try help\"}\n");
 	ck_assert_str_eq(t.replies[2], "help: this list\necho: say it back\n");
 	ck_assert_msg(t.replies[3] != NULL, "%s", t.errors[3]);
-	ck_assert_str_eq(t.replies[3], "{\"error\":\"command line too long\"}\n");
+	ck_assert_str_eq(t.replies[3], "{\"ok\":false,\"error\":\"command line too long\"}\n");
 	ck_assert_str_eq(t.replies[4], "{\"args\":\"x\"}\n");
 	for (int i = 0; i < 6; i++) {
 		free(t.replies[i]);

@@ -936,10 +936,17 @@ ldap_lag_ms(const struct dump_ctx *c, int master, struct st_buf *pos, char **why
 		*why_r = xasprintf("cannot read the master's contextCSN: %s", err);
 		goto out;
 	}
-	lag = dump_csn_lag_ms(&mc, &ac);
-	if (lag < 0)
-		*why_r = xasprintf("the CSN applied on node %s (%s) is of no serverID of the "
-				   "master's contextCSN", n->name, ac.csn[0]);
+	/* The daemon's own lag (its heartbeat: standin-ldaprepl(8)) when it has
+	 * one; before its first heartbeat, what is applied against the master. */
+	json_t *secs = json_object_get(o, "lag_seconds");
+	if (json_is_number(secs)) {
+		lag = (long long)(json_number_value(secs) * 1000.0);
+	} else {
+		lag = dump_csn_lag_ms(&mc, &ac);
+		if (lag < 0)
+			*why_r = xasprintf("the CSN applied on node %s (%s) is of no serverID of the "
+					   "master's contextCSN", n->name, ac.csn[0]);
+	}
 	st_buf_puts(pos, "master ");
 	csns_line(&mc, pos);
 	st_buf_printf(pos, " applied %s", ac.csn[0]);

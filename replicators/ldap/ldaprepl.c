@@ -50,6 +50,12 @@
 #define RETRY_MAX_MS 30000
 #define COOKIE_MAX 4096
 #define DEFER_ROUNDS 64
+/* The lag clock: the master's contextCSN read every HEARTBEAT_MS (in a
+ * thread, on a connection of its own), credited once the applied cookie
+ * covers it; lag = now - the newest credited read. */
+#define HEARTBEAT_MS 1000
+#define HEARTBEAT_SAVE_MS 10000
+#define HEARTBEAT_PENDING 16
 
 enum phase {
 	PH_IDLE,		/* no session */
@@ -86,6 +92,17 @@ struct ldrepl {
 	bool connect_cancelled;
 	struct ldsync_cookie connect_start;
 	struct st_bgjob *reverse_job;	/* "reverse NODE" reading NODE's contextCSN */
+	/* The lag clock (heartbeat_*): reads of the source's contextCSN. */
+	struct st_bgjob *hb_job;
+	long long hb_next_ms, hb_saved_ms;
+	struct hb_read {
+		char *csns;		/* the master's contextCSN then */
+		int64_t ms;		/* when it was read (before the search) */
+	} hb[HEARTBEAT_PENDING];
+	size_t hb_n;
+	int64_t heartbeat_ms;		/* the master's state then is all on the standby */
+	char *hb_error;			/* the last read's error, or NULL */
+	char hb_source[ST_NAME_MAX + 1];
 	int sync_msgid;
 	ev_io src_io, tgt_io;
 	struct ldq q;
@@ -421,7 +438,7 @@ connect_done(void *arg)
 	}
 	ldsync_cookie_clear(&start);
 	r->src_paused = false;
-	st_daemon_set_error(r->d, NULL);
+	/* An error stays until a refresh is through (reconcile_step). */
 	return;
 fail:
 	ldsync_cookie_clear(&start);
@@ -793,6 +810,8 @@ reconcile_step(struct ldrepl *r)
 			lde_uuid_set_clear(&r->standby_had);
 			r->retry_ms = RETRY_MIN_MS;
 			r->refresh_restarted = false;
+			/* Whatever failed before is applied now (or the refresh failed). */
+			st_daemon_set_error(r->d, NULL);
 			if (r->d->conf->ldap.sync_mode == ST_LDAP_POLL) {
 				r->phase = PH_POLL_WAIT;
 				r->poll_due_ms = st_monotonic_ms() + r->d->conf->ldap.poll_interval_ms;
@@ -934,6 +953,203 @@ cstate_cb(struct st_cstate_follower *f, void *data)
 	follow_cstate(data);
 }
 
+/* NODE's contextCSN, ';'-separated (in a thread: blocking calls). */
+static char *
+read_context_csn(const struct st_conf *conf, const char *node, char **error_r)
+{
+	LDAPMessage *res = NULL;
+	struct berval **vals = NULL;
+	char *csns = NULL;
+	LDAP *ld = st_ldap_open(conf, node, error_r);
+
+	if (ld == NULL)
+		return NULL;
+	static char *attrs[] = { "contextCSN", NULL };
+	struct timeval tv = { conf->ldap.timeout_ms / 1000, (conf->ldap.timeout_ms % 1000) * 1000 };
+	int rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs,
+				   0, NULL, NULL, &tv, 1, &res);
+	LDAPMessage *e = rc == LDAP_SUCCESS ? ldap_first_entry(ld, res) : NULL;
+	vals = e != NULL ? ldap_get_values_len(ld, e, "contextCSN") : NULL;
+	if (vals == NULL || vals[0] == NULL) {
+		st_set_error(error_r, "no contextCSN on %s's %s: %s", node, conf->ldap.suffix,
+			     rc == LDAP_SUCCESS ? "is syncprov configured there?" : ldap_err2string(rc));
+	} else {
+		struct st_buf b;
+		st_buf_init(&b);
+		for (size_t i = 0; vals[i] != NULL; i++) {
+			if (i > 0)
+				st_buf_puts(&b, ";");
+			st_buf_append(&b, vals[i]->bv_val, vals[i]->bv_len);
+		}
+		st_buf_puts(&b, "");
+		csns = st_buf_steal(&b);
+		st_buf_free(&b);
+	}
+	if (vals != NULL)
+		ldap_value_free_len(vals);
+	if (res != NULL)
+		ldap_msgfree(res);
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return csns;
+}
+
+/* ------------------------------------------------------------ the lag clock */
+
+struct hb_job {
+	struct ldrepl *r;
+	char node[ST_NAME_MAX + 1];
+	int64_t ms;
+	char *csns, *err;
+};
+
+static void
+hb_work(void *arg)
+{
+	struct hb_job *j = arg;
+
+	j->csns = read_context_csn(j->r->d->conf, j->node, &j->err);
+}
+
+static void
+hb_forget(struct ldrepl *r)
+{
+	for (size_t i = 0; i < r->hb_n; i++)
+		free(r->hb[i].csns);
+	r->hb_n = 0;
+}
+
+static void
+hb_done(void *arg)
+{
+	struct hb_job *j = arg;
+	struct ldrepl *r = j->r;
+
+	r->hb_job = NULL;
+	if (j->err != NULL) {
+		if (r->hb_error == NULL || strcmp(r->hb_error, j->err) != 0)
+			st_warn("reading the master's contextCSN for the lag: %s (the lag shown grows "
+				"until it works)", j->err);
+		free(r->hb_error);
+		r->hb_error = j->err;
+		j->err = NULL;
+	} else if (strcmp(j->node, r->source) == 0) {
+		if (r->hb_error != NULL) {
+			st_notice("the master's contextCSN can be read again");
+			free(r->hb_error);
+			r->hb_error = NULL;
+		}
+		struct hb_read *last = r->hb_n > 0 ? &r->hb[r->hb_n - 1] : NULL;
+		if (last != NULL && strcmp(last->csns, j->csns) == 0) {
+			last->ms = j->ms;	/* nothing new on the master: a later time */
+			free(j->csns);
+		} else {
+			if (r->hb_n == HEARTBEAT_PENDING) {
+				/* Far behind: keep the newest (the lag errs on the high side). */
+				free(r->hb[0].csns);
+				memmove(r->hb, r->hb + 1, (r->hb_n - 1) * sizeof(r->hb[0]));
+				r->hb_n--;
+			}
+			r->hb[r->hb_n].csns = j->csns;
+			r->hb[r->hb_n].ms = j->ms;
+			r->hb_n++;
+		}
+		j->csns = NULL;
+	}
+	free(j->csns);
+	free(j->err);
+	free(j);
+}
+
+/* STATE_DIR/ldaprepl.heartbeat: heartbeat_ms across restarts. */
+static void
+hb_save(struct ldrepl *r, bool force)
+{
+	long long now = st_monotonic_ms();
+	char *path, *err = NULL, text[32];
+
+	if (r->heartbeat_ms <= 0 || (!force && now - r->hb_saved_ms < HEARTBEAT_SAVE_MS))
+		return;
+	r->hb_saved_ms = now;
+	path = xasprintf("%s/ldaprepl.heartbeat", r->d->node->state_dir);
+	int n = snprintf(text, sizeof(text), "%lld\n", (long long)r->heartbeat_ms);
+	if (st_durable_write(path, text, (size_t)n, 0644, &err) < 0) {
+		st_warn("cannot keep the heartbeat: %s", err);
+		free(err);
+	}
+	free(path);
+}
+
+static void
+hb_load(struct ldrepl *r)
+{
+	char *path = xasprintf("%s/ldaprepl.heartbeat", r->d->node->state_dir), *data = NULL;
+	char *err = NULL;
+	size_t len = 0;
+
+	if (access(path, F_OK) == 0) {
+		if (st_read_file(path, 64, &data, &len, &err) < 0) {
+			st_warn("%s: the lag is unknown until the first heartbeat", err);
+		} else {
+			char *end;
+			long long ms = strtoll(data, &end, 10);
+			if (end != data && (*end == '\n' || *end == '\0') && ms > 0)
+				r->heartbeat_ms = ms;
+			else
+				st_warn("%s: unreadable (%s); the lag is unknown until the first "
+					"heartbeat", path, st_q(data));
+		}
+	}
+	free(err);
+	free(data);
+	free(path);
+}
+
+/*
+ * Every tick: credit the reads the applied cookie covers, and start the
+ * next read when due.  Only on a standby (a source in the cluster state),
+ * whatever the session's state: a stuck or failed session's lag grows.
+ */
+static void
+hb_tick(struct ldrepl *r, long long now)
+{
+	if (r->source[0] == '\0') {
+		hb_forget(r);
+		return;
+	}
+	if (strcmp(r->hb_source, r->source) != 0) {
+		hb_forget(r);
+		snprintf(r->hb_source, sizeof(r->hb_source), "%s", r->source);
+	}
+	const struct ldsync_cookie *ac = r->phase == PH_PERSIST && r->q.applied.data != NULL
+					 ? &r->q.applied : &r->stored;
+	size_t done = 0;
+	while (done < r->hb_n && ldsync_cookie_covers(ac, r->hb[done].csns)) {
+		if (r->hb[done].ms > r->heartbeat_ms)
+			r->heartbeat_ms = r->hb[done].ms;
+		free(r->hb[done].csns);
+		done++;
+	}
+	if (done > 0) {
+		memmove(r->hb, r->hb + done, (r->hb_n - done) * sizeof(r->hb[0]));
+		r->hb_n -= done;
+		hb_save(r, false);
+	}
+	if (r->hb_job != NULL || now < r->hb_next_ms)
+		return;
+	r->hb_next_ms = now + HEARTBEAT_MS;
+	struct hb_job *j = xcalloc(1, sizeof(*j));
+	char *err = NULL;
+	j->r = r;
+	snprintf(j->node, sizeof(j->node), "%s", r->source);
+	j->ms = st_now_ms();
+	r->hb_job = st_bgjob_start(r->d->loop, hb_work, hb_done, j, &err);
+	if (r->hb_job == NULL) {
+		st_warn("cannot start the heartbeat's thread: %s", err);
+		free(err);
+		free(j);
+	}
+}
+
 static void
 tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -966,6 +1182,7 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 	if (now >= r->next_cstate_ms)
 		follow_cstate(r);
+	hb_tick(r, now);
 }
 
 static void
@@ -998,6 +1215,7 @@ ldrepl_start(struct st_daemon *d, char **error_r)
 	set_state(r, "starting");
 	st_cstate_follower_init(&r->follow, d->node);
 	st_cstate_follow(&r->follow);
+	hb_load(r);
 	session_start(r);
 	st_cstate_watch(&r->follow, d->loop, CSTATE_CHECK_MS / 1000.0, cstate_cb, r);
 	return 0;
@@ -1013,6 +1231,11 @@ ldrepl_stop(struct st_daemon *d)
 	ev_timer_stop(d->loop, &r->retry);
 	session_end(r);
 	st_bgjob_wait(&r->reverse_job);
+	st_bgjob_wait(&r->hb_job);
+	hb_save(r, true);
+	hb_forget(r);
+	free(r->hb_error);
+	r->hb_error = NULL;
 	st_cstate_follower_free(&r->follow);
 }
 
@@ -1047,12 +1270,18 @@ ldrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "applied_csn", have_a ? json_string(applied) : json_null());
 	json_object_set_new(obj, "durable_csn", have_d ? json_string(durable) : json_null());
 	json_object_set_new(obj, "received_csn", have_r ? json_string(received) : json_null());
-	double lag = 0;
-	if (have_a && have_r && strcmp(received, applied) > 0) {
-		long long ra = ldsync_csn_ms(received), aa = ldsync_csn_ms(applied);
-		lag = ra > aa && aa > 0 ? (double)(ra - aa) / 1000.0 : 0;
+	/* The lag in every state of a standby: since the newest read of the
+	 * master's contextCSN the applied cookie covers (null before the first). */
+	if (r->source[0] != '\0' && r->heartbeat_ms > 0) {
+		double lag = (double)(st_now_ms() - r->heartbeat_ms) / 1000.0;
+		json_object_set_new(obj, "lag_seconds", json_real(lag < 0 ? 0 : lag));
+	} else {
+		json_object_set_new(obj, "lag_seconds", json_null());
 	}
-	json_object_set_new(obj, "lag_seconds", r->phase == PH_PERSIST ? json_real(lag) : json_null());
+	json_object_set_new(obj, "heartbeat_ms", r->heartbeat_ms > 0 ? json_integer(r->heartbeat_ms)
+								 : json_null());
+	json_object_set_new(obj, "heartbeat_error", r->hb_error != NULL ? json_string(r->hb_error)
+								       : json_null());
 	json_object_set_new(obj, "queued", json_integer(r->apply ? (json_int_t)ldq_count(&r->q) : 0));
 	json_object_set_new(obj, "in_flight", json_integer(r->apply ? lda_in_flight(r->apply) : 0));
 	json_object_set_new(obj, "entries_per_second", json_real(r->entries_per_s));
@@ -1157,40 +1386,8 @@ static void
 reverse_work(void *arg)
 {
 	struct reverse *rv = arg;
-	const struct st_conf *conf = rv->r->d->conf;
-	LDAPMessage *res = NULL;
-	struct berval **vals = NULL;
-	LDAP *ld = connect_to(rv->r, rv->node, &rv->err);
 
-	if (ld == NULL)
-		return;
-	static char *attrs[] = { "contextCSN", NULL };
-	struct timeval tv = { conf->ldap.timeout_ms / 1000, (conf->ldap.timeout_ms % 1000) * 1000 };
-	int rc = ldap_search_ext_s(ld, conf->ldap.suffix, LDAP_SCOPE_BASE, "(objectClass=*)", attrs,
-				   0, NULL, NULL, &tv, 1, &res);
-	LDAPMessage *e = rc == LDAP_SUCCESS ? ldap_first_entry(ld, res) : NULL;
-	vals = e != NULL ? ldap_get_values_len(ld, e, "contextCSN") : NULL;
-	if (vals == NULL || vals[0] == NULL) {
-		rv->err = xasprintf("no contextCSN on %s's %s: %s", rv->node, conf->ldap.suffix,
-				    rc == LDAP_SUCCESS ? "is syncprov configured there?"
-						       : ldap_err2string(rc));
-	} else {
-		struct st_buf csns;
-		st_buf_init(&csns);
-		for (size_t i = 0; vals[i] != NULL; i++) {
-			if (i > 0)
-				st_buf_puts(&csns, ";");
-			st_buf_append(&csns, vals[i]->bv_val, vals[i]->bv_len);
-		}
-		st_buf_puts(&csns, "");
-		rv->csns = st_buf_steal(&csns);
-		st_buf_free(&csns);
-	}
-	if (vals != NULL)
-		ldap_value_free_len(vals);
-	if (res != NULL)
-		ldap_msgfree(res);
-	ldap_unbind_ext_s(ld, NULL, NULL);
+	rv->csns = read_context_csn(rv->r->d->conf, rv->node, &rv->err);
 }
 
 /* On the loop: write the cookie for source NODE, answer the client. */
@@ -1284,6 +1481,7 @@ ldrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 	(void)error_r;
 	st_bgjob_wait(&r->connect_job);
 	st_bgjob_wait(&r->reverse_job);
+	st_bgjob_wait(&r->hb_job);
 	return 0;
 }
 

@@ -489,6 +489,36 @@ cookie_split(const struct ldsync_cookie *c, struct csn_vec *v, struct st_buf *re
 	}
 }
 
+bool
+ldsync_cookie_covers(const struct ldsync_cookie *c, const char *csns)
+{
+	struct csn_vec have = { .n = 0 };
+	char sid[32], other[32];
+
+	if (c->data != NULL)
+		cookie_split(c, &have, NULL, NULL);
+	for (const char *q = csns; *q != '\0';) {
+		size_t n = strcspn(q, ";");
+		char want[128];
+		bool covered = false;
+		if (n == 0 || n >= sizeof(want))
+			return false;
+		memcpy(want, q, n);
+		want[n] = '\0';
+		csn_sid(want, sid, sizeof(sid));
+		for (size_t i = 0; i < have.n && !covered; i++) {
+			csn_sid(have.csn[i], other, sizeof(other));
+			covered = strcmp(sid, other) == 0 && strcmp(have.csn[i], want) >= 0;
+		}
+		if (!covered)
+			return false;
+		q += n;
+		if (*q == ';')
+			q++;
+	}
+	return true;
+}
+
 void
 ldsync_cookie_merge(struct ldsync_cookie *acc, const struct ldsync_cookie *in)
 {

@@ -109,6 +109,13 @@ int ldsync_cookie_csn(const struct ldsync_cookie *c, char *out, size_t size);
  */
 void ldsync_cookie_merge(struct ldsync_cookie *acc, const struct ldsync_cookie *in);
 
+/*
+ * Does C hold everything up to CSNS (a contextCSN: ';'-separated, one per
+ * serverID)?  True when, for each of them, C has a CSN of the same serverID
+ * at or after it.  An empty CSNS is covered; a malformed one is not.
+ */
+bool ldsync_cookie_covers(const struct ldsync_cookie *c, const char *csns);
+
 /* "rid=000,csn=CSN": the cookie a consumer sends to start right after CSN. */
 void ldsync_cookie_from_csn(struct ldsync_cookie *c, const char *csn);
 

@@ -266,6 +266,32 @@ START_TEST(test_cookie_csn)
 }
 END_TEST
 
+START_TEST(test_cookie_covers)
+{
+	struct ldsync_cookie c = { 0 };
+	const char *a1 = "20261207120000.000001Z#000000#001#000000";
+	const char *a2 = "20261207120005.000000Z#000000#001#000000";
+	const char *b1 = "20261207110000.000000Z#000000#002#000000";
+
+	ck_assert(ldsync_cookie_covers(&c, ""));
+	ck_assert(!ldsync_cookie_covers(&c, a1));
+	ldsync_cookie_set(&c, "rid=000,csn=20261207120000.000001Z#000000#001#000000", 52);
+	ck_assert(ldsync_cookie_covers(&c, a1));
+	ck_assert(!ldsync_cookie_covers(&c, a2));		/* newer, same serverID */
+	ck_assert(!ldsync_cookie_covers(&c, b1));		/* a serverID it has not seen */
+	char both[128];
+	snprintf(both, sizeof(both), "%s;%s", a1, b1);
+	ck_assert(!ldsync_cookie_covers(&c, both));
+	ldsync_cookie_set(&c, "rid=000,sid=001,csn=20261207120005.000000Z#000000#001#000000;"
+			  "20261207110000.000000Z#000000#002#000000", 101);
+	ck_assert(ldsync_cookie_covers(&c, both));
+	ck_assert(ldsync_cookie_covers(&c, a2));
+	ck_assert(!ldsync_cookie_covers(&c, ";"));
+	ck_assert(!ldsync_cookie_covers(&c, "x;"));
+	ldsync_cookie_clear(&c);
+}
+END_TEST
+
 START_TEST(test_cookie_merge)
 {
 	struct ldsync_cookie acc = { 0 }, in = { 0 };
@@ -647,6 +673,7 @@ ldsync_suite(void)
 	tcase_add_test(tc, test_request);
 	tcase_add_test(tc, test_cookie_csn);
 	tcase_add_test(tc, test_cookie_merge);
+	tcase_add_test(tc, test_cookie_covers);
 	tcase_add_test(tc, test_uuid_text);
 	tcase_add_test(tc, test_diff);
 	tcase_add_test(tc, test_values_equal);

@@ -45,6 +45,13 @@
 #define RETRY_MIN_MS 1000
 #define RETRY_MAX_MS 60000
 #define IDLE_REFRESH_S (25 * 60)
+/* A user with a change seen lately (an IDLE wake, a folder that changed, a
+ * push session that died) gets a tree job (LIST and STATUS) every
+ * ACTIVE_POLL_MS for ACTIVE_WINDOW_MS: what NOTIFY does not push (Dovecot
+ * 2.3 sends nothing for a folder created or renamed) or cannot push (no
+ * NOTIFY, or its session died) is found within seconds. */
+#define ACTIVE_POLL_MS 3000
+#define ACTIVE_WINDOW_MS (10 * 60 * 1000)
 #define USERS_MAX 100000
 
 enum job_kind { JOB_TREE, JOB_FOLDER, JOB_IDLE };
@@ -66,6 +73,7 @@ struct user {
 	int running;			/* FOLDER jobs running */
 	uint64_t behind, messages;
 	size_t n_folders;
+	long long active_until_ms, next_poll_ms;	/* monotonic; see ACTIVE_POLL_MS */
 	char *error;
 	struct folder *folders;
 	/* IDLE; the session belongs to the main thread while WATCHING. */
@@ -336,6 +344,17 @@ want_folder(struct imrepl *r, struct user *u, const char *name, bool front)
 	}
 }
 
+/* Under mu: USER changed lately (see ACTIVE_POLL_MS). */
+static void
+user_active(struct user *u)
+{
+	long long now = st_monotonic_ms();
+
+	if (u->active_until_ms <= now)
+		u->next_poll_ms = now + ACTIVE_POLL_MS;
+	u->active_until_ms = now + ACTIVE_WINDOW_MS;
+}
+
 static void
 want_tree(struct imrepl *r, struct user *u, bool front)
 {
@@ -417,9 +436,21 @@ run_idle_job(struct imrepl *r, struct user *u)
 	u->idle = NULL;
 	if (s != NULL && u->idle_restart) {
 		if (im_idle_done(s) < 0 || im_idle_start(s) < 0) {
-			st_info("user %s: IDLE restart: %s", st_q(u->name), im_sess_error(s));
+			/* The server ended the push session (Dovecot 2.3's imap process
+			 * can die after a folder is created or renamed under NOTIFY): a
+			 * change may have come with it, so the user's tree is read now
+			 * and polled for a while (ACTIVE_POLL_MS). */
+			st_warn("user %s: the master ended the %s session: %s; reading the user's "
+				"folders now and every %d s for %d min", st_q(u->name),
+				u->notify ? "IDLE/NOTIFY" : "IDLE", im_sess_error(s), ACTIVE_POLL_MS / 1000,
+				ACTIVE_WINDOW_MS / 60000);
 			im_sess_close(s);
 			s = NULL;
+			pthread_mutex_lock(&r->mu);
+			user_active(u);
+			u->idle_changed = true;
+			want_tree(r, u, true);
+			pthread_mutex_unlock(&r->mu);
 		}
 	} else if (s != NULL) {
 		im_sess_close(s);
@@ -568,8 +599,10 @@ worker_main(void *arg)
 				for (size_t i = 0; i < tree.n; i++) {
 					behind += tree.v[i].behind;
 					folder_get(j->u, tree.v[i].folder)->behind = tree.v[i].behind;
-					if (tree.v[i].changed)
+					if (tree.v[i].changed) {
 						want_folder(r, j->u, tree.v[i].folder, j->urgent);
+						user_active(j->u);
+					}
 				}
 				j->u->behind = behind;
 				j->u->messages = tree.messages;
@@ -639,6 +672,7 @@ idle_kick(struct imrepl *r, struct user *u, bool changed)
 	if (changed) {
 		want_folder(r, u, "INBOX", true);
 		u->idle_changed = true;
+		user_active(u);
 	}
 	u->idle_state = IDLE_QUEUED;
 	u->idle_restart = true;
@@ -954,8 +988,14 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 	if (!r->active)
 		return;
-	/* Users whose IDLE failed: try again now and then. */
 	pthread_mutex_lock(&r->mu);
+	/* Users active lately: their tree again (see ACTIVE_POLL_MS). */
+	for (struct user *u = r->users; u; u = u->next)
+		if (u->listed && u->active_until_ms > now && now >= u->next_poll_ms) {
+			u->next_poll_ms = now + ACTIVE_POLL_MS;
+			want_tree(r, u, false);
+		}
+	/* Users whose IDLE failed: try again now and then. */
 	for (struct user *u = r->users; u; u = u->next)
 		if (u->listed && u->idle_state == IDLE_OFF && u->idle_retry_ms > 0 &&
 		    now >= u->idle_retry_ms) {
@@ -1049,7 +1089,7 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 {
 	struct imrepl *r = d->priv;
 	uint64_t behind = 0, messages = 0, folders = 0;
-	size_t users = 0, idling = 0, notifying = 0, user_errors = 0;
+	size_t users = 0, idling = 0, notifying = 0, user_errors = 0, polling = 0;
 
 	pthread_mutex_lock(&r->mu);
 	for (struct user *u = r->users; u; u = u->next) {
@@ -1060,6 +1100,7 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 		messages += u->messages;
 		folders += u->n_folders;
 		idling += u->idle_state == IDLE_WATCHING;
+		polling += u->active_until_ms > st_monotonic_ms();
 		notifying += u->idle_state == IDLE_WATCHING && u->notify;
 		user_errors += u->error != NULL;
 	}
@@ -1075,6 +1116,7 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "users_in_error", json_integer((json_int_t)user_errors));
 	json_object_set_new(obj, "idling", json_integer((json_int_t)idling));
 	json_object_set_new(obj, "notifying", json_integer((json_int_t)notifying));
+	json_object_set_new(obj, "polling", json_integer((json_int_t)polling));
 	json_object_set_new(obj, "jobs_queued", json_integer((json_int_t)queued));
 	json_object_set_new(obj, "jobs_running", json_integer((json_int_t)running));
 	json_object_set_new(obj, "pass_active", json_boolean(r->pass_active));

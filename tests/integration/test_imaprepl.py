@@ -561,3 +561,47 @@ def test_special_use_folders(harness):
     assert ("folder Sent is \\Sent on the master, of no special use on the standby, whose server cannot be "
             "told so over IMAP (no CREATE-SPECIAL-USE)") in log, log
     assert "folder Trash is" not in log
+
+
+def test_folder_created_and_renamed_outside_inbox_reach_the_standby_within_seconds(harness):
+    """Dovecot 2.3 sends no NOTIFY event for a folder created or renamed (and
+    its imap process may die on it): such changes still reach the standby
+    within seconds, not at the next full pass, and a NOTIFY session that dies
+    is said at warning level."""
+    env = ImapEnv(harness)
+    with open(env.conf) as f:
+        text = f.read()
+    with open(env.conf, "w") as f:
+        f.write(text.replace("full_pass_interval = 30s", "full_pass_interval = 10m"))
+    env.start()
+    env.wait_status(lambda s: s["passes"] >= 1 and s["state"] == "streaming", "first pass")
+    env.wait_status(lambda s: s["idling"] == len(env.users), "IDLE on every user's INBOX")
+
+    def folder_count(server, folder):
+        with env.imap(server, "alice") as c:
+            typ, data = c.select(q(folder), readonly=True)
+            return int(data[0]) if typ == "OK" else None
+
+    t0 = time.monotonic()
+    env.a.append("alice", "Projects/New", message(1))
+    sh.wait_until(lambda: folder_count(env.b, "Projects/New") == 1, 30, "the new folder on b")
+    created_s = time.monotonic() - t0
+    with env.imap(env.a, "alice") as c:
+        assert c.rename(q("Projects/New"), q("Projects/Renamed"))[0] == "OK"
+    t0 = time.monotonic()
+    sh.wait_until(lambda: folder_count(env.b, "Projects/Renamed") == 1 and
+                  folder_count(env.b, "Projects/New") is None, 30, "the rename on b")
+    renamed_s = time.monotonic() - t0
+    assert created_s < 15 and renamed_s < 15, (created_s, renamed_s)
+    assert env.status()["passes"] == 1 and env.status()["polling"] >= 1
+    # The push session dies (the master's imap process is gone): said at
+    # warning level, and a change in another folder still comes within seconds.
+    env.a.doveadm("kick", "alice")
+    sh.wait_until(lambda: "user alice: the master ended the IDLE" in env.daemon.output(), 30,
+                  "the ended push session in the log")
+    assert " warning: user alice: the master ended the IDLE" in env.daemon.output()
+    t0 = time.monotonic()
+    env.a.append("alice", "Projects/Renamed", message(2))
+    sh.wait_until(lambda: folder_count(env.b, "Projects/Renamed") == 2, 30, "the new message on b")
+    assert time.monotonic() - t0 < 15
+    assert env.status()["passes"] == 1

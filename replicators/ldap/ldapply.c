@@ -32,6 +32,8 @@ struct op {
 	unsigned n_found;
 	LDAPMod **mods;
 	bool renamed;			/* modrdn done: the DN is the master's now */
+	enum step parked_step;		/* the write a parked op sends when it may */
+	LDAPMod **pending_mods;		/* ... STEP_MODIFY's */
 };
 
 struct lda {
@@ -82,6 +84,7 @@ op_free(struct op *op)
 {
 	lde_entry_free(&op->found);
 	lde_mods_free(&op->mods);
+	lde_mods_free(&op->pending_mods);
 	free(op);
 }
 
@@ -96,6 +99,14 @@ lda_free(struct lda **ap)
 		struct op *next = a->ops->next;
 		op_free(a->ops);
 		a->ops = next;
+	}
+	/* Parked ops live in their items. */
+	for (size_t i = 0; i < ldq_count(a->q); i++) {
+		struct ldq_item *it = ldq_at(a->q, i);
+		if (it->state == LDQ_PARKED && it->data != NULL) {
+			op_free(it->data);
+			it->data = NULL;
+		}
 	}
 	for (size_t i = 0; i < a->n_deferred; i++)
 		lde_entry_free(&a->deferred[i]);
@@ -351,12 +362,43 @@ finish(struct lda *a, struct op *op)
 	ldq_done(a->q, item);
 }
 
-/* The item waits for earlier ones (ldq_next hands it back later). */
+/* The item waits for earlier ones (ldq_next hands it back later), then
+ * sends STEP. */
 static void
-park(struct op *op)
+park(struct op *op, enum step step)
 {
+	op->parked_step = step;
 	op->item->state = LDQ_PARKED;
 	op->item->data = op;
+}
+
+/* Ordered writes (ldq_set_ordered): an add or a modify waits its turn too. */
+static bool
+must_wait(struct lda *a, struct op *op)
+{
+	return a->q->ordered && !ldq_may_write(a->q, op->item);
+}
+
+static int
+add_or_park(struct lda *a, struct op *op, char **error_r)
+{
+	if (must_wait(a, op)) {
+		park(op, STEP_ADD);
+		return 0;
+	}
+	return send_add(a, op, error_r);
+}
+
+static int
+modify_or_park(struct lda *a, struct op *op, LDAPMod **mods, char **error_r)
+{
+	if (must_wait(a, op)) {
+		lde_mods_free(&op->pending_mods);
+		op->pending_mods = mods;
+		park(op, STEP_MODIFY);
+		return 0;
+	}
+	return send_modify(a, op, mods, error_r);
 }
 
 /* What to do once the lookup by entryUUID answered. */
@@ -381,17 +423,17 @@ after_lookup(struct lda *a, struct op *op, char **error_r)
 		}
 		ldq_item_set_old_dn(item, op->found->dn);
 		if (!ldq_may_write(a->q, item)) {
-			park(op);
+			park(op, STEP_DELETE);
 			return 0;
 		}
 		return send_delete(a, op, error_r);
 	}
 	if (op->found == NULL)
-		return send_add(a, op, error_r);
+		return add_or_park(a, op, error_r);
 	if (!op->renamed && strcmp(op->found->dn, item->entry->dn) != 0) {
 		ldq_item_set_old_dn(item, op->found->dn);
 		if (!ldq_may_write(a->q, item)) {
-			park(op);
+			park(op, STEP_MODRDN);
 			return 0;
 		}
 		return send_modrdn(a, op, error_r);
@@ -405,19 +447,28 @@ after_lookup(struct lda *a, struct op *op, char **error_r)
 		finish(a, op);
 		return 0;
 	}
-	return send_modify(a, op, mods, error_r);
+	return modify_or_park(a, op, mods, error_r);
 }
 
 /* Go on with a parked item (it may write now). */
 static int
 resume(struct lda *a, struct op *op, char **error_r)
 {
-	struct ldq_item *item = op->item;
+	LDAPMod **mods;
 
-	item->data = NULL;
-	if (item->kind == LDQ_DELETE)
+	op->item->data = NULL;
+	switch (op->parked_step) {
+	case STEP_DELETE:
 		return send_delete(a, op, error_r);
-	return send_modrdn(a, op, error_r);
+	case STEP_ADD:
+		return send_add(a, op, error_r);
+	case STEP_MODIFY:
+		mods = op->pending_mods;
+		op->pending_mods = NULL;
+		return send_modify(a, op, mods, error_r);
+	default:
+		return send_modrdn(a, op, error_r);
+	}
 }
 
 static void
@@ -616,7 +667,7 @@ handle_result(struct lda *a, struct op *op, LDAPMessage *msg, char **error_r)
 			finish(a, op);
 			break;
 		}
-		ret = send_modify(a, op, mods, error_r);
+		ret = modify_or_park(a, op, mods, error_r);
 		break;
 	}
 	case STEP_LIST:
@@ -743,7 +794,12 @@ from_cache(struct lda *a, struct op *op, int *rc_r, char **error_r)
 	op->found = cached;
 	op->n_found = 1;
 	if (item->kind == LDQ_DELETE) {
-		*rc_r = send_delete(a, op, error_r);
+		if (must_wait(a, op)) {
+			park(op, STEP_DELETE);
+			*rc_r = 0;
+		} else {
+			*rc_r = send_delete(a, op, error_r);
+		}
 		return true;
 	}
 	LDAPMod **mods;
@@ -756,7 +812,7 @@ from_cache(struct lda *a, struct op *op, int *rc_r, char **error_r)
 		*rc_r = 0;
 		return true;
 	}
-	*rc_r = send_modify(a, op, mods, error_r);
+	*rc_r = modify_or_park(a, op, mods, error_r);
 	return true;
 }
 
@@ -780,7 +836,7 @@ lda_pump(struct lda *a, char **error_r)
 			 * through the usual reconciliation). */
 			if (a->refresh && a->standby_had != NULL && item->kind == LDQ_UPSERT &&
 			    item->retries == 0 && !lde_uuid_set_has(a->standby_had, item->uuid))
-				rc = send_add(a, op, error_r);
+				rc = add_or_park(a, op, error_r);
 			else if (!a->refresh && item->retries == 0 && from_cache(a, op, &rc, error_r))
 				;
 			else

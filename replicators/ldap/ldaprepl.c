@@ -56,6 +56,9 @@
 #define HEARTBEAT_MS 1000
 #define HEARTBEAT_SAVE_MS 10000
 #define HEARTBEAT_PENDING 16
+/* A refresh from a cookie is applied in entryCSN order, RBUF_MAX entries
+ * at a time at most (see struct ldrepl's rbuf). */
+#define RBUF_MAX 50000
 
 enum phase {
 	PH_IDLE,		/* no session */
@@ -114,6 +117,21 @@ struct ldrepl {
 	bool next_without_cookie;	/* ... starts from scratch */
 	bool refresh_restarted;		/* one restart at once, then the backoff */
 	struct ldsync_cookie next_cookie;	/* ... or from this one */
+	/*
+	 * A refresh from a cookie sends the entries changed since it in the
+	 * master's storage order.  They wait here and go to the queue sorted
+	 * by entryCSN, with the queue's writes in order (ldq_set_ordered): an
+	 * entry the standby refuses has no later change of the master applied
+	 * after it.  At the end of the refresh, or when RBUF_MAX are held
+	 * (then by chunks, the stream paused while one is fed).
+	 */
+	struct rbuf_item {
+		uint8_t uuid[LDSYNC_UUID_LEN];
+		struct lde_entry *e;
+	} *rbuf;
+	size_t rbuf_n, rbuf_cap, rbuf_fed;
+	bool rbuf_feeding;		/* the stream waits until all of it is queued */
+	bool rbuf_chunked;		/* this refresh outgrew RBUF_MAX (logged once) */
 	struct lde_uuid_set seen, deleted;
 	struct lde_uuid_set standby_had;	/* PH_LISTING's result, for the refresh */
 	enum reconcile_step rc_step;
@@ -252,6 +270,73 @@ ldap_fd(LDAP *ld)
 
 /* ------------------------------------------------------------ session */
 
+/* ------------------------------------------------------------ refresh order */
+
+static void
+rbuf_clear(struct ldrepl *r)
+{
+	for (size_t i = r->rbuf_fed; i < r->rbuf_n; i++)
+		lde_entry_free(&r->rbuf[i].e);
+	free(r->rbuf);
+	r->rbuf = NULL;
+	r->rbuf_n = r->rbuf_cap = r->rbuf_fed = 0;
+	r->rbuf_feeding = false;
+}
+
+static int
+rbuf_cmp(const void *pa, const void *pb)
+{
+	const struct rbuf_item *a = pa, *b = pb;
+	const char *ca = a->e->csn != NULL ? a->e->csn : "", *cb = b->e->csn != NULL ? b->e->csn : "";
+	int c = strcmp(ca, cb);
+
+	return c != 0 ? c : memcmp(a->uuid, b->uuid, LDSYNC_UUID_LEN);
+}
+
+/* What is held goes to the queue in entryCSN order (rbuf_feed). */
+static void
+rbuf_start_feeding(struct ldrepl *r)
+{
+	if (r->rbuf_n == 0)
+		return;
+	qsort(r->rbuf, r->rbuf_n, sizeof(*r->rbuf), rbuf_cmp);
+	r->rbuf_fed = 0;
+	r->rbuf_feeding = true;
+}
+
+static void
+rbuf_add(struct ldrepl *r, const uint8_t uuid[LDSYNC_UUID_LEN], struct lde_entry *e)
+{
+	if (r->rbuf_n == r->rbuf_cap) {
+		r->rbuf_cap = r->rbuf_cap ? r->rbuf_cap * 2 : 256;
+		r->rbuf = xrealloc(r->rbuf, r->rbuf_cap * sizeof(*r->rbuf));
+	}
+	memcpy(r->rbuf[r->rbuf_n].uuid, uuid, LDSYNC_UUID_LEN);
+	r->rbuf[r->rbuf_n++].e = e;
+	if (r->rbuf_n >= RBUF_MAX) {
+		if (!r->rbuf_chunked)
+			st_notice("refresh of more than %d changed entries: applied in entryCSN order "
+				  "%d at a time", RBUF_MAX, RBUF_MAX);
+		r->rbuf_chunked = true;
+		rbuf_start_feeding(r);
+	}
+}
+
+/* Into the queue as it has room; the stream goes on once all is in. */
+static void
+rbuf_feed(struct ldrepl *r)
+{
+	while (r->rbuf_fed < r->rbuf_n && !ldq_full(&r->q)) {
+		struct rbuf_item *it = &r->rbuf[r->rbuf_fed++];
+		ldq_push(&r->q, LDQ_UPSERT, it->uuid, it->e->dn, it->e);
+		it->e = NULL;
+	}
+	if (r->rbuf_fed == r->rbuf_n) {
+		r->rbuf_n = r->rbuf_fed = 0;
+		r->rbuf_feeding = false;
+	}
+}
+
 static void
 session_end(struct ldrepl *r)
 {
@@ -266,6 +351,7 @@ session_end(struct ldrepl *r)
 	ev_io_stop(r->d->loop, &r->tgt_io);
 	lda_free(&r->apply);
 	ldq_clear(&r->q);
+	rbuf_clear(r);
 	if (r->src != NULL)
 		ldap_unbind_ext_s(r->src, NULL, NULL);
 	if (r->tgt != NULL)
@@ -291,13 +377,17 @@ send_sync_search(struct ldrepl *r, const struct ldsync_cookie *cookie, char **er
 	if (ldsync_request_value(mode, cookie, false, &ctrl.ldctl_value, error_r) < 0)
 		return -1;
 	int rc = ldap_search_ext(r->src, conf->ldap.suffix, LDAP_SCOPE_SUBTREE, "(objectClass=*)",
-				 lde_request_attrs, 0, ctrls, NULL, NULL, 0, &r->sync_msgid);
+				 lde_sync_attrs, 0, ctrls, NULL, NULL, 0, &r->sync_msgid);
 	ber_memfree(ctrl.ldctl_value.bv_val);
 	if (rc != LDAP_SUCCESS) {
 		st_set_error(error_r, "cannot send the sync search: %s", ldap_err2string(rc));
 		return -1;
 	}
 	r->started_without_cookie = cookie == NULL || cookie->len == 0;
+	r->rbuf_chunked = false;
+	/* Writes in the master's order, but in a refresh from scratch (its
+	 * order is not the master's, and nothing was consistent before it). */
+	ldq_set_ordered(&r->q, !r->started_without_cookie);
 	r->present_phase = false;
 	r->refresh_entries = 0;
 	r->defer_rounds = 0;
@@ -507,7 +597,10 @@ on_entry(struct ldrepl *r, LDAPMessage *msg, char **error_r)
 			lde_uuid_set_remove(&r->deleted, st.uuid);
 			r->refresh_entries++;
 		}
-		ldq_push(&r->q, LDQ_UPSERT, st.uuid, e->dn, e);
+		if (refresh && !r->started_without_cookie)
+			rbuf_add(r, st.uuid, e);
+		else
+			ldq_push(&r->q, LDQ_UPSERT, st.uuid, e->dn, e);
 		break;
 	}
 	case LDSYNC_DELETE:
@@ -663,7 +756,7 @@ src_drain(struct ldrepl *r)
 	char *err = NULL;
 
 	while (r->src != NULL && (r->phase == PH_REFRESH || r->phase == PH_PERSIST)) {
-		if (ldq_full(&r->q)) {
+		if (ldq_full(&r->q) || r->rbuf_feeding) {
 			/* Resumed by progress() once the standby has taken some. */
 			r->src_paused = true;
 			ev_io_stop(r->d->loop, &r->src_io);
@@ -703,7 +796,7 @@ src_drain(struct ldrepl *r)
 			return;
 		}
 	}
-	if (r->src_paused && r->src != NULL && !ldq_full(&r->q) &&
+	if (r->src_paused && r->src != NULL && !ldq_full(&r->q) && !r->rbuf_feeding &&
 	    (r->phase == PH_REFRESH || r->phase == PH_PERSIST)) {
 		r->src_paused = false;
 		ev_io_start(r->d->loop, &r->src_io);
@@ -726,6 +819,7 @@ refresh_done(struct ldrepl *r)
 {
 	r->phase = PH_RECONCILE;
 	r->rc_step = RC_DRAIN;
+	rbuf_start_feeding(r);
 	r->deferred_before = 0;
 	r->src_paused = true;
 	ev_io_stop(r->d->loop, &r->src_io);
@@ -764,7 +858,7 @@ reconcile_step(struct ldrepl *r)
 	char *err = NULL;
 
 	for (;;) {
-		if (!ldq_idle(&r->q) || lda_in_flight(r->apply) > 0)
+		if (r->rbuf_feeding || !ldq_idle(&r->q) || lda_in_flight(r->apply) > 0)
 			return;
 		switch (r->rc_step) {
 		case RC_DRAIN:
@@ -819,6 +913,7 @@ reconcile_step(struct ldrepl *r)
 				return;
 			}
 			r->phase = PH_PERSIST;
+			ldq_set_ordered(&r->q, true);
 			r->persist_since_ms = st_monotonic_ms();
 			set_state(r, "persisting");
 			src_drain(r);
@@ -862,6 +957,8 @@ progress(struct ldrepl *r)
 
 	if (r->apply == NULL)
 		return;
+	if (r->rbuf_feeding)
+		rbuf_feed(r);
 	if (lda_pump(r->apply, &err) < 0) {
 		fail(r, "%s", err);
 		free(err);
@@ -874,7 +971,7 @@ progress(struct ldrepl *r)
 	}
 	if (r->phase == PH_RECONCILE)
 		reconcile_step(r);
-	else if (r->src_paused && !ldq_full(&r->q) &&
+	else if (r->src_paused && !ldq_full(&r->q) && !r->rbuf_feeding &&
 		 (r->phase == PH_REFRESH || r->phase == PH_PERSIST))
 		src_drain(r);
 }

@@ -18,6 +18,11 @@ char *lde_request_attrs[] = {
 	NULL,
 };
 
+char *lde_sync_attrs[] = {
+	"*", "entryUUID", "createTimestamp", "creatorsName", "modifyTimestamp", "modifiersName",
+	"entryCSN", NULL,
+};
+
 struct lde_entry *
 lde_entry_new(const char *dn)
 {
@@ -61,6 +66,7 @@ lde_entry_free(struct lde_entry **ep)
 	}
 	free(e->attrs);
 	free(e->dn);
+	free(e->csn);
 	free(e);
 	*ep = NULL;
 }
@@ -90,6 +96,14 @@ lde_entry_from_message(LDAP *ld, LDAPMessage *msg, char **error_r)
 	     a = ldap_next_attribute(ld, msg, ber)) {
 		struct berval **vals = ldap_get_values_len(ld, msg, a);
 		size_t n = vals != NULL ? (size_t)ldap_count_values_len(vals) : 0;
+		if (strcasecmp(a, "entryCSN") == 0) {
+			/* Kept apart: the standby's entryCSN is its own. */
+			if (n > 0 && e->csn == NULL)
+				e->csn = xstrndup(vals[0]->bv_val, vals[0]->bv_len);
+			ldap_value_free_len(vals);
+			ldap_memfree(a);
+			continue;
+		}
 		struct berval *flat = xcalloc(n > 0 ? n : 1, sizeof(*flat));
 		for (size_t i = 0; i < n; i++)
 			flat[i] = *vals[i];

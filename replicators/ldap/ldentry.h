@@ -29,6 +29,8 @@ struct lde_entry {
 	char *dn;
 	struct lde_attr *attrs;
 	size_t n;
+	char *csn;			/* its entryCSN when the server sent one (kept
+					 * apart: never written), or NULL */
 };
 
 /*
@@ -40,6 +42,9 @@ extern const char *const lde_copied_opattrs[];
 
 /* Attributes requested from both servers: "*" and lde_copied_opattrs. */
 extern char *lde_request_attrs[];
+/* The same and entryCSN: what the sync search asks of the master (the
+ * refresh is applied in entryCSN order). */
+extern char *lde_sync_attrs[];
 
 struct lde_entry *lde_entry_new(const char *dn);
 void lde_entry_add(struct lde_entry *e, const char *name, const struct berval *vals, size_t n);

@@ -48,6 +48,12 @@ at(const struct ldq *q, size_t i)
 	return q->items[(q->head + i) & (q->cap - 1)];
 }
 
+struct ldq_item *
+ldq_at(const struct ldq *q, size_t i)
+{
+	return at(q, i);
+}
+
 bool
 ldq_full(const struct ldq *q)
 {
@@ -180,12 +186,26 @@ find(const struct ldq *q, const struct ldq_item *item, size_t *idx_r)
 	return true;
 }
 
+/* May the item at IDX write now? */
+static bool
+may_write_at(const struct ldq *q, size_t idx)
+{
+	if (!q->ordered)
+		return !blocked(q, idx);
+	for (size_t i = 0; i < idx; i++)
+		if (at(q, i)->state != LDQ_DONE)
+			return false;
+	return true;
+}
+
 struct ldq_item *
 ldq_next(struct ldq *q)
 {
 	for (size_t i = 0; i < q->count; i++) {
 		struct ldq_item *it = at(q, i);
-		if ((it->state == LDQ_WAITING || it->state == LDQ_PARKED) && !blocked(q, i))
+		if (it->state == LDQ_WAITING && !blocked(q, i))
+			return it;
+		if (it->state == LDQ_PARKED && may_write_at(q, i))
 			return it;
 	}
 	return NULL;
@@ -196,7 +216,13 @@ ldq_may_write(const struct ldq *q, const struct ldq_item *item)
 {
 	size_t idx;
 
-	return !find(q, item, &idx) || !blocked(q, idx);
+	return !find(q, item, &idx) || may_write_at(q, idx);
+}
+
+void
+ldq_set_ordered(struct ldq *q, bool ordered)
+{
+	q->ordered = ordered;
 }
 
 bool

@@ -63,12 +63,15 @@ struct ldq {
 	struct ldsync_cookie applied;	/* the newest cookie whose items are all done */
 	bool applied_changed;		/* since ldq_take_applied() */
 	uint64_t done_items;
+	bool ordered;			/* writes in order (ldq_set_ordered) */
 };
 
 void ldq_init(struct ldq *q, size_t max_items);
 void ldq_clear(struct ldq *q);
 
 bool ldq_full(const struct ldq *q);
+/* The unfinished (or not yet popped) item I, oldest first (I < ldq_count). */
+struct ldq_item *ldq_at(const struct ldq *q, size_t i);
 bool ldq_idle(const struct ldq *q);	/* nothing unfinished */
 size_t ldq_count(const struct ldq *q);
 
@@ -90,6 +93,15 @@ struct ldq_item *ldq_next(struct ldq *q);
 /* Would ITEM, with its DNs as known now, write safely (no earlier unfinished
  * item conflicts)?  false: park it (state PARKED) until ldq_next returns it. */
 bool ldq_may_write(const struct ldq *q, const struct ldq_item *item);
+
+/*
+ * Ordered (the default after ldq_init: off): an item writes only once every
+ * earlier item is done, so that a change the standby refuses has nothing
+ * after it applied (lookups still go ahead).  Off: the DN and entryUUID
+ * rules above only (a refresh from scratch, whose order is not the
+ * master's anyway).
+ */
+void ldq_set_ordered(struct ldq *q, bool ordered);
 
 /* Does an earlier item remain unfinished? */
 bool ldq_has_earlier(const struct ldq *q, const struct ldq_item *item);

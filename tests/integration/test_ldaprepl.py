@@ -453,6 +453,50 @@ def test_stuck_standby_lag_grows_and_the_error_stays(harness):
     assert os.path.exists(os.path.join(env.base, "b", "state", "ldaprepl.heartbeat"))
 
 
+def test_refused_entry_in_a_refresh_holds_everything_after_it(harness):
+    """Changes made while the daemon is down come in a refresh from the
+    cookie, in the master's storage order.  It is applied in entryCSN order
+    with writes in order: what came before the entry the standby refuses is
+    applied, nothing after it, on every retry; then all of it once the
+    master drops the entry."""
+    env = LdapEnv(harness, master_conf=EXTRA_SCHEMA)   # the standby lacks this schema
+    a, b, suffix = env.a, env.b, env.suffix
+    a.ldapadd(people_ldif(suffix, 0, 3))
+    d = env.start()
+    env.wait_state("persisting")
+    env.wait_equal()
+    d.stop()
+    a.ldapadd(people_ldif(suffix, 100, 3))                              # before
+    a.ldapadd(f"dn: cn=odd,{suffix}\nobjectClass: person\nobjectClass: standinTestClass\n"
+              f"cn: odd\nsn: odd\nstandinTestAttr: hello\n")          # refused
+    a.ldapadd(people_ldif(suffix, 200, 3))                              # after
+    a.ldapmodify(f"dn: uid=u0,ou=people,{suffix}\nchangetype: modify\nreplace: sn\nsn: after\n")
+    a.ldapdelete(f"uid=u1,ou=people,{suffix}")                          # after
+    d.start()
+
+    def holds(uid):
+        return bool(b.search(f"uid={uid},ou=people,{suffix}", scope="base"))
+
+    def check():
+        assert all(holds(f"u{i}") for i in (100, 101, 102)), "the changes before it"
+        assert not any(holds(f"u{i}") for i in (200, 201, 202)), "a change after it"
+        assert holds("u1"), "a delete after it"
+        got = b.search(f"uid=u0,ou=people,{suffix}", attrs=("sn",), scope="base")
+        assert got[0][1]["sn"] == ["S0"], got
+    st = env.wait_state("error")
+    assert "cn=odd," in st["last_error"] and "standinTestClass" in st["last_error"], st
+    check()
+    # Every retry is a refresh from the same cookie: the same holds each time.
+    n = d.output().count("cn=odd,")
+    sh.wait_until(lambda: d.output().count("cn=odd,") > n + 1, 60, "two more retries")
+    check()
+    assert env.status()["state"] != "persisting"
+    a.ldapdelete(f"cn=odd,{suffix}")
+    env.wait_state("persisting", timeout=90)
+    env.wait_equal()
+    assert not holds("u1") and holds("u200")
+
+
 def test_restart_resumes_when_the_master_has_several_server_ids(env):
     """A master whose contextCSN holds several serverIDs (its serverID was
     changed, or entries were loaded elsewhere): persist-stage cookies name

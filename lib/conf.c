@@ -38,6 +38,7 @@ enum opt_type {
 	OT_ENUM,
 	OT_HOSTPORT,
 	OT_URI,		/* scheme://host[:port] with a scheme from choices */
+	OT_URIS,	/* OT_URI[, OT_URI...] */
 	OT_LISTEN,	/* host:port[,host:port...] */
 	OT_DN,		/* LDAP distinguished name */
 	OT_FILTER,	/* LDAP search filter */
@@ -70,6 +71,7 @@ st_conf_sslmode_name(int sslmode)
 	return sslmodes[sslmode];
 }
 static const char *const ldap_schemes[] = { "ldap", "ldaps", NULL };
+static const char *const etcd_schemes[] = { "http", "https", NULL };
 static const char *const ldap_sync_modes[] = { "persist", "poll", NULL };
 static const char *const imap_logins[] = { "master-user", "sasl-plain", NULL };
 static const char *const imap_schemes[] = { "imap", "imaps", NULL };
@@ -96,6 +98,20 @@ static const struct option options[] = {
 	  "Where daemons log: auto (stderr in the foreground, syslog when detached), stderr or syslog." },
 	{ "cluster", "admin_group", OT_NAME, 0, C(admin_group), NULL, NULL, 0, 0,
 	  "Group given access to the status and admin sockets (mode 0660); default: the daemon's group." },
+	{ "cluster", "etcd", OT_URIS, 0, C(etcd.urls), NULL, etcd_schemes, 0, 0,
+	  "The etcd cluster holding the cluster state, as its client URLs (http:// or https://, comma-separated): the v3 JSON gateway of Debian's etcd-server 3.4." },
+	{ "cluster", "etcd_ca", OT_PATH, 0, C(etcd.ca_file), NULL, NULL, 0, 0,
+	  "CA certificate file that signs etcd's server certificates (https://)." },
+	{ "cluster", "etcd_cert", OT_PATH, 0, C(etcd.cert_file), NULL, NULL, 0, 0,
+	  "Client certificate for etcd (with etcd_key), when etcd asks for one." },
+	{ "cluster", "etcd_key", OT_SECRET, 0, C(etcd.key_file), NULL, NULL, 0, 0,
+	  "Private key of etcd_cert (mode 0600)." },
+	{ "cluster", "etcd_user", OT_STRING, 0, C(etcd.user), NULL, NULL, 0, 0,
+	  "etcd user, when etcd has authentication enabled (with etcd_password_file)." },
+	{ "cluster", "etcd_password_file", OT_SECRET, 0, C(etcd.password_file), NULL, NULL, 0, 0,
+	  "File (mode 0600) holding etcd_user's password." },
+	{ "cluster", "etcd_timeout", OT_DURATION, 0, C(etcd.timeout_ms), "5s", NULL, 100, 600000,
+	  "Timeout of one request to etcd (each URL is tried in turn)." },
 
 	{ "node", "address", OT_STRING, F_REQUIRED, N(address), NULL, NULL, 0, 0,
 	  "Address of the node, used for display and by health checks." },
@@ -744,6 +760,28 @@ store_value(const struct option *o, void *base, int node, const char *value, cha
 		if (parse_uri(value, o->choices, why) < 0)
 			return -1;
 		break;
+	case OT_URIS: {
+		char *copy = xstrdup(value), *save = NULL;
+		int n = 0, rc = 0;
+		for (char *u = strtok_r(copy, ",", &save); u != NULL && rc == 0;
+		     u = strtok_r(NULL, ",", &save)) {
+			while (*u == ' ' || *u == '\t')
+				u++;
+			size_t len = strlen(u);
+			while (len > 0 && (u[len - 1] == ' ' || u[len - 1] == '\t'))
+				u[--len] = '\0';
+			rc = parse_uri(u, o->choices, why);
+			n++;
+		}
+		free(copy);
+		if (rc == 0 && n == 0) {
+			st_set_error(why, "expected one or more URIs separated by commas");
+			rc = -1;
+		}
+		if (rc < 0)
+			return -1;
+		break;
+	}
 	case OT_LISTEN:
 		if (parse_listen(value, why) < 0)
 			return -1;

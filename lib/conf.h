@@ -159,6 +159,13 @@ struct st_endpoint {
 	bool tls;		/* ldaps:// or imaps:// */
 };
 
+struct st_conf_etcd {
+	char *urls;			/* "http://h:2379, https://h2:2379"; NULL: no etcd */
+	char *ca_file, *cert_file, *key_file;
+	char *user, *password_file;
+	long timeout_ms;
+};
+
 struct st_conf {
 	char *path;
 
@@ -167,6 +174,7 @@ struct st_conf {
 	int log_level;			/* enum st_log_level */
 	int log_dest;			/* enum st_log_dest */
 	char *admin_group;
+	struct st_conf_etcd etcd;
 
 	size_t n_nodes;
 	struct st_node nodes[ST_MAX_NODES];

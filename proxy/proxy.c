@@ -161,11 +161,14 @@ state_changed(struct st_cstate_follower *f, void *data)
 {
 	struct px *px = data;
 
-	if (f->error != NULL)
+	if (f->error != NULL) {
 		st_daemon_set_error(px->d, "cluster state: %s%s", f->error,
 				    f->valid ? " (keeping the last one taken)" : "");
-	else
-		st_daemon_set_error(px->d, NULL);
+		px->cs_error_shown = true;
+	} else if (px->cs_error_shown) {
+		st_daemon_set_error(px->d, NULL);	/* only the error this set */
+		px->cs_error_shown = false;
+	}
 	if (!f->valid || (px->cs_valid && st_cstate_same(&f->cs, &px->cs))) {
 		update_state_name(px);
 		return;
@@ -175,6 +178,7 @@ state_changed(struct st_cstate_follower *f, void *data)
 	if (node < 0) {
 		st_daemon_set_error(px->d, "cluster state names master %s, not a node of %s",
 				    cs->master, px->conf->path);
+		px->cs_error_shown = true;
 		return;
 	}
 	bool first = !px->cs_valid;

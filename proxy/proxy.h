@@ -94,6 +94,7 @@ struct px {
 	struct st_cstate_follower follow;	/* the state taken (lib/cstate.h) */
 	struct st_cstate cs;		/* the state routed by */
 	bool cs_valid;
+	bool cs_error_shown;		/* last_error is about the cluster state */
 
 	ev_timer accept_retry;		/* listeners stopped after EMFILE */
 	bool accept_paused;

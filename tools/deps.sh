@@ -6,7 +6,7 @@
 STANDIN_PACKAGES=(
 	build-essential autoconf automake libtool pkg-config
 	libpq-dev postgresql-server-dev-15 libldap-dev libetpan-dev libev-dev check libinih-dev libjansson-dev
-	libssl-dev libsystemd-dev
+	libssl-dev libsystemd-dev libcurl4-gnutls-dev etcd-server
 	postgresql-15 postgresql-client-15 slapd ldap-utils dovecot-core dovecot-imapd
 	python3 python3-pytest clang libclang-rt-14-dev socat man-db
 )

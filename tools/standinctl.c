@@ -12,6 +12,7 @@
 #include "lib/conf.h"
 #include "lib/ctl.h"
 #include "lib/cstate.h"
+#include "lib/cstore.h"
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "tools/status.h"
@@ -74,17 +75,37 @@ cmd_config(const struct ctl_opts *o, int argc, char **argv)
 	return 0;
 }
 
+/* This node's copy, or with FROM_ETCD the state in etcd. */
 static int
-state_show(const struct ctl_opts *o, bool json)
+state_show(const struct ctl_opts *o, bool json, bool from_etcd)
 {
 	struct st_conf *conf = load_conf(o);
 	const struct st_node *node = local_node(conf, o);
 	char *path = st_cstate_path(node), *error = NULL;
+	struct st_etcd *etcd = NULL;
 	struct st_cstate st;
 	struct st_buf b;
+	int64_t rev = 0;
 	int rc, ret = 0;
 
-	rc = st_cstate_load(path, &st, &error);
+	if (from_etcd) {
+		if (conf->etcd.urls == NULL) {
+			fprintf(stderr, "standinctl: %s sets no [cluster] etcd\n", conf->path);
+			ret = 2;
+			goto out;
+		}
+		etcd = st_etcd_open(conf, &error);
+		rc = etcd == NULL ? -1 : st_cstore_get(etcd, conf, &st, &rev, &error);
+		if (rc == 0) {
+			fprintf(stderr, "standinctl: there is no cluster state in etcd (%s); create it "
+				"with: standinctl state init --master NODE\n", st_etcd_url(etcd));
+			ret = 1;
+			goto out;
+		}
+		rc = rc == 1 ? 0 : -1;
+	} else {
+		rc = st_cstate_load(path, &st, &error);
+	}
 	if (rc == 1) {
 		fprintf(stderr, "standinctl: %s does not exist; create it with: standinctl state init "
 			"--master NODE\n", path);
@@ -100,6 +121,8 @@ state_show(const struct ctl_opts *o, bool json)
 	} else {
 		st_buf_init(&b);
 		st_cstate_format(&st, &b);
+		if (etcd != NULL)
+			printf("# etcd %s, mod_revision %lld\n", st_etcd_url(etcd), (long long)rev);
 		fputs(b.data, stdout);
 		st_buf_free(&b);
 		if (st_cstate_check(&st, conf, &error) < 0) {
@@ -107,10 +130,30 @@ state_show(const struct ctl_opts *o, bool json)
 			ret = 1;
 		}
 	}
+out:
+	st_etcd_close(&etcd);
 	free(error);
 	free(path);
 	st_conf_free(&conf);
 	return ret;
+}
+
+/* Write ST as this node's copy (under the lock held) if it is newer than
+ * LOCAL (LOCAL_RC: st_cstate_load's); 0, or -1 with a message. */
+static int
+save_local(const char *path, const struct st_cstate *st, int local_rc,
+	   const struct st_cstate *local)
+{
+	char *error = NULL;
+
+	if (local_rc == 0 && local->epoch >= st->epoch)
+		return 0;
+	if (st_cstate_save(path, st, &error) < 0) {
+		fprintf(stderr, "standinctl: cannot write the cluster state: %s\n", error);
+		free(error);
+		return -1;
+	}
+	return 0;
 }
 
 /*
@@ -118,8 +161,12 @@ state_show(const struct ctl_opts *o, bool json)
  * a readable one gives its epoch + 1, so that the epoch never goes back on
  * this node (its daemons refuse an older one).
  * state set: MASTER at the epoch after the current one, every other node
- * following it: moving the master by hand, on each node, when no
- * switchover can run.
+ * following it: moving the master by hand when no switchover can run.
+ *
+ * With [cluster] etcd the state is etcd's (one txn that compares the
+ * revision read: of two writers exactly one wins) and this node's copy
+ * follows; other nodes take it with "state pull" (or standin-failoverd).
+ * Without etcd, this node's file only: run it on every node.
  */
 static int
 state_write(const struct ctl_opts *o, const char *master, bool set, bool force)
@@ -127,8 +174,10 @@ state_write(const struct ctl_opts *o, const char *master, bool set, bool force)
 	struct st_conf *conf = load_conf(o);
 	const struct st_node *node = local_node(conf, o);
 	char *path = st_cstate_path(node), *error = NULL;
-	struct st_cstate st, old;
-	int lock = -1, ret = 1, rc;
+	struct st_cstate st, old, in_etcd;
+	struct st_etcd *etcd = NULL;
+	int64_t rev = 0;
+	int lock = -1, ret = 1, rc, erc = 0;
 
 	if (st_conf_node(conf, master) == NULL) {
 		fprintf(stderr, "standinctl: --master %s: no such node in %s\n", master, conf->path);
@@ -145,41 +194,161 @@ state_write(const struct ctl_opts *o, const char *master, bool set, bool force)
 		goto out;
 	}
 	rc = st_cstate_load(path, &old, &error);
-	if (set && rc != 0) {
-		if (rc > 0)
-			fprintf(stderr, "standinctl: %s does not exist; create it with: standinctl "
-				"state init --master NODE\n", path);
-		else
-			fprintf(stderr, "standinctl: %s\nstandinctl: replace it with: standinctl state "
-				"init --master NODE --force\n", error);
-		goto out;
+	if (conf->etcd.urls != NULL) {
+		etcd = st_etcd_open(conf, &error);
+		if (etcd == NULL || (erc = st_cstore_get(etcd, conf, &in_etcd, &rev, &error)) < 0) {
+			fprintf(stderr, "standinctl: %s\n", error);
+			goto out;
+		}
+		if (set && erc == 0) {
+			fprintf(stderr, "standinctl: there is no cluster state in etcd (%s); create it "
+				"with: standinctl state init --master NODE\n", st_etcd_url(etcd));
+			goto out;
+		}
+		if (!set && erc == 1 && !force) {
+			fprintf(stderr, "standinctl: the cluster state already exists in etcd (%s): "
+				"epoch %llu, master %s; use state set to move the master, --force to "
+				"replace it\n", st_etcd_url(etcd), (unsigned long long)in_etcd.epoch,
+				in_etcd.master);
+			goto out;
+		}
+	} else {
+		if (set && rc != 0) {
+			if (rc > 0)
+				fprintf(stderr, "standinctl: %s does not exist; create it with: "
+					"standinctl state init --master NODE\n", path);
+			else
+				fprintf(stderr, "standinctl: %s\nstandinctl: replace it with: standinctl "
+					"state init --master NODE --force\n", error);
+			goto out;
+		}
+		if (!set && rc == 0 && !force) {
+			fprintf(stderr, "standinctl: %s already exists (epoch %llu, master %s); "
+				"use state set to move the master, --force to replace it\n", path,
+				(unsigned long long)old.epoch, old.master);
+			goto out;
+		}
+		if (!set && rc < 0 && !force) {
+			fprintf(stderr, "standinctl: %s\nstandinctl: use --force to replace it\n", error);
+			goto out;
+		}
 	}
-	if (!set && rc == 0 && !force) {
-		fprintf(stderr, "standinctl: %s already exists (epoch %llu, master %s); "
-			"use state set to move the master, --force to replace it\n", path,
-			(unsigned long long)old.epoch, old.master);
-		goto out;
-	}
-	if (!set && rc < 0 && !force) {
-		fprintf(stderr, "standinctl: %s\nstandinctl: use --force to replace it\n", error);
+	/* The next epoch after every one known here: never back, never twice. */
+	uint64_t top = 0;
+	if (rc == 0)
+		top = old.epoch;
+	if (erc == 1 && in_etcd.epoch > top)
+		top = in_etcd.epoch;
+	if (top == UINT64_MAX) {
+		fprintf(stderr, "standinctl: the epoch cannot grow past %llu\n", (unsigned long long)top);
 		goto out;
 	}
 	st_cstate_init(&st, conf, master);
-	if (rc == 0) {
-		if (old.epoch == UINT64_MAX) {
-			fprintf(stderr, "standinctl: %s: the epoch cannot grow past %llu\n", path,
-				(unsigned long long)old.epoch);
+	st.epoch = top + 1;
+	if (etcd != NULL) {
+		struct st_cstate now;
+		bool now_found = false;
+		int prc = st_cstore_put(etcd, conf, &st, erc == 1 ? rev : 0, NULL, &now, &now_found,
+					&error);
+		if (prc < 0) {
+			fprintf(stderr, "standinctl: %s\n", error);
 			goto out;
 		}
-		st.epoch = old.epoch + 1;
+		if (prc == 0) {
+			if (now_found)
+				fprintf(stderr, "standinctl: the cluster state in etcd changed while this "
+					"ran (it is now epoch %llu, master %s): nothing written\n",
+					(unsigned long long)now.epoch, now.master);
+			else
+				fprintf(stderr, "standinctl: the cluster state in etcd changed while this "
+					"ran: nothing written\n");
+			goto out;
+		}
+		printf("etcd %s: epoch %llu, master %s\n", st_etcd_url(etcd),
+		       (unsigned long long)st.epoch, st.master);
 	}
-	if (st_cstate_save(path, &st, &error) < 0) {
-		fprintf(stderr, "standinctl: cannot write the cluster state: %s\n", error);
+	if (save_local(path, &st, rc, &old) < 0)
 		goto out;
-	}
 	printf("%s: epoch %llu, master %s\n", path, (unsigned long long)st.epoch, st.master);
 	ret = 0;
 out:
+	st_etcd_close(&etcd);
+	if (lock >= 0)
+		close(lock);
+	free(error);
+	free(path);
+	st_conf_free(&conf);
+	return ret;
+}
+
+/*
+ * state pull: take etcd's state into this node's copy when its epoch is
+ * higher (the rule of every daemon: never back).  0 taken or already there,
+ * 1 etcd is behind this node or unreachable.
+ */
+static int
+state_pull(const struct ctl_opts *o)
+{
+	struct st_conf *conf = load_conf(o);
+	const struct st_node *node = local_node(conf, o);
+	char *path = st_cstate_path(node), *error = NULL;
+	struct st_cstate local, in_etcd;
+	struct st_etcd *etcd = NULL;
+	int lock = -1, ret = 1, rc, erc;
+
+	if (conf->etcd.urls == NULL) {
+		fprintf(stderr, "standinctl: %s sets no [cluster] etcd: nothing to pull from\n",
+			conf->path);
+		ret = 2;
+		goto out;
+	}
+	if (st_mkdir_p(node->state_dir, 0755, &error) < 0 ||
+	    (lock = st_cstate_lock(path, false, &error)) < 0) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		goto out;
+	}
+	rc = st_cstate_load(path, &local, &error);
+	free(error);
+	error = NULL;
+	etcd = st_etcd_open(conf, &error);
+	if (etcd == NULL || (erc = st_cstore_get(etcd, conf, &in_etcd, NULL, &error)) < 0) {
+		fprintf(stderr, "standinctl: %s\n", error);
+		goto out;
+	}
+	if (erc == 0) {
+		fprintf(stderr, "standinctl: there is no cluster state in etcd (%s); create it with: "
+			"standinctl state init --master NODE\n", st_etcd_url(etcd));
+		goto out;
+	}
+	if (st_cstate_check(&in_etcd, conf, &error) < 0) {
+		fprintf(stderr, "standinctl: etcd %s: %s\n", st_etcd_url(etcd), error);
+		goto out;
+	}
+	if (rc == 0 && local.epoch > in_etcd.epoch) {
+		fprintf(stderr, "standinctl: etcd has epoch %llu, older than this node's %llu: "
+			"kept this node's\n", (unsigned long long)in_etcd.epoch,
+			(unsigned long long)local.epoch);
+		goto out;
+	}
+	if (rc == 0 && local.epoch == in_etcd.epoch) {
+		if (!st_cstate_same(&local, &in_etcd)) {
+			fprintf(stderr, "standinctl: etcd has epoch %llu with master %s, this node the "
+				"same epoch with master %s: kept this node's\n",
+				(unsigned long long)in_etcd.epoch, in_etcd.master, local.master);
+			goto out;
+		}
+		printf("%s: epoch %llu, master %s (already)\n", path,
+		       (unsigned long long)local.epoch, local.master);
+		ret = 0;
+		goto out;
+	}
+	if (save_local(path, &in_etcd, rc, &local) < 0)
+		goto out;
+	printf("%s: epoch %llu, master %s (from etcd %s)\n", path,
+	       (unsigned long long)in_etcd.epoch, in_etcd.master, st_etcd_url(etcd));
+	ret = 0;
+out:
+	st_etcd_close(&etcd);
 	if (lock >= 0)
 		close(lock);
 	free(error);
@@ -195,10 +364,11 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 		{ "master", required_argument, NULL, 'm' },
 		{ "force", no_argument, NULL, 'f' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "etcd", no_argument, NULL, 'e' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *master = NULL;
-	bool force = false, json = false;
+	bool force = false, json = false, from_etcd = false;
 	int opt;
 
 	if (argc < 2)
@@ -218,6 +388,9 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 		case 'j':
 			json = true;
 			break;
+		case 'e':
+			from_etcd = true;
+			break;
 		default:
 			return 2;
 		}
@@ -227,7 +400,18 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(sub, "show") == 0)
-		return state_show(o, json);
+		return state_show(o, json, from_etcd);
+	if (from_etcd) {
+		fprintf(stderr, "standinctl: --etcd is for state show\n");
+		return 2;
+	}
+	if (strcmp(sub, "pull") == 0) {
+		if (master != NULL || force || json) {
+			fprintf(stderr, "standinctl: state pull takes no option\n");
+			return 2;
+		}
+		return state_pull(o);
+	}
 	if (strcmp(sub, "init") == 0 || strcmp(sub, "set") == 0) {
 		if (master == NULL) {
 			fprintf(stderr, "standinctl: state %s needs --master NODE\n", sub);
@@ -516,11 +700,13 @@ static const struct command {
 		{ "config check", "validate the configuration (exit 0 good, 2 bad)" },
 		{ "config show", "print the effective configuration" } } },
 	{ "state", cmd_state, {
-		{ "state show [--json]", "this node's cluster state (epoch, master, directions)" },
+		{ "state show [--json] [--etcd]",
+		  "this node's cluster state (epoch, master, directions), or etcd's" },
 		{ "state init --master NODE [--force]",
 		  "create this node's first cluster state (epoch 1)" },
 		{ "state set --master NODE",
-		  "this node's state at the next epoch with NODE the master (by hand)" } } },
+		  "the next epoch with NODE the master (by hand; in etcd when [cluster] etcd is set)" },
+		{ "state pull", "take etcd's cluster state into this node's copy if its epoch is higher" } } },
 	{ "proxy", cmd_proxy, {
 		{ "proxy status", "this node's standin-proxy, as JSON" },
 		{ "proxy pause|resume SERVICE|all", "hold new clients / forward them again" },

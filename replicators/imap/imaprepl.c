@@ -930,7 +930,9 @@ apply_cstate(struct imrepl *r)
 	const struct st_cstate_follower *f = &r->follow;
 	char *err = NULL;
 
-	if (f->error != NULL)
+	/* Said once while it stays the same (this runs every tick while no
+	 * direction is active). */
+	if (f->error != NULL && (r->d->last_error == NULL || strstr(r->d->last_error, f->error) == NULL))
 		st_daemon_set_error(r->d, "cluster state: %s", f->error);
 	if (!f->valid) {
 		if (r->active) {

@@ -69,6 +69,7 @@ from harness_core import (LOOPBACK, NODES, RUNUSER, CommandError, ForegroundServ
                           HarnessError, Server, ServerDied, StopWaiting, WaitTimeout, free_port,
                           make_test_ca, pid_alive, port_open, process_tree, run, timeout_scale,
                           wait_until)
+from harness_etcd import ETCD, EtcdServer
 from harness_imap import DOVEADM, DOVECOT, MAIL_OS_GROUP, MAIL_OS_USER, DovecotServer
 from harness_ldap import (LDAP_BINDIR, LDAP_MODULE_DIR, LDAP_SCHEMA_DIR, SLAPCAT, SLAPD, SLAPPASSWD,
                           SlapdServer, parse_ldif)
@@ -79,6 +80,7 @@ __all__ = [
     "missing_servers", "timeout_scale", "wait_until", "free_port", "port_open", "pid_alive",
     "process_tree", "run", "make_test_ca", "parse_ldif", "quote_ident", "quote_literal",
     "Harness", "Server", "ForegroundServer", "PgServer", "SlapdServer", "DovecotServer",
+    "EtcdServer", "ETCD",
     "Pair", "Cluster", "start_pairs", "stop_described", "main", "pg_module_path",
     "PG_BINDIR", "PG_OS_USER", "SLAPD", "SLAPPASSWD", "SLAPCAT", "LDAP_BINDIR", "LDAP_SCHEMA_DIR",
     "LDAP_MODULE_DIR", "DOVECOT", "DOVEADM", "MAIL_OS_USER", "MAIL_OS_GROUP", "RUNUSER",

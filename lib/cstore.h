@@ -27,4 +27,16 @@ int st_cstore_put(struct st_etcd *e, const struct st_conf *conf, const struct st
 		  int64_t mod_rev, int64_t *new_rev_r, struct st_cstate *now_r, bool *now_found_r,
 		  char **error_r) ST_WARN_UNUSED;
 
+/*
+ * Take the state in etcd into NODE's STATE_DIR/cluster.state (under its
+ * lock) when its epoch is higher: the one rule (never back).  Returns
+ * ST_PULL_TAKEN (written; *st_r), ST_PULL_SAME (already there), ST_PULL_NONE
+ * (no state in etcd), ST_PULL_KEPT (this node's copy is ahead, or at the
+ * same epoch with other content: kept; *error_r says which), or -1 with
+ * *error_r.
+ */
+enum { ST_PULL_TAKEN = 1, ST_PULL_SAME, ST_PULL_NONE, ST_PULL_KEPT };
+int st_cstore_pull(struct st_etcd *e, const struct st_conf *conf, const struct st_node *node,
+		   struct st_cstate *st_r, char **error_r) ST_WARN_UNUSED;
+
 #endif

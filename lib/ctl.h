@@ -20,11 +20,13 @@
 
 #define ST_CTL_MAX_LINE 1024
 
-/* The daemons' program names: the replicator of each service, the proxy. */
+/* The daemons' program names: the replicator of each service, the proxy,
+ * the node's agent. */
 #define ST_PROGRAM_PGREPL "standin-pgrepl"
 #define ST_PROGRAM_LDAPREPL "standin-ldaprepl"
 #define ST_PROGRAM_IMAPREPL "standin-imaprepl"
 #define ST_PROGRAM_PROXY "standin-proxy"
+#define ST_PROGRAM_FAILOVERD "standin-failoverd"
 
 /* The program that replicates SVC (ST_PROGRAM_PGREPL...). */
 const char *st_replicator_program(enum st_service svc);

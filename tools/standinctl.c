@@ -283,8 +283,8 @@ out:
 
 /*
  * state pull: take etcd's state into this node's copy when its epoch is
- * higher (the rule of every daemon: never back).  0 taken or already there,
- * 1 etcd is behind this node or unreachable.
+ * higher (st_cstore_pull).  0 taken or already there, 1 etcd is behind this
+ * node, differs at the same epoch, or cannot be reached.
  */
 static int
 state_pull(const struct ctl_opts *o)
@@ -292,9 +292,9 @@ state_pull(const struct ctl_opts *o)
 	struct st_conf *conf = load_conf(o);
 	const struct st_node *node = local_node(conf, o);
 	char *path = st_cstate_path(node), *error = NULL;
-	struct st_cstate local, in_etcd;
+	struct st_cstate st;
 	struct st_etcd *etcd = NULL;
-	int lock = -1, ret = 1, rc, erc;
+	int ret = 1, rc;
 
 	if (conf->etcd.urls == NULL) {
 		fprintf(stderr, "standinctl: %s sets no [cluster] etcd: nothing to pull from\n",
@@ -302,55 +302,29 @@ state_pull(const struct ctl_opts *o)
 		ret = 2;
 		goto out;
 	}
-	if (st_mkdir_p(node->state_dir, 0755, &error) < 0 ||
-	    (lock = st_cstate_lock(path, false, &error)) < 0) {
-		fprintf(stderr, "standinctl: %s\n", error);
-		goto out;
-	}
-	rc = st_cstate_load(path, &local, &error);
-	free(error);
-	error = NULL;
 	etcd = st_etcd_open(conf, &error);
-	if (etcd == NULL || (erc = st_cstore_get(etcd, conf, &in_etcd, NULL, &error)) < 0) {
-		fprintf(stderr, "standinctl: %s\n", error);
-		goto out;
-	}
-	if (erc == 0) {
+	rc = etcd == NULL ? -1 : st_cstore_pull(etcd, conf, node, &st, &error);
+	switch (rc) {
+	case ST_PULL_TAKEN:
+		printf("%s: epoch %llu, master %s (from etcd %s)\n", path,
+		       (unsigned long long)st.epoch, st.master, st_etcd_url(etcd));
+		ret = 0;
+		break;
+	case ST_PULL_SAME:
+		printf("%s: epoch %llu, master %s (already)\n", path, (unsigned long long)st.epoch,
+		       st.master);
+		ret = 0;
+		break;
+	case ST_PULL_NONE:
 		fprintf(stderr, "standinctl: there is no cluster state in etcd (%s); create it with: "
 			"standinctl state init --master NODE\n", st_etcd_url(etcd));
-		goto out;
+		break;
+	default:
+		fprintf(stderr, "standinctl: %s\n", error);
+		break;
 	}
-	if (st_cstate_check(&in_etcd, conf, &error) < 0) {
-		fprintf(stderr, "standinctl: etcd %s: %s\n", st_etcd_url(etcd), error);
-		goto out;
-	}
-	if (rc == 0 && local.epoch > in_etcd.epoch) {
-		fprintf(stderr, "standinctl: etcd has epoch %llu, older than this node's %llu: "
-			"kept this node's\n", (unsigned long long)in_etcd.epoch,
-			(unsigned long long)local.epoch);
-		goto out;
-	}
-	if (rc == 0 && local.epoch == in_etcd.epoch) {
-		if (!st_cstate_same(&local, &in_etcd)) {
-			fprintf(stderr, "standinctl: etcd has epoch %llu with master %s, this node the "
-				"same epoch with master %s: kept this node's\n",
-				(unsigned long long)in_etcd.epoch, in_etcd.master, local.master);
-			goto out;
-		}
-		printf("%s: epoch %llu, master %s (already)\n", path,
-		       (unsigned long long)local.epoch, local.master);
-		ret = 0;
-		goto out;
-	}
-	if (save_local(path, &in_etcd, rc, &local) < 0)
-		goto out;
-	printf("%s: epoch %llu, master %s (from etcd %s)\n", path,
-	       (unsigned long long)in_etcd.epoch, in_etcd.master, st_etcd_url(etcd));
-	ret = 0;
 out:
 	st_etcd_close(&etcd);
-	if (lock >= 0)
-		close(lock);
 	free(error);
 	free(path);
 	st_conf_free(&conf);

@@ -316,7 +316,7 @@ print_json(const struct st_conf *conf, const struct st_status *st, FILE *out)
 void
 st_status_collect(const struct st_conf *conf, struct st_status *st)
 {
-	size_t max_rows = conf->n_nodes * (ST_SVC_COUNT + 1);
+	size_t max_rows = conf->n_nodes * (ST_SVC_COUNT + 2);
 
 	memset(st, 0, sizeof(*st));
 	st->rows = xcalloc(max_rows, sizeof(*st->rows));
@@ -344,12 +344,15 @@ st_status_collect(const struct st_conf *conf, struct st_status *st)
 			snprintf(role, sizeof(role), "unknown");
 			snprintf(epoch, sizeof(epoch), "-");
 		}
-		for (int s = 0; s <= ST_SVC_COUNT; s++) {
+		/* The services' replicators, the proxy, the agent (with etcd). */
+		for (int s = 0; s <= ST_SVC_COUNT + 1; s++) {
 			struct st_status_row *r;
 
 			if (s < ST_SVC_COUNT && !conf->service_enabled[s])
 				continue;
 			if (s == ST_SVC_COUNT && !conf->proxy_present)
+				continue;
+			if (s == ST_SVC_COUNT + 1 && conf->etcd.urls == NULL)
 				continue;
 			r = &st->rows[st->n_rows++];
 			r->node = node->name;
@@ -357,7 +360,8 @@ st_status_collect(const struct st_conf *conf, struct st_status *st)
 			memcpy(r->epoch, epoch, sizeof(epoch));
 			r->service = s < ST_SVC_COUNT ? st_service_name(s) : "all";
 			query_daemon(node, s < ST_SVC_COUNT ? st_replicator_program(s)
-							    : ST_PROGRAM_PROXY, r);
+					   : s == ST_SVC_COUNT ? ST_PROGRAM_PROXY : ST_PROGRAM_FAILOVERD,
+				     r);
 		}
 	}
 }

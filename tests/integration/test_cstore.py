@@ -3,14 +3,16 @@ etcd 3.4 (Debian's etcd-server) on loopback: standinctl state init, set, show
 --etcd and pull; of two writers exactly one wins and the epoch never repeats;
 an unreachable or hung etcd is an error naming it, and nothing is written."""
 import base64
+import json
 import os
 import re
 import threading
+import time
 
 import pytest
 
 import standin_harness as sh
-from standin_bin import STANDINCTL, run, write_cluster_conf
+from standin_bin import STANDINCTL, StandinDaemon, run, write_cluster_conf
 
 pytestmark = pytest.mark.servers
 
@@ -143,3 +145,69 @@ def test_etcd_down_or_hung_is_an_error_naming_it(etcd, tmp_path):
     r = ctl(bad, "a", "config", "check")
     assert r.returncode == 2 and "[cluster] etcd" in r.stderr, r.stderr
     assert "scheme must be http:// or https://" in r.stderr, r.stderr
+
+
+FAILOVERD = "failover/standin-failoverd"
+
+
+def member(etcd, node):
+    value = etcd.get(f"/standin/itest/members/{node}")
+    return json.loads(value) if value is not None else None
+
+
+def test_failoverd_follows_etcd_and_publishes_its_node(etcd, tmp_path):
+    """Each node's standin-failoverd takes a higher epoch from etcd into its
+    own cluster.state (never a lower one) and keeps its member record alive
+    under a lease: gone after a kill -9 within the lease, at once after a
+    clean stop."""
+    conf = conf_with(tmp_path, etcd.url)
+    assert ctl(conf, "a", "state", "init", "--master", "a").returncode == 0
+    epoch1 = open(os.path.join(str(tmp_path), "a", "state", "cluster.state")).read()
+    d = {}
+    for n in ("a", "b"):
+        run_dir = os.path.join(str(tmp_path), n, "run")
+        os.makedirs(run_dir, exist_ok=True)
+        d[n] = StandinDaemon(FAILOVERD, conf, n, run_dir, os.path.join(str(tmp_path), f"fo-{n}.log"))
+    try:
+        sh.wait_until(lambda: local_epoch(tmp_path, "b") == 1, 10, "b to take epoch 1")
+        rec = sh.wait_until(lambda: member(etcd, "b"), 10, "b's member record")
+        assert rec["node"] == "b" and rec["epoch"] == 1 and rec["role"] == "standby", rec
+        assert rec["daemons"]["standin-pgrepl"]["state"] == "not running", rec
+        st = sh.wait_until(lambda: (s := d["b"].status())["state"] == "following" and s, 10,
+                           "b following")
+        assert st["epoch"] == 1 and st["master"] == "a" and st["member_lease"], st
+        r = ctl(conf, "b", "status")
+        assert re.search(r"^b +standby +1 +all +standin-failoverd +following ", r.stdout, re.M), \
+            r.stdout
+        # A move made on node a reaches node b through etcd alone.
+        t0 = time.monotonic()
+        assert ctl(conf, "a", "state", "set", "--master", "b").returncode == 0
+        sh.wait_until(lambda: local_epoch(tmp_path, "b") == 2, 10, "b to take epoch 2")
+        assert time.monotonic() - t0 < 5
+        sh.wait_until(lambda: member(etcd, "b")["role"] == "master", 10, "b's record as master")
+        assert d["b"].status()["states_taken"] == 2
+        # An older state put back in etcd is not taken.
+        etcd.call("/v3/kv/put", {"key": base64.b64encode(b"/standin/itest/state").decode(),
+                                 "value": base64.b64encode(epoch1.encode()).decode()})
+        sh.wait_until(lambda: d["b"].status()["state"] == "ahead of etcd", 10, "b ahead")
+        assert local_epoch(tmp_path, "b") == 2
+        assert "etcd has epoch 1, older than this node's 2" in d["b"].status()["last_error"]
+        # Dead: the record goes with its lease (5 s); a clean stop takes it at once.
+        d["b"].kill9()
+        t0 = time.monotonic()
+        sh.wait_until(lambda: member(etcd, "b") is None, 15, "b's record to expire")
+        assert 2 < time.monotonic() - t0 < 9
+        assert member(etcd, "a") is not None
+        d["a"].stop()
+        assert member(etcd, "a") is None
+    finally:
+        for x in d.values():
+            x.stop()
+    # Without [cluster] etcd it refuses to start, saying why.
+    os.makedirs(str(tmp_path / "plain"), exist_ok=True)
+    plain = write_cluster_conf(str(tmp_path / "plain"))
+    r = run(FAILOVERD, "-c", plain, "-n", "a", "-t")
+    assert r.returncode == 0, r.stderr       # a valid configuration...
+    x = StandinDaemon(FAILOVERD, plain, "a", str(tmp_path / "plain"), str(tmp_path / "fo-plain.log"))
+    sh.wait_until(lambda: not x.running(), 10, "standin-failoverd to refuse")
+    assert "sets no [cluster] etcd" in x.output()

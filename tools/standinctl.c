@@ -16,6 +16,7 @@
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "tools/status.h"
+#include "tools/switchover.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -402,6 +403,50 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 }
 
 static int
+cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "to", required_argument, NULL, 't' },
+		{ "max-lag", required_argument, NULL, 'm' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct st_switchover_opts so = { .max_lag_s = 10.0 };
+	int opt;
+
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 't':
+			so.to = optarg;
+			break;
+		case 'm': {
+			char *end;
+			so.max_lag_s = strtod(optarg, &end);
+			if (*end != '\0' || end == optarg || so.max_lag_s < 0) {
+				fprintf(stderr, "standinctl: --max-lag %s: expected seconds\n", optarg);
+				return 2;
+			}
+			break;
+		}
+		case 'n':
+			so.dry_run = true;
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "standinctl: unexpected argument: %s\n", argv[optind]);
+		return 2;
+	}
+	struct st_conf *conf = load_conf(o);
+	int ret = st_switchover(conf, &so, stdout);
+	st_conf_free(&conf);
+	return ret;
+}
+
+static int
 cmd_status(const struct ctl_opts *o, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -670,6 +715,11 @@ static const struct command {
 } commands[] = {
 	{ "status", cmd_status, {
 		{ "status [--json]", "roles, replicators, lag and errors of every node" } } },
+	{ "switchover", cmd_switchover, {
+		{ "switchover [--to NODE] [--max-lag SECONDS] --dry-run",
+		  "check from etcd that a switchover can go (agents alive, epochs agree, the "
+		  "target's replicators caught up) and print its steps; the steps are not built "
+		  "yet" } } },
 	{ "config", cmd_config, {
 		{ "config check", "validate the configuration (exit 0 good, 2 bad)" },
 		{ "config show", "print the effective configuration" } } },

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import standin_harness as sh
-from standin_bin import STANDINCTL, StandinDaemon, run, write_cluster_conf
+from standin_bin import STANDINCTL, StandinDaemon, query, run, write_cluster_conf
 
 pytestmark = pytest.mark.servers
 
@@ -211,3 +211,66 @@ def test_failoverd_follows_etcd_and_publishes_its_node(etcd, tmp_path):
     x = StandinDaemon(FAILOVERD, plain, "a", str(tmp_path / "plain"), str(tmp_path / "fo-plain.log"))
     sh.wait_until(lambda: not x.running(), 10, "standin-failoverd to refuse")
     assert "sets no [cluster] etcd" in x.output()
+
+
+TESTD = "tests/lib/standin-testd"
+
+
+def test_switchover_checks_from_etcd(etcd, tmp_path):
+    """standinctl switchover --dry-run decides from etcd alone: every node's
+    agent alive and at the cluster's epoch, the target's replicators running,
+    without error and under the lag bound; then it prints the plan."""
+    conf = conf_with(tmp_path, etcd.url)
+    assert ctl(conf, "a", "state", "init", "--master", "a").returncode == 0
+    assert ctl(conf, "b", "state", "pull").returncode == 0
+
+    def switchover(*args):
+        return ctl(conf, "a", "switchover", *args)
+    r = switchover("--to", "b", "--dry-run")
+    assert r.returncode == 1, r.stdout
+    assert "check failed: node a: no member record in etcd" in r.stdout, r.stdout
+    assert "check failed: node b: no member record in etcd" in r.stdout, r.stdout
+    assert "2 check(s) failed: nothing was done" in r.stdout
+    d = []
+    for n in ("a", "b"):
+        run_dir = os.path.join(str(tmp_path), n, "run")
+        os.makedirs(run_dir, exist_ok=True)
+        d.append(StandinDaemon(FAILOVERD, conf, n, run_dir, os.path.join(str(tmp_path), f"fo-{n}.log")))
+    try:
+        sh.wait_until(lambda: member(etcd, "a") and member(etcd, "b"), 10, "both records")
+        r = switchover("--dry-run")                 # the one standby: b
+        assert r.returncode == 1, r.stdout
+        assert "switchover of cluster itest from a to b, at epoch 1" in r.stdout, r.stdout
+        assert "check ok: node a: agent alive, epoch 1" in r.stdout, r.stdout
+        assert "check failed: node b: standin-pgrepl is not running" in r.stdout, r.stdout
+        # A stand-in for node b's standin-pgrepl: lag 0.25 s, no error.
+        run_b = os.path.join(str(tmp_path), "b", "run")
+        t = StandinDaemon(TESTD, conf, "b", run_b, os.path.join(str(tmp_path), "testd.log"),
+                          env={"STANDIN_TESTD_PROGRAM": "standin-pgrepl"})
+        t.sock = os.path.join(run_b, "standin-pgrepl.sock")
+        d.append(t)
+        sh.wait_until(lambda: member(etcd, "b")["daemons"]["standin-pgrepl"].get("lag_seconds"),
+                      10, "b's record with the replicator's lag")
+        r = switchover("--to", "b", "--dry-run")
+        assert r.returncode == 0, r.stdout
+        assert "check ok: node b: standin-pgrepl idle, lag 0.2 s" in r.stdout, r.stdout
+        assert "plan (dry run: nothing done):" in r.stdout and "epoch + 1 in etcd" in r.stdout
+        r = switchover("--to", "b", "--dry-run", "--max-lag", "0.1")
+        assert r.returncode == 1
+        assert "check failed: node b: standin-pgrepl lags 0.2 s, more than 0.1 s" in r.stdout
+        r = switchover("--to", "a", "--dry-run")
+        assert r.returncode == 1 and "check failed: a is the master already" in r.stdout
+        r = switchover("--to", "b")
+        assert r.returncode == 2 and "not built yet: only --dry-run" in r.stdout, r.stdout
+        r = switchover("--to", "zz", "--dry-run")
+        assert r.returncode == 2 and "--to zz: no such node" in r.stdout, r.stdout
+        # An error in the replicator: named, and the switchover refused.
+        query(t.sock, "fail conflict on table t")
+        sh.wait_until(lambda: member(etcd, "b")["daemons"]["standin-pgrepl"].get("last_error"),
+                      10, "the error in b's record")
+        r = switchover("--dry-run")
+        assert r.returncode == 1
+        assert "check failed: node b: standin-pgrepl is failed: conflict on table t" in r.stdout
+    finally:
+        for x in d:
+            x.stop()

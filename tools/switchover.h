@@ -1,0 +1,25 @@
+/*
+ * switchover.h: standinctl switchover (doc/architecture.md, section 4).
+ * Built so far: the checks that come before anything is touched, from etcd
+ * alone (the cluster state and every node's member record, published by
+ * standin-failoverd), and the plan; --dry-run stops there.
+ */
+#ifndef STANDIN_SWITCHOVER_H
+#define STANDIN_SWITCHOVER_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "lib/conf.h"
+
+struct st_switchover_opts {
+	const char *to;			/* the new master, or NULL: the one standby */
+	double max_lag_s;		/* the target's replicators' lag bound */
+	bool dry_run;
+};
+
+/* 0 when every check passed (and, with dry_run, the plan printed), 1 when
+ * one failed (each failure printed, naming node and daemon), 2 usage. */
+int st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts, FILE *out);
+
+#endif

@@ -11,9 +11,14 @@
  *    lease of MEMBER_TTL_S kept alive every second, so a node that dies or
  *    is cut off disappears from etcd by itself; a clean stop revokes it.
  *
- * etcd calls block: they run one round at a time in a thread (lib/bgjob),
- * and the status socket answers meanwhile.  The switchover's steps on this
- * node come next (issue 25).
+ * It also takes the first of the switchover's orders on its node: "fence
+ * EPOCH" and "unfence EPOCH" for the node's PostgreSQL (read-only by default
+ * for every new transaction, the client sessions ended; standin's own
+ * sessions override it).  An order with an epoch older than the node's is
+ * refused.
+ *
+ * etcd and PostgreSQL calls block: they run in threads (lib/bgjob), and the
+ * status socket answers meanwhile.  The other steps come next (issue 25).
  */
 #include "config.h"
 
@@ -29,6 +34,7 @@
 #include "lib/daemon.h"
 #include "lib/etcd.h"
 #include "lib/log.h"
+#include "lib/pgconn.h"
 
 #define TICK_S 1.0
 #define MEMBER_TTL_S 5
@@ -47,6 +53,9 @@ struct failoverd {
 	bool cs_valid;
 	long long last_ok_ms, rounds, taken;
 	int64_t lease_seen;
+	struct st_bgjob *order_job;	/* a fence or unfence in flight */
+	const char *fenced;		/* "fenced", "unfenced" or NULL (not ordered yet) */
+	uint64_t fence_epoch;
 };
 
 /* One round, in the thread. */
@@ -221,6 +230,146 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 }
 
+/* ------------------------------------------------------------ orders */
+
+/* "fence EPOCH" / "unfence EPOCH" in flight, in a thread. */
+struct order {
+	struct failoverd *f;
+	bool fence;
+	uint64_t epoch;
+	struct st_ctl_held *held;
+	long long ended;		/* sessions ended */
+	char *err;
+};
+
+/*
+ * PostgreSQL: default_transaction_read_only for the whole server (ALTER
+ * SYSTEM and a reload: every transaction that starts from now on is
+ * read-only), then the client sessions that are not standin's are ended,
+ * so none goes on writing in a transaction begun before.  standin's own
+ * sessions set default_transaction_read_only=off (lib/pgconn.c).
+ */
+static void
+order_work(void *arg)
+{
+	struct order *o = arg;
+	const struct st_conf *conf = o->f->d->conf;
+	const char *me = o->f->d->node->name;
+	char *value = NULL;
+	PGconn *c = pgc_connect(conf, me, PGC_NORMAL, "standin-failoverd", &o->err);
+
+	if (c == NULL)
+		return;
+	if (pgc_exec(c, o->fence ? "ALTER SYSTEM SET default_transaction_read_only = on"
+				 : "ALTER SYSTEM RESET default_transaction_read_only", &o->err) < 0 ||
+	    pgc_exec(c, "SELECT pg_catalog.pg_reload_conf()", &o->err) < 0)
+		goto out;
+	if (o->fence &&
+	    pgc_value(c, "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM "
+			 "pg_catalog.pg_stat_activity WHERE backend_type = 'client backend' "
+			 "AND pid <> pg_catalog.pg_backend_pid() "
+			 "AND coalesce(application_name, '') NOT LIKE 'standin%'", &value, &o->err) < 0)
+		goto out;
+	o->ended = value != NULL ? strtoll(value, NULL, 10) : 0;
+out:
+	free(value);
+	PQfinish(c);
+}
+
+static void
+order_done(void *arg)
+{
+	struct order *o = arg;
+	struct failoverd *f = o->f;
+	json_t *r = json_object();
+
+	f->order_job = NULL;
+	if (o->err != NULL) {
+		st_warn("%s at epoch %" PRIu64 " failed: %s", o->fence ? "fence" : "unfence", o->epoch,
+			o->err);
+		json_object_set_new(r, "ok", json_false());
+		json_object_set_new(r, "error", json_string(o->err));
+	} else {
+		f->fenced = o->fence ? "fenced" : "unfenced";
+		f->fence_epoch = o->epoch;
+		if (o->fence)
+			st_notice("fenced at epoch %" PRIu64 ": PostgreSQL read-only, %lld client "
+				  "session(s) ended", o->epoch, o->ended);
+		else
+			st_notice("unfenced at epoch %" PRIu64 ": PostgreSQL writable again", o->epoch);
+		json_object_set_new(r, "ok", json_true());
+		json_object_set_new(r, o->fence ? "fenced" : "unfenced", json_true());
+		json_object_set_new(r, "epoch", json_integer((json_int_t)o->epoch));
+		if (o->fence)
+			json_object_set_new(r, "sessions_ended", json_integer(o->ended));
+	}
+	char *text = json_dumps(r, JSON_COMPACT);
+	char *line = xasprintf("%s\n", text);
+	st_ctl_reply_later(o->held, line);
+	free(line);
+	free(text);
+	json_decref(r);
+	free(o->err);
+	free(o);
+}
+
+static void
+order(struct st_daemon *d, bool fence, const char *args, struct st_buf *reply)
+{
+	struct failoverd *f = d->priv;
+	char *end, *err = NULL, *path = NULL;
+	struct st_cstate cs;
+	unsigned long long epoch = strtoull(args, &end, 10);
+
+	if (*args < '0' || *args > '9' || *end != '\0') {
+		st_ctl_reply_error(reply, "usage: %s EPOCH", fence ? "fence" : "unfence");
+		return;
+	}
+	if (!d->conf->service_enabled[ST_SVC_PG]) {
+		st_ctl_reply_error(reply, "%s has no [pg] section: nothing to %s", d->config_path,
+				   fence ? "fence" : "unfence");
+		return;
+	}
+	/* Every order carries its epoch; an older one than this node's is refused. */
+	path = st_cstate_path(d->node);
+	int rc = st_cstate_load(path, &cs, &err);
+	free(path);
+	free(err);
+	if (rc == 0 && epoch < cs.epoch) {
+		st_ctl_reply_error(reply, "refused: the order is for epoch %llu, this node is at %llu",
+				   epoch, (unsigned long long)cs.epoch);
+		return;
+	}
+	if (f->order_job != NULL) {
+		st_ctl_reply_error(reply, "a fence or unfence is running already");
+		return;
+	}
+	struct order *o = xcalloc(1, sizeof(*o));
+	o->f = f;
+	o->fence = fence;
+	o->epoch = epoch;
+	f->order_job = st_bgjob_start(d->loop, order_work, order_done, o, &err);
+	if (f->order_job == NULL) {
+		st_ctl_reply_error(reply, "%s", err);
+		free(err);
+		free(o);
+		return;
+	}
+	o->held = st_ctl_hold(reply, 3 * d->conf->pg.connect_timeout_ms + 10000);
+}
+
+static void
+cmd_fence(void *ctx, const char *args, struct st_buf *reply)
+{
+	order(ctx, true, args, reply);
+}
+
+static void
+cmd_unfence(void *ctx, const char *args, struct st_buf *reply)
+{
+	order(ctx, false, args, reply);
+}
+
 static int
 fo_start(struct st_daemon *d, char **error_r)
 {
@@ -248,6 +397,7 @@ fo_stop(struct st_daemon *d)
 
 	ev_timer_stop(d->loop, &f->tick);
 	st_bgjob_wait(&f->job);
+	st_bgjob_wait(&f->order_job);
 	/* A clean stop takes this node's record away at once. */
 	if (f->etcd != NULL && f->lease != 0 && st_etcd_lease_revoke(f->etcd, f->lease, &err) < 0) {
 		st_warn("cannot revoke the member record's lease: %s", err);
@@ -271,6 +421,7 @@ fo_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 		return -1;
 	}
 	st_bgjob_wait(&f->job);
+	st_bgjob_wait(&f->order_job);
 	st_etcd_close(&f->etcd);
 	return 0;
 }
@@ -293,6 +444,9 @@ fo_status(struct st_daemon *d, json_t *obj)
 	char lease[32];
 	snprintf(lease, sizeof(lease), "%" PRId64, f->lease_seen);
 	json_object_set_new(obj, "member_lease", f->lease_seen ? json_string(lease) : json_null());
+	json_object_set_new(obj, "pg_fence", f->fenced ? json_string(f->fenced) : json_null());
+	json_object_set_new(obj, "pg_fence_epoch", f->fenced ? json_integer((json_int_t)f->fence_epoch)
+							     : json_null());
 }
 
 static void
@@ -311,6 +465,8 @@ fo_metrics(struct st_daemon *d, struct st_buf *out)
 }
 
 static const struct st_ctl_command fo_commands[] = {
+	{ "fence", cmd_fence, "fence EPOCH: this node's PostgreSQL read-only, client sessions ended" },
+	{ "unfence", cmd_unfence, "unfence EPOCH: this node's PostgreSQL writable again" },
 	{ NULL, NULL, NULL },
 };
 

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 
@@ -274,3 +275,45 @@ def test_switchover_checks_from_etcd(etcd, tmp_path):
     finally:
         for x in d:
             x.stop()
+
+
+def test_failoverd_fences_and_unfences_postgresql(harness, etcd):
+    """The first of the switchover's orders: "fence EPOCH" makes the node's
+    PostgreSQL read-only for every new transaction and ends the client
+    sessions (one in the middle of a transaction included), "unfence EPOCH"
+    undoes it; an order older than the node's epoch is refused."""
+    from pgenv import PgEnv
+    pg = PgEnv(harness)
+    with open(pg.conf) as f:
+        text = f.read()
+    with open(pg.conf, "w") as f:
+        f.write(text.replace("name = itest\n", f"name = itest\netcd = {etcd.url}\n", 1))
+    pg.sql_a("CREATE TABLE t (id int)")
+    d = StandinDaemon(FAILOVERD, pg.conf, "a", os.path.join(pg.base, "a", "run"),
+                      os.path.join(pg.base, "fo-a.log"))
+    harness.add_cleanup(d.stop)
+    sh.wait_until(lambda: d.status()["rounds"] >= 1, 10, "a first round")
+    # A client in the middle of a transaction.
+    busy = subprocess.Popen([pg.a.bin("psql"), "-X", "-h", pg.a.socket_dir, "-p", str(pg.a.port),
+                             "-U", "postgres", "-d", "groupware", "-v", "ON_ERROR_STOP=1", "-c",
+                             "BEGIN; INSERT INTO t VALUES (1); SELECT pg_sleep(60); COMMIT"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sh.wait_until(lambda: pg.sql_a("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                   "'BEGIN; INSERT%'") == "1", 20, "the busy client")
+    assert "usage: fence EPOCH" in query(d.sock, "fence x")
+    r = json.loads(query(d.sock, "fence 0", timeout=30))
+    assert r["ok"] is False and "the order is for epoch 0, this node is at 1" in r["error"], r
+    r = json.loads(query(d.sock, "fence 1", timeout=30))
+    assert r["ok"] is True and r["fenced"] is True and r["sessions_ended"] >= 1, r
+    _, err = busy.communicate(timeout=30)
+    assert busy.returncode != 0 and "terminating connection" in err, err
+    assert pg.sql_a("SELECT count(*) FROM t") == "0"          # its insert never committed
+    with pytest.raises(sh.CommandError) as e:
+        pg.sql_a("INSERT INTO t VALUES (2)")
+    assert "read-only transaction" in str(e.value), e.value
+    assert d.status()["pg_fence"] == "fenced" and d.status()["pg_fence_epoch"] == 1
+    r = json.loads(query(d.sock, "unfence 1", timeout=30))
+    assert r["ok"] is True and r["unfenced"] is True, r
+    pg.sql_a("INSERT INTO t VALUES (3)")
+    assert pg.sql_a("SELECT count(*) FROM t") == "1"
+    assert "fenced at epoch 1: PostgreSQL read-only" in d.output()

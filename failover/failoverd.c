@@ -82,6 +82,7 @@ member_record(struct failoverd *f, const struct st_cstate *cs, bool cs_valid)
 	json_object_set_new(o, "epoch", cs_valid ? json_integer((json_int_t)cs->epoch) : json_null());
 	json_object_set_new(o, "role", json_string(cs_valid ? st_cstate_role(cs, d->node->name)
 								: "unknown"));
+	json_object_set_new(o, "master", cs_valid ? json_string(cs->master) : json_null());
 	json_object_set_new(o, "time_ms", json_integer(st_now_ms()));
 	for (size_t i = 0; i < ST_ARRAY_SIZE(local_daemons); i++) {
 		char *path = st_ctl_socket_path(d->node, local_daemons[i]), *reply = NULL, *err = NULL;

@@ -468,7 +468,11 @@ cmd_status(const struct ctl_opts *o, int argc, char **argv)
 	}
 	struct st_conf *conf = load_conf(o);
 	struct st_status st;
-	st_status_collect(conf, &st);
+	char *error = NULL;
+	/* With etcd the other nodes come from there; this one from its own files. */
+	const struct st_node *me = st_conf_local_node(conf, o->node, &error);
+	free(error);
+	st_status_collect(conf, me != NULL ? me->name : NULL, &st);
 	st_status_print(conf, &st, json, stdout);
 	st_status_free(&st);
 	st_conf_free(&conf);

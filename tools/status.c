@@ -12,6 +12,7 @@
 
 #include "dumpers/dump.h"
 #include "lib/ctl.h"
+#include "lib/etcd.h"
 #include "lib/log.h"
 
 #include <errno.h>
@@ -278,13 +279,15 @@ print_json(const struct st_conf *conf, const struct st_status *st, FILE *out)
 		json_t *o = json_object();
 		json_object_set_new(o, "node", json_string(conf->nodes[i].name));
 		if (st->state_rc[i] == 0) {
-			json_object_set_new(o, "role", json_string(st_cstate_role(&st->states[i],
-										   conf->nodes[i].name)));
+			json_object_set_new(o, "role", json_string(st->role[i]));
 			json_object_set_new(o, "epoch", json_integer((json_int_t)st->states[i].epoch));
 			json_object_set_new(o, "master", json_string(st->states[i].master));
 		} else {
 			json_object_set_new(o, "role", json_null());
 		}
+		if (conf->etcd.urls != NULL)
+			json_object_set_new(o, "seen_from",
+					    json_string(st->from_etcd[i] ? "etcd" : "local"));
 		json_array_append_new(nodes, o);
 	}
 	json_object_set_new(root, "nodes", nodes);
@@ -313,37 +316,117 @@ print_json(const struct st_conf *conf, const struct st_status *st, FILE *out)
 	json_decref(root);
 }
 
+/* A daemon's row from its node's member record M (NULL: none). */
+static void
+row_from_record(json_t *m, const char *program, bool agent, struct st_status_row *r)
+{
+	r->daemon = program;
+	if (m == NULL) {
+		r->state = xstrdup("no member record");
+		return;
+	}
+	if (agent) {
+		r->state = xstrdup("running (member record)");
+		return;
+	}
+	json_t *d = json_object_get(json_object_get(m, "daemons"), program);
+	const char *state = json_string_value(json_object_get(d, "state"));
+	const char *err = json_string_value(json_object_get(d, "last_error"));
+	r->state = xstrdup(state != NULL ? state : "not in the member record");
+	if (d != NULL) {
+		r->lag = format_lag(d);
+		r->detail = json_deep_copy(d);
+	}
+	if (err != NULL)
+		r->error = xstrdup(err);
+}
+
+/* The member records under /standin/CLUSTER/members/, by node index. */
+static void
+read_members(const struct st_conf *conf, struct st_status *st, char **error_r)
+{
+	struct st_etcd *etcd = st_etcd_open(conf, error_r);
+	struct st_etcd_kv *kvs = NULL;
+	size_t n = 0;
+	char *prefix = st_etcd_key(conf, "members/");
+
+	if (etcd != NULL && st_etcd_list(etcd, prefix, &kvs, &n, NULL, error_r) == 0) {
+		size_t plen = strlen(prefix);
+		for (size_t k = 0; k < n; k++) {
+			int i = strncmp(kvs[k].key, prefix, plen) == 0
+				? st_conf_node_index(conf, kvs[k].key + plen) : -1;
+			json_error_t jerr;
+			json_t *o = i >= 0 ? json_loads(kvs[k].value, 0, &jerr) : NULL;
+			if (json_is_object(o) && st->member[i] == NULL)
+				st->member[i] = o;
+			else
+				json_decref(o);
+		}
+	}
+	st_etcd_kvs_free(kvs, n);
+	st_etcd_close(&etcd);
+	free(prefix);
+}
+
 void
-st_status_collect(const struct st_conf *conf, struct st_status *st)
+st_status_collect(const struct st_conf *conf, const char *local, struct st_status *st)
 {
 	size_t max_rows = conf->n_nodes * (ST_SVC_COUNT + 2);
+	char *etcd_error = NULL;
 
 	memset(st, 0, sizeof(*st));
 	st->rows = xcalloc(max_rows, sizeof(*st->rows));
+	if (conf->etcd.urls != NULL)
+		read_members(conf, st, &etcd_error);
 	for (size_t i = 0; i < conf->n_nodes; i++) {
 		const struct st_node *node = &conf->nodes[i];
-		char *path = st_cstate_path(node);
 
-		st->state_rc[i] = st_cstate_load(path, &st->states[i], &st->state_err[i]);
-		if (st->state_rc[i] == 1)
-			st->state_err[i] = xasprintf("%s does not exist (standinctl state init)", path);
+		st->from_etcd[i] = conf->etcd.urls != NULL &&
+				   (local == NULL || strcmp(local, node->name) != 0);
+		if (st->from_etcd[i]) {
+			json_t *m = st->member[i];
+			json_t *ep = json_object_get(m, "epoch");
+			const char *role = json_string_value(json_object_get(m, "role"));
+			const char *master = json_string_value(json_object_get(m, "master"));
+			if (m != NULL && json_is_integer(ep)) {
+				st->state_rc[i] = 0;
+				st->states[i].epoch = (uint64_t)json_integer_value(ep);
+				snprintf(st->states[i].master, sizeof(st->states[i].master), "%s",
+					 master != NULL ? master : "");
+				snprintf(st->role[i], sizeof(st->role[i]), "%s", role ? role : "unknown");
+			} else {
+				st->state_rc[i] = -1;
+				st->state_err[i] = etcd_error != NULL
+					? xasprintf("etcd: %s", etcd_error)
+					: m == NULL ? xstrdup("no member record in etcd (standin-failoverd is "
+							      "not running there, or cannot reach etcd)")
+						    : xstrdup("its member record in etcd has no epoch");
+				snprintf(st->role[i], sizeof(st->role[i]), "unknown");
+			}
+		} else {
+			char *path = st_cstate_path(node);
+			st->state_rc[i] = st_cstate_load(path, &st->states[i], &st->state_err[i]);
+			if (st->state_rc[i] == 1)
+				st->state_err[i] = xasprintf("%s does not exist (standinctl state init)",
+							     path);
+			snprintf(st->role[i], sizeof(st->role[i]), "%s",
+				 st->state_rc[i] == 0 ? st_cstate_role(&st->states[i], node->name)
+						      : "unknown");
+			free(path);
+		}
 		if (st->state_rc[i] == 0 && st->states[i].epoch > st->max_epoch)
 			st->max_epoch = st->states[i].epoch;
-		free(path);
 	}
+	free(etcd_error);
 
 	for (size_t i = 0; i < conf->n_nodes; i++) {
 		const struct st_node *node = &conf->nodes[i];
-		char role[32], epoch[24];
+		char epoch[24];
 
-		if (st->state_rc[i] == 0) {
-			snprintf(role, sizeof(role), "%s", st_cstate_role(&st->states[i], node->name));
-			snprintf(epoch, sizeof(epoch), "%llu",
-				 (unsigned long long)st->states[i].epoch);
-		} else {
-			snprintf(role, sizeof(role), "unknown");
+		if (st->state_rc[i] == 0)
+			snprintf(epoch, sizeof(epoch), "%llu", (unsigned long long)st->states[i].epoch);
+		else
 			snprintf(epoch, sizeof(epoch), "-");
-		}
 		/* The services' replicators, the proxy, the agent (with etcd). */
 		for (int s = 0; s <= ST_SVC_COUNT + 1; s++) {
 			struct st_status_row *r;
@@ -356,12 +439,17 @@ st_status_collect(const struct st_conf *conf, struct st_status *st)
 				continue;
 			r = &st->rows[st->n_rows++];
 			r->node = node->name;
-			memcpy(r->role, role, sizeof(role));
+			snprintf(r->role, sizeof(r->role), "%s", st->role[i]);
 			memcpy(r->epoch, epoch, sizeof(epoch));
 			r->service = s < ST_SVC_COUNT ? st_service_name(s) : "all";
-			query_daemon(node, s < ST_SVC_COUNT ? st_replicator_program(s)
-					   : s == ST_SVC_COUNT ? ST_PROGRAM_PROXY : ST_PROGRAM_FAILOVERD,
-				     r);
+			const char *prog = s < ST_SVC_COUNT ? st_replicator_program(s)
+				: s == ST_SVC_COUNT ? ST_PROGRAM_PROXY : ST_PROGRAM_FAILOVERD;
+			if (st->from_etcd[i])
+				row_from_record(st->member[i], prog, s == ST_SVC_COUNT + 1, r);
+			else
+				query_daemon(node, prog, r);
+			if (r->lag == NULL)
+				r->lag = xstrdup("-");
 		}
 	}
 }
@@ -375,8 +463,10 @@ st_status_free(struct st_status *st)
 		free(st->rows[i].error);
 		json_decref(st->rows[i].detail);
 	}
-	for (size_t i = 0; i < ST_MAX_NODES; i++)
+	for (size_t i = 0; i < ST_MAX_NODES; i++) {
 		free(st->state_err[i]);
+		json_decref(st->member[i]);
+	}
 	free(st->rows);
 	memset(st, 0, sizeof(*st));
 }

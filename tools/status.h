@@ -33,12 +33,21 @@ struct st_status {
 	struct st_cstate states[ST_MAX_NODES];	/* each node's cluster state, */
 	int state_rc[ST_MAX_NODES];		/* valid when 0 (st_cstate_load) */
 	char *state_err[ST_MAX_NODES];
+	char role[ST_MAX_NODES][32];		/* "master", "standby", "none", "unknown" */
 	uint64_t max_epoch;			/* the highest epoch seen */
+	/* With [cluster] etcd, every node but this one is seen through its
+	 * member record (standin-failoverd), never its files or sockets. */
+	bool from_etcd[ST_MAX_NODES];
+	json_t *member[ST_MAX_NODES];		/* the record, or NULL */
 };
 
-/* Ask every node's cluster state and daemons (never fails: a daemon that
- * is down is what status reports). */
-void st_status_collect(const struct st_conf *conf, struct st_status *st);
+/*
+ * Ask every node's cluster state and daemons (never fails: a daemon that
+ * is down is what status reports).  LOCAL is this node's name (or NULL):
+ * with [cluster] etcd, the other nodes are read from their member records
+ * in etcd; without it, from their state files and sockets (one machine).
+ */
+void st_status_collect(const struct st_conf *conf, const char *local, struct st_status *st);
 void st_status_free(struct st_status *st);
 
 /* The table (with warnings and the dumps' ages), or JSON. */

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -317,3 +318,47 @@ def test_failoverd_fences_and_unfences_postgresql(harness, etcd):
     pg.sql_a("INSERT INTO t VALUES (3)")
     assert pg.sql_a("SELECT count(*) FROM t") == "1"
     assert "fenced at epoch 1: PostgreSQL read-only" in d.output()
+
+
+def test_status_sees_the_other_nodes_through_etcd(etcd, tmp_path):
+    """With [cluster] etcd, standinctl status shows the other nodes from their
+    member records, never their sockets or files: a frozen agent's record
+    still speaks for its node until its lease runs out, then the node shows
+    as having no record."""
+    conf = conf_with(tmp_path, etcd.url)
+    assert ctl(conf, "a", "state", "init", "--master", "a").returncode == 0
+    assert ctl(conf, "b", "state", "pull").returncode == 0
+    d = {}
+    for n in ("a", "b"):
+        run_dir = os.path.join(str(tmp_path), n, "run")
+        os.makedirs(run_dir, exist_ok=True)
+        d[n] = StandinDaemon(FAILOVERD, conf, n, run_dir, os.path.join(str(tmp_path), f"fo-{n}.log"))
+    run_b = os.path.join(str(tmp_path), "b", "run")
+    t = StandinDaemon(TESTD, conf, "b", run_b, os.path.join(str(tmp_path), "testd.log"),
+                      env={"STANDIN_TESTD_PROGRAM": "standin-pgrepl"})
+    try:
+        sh.wait_until(lambda: (member(etcd, "b") or {}).get("daemons", {})
+                      .get("standin-pgrepl", {}).get("lag_seconds"), 10, "b's record")
+        row_b = re.compile(r"^b +standby +1 +pg +standin-pgrepl +idle +0\.2s/42B ", re.M)
+        r = ctl(conf, "a", "status")
+        assert row_b.search(r.stdout), r.stdout
+        # Node b's agent hangs and its replicator goes: b's own view says so at
+        # once; from node a, b's record speaks for it until its lease ends.
+        os.kill(d["b"].proc.pid, signal.SIGSTOP)
+        t.stop()
+        r = ctl(conf, "b", "status")
+        assert re.search(r"^b +standby +1 +pg +standin-pgrepl +not running ", r.stdout, re.M), \
+            r.stdout
+        r = ctl(conf, "a", "status", "--json")
+        nodes = {n["node"]: n for n in json.loads(r.stdout)["nodes"]}
+        assert nodes["b"]["seen_from"] == "etcd" and nodes["a"]["seen_from"] == "local", nodes
+        sh.wait_until(lambda: member(etcd, "b") is None, 15, "b's record to expire")
+        r = ctl(conf, "a", "status")
+        assert re.search(r"^b +unknown +- +pg +standin-pgrepl +no member record ", r.stdout,
+                         re.M), r.stdout
+        assert "warning: node b: no member record in etcd" in r.stdout, r.stdout
+    finally:
+        if d["b"].running():
+            os.kill(d["b"].proc.pid, signal.SIGCONT)
+        for x in list(d.values()) + [t]:
+            x.stop()

@@ -335,7 +335,15 @@ order(struct st_daemon *d, bool fence, const char *args, struct st_buf *reply)
 	path = st_cstate_path(d->node);
 	int rc = st_cstate_load(path, &cs, &err);
 	free(path);
+	if (rc != 0 && !fence) {
+		/* Fencing is always safe; making a node writable needs its epoch. */
+		st_ctl_reply_error(reply, "refused: this node's cluster state cannot be read (%s)",
+				   rc > 0 ? "there is none" : err);
+		free(err);
+		return;
+	}
 	free(err);
+	err = NULL;
 	if (rc == 0 && epoch < cs.epoch) {
 		st_ctl_reply_error(reply, "refused: the order is for epoch %llu, this node is at %llu",
 				   epoch, (unsigned long long)cs.epoch);

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "lib/durable.h"
+#include "lib/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -162,4 +163,39 @@ st_mkdir_p(const char *path, mode_t mode, char **error_r)
 	}
 	free(copy);
 	return 0;
+}
+
+int64_t
+st_ms_file_load(const char *path)
+{
+	char *data = NULL, *err = NULL, *end;
+	size_t len = 0;
+	int64_t ms = 0;
+
+	if (access(path, F_OK) < 0 && errno == ENOENT)
+		return 0;
+	if (st_read_file(path, 64, &data, &len, &err) < 0) {
+		st_warn("%s: taken as unknown", err);
+		free(err);
+		return 0;
+	}
+	long long v = strtoll(data, &end, 10);
+	if (end != data && (*end == '\n' || *end == '\0') && v > 0)
+		ms = v;
+	else
+		st_warn("%s: unreadable (%s): taken as unknown", path, st_q(data));
+	free(data);
+	return ms;
+}
+
+void
+st_ms_file_save(const char *path, int64_t ms)
+{
+	char text[32], *err = NULL;
+	int n = snprintf(text, sizeof(text), "%lld\n", (long long)ms);
+
+	if (st_durable_write(path, text, (size_t)n, 0644, &err) < 0) {
+		st_warn("cannot keep %s: %s", path, err);
+		free(err);
+	}
 }

@@ -7,6 +7,7 @@
 #define STANDIN_DURABLE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "lib/util.h"
@@ -21,6 +22,16 @@ int st_fsync_parent_dir(const char *path, char **error_r) ST_WARN_UNUSED;
 /* Read a whole file of at most MAX bytes (NUL-terminated for convenience). */
 int st_read_file(const char *path, size_t max, char **data_r, size_t *len_r,
 		 char **error_r) ST_WARN_UNUSED;
+
+/*
+ * A time in unix milliseconds kept in PATH, one line (the replicators'
+ * heartbeat: doc/architecture.md, section 6.5).  Load: the value, or 0 when
+ * there is no file or it cannot be read (said at warning level).  Save:
+ * written durably; a failure is said at warning level, nothing more (the
+ * lag shown after a restart is then the older one: on the high side).
+ */
+int64_t st_ms_file_load(const char *path);
+void st_ms_file_save(const char *path, int64_t ms);
 
 /* mkdir -p with MODE for the directories it creates. */
 int st_mkdir_p(const char *path, mode_t mode, char **error_r) ST_WARN_UNUSED;

@@ -97,8 +97,8 @@ pgc_connect_db(const struct st_conf *conf, const char *node, const char *dbname,
 	KV("connect_timeout", timeout);
 	KV("application_name", application_name);
 	/* default_transaction_read_only=off: a fenced node (read-only by
-	 * ALTER DATABASE ... SET, as a switchover leaves the old master) is
-	 * still written by standin when it becomes the standby. */
+	 * default_transaction_read_only, as standin-failoverd's fence leaves
+	 * the old master) is still written by standin as its standby. */
 	KV("options", "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 "
 		      "-c default_transaction_read_only=off");
 	KV("keepalives", "1");
@@ -157,40 +157,34 @@ pgc_value(PGconn *c, const char *sql, char **value_r, char **error_r)
 	return rc;
 }
 
-char *
-pgc_ident(const char *name)
+/* S between two Q, each Q in it doubled: SQL's quoting of identifiers and
+ * of literals (standard_conforming_strings on: PostgreSQL's default). */
+static char *
+quoted(const char *s, char q)
 {
 	struct st_buf b;
 
 	st_buf_init(&b);
-	st_buf_puts(&b, "\"");
-	for (const char *p = name; *p != '\0'; p++) {
-		if (*p == '"')
-			st_buf_puts(&b, "\"\"");
-		else
+	st_buf_append(&b, &q, 1);
+	for (const char *p = s; *p != '\0'; p++) {
+		st_buf_append(&b, p, 1);
+		if (*p == q)
 			st_buf_append(&b, p, 1);
 	}
-	st_buf_puts(&b, "\"");
-	char *s = st_buf_steal(&b);
+	st_buf_append(&b, &q, 1);
+	char *out = st_buf_steal(&b);
 	st_buf_free(&b);
-	return s;
+	return out;
+}
+
+char *
+pgc_ident(const char *name)
+{
+	return quoted(name, '"');
 }
 
 char *
 pgc_literal(const char *value)
 {
-	struct st_buf b;
-
-	st_buf_init(&b);
-	st_buf_puts(&b, "'");
-	for (const char *p = value; *p != '\0'; p++) {
-		if (*p == '\'')
-			st_buf_puts(&b, "''");
-		else
-			st_buf_append(&b, p, 1);
-	}
-	st_buf_puts(&b, "'");
-	char *s = st_buf_steal(&b);
-	st_buf_free(&b);
-	return s;
+	return quoted(value, '\'');
 }

@@ -930,10 +930,6 @@ apply_cstate(struct imrepl *r)
 	const struct st_cstate_follower *f = &r->follow;
 	char *err = NULL;
 
-	/* Said once while it stays the same (this runs every tick while no
-	 * direction is active). */
-	if (f->error != NULL && (r->d->last_error == NULL || strstr(r->d->last_error, f->error) == NULL))
-		st_daemon_set_error(r->d, "cluster state: %s", f->error);
 	if (!f->valid) {
 		if (r->active) {
 			st_warn("no cluster state on this node: replication stopped");
@@ -962,11 +958,17 @@ apply_cstate(struct imrepl *r)
 	}
 }
 
+/* The follower calls back when its state or its error changed: the error
+ * is said here, once (apply_cstate also runs at every tick with no
+ * direction, to start one again). */
 static void
 cstate_cb(struct st_cstate_follower *f, void *data)
 {
-	(void)f;
-	apply_cstate(data);
+	struct imrepl *r = data;
+
+	if (f->error != NULL)
+		st_daemon_set_error(r->d, "cluster state: %s", f->error);
+	apply_cstate(r);
 }
 
 static void
@@ -1044,7 +1046,7 @@ imrepl_start(struct st_daemon *d, char **error_r)
 	set_state(r, "starting");
 	st_cstate_follower_init(&r->follow, d->node);
 	st_cstate_follow(&r->follow);
-	apply_cstate(r);
+	cstate_cb(&r->follow, r);
 	st_cstate_watch(&r->follow, d->loop, CSTATE_CHECK_MS / 1000.0, cstate_cb, r);
 	return 0;
 }

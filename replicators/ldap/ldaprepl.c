@@ -1162,42 +1162,21 @@ static void
 hb_save(struct ldrepl *r, bool force)
 {
 	long long now = st_monotonic_ms();
-	char *path, *err = NULL, text[32];
 
 	if (r->heartbeat_ms <= 0 || (!force && now - r->hb_saved_ms < HEARTBEAT_SAVE_MS))
 		return;
 	r->hb_saved_ms = now;
-	path = xasprintf("%s/ldaprepl.heartbeat", r->d->node->state_dir);
-	int n = snprintf(text, sizeof(text), "%lld\n", (long long)r->heartbeat_ms);
-	if (st_durable_write(path, text, (size_t)n, 0644, &err) < 0) {
-		st_warn("cannot keep the heartbeat: %s", err);
-		free(err);
-	}
+	char *path = xasprintf("%s/ldaprepl.heartbeat", r->d->node->state_dir);
+	st_ms_file_save(path, r->heartbeat_ms);
 	free(path);
 }
 
 static void
 hb_load(struct ldrepl *r)
 {
-	char *path = xasprintf("%s/ldaprepl.heartbeat", r->d->node->state_dir), *data = NULL;
-	char *err = NULL;
-	size_t len = 0;
+	char *path = xasprintf("%s/ldaprepl.heartbeat", r->d->node->state_dir);
 
-	if (access(path, F_OK) == 0) {
-		if (st_read_file(path, 64, &data, &len, &err) < 0) {
-			st_warn("%s: the lag is unknown until the first heartbeat", err);
-		} else {
-			char *end;
-			long long ms = strtoll(data, &end, 10);
-			if (end != data && (*end == '\n' || *end == '\0') && ms > 0)
-				r->heartbeat_ms = ms;
-			else
-				st_warn("%s: unreadable (%s); the lag is unknown until the first "
-					"heartbeat", path, st_q(data));
-		}
-	}
-	free(err);
-	free(data);
+	r->heartbeat_ms = st_ms_file_load(path);
 	free(path);
 }
 

@@ -114,24 +114,9 @@ pgr_confirmed_locked(struct pgrepl *r, pgo_lsn confirmed)
 void
 pgr_heartbeat_load(struct pgrepl *r)
 {
-	char *path = xasprintf("%s/pgrepl.heartbeat", r->node->state_dir), *data = NULL, *err = NULL;
-	size_t len = 0;
+	char *path = xasprintf("%s/pgrepl.heartbeat", r->node->state_dir);
 
-	if (access(path, F_OK) == 0) {
-		if (st_read_file(path, 64, &data, &len, &err) < 0) {
-			st_warn("%s: the lag is unknown until the first heartbeat", err);
-		} else {
-			char *end;
-			long long ms = strtoll(data, &end, 10);
-			if (end != data && (*end == '\n' || *end == '\0') && ms > 0)
-				r->st.heartbeat_ms = ms;
-			else
-				st_warn("%s: unreadable (%s); the lag is unknown until the first "
-					"heartbeat", path, st_q(data));
-		}
-	}
-	free(err);
-	free(data);
+	r->st.heartbeat_ms = st_ms_file_load(path);
 	free(path);
 }
 
@@ -148,13 +133,8 @@ pgr_heartbeat_save(struct pgrepl *r, bool force)
 	pthread_mutex_unlock(&r->lock);
 	if (!due)
 		return;
-	char *path = xasprintf("%s/pgrepl.heartbeat", r->node->state_dir), *err = NULL;
-	char text[32];
-	int n = snprintf(text, sizeof(text), "%lld\n", (long long)ms);
-	if (st_durable_write(path, text, (size_t)n, 0644, &err) < 0) {
-		st_warn("cannot keep the heartbeat: %s", err);
-		free(err);
-	}
+	char *path = xasprintf("%s/pgrepl.heartbeat", r->node->state_dir);
+	st_ms_file_save(path, ms);
 	free(path);
 }
 

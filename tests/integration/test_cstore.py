@@ -313,6 +313,12 @@ def test_failoverd_fences_and_unfences_postgresql(harness, etcd):
         pg.sql_a("INSERT INTO t VALUES (2)")
     assert "read-only transaction" in str(e.value), e.value
     assert d.status()["pg_fence"] == "fenced" and d.status()["pg_fence_epoch"] == 1
+    # Making a node writable needs its epoch: not with its state unreadable.
+    state = os.path.join(pg.base, "a", "state", "cluster.state")
+    os.rename(state, state + ".away")
+    r = json.loads(query(d.sock, "unfence 1", timeout=30))
+    assert r["ok"] is False and "cluster state cannot be read (there is none)" in r["error"], r
+    os.rename(state + ".away", state)
     r = json.loads(query(d.sock, "unfence 1", timeout=30))
     assert r["ok"] is True and r["unfenced"] is True, r
     pg.sql_a("INSERT INTO t VALUES (3)")

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/bgjob.h"
 #include "lib/cstore.h"
@@ -34,11 +35,16 @@
 #include "lib/daemon.h"
 #include "lib/etcd.h"
 #include "lib/log.h"
-#include "lib/pgconn.h"
+#include "lib/order.h"
+#include "failover/actions.h"
 
 #define TICK_S 1.0
 #define MEMBER_TTL_S 5
 #define DAEMON_QUERY_MS 500
+#define ORDER_WAIT_MS 1000		/* one watch of the orders key, then read it again */
+
+struct failoverd;
+static void ojob_start(struct failoverd *f);
 
 struct failoverd {
 	struct st_daemon *d;
@@ -56,6 +62,16 @@ struct failoverd {
 	struct st_bgjob *order_job;	/* a fence or unfence in flight */
 	const char *fenced;		/* "fenced", "unfenced" or NULL (not ordered yet) */
 	uint64_t fence_epoch;
+	/* a switchover's orders (etcd orders/NODE), one at a time, in a thread */
+	struct st_bgjob *ojob;
+	struct st_etcd *oetcd;		/* the order thread's */
+	char done_id[ST_ORDER_ID_MAX];	/* the last order carried out (the thread's) */
+	uint64_t done_seq;
+	char open_id[ST_ORDER_ID_MAX];	/* a switchover not finished here (the thread's) */
+	bool stopping;			/* no new order job */
+	json_t *last_order;		/* for status (main thread) */
+	long long orders_done;
+	char *orders_error;
 };
 
 /* One round, in the thread. */
@@ -219,6 +235,7 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	char *err = NULL;
 
 	(void)revents;
+	ojob_start(f);
 	if (f->job != NULL)
 		return;		/* the last round still runs (etcd slow): skip this one */
 	struct round *r = xcalloc(1, sizeof(*r));
@@ -243,38 +260,14 @@ struct order {
 	char *err;
 };
 
-/*
- * PostgreSQL: default_transaction_read_only for the whole server (ALTER
- * SYSTEM and a reload: every transaction that starts from now on is
- * read-only), then the client sessions that are not standin's are ended,
- * so none goes on writing in a transaction begun before.  standin's own
- * sessions set default_transaction_read_only=off (lib/pgconn.c).
- */
+/* The admin socket's fence/unfence: PostgreSQL only (failover/actions.c). */
 static void
 order_work(void *arg)
 {
 	struct order *o = arg;
-	const struct st_conf *conf = o->f->d->conf;
-	const char *me = o->f->d->node->name;
-	char *value = NULL;
-	PGconn *c = pgc_connect(conf, me, PGC_NORMAL, "standin-failoverd", &o->err);
 
-	if (c == NULL)
-		return;
-	if (pgc_exec(c, o->fence ? "ALTER SYSTEM SET default_transaction_read_only = on"
-				 : "ALTER SYSTEM RESET default_transaction_read_only", &o->err) < 0 ||
-	    pgc_exec(c, "SELECT pg_catalog.pg_reload_conf()", &o->err) < 0)
-		goto out;
-	if (o->fence &&
-	    pgc_value(c, "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM "
-			 "pg_catalog.pg_stat_activity WHERE backend_type = 'client backend' "
-			 "AND pid <> pg_catalog.pg_backend_pid() "
-			 "AND coalesce(application_name, '') NOT LIKE 'standin%'", &value, &o->err) < 0)
-		goto out;
-	o->ended = value != NULL ? strtoll(value, NULL, 10) : 0;
-out:
-	free(value);
-	PQfinish(c);
+	if (fo_pg_fence(o->f->d->conf, o->f->d->node, o->fence, &o->ended, NULL, &o->err) < 0)
+		return;		/* o->err says why */
 }
 
 static void
@@ -379,6 +372,198 @@ cmd_unfence(void *ctx, const char *args, struct st_buf *reply)
 	order(ctx, false, args, reply);
 }
 
+/* ------------------------------------------------------------ a switchover's orders */
+
+/*
+ * One turn of the order thread: read orders/NODE; an order not carried out
+ * yet (and not acked: a restart does not run it twice) is carried out and
+ * answered in acks/NODE; otherwise wait for the key to change (a watch from
+ * the revision read, so nothing written meanwhile is missed).
+ */
+struct ojob {
+	struct failoverd *f;
+	json_t *ack;			/* the order carried out, or NULL */
+	char *error;			/* etcd, or an order that cannot be read */
+};
+
+static void
+ojob_sleep(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	nanosleep(&ts, NULL);
+}
+
+/*
+ * No order for this node, and the switchover that gave it its last one
+ * did not finish here: once that switchover's key is gone from etcd (its
+ * standinctl died or lost etcd; the key goes with its lease), undo what it
+ * did here (failover/actions.c: heal).  1 when something was done (or
+ * failed), 0 when the switchover still runs.
+ */
+static int
+heal(struct ojob *j, struct st_order *o)
+{
+	struct failoverd *f = j->f;
+	char *key = st_etcd_key(f->d->conf, "switchover"), *err = NULL;
+	struct st_etcd_kv kv = { 0 };
+	struct st_cstate cs;
+	int rc = st_etcd_get(f->oetcd, key, &kv, NULL, &j->error);
+
+	free(key);
+	if (rc < 0)
+		return 1;
+	if (rc == 1 && strstr(kv.value, f->open_id) != NULL) {
+		st_etcd_kv_clear(&kv);
+		return 0;
+	}
+	st_etcd_kv_clear(&kv);
+	char *path = st_cstate_path(f->d->node);
+	rc = st_cstate_load(path, &cs, &err);
+	free(path);
+	free(err);
+	st_order_clear(o);
+	snprintf(o->id, sizeof(o->id), "%s", f->open_id);
+	snprintf(o->op, sizeof(o->op), "heal");
+	o->epoch = rc == 0 ? cs.epoch : 1;
+	o->args = json_object();
+	long long t0 = st_monotonic_ms();
+	json_t *result = fo_execute(f->d->conf, f->d->node, f->oetcd, o, &err);
+	j->ack = json_pack("{s:s,s:I,s:I,s:s,s:s,s:b,s:s?,s:o?,s:I}", "id", o->id, "seq",
+			   (json_int_t)0, "epoch", (json_int_t)o->epoch, "op", "heal", "node",
+			   f->d->node->name, "ok", result != NULL, "error", err, "result", result,
+			   "ms", (json_int_t)(st_monotonic_ms() - t0));
+	free(err);
+	if (result != NULL)
+		f->open_id[0] = '\0';
+	else
+		ojob_sleep(ORDER_WAIT_MS);	/* not in a tight loop */
+	return 1;
+}
+
+static void
+ojob_work(void *arg)
+{
+	struct ojob *j = arg;
+	struct failoverd *f = j->f;
+	const struct st_conf *conf = f->d->conf;
+	const struct st_node *node = f->d->node;
+	struct st_etcd_kv kv = { 0 }, ack = { 0 };
+	struct st_order o = { 0 };
+	int64_t rev = 0;
+	char *okey = NULL, *akey = NULL, *err = NULL;
+
+	if (f->oetcd == NULL && (f->oetcd = st_etcd_open(conf, &j->error)) == NULL)
+		goto pause;
+	okey = xasprintf("/standin/%s/orders/%s", conf->cluster_name, node->name);
+	akey = xasprintf("/standin/%s/acks/%s", conf->cluster_name, node->name);
+	int rc = st_etcd_get(f->oetcd, okey, &kv, &rev, &j->error);
+	if (rc < 0)
+		goto pause;
+	if (rc == 1) {
+		if (st_order_parse(kv.value, kv.len, &o, &err) < 0) {
+			j->error = xasprintf("etcd key %s: %s", okey, err);
+			free(err);
+		} else if (strcmp(o.id, f->done_id) != 0 || o.seq != f->done_seq) {
+			rc = st_etcd_get(f->oetcd, akey, &ack, NULL, &j->error);
+			if (rc < 0)
+				goto pause;
+			if (rc == 1 && st_order_acked(ack.value, ack.len, &o)) {
+				memcpy(f->done_id, o.id, sizeof(f->done_id));
+				f->done_seq = o.seq;
+				goto out;
+			}
+			long long t0 = st_monotonic_ms();
+			json_t *result = fo_execute(conf, node, f->oetcd, &o, &err);
+			/* Open until this node finished or rolled back; see heal below. */
+			bool ends = result != NULL && (strcmp(o.op, "finish") == 0 ||
+						       strcmp(o.op, "resume") == 0);
+			snprintf(f->open_id, sizeof(f->open_id), "%s", ends ? "" : o.id);
+			j->ack = json_pack("{s:s,s:I,s:I,s:s,s:s,s:b,s:s?,s:o?,s:I}", "id", o.id,
+					   "seq", (json_int_t)o.seq, "epoch", (json_int_t)o.epoch,
+					   "op", o.op, "node", node->name, "ok", result != NULL,
+					   "error", err, "result", result,
+					   "ms", (json_int_t)(st_monotonic_ms() - t0));
+			free(err);
+			char *text = json_dumps(j->ack, JSON_COMPACT | JSON_SORT_KEYS);
+			if (st_etcd_put(f->oetcd, akey, text, strlen(text), 0, &j->error) == 0) {
+				memcpy(f->done_id, o.id, sizeof(f->done_id));
+				f->done_seq = o.seq;
+			}
+			free(text);
+			goto out;
+		}
+	}
+	if (rc == 0 && f->open_id[0] != '\0' && heal(j, &o) != 0)
+		goto out;
+	if (st_etcd_wait(f->oetcd, okey, false, rev, ORDER_WAIT_MS, &j->error) < 0)
+		goto pause;
+	goto out;
+pause:
+	ojob_sleep(ORDER_WAIT_MS);	/* etcd unreachable: try again in a while */
+out:
+	st_order_clear(&o);
+	st_etcd_kv_clear(&kv);
+	st_etcd_kv_clear(&ack);
+	free(okey);
+	free(akey);
+}
+
+static void
+ojob_done(void *arg)
+{
+	struct ojob *j = arg;
+	struct failoverd *f = j->f;
+
+	f->ojob = NULL;
+	if (j->ack != NULL) {
+		const char *op = json_string_value(json_object_get(j->ack, "op"));
+		const char *err = json_string_value(json_object_get(j->ack, "error"));
+		long long epoch = json_integer_value(json_object_get(j->ack, "epoch"));
+		long long ms = json_integer_value(json_object_get(j->ack, "ms"));
+		if (err != NULL)
+			st_warn("order %s (switchover %s, epoch %lld) failed after %lld ms: %s", op,
+				json_string_value(json_object_get(j->ack, "id")), epoch, ms, err);
+		else
+			st_notice("order %s (switchover %s, epoch %lld) done in %lld ms", op,
+				  json_string_value(json_object_get(j->ack, "id")), epoch, ms);
+		if (err == NULL && (strcmp(op, "fence") == 0 || strcmp(op, "unfence") == 0)) {
+			f->fenced = strcmp(op, "fence") == 0 ? "fenced" : "unfenced";
+			f->fence_epoch = (uint64_t)epoch;
+		}
+		json_decref(f->last_order);
+		f->last_order = j->ack;
+		f->orders_done++;
+	}
+	if (j->error == NULL || f->orders_error == NULL || strcmp(j->error, f->orders_error) != 0) {
+		if (j->error != NULL)
+			st_warn("orders: %s", j->error);
+		free(f->orders_error);
+		f->orders_error = j->error;
+	} else {
+		free(j->error);
+	}
+	free(j);
+	ojob_start(f);
+}
+
+static void
+ojob_start(struct failoverd *f)
+{
+	char *err = NULL;
+
+	if (f->stopping || f->ojob != NULL)
+		return;
+	struct ojob *j = xcalloc(1, sizeof(*j));
+	j->f = f;
+	f->ojob = st_bgjob_start(f->d->loop, ojob_work, ojob_done, j, &err);
+	if (f->ojob == NULL) {
+		st_warn("cannot start the order thread: %s (again at the next round)", err);
+		free(err);
+		free(j);
+	}
+}
+
 static int
 fo_start(struct st_daemon *d, char **error_r)
 {
@@ -395,6 +580,8 @@ fo_start(struct st_daemon *d, char **error_r)
 	ev_timer_init(&f->tick, tick_cb, 0., TICK_S);
 	f->tick.data = f;
 	ev_timer_start(d->loop, &f->tick);
+	f->stopping = false;
+	ojob_start(f);
 	return 0;
 }
 
@@ -405,8 +592,15 @@ fo_stop(struct st_daemon *d)
 	char *err = NULL;
 
 	ev_timer_stop(d->loop, &f->tick);
+	f->stopping = true;
+	st_bgjob_wait(&f->ojob);
 	st_bgjob_wait(&f->job);
 	st_bgjob_wait(&f->order_job);
+	st_etcd_close(&f->oetcd);
+	json_decref(f->last_order);
+	f->last_order = NULL;
+	free(f->orders_error);
+	f->orders_error = NULL;
 	/* A clean stop takes this node's record away at once. */
 	if (f->etcd != NULL && f->lease != 0 && st_etcd_lease_revoke(f->etcd, f->lease, &err) < 0) {
 		st_warn("cannot revoke the member record's lease: %s", err);
@@ -429,9 +623,13 @@ fo_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 		st_set_error(error_r, "the new configuration sets no [cluster] etcd; keeping the old one");
 		return -1;
 	}
+	f->stopping = true;
+	st_bgjob_wait(&f->ojob);
 	st_bgjob_wait(&f->job);
 	st_bgjob_wait(&f->order_job);
 	st_etcd_close(&f->etcd);
+	st_etcd_close(&f->oetcd);
+	f->stopping = false;	/* the next tick starts it again, with the new configuration */
 	return 0;
 }
 
@@ -456,6 +654,11 @@ fo_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "pg_fence", f->fenced ? json_string(f->fenced) : json_null());
 	json_object_set_new(obj, "pg_fence_epoch", f->fenced ? json_integer((json_int_t)f->fence_epoch)
 							     : json_null());
+	json_object_set_new(obj, "last_order", f->last_order ? json_incref(f->last_order)
+							     : json_null());
+	json_object_set_new(obj, "orders_done", json_integer(f->orders_done));
+	json_object_set_new(obj, "orders_error", f->orders_error ? json_string(f->orders_error)
+								 : json_null());
 }
 
 static void

@@ -151,6 +151,11 @@ static const struct option options[] = {
 	  "DN standin binds as: the rootdn, or an identity with manage rights on both nodes." },
 	{ "ldap", "password_file", OT_SECRET, F_REQUIRED, C(ldap.password_file), NULL, NULL, 0, 0,
 	  "File (mode 0600) holding the bind password." },
+	{ "ldap", "config_bind_dn", OT_DN, 0, C(ldap.config_bind_dn), NULL, NULL, 0, 0,
+	  "DN with write access to cn=config on every node (e.g. cn=config): a switchover fences "
+	  "the old master's slapd with olcReadOnly. Unset: only the proxies keep clients away." },
+	{ "ldap", "config_password_file", OT_SECRET, 0, C(ldap.config_password_file), NULL, NULL, 0, 0,
+	  "File (mode 0600) holding config_bind_dn's password." },
 	{ "ldap", "starttls", OT_ENUM, 0, C(ldap.starttls), "no", tls_modes, 0, 0,
 	  "StartTLS on ldap:// endpoints: no, try or demand." },
 	{ "ldap", "ca_file", OT_PATH, 0, C(ldap.ca_file), NULL, NULL, 0, 0,
@@ -168,6 +173,10 @@ static const struct option options[] = {
 	  "Master (admin) user that may log in as every user." },
 	{ "imap", "password_file", OT_SECRET, F_REQUIRED, C(imap.password_file), NULL, NULL, 0, 0,
 	  "File (mode 0600) holding the admin user's password." },
+	{ "imap", "kick_command", OT_STRING, 0, C(imap.kick_command), NULL, NULL, 0, 0,
+	  "Command that ends every IMAP session on this node when a switchover fences it, run "
+	  "without a shell: words split at spaces, %n replaced by the node's name "
+	  "(e.g. /usr/bin/doveadm kick *)." },
 	{ "imap", "master_separator", OT_STRING, 0, C(imap.master_separator), "*", NULL, 0, 0,
 	  "Dovecot master user separator (user*admin)." },
 	{ "imap", "login", OT_ENUM, 0, C(imap.login), "master-user", imap_logins, 0, 0,
@@ -1118,8 +1127,12 @@ load_semantics(struct loader *L)
 	/* Cross-checks. */
 	if (conf->service_enabled[ST_SVC_PG])
 		check_distinct_endpoints(L, conf->pg.endpoint, "pg", kind_line[2]);
-	if (conf->service_enabled[ST_SVC_LDAP])
+	if (conf->service_enabled[ST_SVC_LDAP]) {
 		check_distinct_endpoints(L, conf->ldap.endpoint, "ldap", kind_line[3]);
+		if ((conf->ldap.config_bind_dn == NULL) != (conf->ldap.config_password_file == NULL))
+			conf_error(L, kind_line[3], "[ldap] config_bind_dn and config_password_file "
+				   "go together");
+	}
 	if (conf->service_enabled[ST_SVC_IMAP]) {
 		check_distinct_endpoints(L, conf->imap.endpoint, "imap", kind_line[4]);
 		if ((conf->imap.users_file == NULL) == (conf->imap.users_ldap_filter == NULL))

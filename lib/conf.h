@@ -97,6 +97,8 @@ struct st_conf_ldap {
 	char *suffix;
 	char *bind_dn;
 	char *password_file;
+	char *config_bind_dn;		/* cn=config identity for fencing (olcReadOnly), or NULL */
+	char *config_password_file;
 	int starttls;			/* enum st_tls_mode */
 	char *ca_file;
 	int sync_mode;			/* enum st_ldap_sync_mode */
@@ -108,6 +110,7 @@ struct st_conf_imap {
 	char *endpoint[ST_MAX_NODES];	/* imap:// or imaps:// URI */
 	char *admin_user;
 	char *password_file;
+	char *kick_command;		/* argv (words, %n the node) run to end sessions, or NULL */
 	char *master_separator;
 	int login;			/* enum st_imap_login */
 	int starttls;			/* enum st_tls_mode */

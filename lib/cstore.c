@@ -37,13 +37,24 @@ st_cstore_put(struct st_etcd *e, const struct st_conf *conf, const struct st_cst
 	      int64_t mod_rev, int64_t *new_rev_r, struct st_cstate *now_r, bool *now_found_r,
 	      char **error_r)
 {
+	return st_cstore_put_guarded(e, conf, st, mod_rev, NULL, 0, new_rev_r, now_r, now_found_r,
+				     error_r);
+}
+
+int
+st_cstore_put_guarded(struct st_etcd *e, const struct st_conf *conf, const struct st_cstate *st,
+		      int64_t mod_rev, const char *guard_key, int64_t guard_create_rev,
+		      int64_t *new_rev_r, struct st_cstate *now_r, bool *now_found_r,
+		      char **error_r)
+{
 	char *key = st_etcd_key(conf, "state");
 	struct st_buf b;
 	struct st_etcd_kv cur;
 
 	st_buf_init(&b);
 	st_cstate_format(st, &b);
-	int rc = st_etcd_put_if(e, key, b.data, b.len, mod_rev, 0, new_rev_r, &cur, error_r);
+	int rc = st_etcd_put_if_guarded(e, key, b.data, b.len, mod_rev, guard_key, guard_create_rev,
+					0, new_rev_r, &cur, error_r);
 	if (rc == 0) {
 		if (now_found_r != NULL)
 			*now_found_r = cur.key != NULL;

@@ -27,6 +27,13 @@ int st_cstore_put(struct st_etcd *e, const struct st_conf *conf, const struct st
 		  int64_t mod_rev, int64_t *new_rev_r, struct st_cstate *now_r, bool *now_found_r,
 		  char **error_r) ST_WARN_UNUSED;
 
+/* The same, only while GUARD_KEY is the key created at GUARD_CREATE_REV
+ * (a switchover's point of no return: its key must still be there). */
+int st_cstore_put_guarded(struct st_etcd *e, const struct st_conf *conf,
+			  const struct st_cstate *st, int64_t mod_rev, const char *guard_key,
+			  int64_t guard_create_rev, int64_t *new_rev_r, struct st_cstate *now_r,
+			  bool *now_found_r, char **error_r) ST_WARN_UNUSED;
+
 /*
  * Take the state in etcd into NODE's STATE_DIR/cluster.state (under its
  * lock) when its epoch is higher: the one rule (never back).  Returns

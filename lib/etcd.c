@@ -457,7 +457,16 @@ int
 st_etcd_put_if(struct st_etcd *e, const char *key, const void *value, size_t len, int64_t mod_rev,
 	       int64_t lease, int64_t *rev_r, struct st_etcd_kv *current_r, char **error_r)
 {
-	char *k = b64_encode(key, strlen(key)), *v = b64_encode(value, len);
+	return st_etcd_put_if_guarded(e, key, value, len, mod_rev, NULL, 0, lease, rev_r, current_r,
+				      error_r);
+}
+
+int
+st_etcd_put_if_guarded(struct st_etcd *e, const char *key, const void *value, size_t len,
+		       int64_t mod_rev, const char *guard_key, int64_t guard_create_rev,
+		       int64_t lease, int64_t *rev_r, struct st_etcd_kv *current_r, char **error_r)
+{
+	char *k = b64_encode(key, strlen(key)), *v = b64_encode(value, len), *gk = NULL;
 	char rev[32], lid[32];
 	json_t *reply = NULL;
 	int ret = -1;
@@ -475,6 +484,15 @@ st_etcd_put_if(struct st_etcd *e, const char *key, const void *value, size_t len
 		json_object_set_new(put, "lease", json_string(lid));
 	json_t *body = json_pack("{s:[o],s:[{s:o}],s:[{s:{s:s}}]}", "compare", cmp, "success",
 				 "request_put", put, "failure", "request_range", "key", k);
+	if (guard_key != NULL) {
+		/* ...and only while GUARD_KEY is the one created at GUARD_CREATE_REV. */
+		char grev[32];
+		snprintf(grev, sizeof(grev), "%" PRId64, guard_create_rev);
+		gk = b64_encode(guard_key, strlen(guard_key));
+		json_array_append_new(json_object_get(body, "compare"),
+				      json_pack("{s:s,s:s,s:s,s:s}", "key", gk, "result", "EQUAL",
+						"target", "CREATE", "create_revision", grev));
+	}
 	if (request(e, "/v3/kv/txn", body, &reply, error_r) < 0)
 		goto out;
 	if (json_is_true(json_object_get(reply, "succeeded"))) {
@@ -497,6 +515,7 @@ out:
 	json_decref(reply);
 	free(k);
 	free(v);
+	free(gk);
 	return ret;
 }
 
@@ -576,5 +595,136 @@ st_etcd_lease_revoke(struct st_etcd *e, int64_t id, char **error_r)
 	snprintf(lid, sizeof(lid), "%" PRId64, id);
 	int ret = request(e, "/v3/lease/revoke", json_pack("{s:s}", "ID", lid), &reply, error_r);
 	json_decref(reply);
+	return ret;
+}
+
+/* ------------------------------------------------------------ watch */
+
+/*
+ * The watch is a streaming method: the gateway sends one JSON object per
+ * line, {"result":{"created":true,...}} first, then one per batch of
+ * events.  The transfer is cut (a short write) at the first event.
+ */
+struct watch_state {
+	struct st_buf line;
+	int changed;			/* 1 at an event */
+	char *error;			/* a cancel or an error message */
+};
+
+static size_t
+watch_data(char *ptr, size_t size, size_t nmemb, void *data)
+{
+	struct watch_state *w = data;
+	size_t n = size * nmemb;
+
+	for (size_t i = 0; i < n;) {
+		const char *nl = memchr(ptr + i, '\n', n - i);
+		size_t chunk = nl != NULL ? (size_t)(nl - (ptr + i)) : n - i;
+		if (w->line.len + chunk > ETCD_MAX_REPLY)
+			return 0;
+		st_buf_append(&w->line, ptr + i, chunk);
+		i += chunk;
+		if (nl == NULL)
+			break;
+		i++;
+		json_error_t jerr;
+		json_t *msg = json_loadb(w->line.data != NULL ? w->line.data : "", w->line.len, 0,
+					 &jerr);
+		w->line.len = 0;
+		json_t *res = json_object_get(msg, "result");
+		json_t *events = json_object_get(res, "events");
+		if (json_is_array(events) && json_array_size(events) > 0) {
+			w->changed = 1;
+		} else if (json_is_true(json_object_get(res, "canceled")) ||
+			   get_i64(res, "compact_revision") > 0 || json_object_get(msg, "error")) {
+			const char *why = json_string_value(json_object_get(res, "cancel_reason"));
+			if (why == NULL)
+				why = json_string_value(json_object_get(json_object_get(msg, "error"),
+									"message"));
+			free(w->error);
+			w->error = xstrdup(why != NULL && *why != '\0' ? why
+					   : "the watch was canceled (revision compacted?)");
+		}
+		json_decref(msg);
+		if (w->changed || w->error != NULL)
+			return 0;	/* done: cut the stream */
+	}
+	return n;
+}
+
+int
+st_etcd_wait(struct st_etcd *e, const char *key, bool prefix, int64_t after_rev, long timeout_ms,
+	     char **error_r)
+{
+	char *end = prefix ? prefix_end(key) : NULL;
+	char *k = b64_encode(key, strlen(key)), *ke = end ? b64_encode(end, strlen(end)) : NULL;
+	char rev[32];
+	struct watch_state w;
+	int ret = -1;
+
+	if (e->user != NULL && e->token == NULL && authenticate(e, error_r) < 0)
+		goto out;
+	snprintf(rev, sizeof(rev), "%" PRId64, after_rev + 1);
+	json_t *req = json_pack("{s:s,s:s}", "key", k, "start_revision", rev);
+	if (ke != NULL)
+		json_object_set_new(req, "range_end", json_string(ke));
+	json_t *body = json_pack("{s:o}", "create_request", req);
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	char *url = xasprintf("%s/v3/watch", e->urls[e->cur]), *auth = NULL;
+	struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+	char errbuf[CURL_ERROR_SIZE] = "";
+
+	if (e->token != NULL) {
+		auth = xasprintf("Authorization: %s", e->token);
+		headers = curl_slist_append(headers, auth);
+	}
+	memset(&w, 0, sizeof(w));
+	st_buf_init(&w.line);
+	curl_easy_reset(e->curl);
+	curl_easy_setopt(e->curl, CURLOPT_URL, url);
+	curl_easy_setopt(e->curl, CURLOPT_POSTFIELDS, text);
+	curl_easy_setopt(e->curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(e->curl, CURLOPT_WRITEFUNCTION, watch_data);
+	curl_easy_setopt(e->curl, CURLOPT_WRITEDATA, &w);
+	curl_easy_setopt(e->curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 1);
+	curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, e->timeout_ms);
+	curl_easy_setopt(e->curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (e->ca_file != NULL)
+		curl_easy_setopt(e->curl, CURLOPT_CAINFO, e->ca_file);
+	if (e->cert_file != NULL)
+		curl_easy_setopt(e->curl, CURLOPT_SSLCERT, e->cert_file);
+	if (e->key_file != NULL)
+		curl_easy_setopt(e->curl, CURLOPT_SSLKEY, e->key_file);
+	CURLcode cc = curl_easy_perform(e->curl);
+	long status = 0;
+	curl_easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &status);
+	if (w.changed) {
+		ret = 1;
+	} else if (w.error != NULL) {
+		st_set_error(error_r, "etcd %s watch of %s: %s", e->urls[e->cur], key, w.error);
+	} else if (cc == CURLE_OPERATION_TIMEDOUT && status == 200) {
+		ret = 0;
+	} else if (cc == CURLE_OK || cc == CURLE_OPERATION_TIMEDOUT) {
+		st_set_error(error_r, "etcd %s watch of %s: HTTP %ld%s", e->urls[e->cur], key, status,
+			     cc == CURLE_OK ? ", the stream ended" : ", no answer in time");
+	} else {
+		st_set_error(error_r, "etcd %s watch of %s: %s", e->urls[e->cur], key,
+			     errbuf[0] != '\0' ? errbuf : curl_easy_strerror(cc));
+		/* the next call starts from the next URL */
+		e->cur = (e->cur + 1) % e->n_urls;
+	}
+	curl_slist_free_all(headers);
+	free(auth);
+	free(url);
+	free(text);
+	st_buf_free(&w.line);
+	free(w.error);
+out:
+	free(k);
+	free(ke);
+	free(end);
 	return ret;
 }

@@ -63,6 +63,13 @@ int st_etcd_put_if(struct st_etcd *e, const char *key, const void *value, size_t
 		   int64_t mod_rev, int64_t lease, int64_t *rev_r, struct st_etcd_kv *current_r,
 		   char **error_r) ST_WARN_UNUSED;
 
+/* The same, and only while GUARD_KEY exists with create_revision
+ * GUARD_CREATE_REV (the switchover that writes the state still holds its key). */
+int st_etcd_put_if_guarded(struct st_etcd *e, const char *key, const void *value, size_t len,
+			   int64_t mod_rev, const char *guard_key, int64_t guard_create_rev,
+			   int64_t lease, int64_t *rev_r, struct st_etcd_kv *current_r,
+			   char **error_r) ST_WARN_UNUSED;
+
 /* Unconditional put and delete (members' records, under their lease). */
 int st_etcd_put(struct st_etcd *e, const char *key, const void *value, size_t len, int64_t lease,
 		char **error_r) ST_WARN_UNUSED;
@@ -74,6 +81,16 @@ int st_etcd_lease_grant(struct st_etcd *e, long ttl_s, int64_t *id_r, char **err
 int st_etcd_lease_keepalive(struct st_etcd *e, int64_t id, long *ttl_r, char **error_r)
 	ST_WARN_UNUSED;
 int st_etcd_lease_revoke(struct st_etcd *e, int64_t id, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * Wait up to TIMEOUT_MS for the next change of KEY (with PREFIX true: of
+ * any key under it) after revision AFTER_REV: a watch from AFTER_REV + 1,
+ * closed at its first event, so nothing written since AFTER_REV is missed.
+ * 1 (something changed: read it again), 0 (nothing within the time) or -1
+ * with *error_r (etcd unreachable, or the revision compacted away).
+ */
+int st_etcd_wait(struct st_etcd *e, const char *key, bool prefix, int64_t after_rev,
+		 long timeout_ms, char **error_r) ST_WARN_UNUSED;
 
 void st_etcd_kv_clear(struct st_etcd_kv *kv);
 void st_etcd_kvs_free(struct st_etcd_kv *kvs, size_t n);

@@ -52,6 +52,13 @@ set_options(LDAP *ld, const struct timeval *tv)
 LDAP *
 st_ldap_open(const struct st_conf *conf, const char *node, char **error_r)
 {
+	return st_ldap_open_as(conf, node, conf->ldap.bind_dn, conf->ldap.password_file, error_r);
+}
+
+LDAP *
+st_ldap_open_as(const struct st_conf *conf, const char *node, const char *bind_dn,
+		const char *password_file, char **error_r)
+{
 	int i = st_conf_node_index(conf, node);
 	const char *uri = i >= 0 ? conf->ldap.endpoint[i] : NULL;
 	char *password = NULL;
@@ -99,16 +106,16 @@ st_ldap_open(const struct st_conf *conf, const char *node, char **error_r)
 			set_options(ld, &tv);
 		}
 	}
-	if (st_secret_read(conf->ldap.password_file, &password, error_r) < 0)
+	if (st_secret_read(password_file, &password, error_r) < 0)
 		goto fail;
 	struct berval cred = { .bv_len = strlen(password), .bv_val = password };
-	rc = ldap_sasl_bind_s(ld, conf->ldap.bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
+	rc = ldap_sasl_bind_s(ld, bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
 	st_secret_free(&password);
 	if (rc != LDAP_SUCCESS) {
 		char *diag = NULL;
 		ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
 		st_set_error(error_r, "node %s (%s): bind as %s failed: %s%s%s", node, uri,
-			     conf->ldap.bind_dn,
+			     bind_dn,
 			     ldap_err2string(rc), !st_str_empty(diag) ? ": " : "",
 			     !st_str_empty(diag) ? diag : "");
 		ldap_memfree(diag);

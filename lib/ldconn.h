@@ -19,4 +19,8 @@
  * the node, its URI and the step that failed. */
 LDAP *st_ldap_open(const struct st_conf *conf, const char *node, char **error_r);
 
+/* The same, bound as BIND_DN with the password in PASSWORD_FILE. */
+LDAP *st_ldap_open_as(const struct st_conf *conf, const char *node, const char *bind_dn,
+		      const char *password_file, char **error_r);
+
 #endif

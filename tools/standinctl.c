@@ -409,9 +409,10 @@ cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 		{ "to", required_argument, NULL, 't' },
 		{ "max-lag", required_argument, NULL, 'm' },
 		{ "dry-run", no_argument, NULL, 'n' },
+		{ "timeout", required_argument, NULL, 'T' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct st_switchover_opts so = { .max_lag_s = 10.0 };
+	struct st_switchover_opts so = { .max_lag_s = 10.0, .timeout_s = 30.0 };
 	int opt;
 
 	optind = 0;
@@ -432,6 +433,16 @@ cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 		case 'n':
 			so.dry_run = true;
 			break;
+		case 'T': {
+			char *end;
+			so.timeout_s = strtod(optarg, &end);
+			if (*end != '\0' || end == optarg || so.timeout_s < 1 || so.timeout_s > 3600) {
+				fprintf(stderr, "standinctl: --timeout %s: expected seconds (1 to 3600)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		}
 		default:
 			return 2;
 		}
@@ -720,10 +731,10 @@ static const struct command {
 	{ "status", cmd_status, {
 		{ "status [--json]", "roles, replicators, lag and errors of every node" } } },
 	{ "switchover", cmd_switchover, {
-		{ "switchover [--to NODE] [--max-lag SECONDS] --dry-run",
-		  "check from etcd that a switchover can go (agents alive, epochs agree, the "
-		  "target's replicators caught up) and print its steps; the steps are not built "
-		  "yet" } } },
+		{ "switchover [--to NODE] [--max-lag SECONDS] [--timeout SECONDS] [--dry-run]",
+		  "move the master to NODE with nothing lost: check (agents alive, epochs agree, "
+		  "the target caught up), then each node's steps through etcd; a failure before "
+		  "the new epoch rolls back. --dry-run: the checks and the plan only" } } },
 	{ "config", cmd_config, {
 		{ "config check", "validate the configuration (exit 0 good, 2 bad)" },
 		{ "config show", "print the effective configuration" } } },

@@ -8,12 +8,15 @@
 #include "tools/switchover.h"
 
 #include <jansson.h>
+#include <openssl/rand.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lib/cstore.h"
 #include "lib/ctl.h"
 #include "lib/etcd.h"
+#include "lib/order.h"
 
 /* The member record of NODE among KVS (prefix .../members/), or NULL. */
 static json_t *
@@ -34,19 +37,435 @@ member_of(const struct st_etcd_kv *kvs, size_t n, const char *prefix, const char
 	return NULL;
 }
 
+/* ------------------------------------------------------------ the steps */
+
+#define SW_LEASE_TTL_S 10	/* the switchover key and its orders go 10 s after standinctl */
+#define SW_QUICK_MS 10000	/* pause, fence, finish: quick steps */
+
+struct sw {
+	const struct st_conf *conf;
+	struct st_etcd *etcd;
+	FILE *out;
+	char id[40];
+	int64_t lease, key_rev;		/* the switchover key's lease and create revision */
+	int64_t key_mod;		/* and its last mod revision */
+	long long keepalive_ms;
+	char *key;
+	const char *from, *to;
+	uint64_t epoch;			/* the cluster's when it started */
+	uint64_t seq;
+	long timeout_ms;
+	json_t *results[ST_MAX_NODES];	/* the last step's answers, by node index */
+	char *error;			/* the step's failure, naming node and daemon */
+};
+
+/* Keep the switchover's lease alive (about every second). */
+static int
+sw_keepalive(struct sw *w)
+{
+	long ttl = 0;
+	char *err = NULL;
+
+	if (st_monotonic_ms() - w->keepalive_ms < 1000)
+		return 0;
+	if (st_etcd_lease_keepalive(w->etcd, w->lease, &ttl, &err) < 0 || ttl <= 0) {
+		free(w->error);
+		w->error = err != NULL ? xasprintf("etcd: %s", err)
+				       : xstrdup("the switchover's lease in etcd ran out");
+		free(err);
+		return -1;
+	}
+	w->keepalive_ms = st_monotonic_ms();
+	return 0;
+}
+
+static void
+sw_fail(struct sw *w, char *msg)
+{
+	free(w->error);
+	w->error = msg;
+}
+
+/*
+ * Give order OP (ARGS: consumed) at EPOCH to each node in NODES (indexes,
+ * N of them) and wait until every one has answered, up to TIMEOUT_MS.  0
+ * when all did it; -1 with w->error naming the node and what failed.
+ */
+static int
+sw_order(struct sw *w, const int *nodes, size_t n, const char *op, uint64_t epoch, json_t *args,
+	 long timeout_ms)
+{
+	const struct st_conf *conf = w->conf;
+	struct st_order o = { .seq = ++w->seq, .epoch = epoch, .args = args };
+	char *err = NULL, *acks = st_etcd_key(conf, "acks/");
+	bool have[ST_MAX_NODES] = { false };
+	size_t got = 0;
+	int ret = -1;
+
+	snprintf(o.id, sizeof(o.id), "%s", w->id);
+	snprintf(o.op, sizeof(o.op), "%s", op);
+	for (size_t i = 0; i < ST_ARRAY_SIZE(w->results); i++) {
+		json_decref(w->results[i]);
+		w->results[i] = NULL;
+	}
+	char *text = st_order_format(&o);
+	for (size_t i = 0; i < n; i++) {
+		char *key = xasprintf("/standin/%s/orders/%s", conf->cluster_name,
+				      conf->nodes[nodes[i]].name);
+		int rc = st_etcd_put(w->etcd, key, text, strlen(text), w->lease, &err);
+		free(key);
+		if (rc < 0) {
+			sw_fail(w, xasprintf("etcd: %s", err));
+			goto out;
+		}
+	}
+	long long deadline = st_monotonic_ms() + timeout_ms;
+	for (;;) {
+		struct st_etcd_kv *kvs = NULL;
+		size_t nk = 0;
+		int64_t rev = 0;
+		if (st_etcd_list(w->etcd, acks, &kvs, &nk, &rev, &err) < 0) {
+			sw_fail(w, xasprintf("etcd: %s", err));
+			goto out;
+		}
+		for (size_t k = 0; k < nk; k++) {
+			const char *name = kvs[k].key + strlen(acks);
+			int idx = st_conf_node_index(conf, name);
+			bool wanted = false;
+			for (size_t i = 0; i < n; i++)
+				wanted |= nodes[i] == idx;
+			if (!wanted || have[idx] || !st_order_acked(kvs[k].value, kvs[k].len, &o))
+				continue;
+			json_error_t jerr;
+			json_t *a = json_loads(kvs[k].value, 0, &jerr);
+			have[idx] = true;
+			got++;
+			w->results[idx] = json_incref(json_object_get(a, "result"));
+			if (!json_is_true(json_object_get(a, "ok"))) {
+				const char *e = json_string_value(json_object_get(a, "error"));
+				sw_fail(w, xasprintf("node %s: %s", name, e != NULL ? e : "failed"));
+				json_decref(a);
+				st_etcd_kvs_free(kvs, nk);
+				goto out;
+			}
+			json_decref(a);
+		}
+		st_etcd_kvs_free(kvs, nk);
+		if (got == n) {
+			ret = 0;
+			goto out;
+		}
+		long long left = deadline - st_monotonic_ms();
+		if (left <= 0) {
+			struct st_buf b;
+			st_buf_init(&b);
+			for (size_t i = 0; i < n; i++) {
+				if (!have[nodes[i]])
+					st_buf_printf(&b, "%s%s", b.len > 0 ? ", " : "",
+						      conf->nodes[nodes[i]].name);
+			}
+			sw_fail(w, xasprintf("node %s: no answer within %.1f s (is standin-failoverd "
+					     "running there, and does it reach etcd?)", b.data,
+					     timeout_ms / 1000.0));
+			st_buf_free(&b);
+			goto out;
+		}
+		if (sw_keepalive(w) < 0)
+			goto out;
+		if (st_etcd_wait(w->etcd, acks, true, rev, left < 1000 ? left : 1000, &err) < 0) {
+			sw_fail(w, xasprintf("etcd: %s", err));
+			goto out;
+		}
+	}
+out:
+	free(err);
+	free(text);
+	free(acks);
+	json_decref(args);
+	return ret;
+}
+
+/* Every node, or only one. */
+static size_t
+sw_all(const struct sw *w, int *nodes, const char *except)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < w->conf->n_nodes; i++) {
+		if (except == NULL || strcmp(w->conf->nodes[i].name, except) != 0)
+			nodes[n++] = (int)i;
+	}
+	return n;
+}
+
+/* The switchover key's value. */
+static json_t *
+sw_value(const struct sw *w, const char *phase)
+{
+	char host[256] = "?";
+
+	gethostname(host, sizeof(host) - 1);
+	return json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:I}", "id", w->id, "from", w->from, "to",
+			 w->to, "epoch", (json_int_t)w->epoch, "phase", phase, "by", host,
+			 "updated_ms", (json_int_t)st_now_ms());
+}
+
+static void
+sw_phase(struct sw *w, const char *phase)
+{
+	char *err = NULL;
+	json_t *v = sw_value(w, phase);
+	char *text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+
+	/* Best effort: the phase is for status; the key's existence is what counts. */
+	int64_t rev = 0;
+	if (st_etcd_put_if(w->etcd, w->key, text, strlen(text), w->key_mod, w->lease, &rev, NULL,
+			   &err) == 1)
+		w->key_mod = rev;
+	free(err);
+	free(text);
+	json_decref(v);
+}
+
 static const char *const plan[] = {
-	"pause every proxy (new clients wait)",
-	"fence the old master (PostgreSQL read-only and its sessions ended, slapd olcReadOnly, "
-	"IMAP sessions kicked)",
-	"drain every replicator on the new master to the old master's final position",
+	"pause every proxy and close its sessions (new clients wait)",
+	"fence the old master: PostgreSQL read-only and its client sessions ended, slapd "
+	"olcReadOnly, IMAP sessions kicked; its final positions read",
+	"drain every replicator on the new master to those positions",
 	"copy the sequences",
 	"prepare the reverse streams on the old master (reverse NODE), the new master still "
 	"read-only",
 	"epoch + 1 in etcd: the point of no return",
-	"unfence the new master",
-	"every node takes the new state; the replicators turn around",
-	"the proxies switch to the new master and resume",
+	"the new master takes the state and is unfenced; its proxy resumes",
+	"every other node takes the state; the replicators turn around; the proxies switch "
+	"and resume",
 };
+
+static void
+step_line(struct sw *w, int n, const char *what, long long t0, int ok)
+{
+	fprintf(w->out, "step %d/%zu %-10s %s (%lld ms)%s%s\n", n, ST_ARRAY_SIZE(plan), what,
+		ok ? "ok" : "FAILED", st_monotonic_ms() - t0, ok ? "" : ": ", ok ? "" : w->error);
+	fflush(w->out);
+}
+
+/* Before the point of no return: the old master writable again, clients resumed. */
+static void
+sw_rollback(struct sw *w, bool fenced)
+{
+	int nodes[ST_MAX_NODES], from = st_conf_node_index(w->conf, w->from);
+	size_t n = sw_all(w, nodes, NULL);
+	long long t0 = st_monotonic_ms();
+	char *saved = w->error;
+
+	w->error = NULL;
+	if (fenced) {
+		if (sw_order(w, &from, 1, "unfence", w->epoch, json_object(), SW_QUICK_MS) == 0)
+			fprintf(w->out, "rollback: %s unfenced (%lld ms)\n", w->from,
+				st_monotonic_ms() - t0);
+		else
+			fprintf(w->out, "rollback: unfencing %s FAILED: %s; its standin-failoverd "
+				"unfences it by itself once the switchover's key is gone from etcd "
+				"(%d s)\n", w->from, w->error, SW_LEASE_TTL_S);
+	}
+	t0 = st_monotonic_ms();
+	if (sw_order(w, nodes, n, "resume", w->epoch, json_object(), SW_QUICK_MS) == 0)
+		fprintf(w->out, "rollback: proxies resumed (%lld ms)\n", st_monotonic_ms() - t0);
+	else
+		fprintf(w->out, "rollback: resuming the proxies FAILED: %s; each node's "
+			"standin-failoverd resumes its proxy once the switchover's key is gone\n",
+			w->error);
+	free(w->error);
+	w->error = saved;
+}
+
+static int
+sw_run(struct sw *w)
+{
+	const struct st_conf *conf = w->conf;
+	int nodes[ST_MAX_NODES], from = st_conf_node_index(conf, w->from),
+	    to = st_conf_node_index(conf, w->to);
+	size_t n = sw_all(w, nodes, NULL);
+	long wait_ms = w->timeout_ms;
+	long long t0, start = st_monotonic_ms();
+	json_t *positions = NULL;
+	struct st_cstate st, next;
+	int64_t state_rev = 0;
+	bool fenced = false;
+	int step = 0;
+	const char *what = "pause";
+
+	/* 1: pause */
+	t0 = st_monotonic_ms();
+	what = "pause";
+	sw_phase(w, what);
+	if (sw_order(w, nodes, n, "pause", w->epoch, json_object(), SW_QUICK_MS) < 0)
+		goto rollback;
+	step_line(w, ++step, "pause", t0, 1);
+	/* 2: fence */
+	t0 = st_monotonic_ms();
+	what = "fence";
+	sw_phase(w, what);
+	fenced = true;
+	if (sw_order(w, &from, 1, "fence", w->epoch, json_object(), SW_QUICK_MS + 10000) < 0)
+		goto rollback;
+	positions = json_incref(json_object_get(w->results[from], "positions"));
+	json_t *notes = json_object_get(w->results[from], "notes");
+	for (size_t i = 0; i < json_array_size(notes); i++)
+		fprintf(w->out, "  note: %s: %s\n", w->from,
+			json_string_value(json_array_get(notes, i)));
+	step_line(w, ++step, "fence", t0, 1);
+	/* 3: drain */
+	t0 = st_monotonic_ms();
+	what = "drain";
+	sw_phase(w, what);
+	if (sw_order(w, &to, 1, "drain", w->epoch,
+		     json_pack("{s:O,s:I}", "positions", positions, "timeout_ms", (json_int_t)wait_ms),
+		     wait_ms + 5000) < 0)
+		goto rollback;
+	step_line(w, ++step, "drain", t0, 1);
+	/* 4: sequences */
+	t0 = st_monotonic_ms();
+	what = "sequences";
+	sw_phase(w, what);
+	if (sw_order(w, &to, 1, "sequences", w->epoch,
+		     json_pack("{s:I}", "timeout_ms", (json_int_t)wait_ms), wait_ms + 5000) < 0)
+		goto rollback;
+	step_line(w, ++step, "sequences", t0, 1);
+	/* 5: reverse */
+	t0 = st_monotonic_ms();
+	what = "reverse";
+	sw_phase(w, what);
+	if (sw_order(w, &from, 1, "reverse", w->epoch,
+		     json_pack("{s:s,s:I}", "to", w->to, "timeout_ms", (json_int_t)wait_ms),
+		     wait_ms + 5000) < 0)
+		goto rollback;
+	step_line(w, ++step, "reverse", t0, 1);
+	/* 6: the point of no return, guarded by the switchover's key */
+	t0 = st_monotonic_ms();
+	what = "epoch";
+	char *err = NULL;
+	int rc = st_cstore_get(w->etcd, conf, &st, &state_rev, &err);
+	if (rc <= 0 || st.epoch != w->epoch || strcmp(st.master, w->from) != 0) {
+		sw_fail(w, rc < 0 ? xasprintf("etcd: %s", err)
+			   : xstrdup("the cluster state in etcd changed during the switchover"));
+		free(err);
+		goto rollback;
+	}
+	st_cstate_init(&next, conf, w->to);
+	next.epoch = w->epoch + 1;
+	bool found = false;
+	rc = st_cstore_put_guarded(w->etcd, conf, &next, state_rev, w->key, w->key_rev, NULL, NULL,
+				   &found, &err);
+	if (rc <= 0) {
+		sw_fail(w, rc < 0 ? xasprintf("etcd: %s (the state is not changed, or etcd did not "
+					      "say: check standinctl status)", err)
+			   : xstrdup("the cluster state or the switchover's key changed in etcd "
+				     "(the lease ran out?)"));
+		free(err);
+		goto rollback;
+	}
+	step_line(w, ++step, "epoch", t0, 1);
+	fprintf(w->out, "  epoch %llu: master %s (the point of no return)\n",
+		(unsigned long long)next.epoch, w->to);
+	sw_phase(w, "committed");
+	/* 7: the new master first, then 8: everyone else */
+	int ret = 0;
+	t0 = st_monotonic_ms();
+	if (sw_order(w, &to, 1, "finish", next.epoch, json_object(), SW_QUICK_MS) < 0) {
+		step_line(w, ++step, "promote", t0, 0);
+		ret = 1;
+	} else {
+		step_line(w, ++step, "promote", t0, 1);
+	}
+	t0 = st_monotonic_ms();
+	n = sw_all(w, nodes, w->to);
+	if (sw_order(w, nodes, n, "finish", next.epoch, json_object(), SW_QUICK_MS) < 0) {
+		step_line(w, ++step, "follow", t0, 0);
+		ret = 1;
+	} else {
+		step_line(w, ++step, "follow", t0, 1);
+	}
+	if (ret != 0)
+		fprintf(w->out, "the switchover is done (epoch %llu, master %s) but a node did not "
+			"finish: its standin-failoverd takes the state within a second once it "
+			"can; see standinctl status\n", (unsigned long long)next.epoch, w->to);
+	else
+		fprintf(w->out, "switchover done: %s is the master at epoch %llu (%lld ms)\n",
+			w->to, (unsigned long long)next.epoch, st_monotonic_ms() - start);
+	json_decref(positions);
+	return ret;
+rollback:
+	step_line(w, ++step, what, t0, 0);
+	sw_rollback(w, fenced);
+	fprintf(w->out, "switchover failed at step %d: %s\nrolled back: %s is still the master "
+		"at epoch %llu\n", step, w->error, w->from, (unsigned long long)w->epoch);
+	json_decref(positions);
+	return 1;
+}
+
+/* Take the switchover's key (one at a time), run the steps, let the key go. */
+static int
+sw_start(const struct st_conf *conf, struct st_etcd *etcd, const struct st_cstate *st,
+	 const char *to, const struct st_switchover_opts *opts, FILE *out)
+{
+	struct sw w = { .conf = conf, .etcd = etcd, .out = out, .from = st->master, .to = to,
+			.epoch = st->epoch, .timeout_ms = (long)(opts->timeout_s * 1000) };
+	struct st_etcd_kv cur = { 0 };
+	unsigned char rnd[8];
+	char *err = NULL;
+	int ret = 1;
+
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+		fprintf(out, "standinctl: no random bytes for the switchover's id\n");
+		return 1;
+	}
+	snprintf(w.id, sizeof(w.id), "%lld-%02x%02x%02x%02x%02x%02x%02x%02x", st_now_ms(), rnd[0],
+		 rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+	w.key = st_etcd_key(conf, "switchover");
+	if (st_etcd_lease_grant(etcd, SW_LEASE_TTL_S, &w.lease, &err) < 0) {
+		fprintf(out, "standinctl: %s\n", err);
+		goto out;
+	}
+	w.keepalive_ms = st_monotonic_ms();
+	json_t *v = sw_value(&w, "starting");
+	char *text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(v);
+	int rc = st_etcd_put_if(etcd, w.key, text, strlen(text), 0, w.lease, &w.key_rev, &cur, &err);
+	free(text);
+	if (rc < 0) {
+		fprintf(out, "standinctl: %s\n", err);
+		goto out;
+	}
+	if (rc == 0) {
+		json_error_t jerr;
+		json_t *o = json_loadb(cur.value != NULL ? cur.value : "", cur.len, 0, &jerr);
+		fprintf(out, "standinctl: another switchover is running (id %s, %s -> %s, phase %s, "
+			"run from %s): refused\n",
+			json_string_value(json_object_get(o, "id")) ?: "?",
+			json_string_value(json_object_get(o, "from")) ?: "?",
+			json_string_value(json_object_get(o, "to")) ?: "?",
+			json_string_value(json_object_get(o, "phase")) ?: "?",
+			json_string_value(json_object_get(o, "by")) ?: "?");
+		json_decref(o);
+		goto out;
+	}
+	w.key_mod = w.key_rev;
+	fprintf(out, "switchover %s started\n", w.id);
+	ret = sw_run(&w);
+	/* The key and the orders go with the lease; the acks stay for status. */
+	if (st_etcd_lease_revoke(etcd, w.lease, &err) < 0)
+		fprintf(out, "standinctl: %s (the switchover's key goes in %d s by itself)\n", err,
+			SW_LEASE_TTL_S);
+out:
+	for (size_t i = 0; i < ST_ARRAY_SIZE(w.results); i++)
+		json_decref(w.results[i]);
+	st_etcd_kv_clear(&cur);
+	free(w.error);
+	free(w.key);
+	free(err);
+	return ret;
+}
 
 int
 st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts, FILE *out)
@@ -166,16 +585,14 @@ st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts,
 		fprintf(out, "%d check(s) failed: nothing was done\n", failed);
 		goto out;
 	}
-	if (!opts->dry_run) {
-		fprintf(out, "standinctl: the switchover's steps are not built yet: only --dry-run "
-			"(the checks and the plan)\n");
-		ret = 2;
+	if (opts->dry_run) {
+		fprintf(out, "plan (dry run: nothing done):\n");
+		for (size_t i = 0; i < ST_ARRAY_SIZE(plan); i++)
+			fprintf(out, "  %zu. %s\n", i + 1, plan[i]);
+		ret = 0;
 		goto out;
 	}
-	fprintf(out, "plan (dry run: nothing done):\n");
-	for (size_t i = 0; i < ST_ARRAY_SIZE(plan); i++)
-		fprintf(out, "  %zu. %s\n", i + 1, plan[i]);
-	ret = 0;
+	ret = sw_start(conf, etcd, &st, to, opts, out);
 out:
 	st_etcd_kvs_free(kvs, n);
 	st_etcd_close(&etcd);

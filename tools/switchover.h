@@ -15,6 +15,7 @@
 struct st_switchover_opts {
 	const char *to;			/* the new master, or NULL: the one standby */
 	double max_lag_s;		/* the target's replicators' lag bound */
+	double timeout_s;		/* each step's bound (drain, reverse...) */
 	bool dry_run;
 };
 

@@ -262,8 +262,14 @@ def test_switchover_checks_from_etcd(etcd, tmp_path):
         assert "check failed: node b: standin-pgrepl lags 0.2 s, more than 0.1 s" in r.stdout
         r = switchover("--to", "a", "--dry-run")
         assert r.returncode == 1 and "check failed: a is the master already" in r.stdout
-        r = switchover("--to", "b")
-        assert r.returncode == 2 and "not built yet: only --dry-run" in r.stdout, r.stdout
+        # For real: node a's PostgreSQL is not there, so the fence fails and
+        # the switchover rolls back, naming the step and the node.
+        r = switchover("--to", "b", "--timeout", "5")
+        assert r.returncode == 1, r.stdout
+        assert "step 1/8 pause      ok" in r.stdout, r.stdout
+        assert re.search(r"step 2/8 fence +FAILED \(\d+ ms\): node a: PostgreSQL on node a", r.stdout), r.stdout
+        assert "rolled back: a is still the master at epoch 1" in r.stdout, r.stdout
+        assert etcd.get("/standin/itest/switchover") is None
         r = switchover("--to", "zz", "--dry-run")
         assert r.returncode == 2 and "--to zz: no such node" in r.stdout, r.stdout
         # An error in the replicator: named, and the switchover refused.

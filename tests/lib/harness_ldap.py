@@ -128,6 +128,12 @@ moduleload syncprov.la
 serverID {self.server_id}
 sizelimit unlimited
 {tls}
+# cn=config, writable over LDAP (in memory: slapd.conf is not rewritten), for
+# standin-failoverd's fencing (olcReadOnly) as cn=config with the same password.
+database config
+rootdn "cn=config"
+rootpw {hashed}
+
 database mdb
 maxsize 1073741824
 suffix "{suffix}"

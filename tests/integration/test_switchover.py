@@ -1,0 +1,338 @@
+"""standinctl switchover for real: PostgreSQL 15, slapd 2.5 and Dovecot 2.3 on
+nodes a and b, every standin daemon on both nodes (the three replicators, the
+proxy, standin-failoverd), a one-member etcd, and clients writing through the
+proxy all along.  The switchover goes only through etcd: standinctl writes
+orders, each node's standin-failoverd carries out its own.
+
+Every acknowledged write (a PostgreSQL commit, an LDAP add, an IMAP APPEND)
+must be on the new master and none twice; the clients see a pause; a failure
+before the new epoch rolls back, and the old master takes writes again."""
+import imaplib
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+
+import standin_harness as sh
+from standin_bin import PGREPL, STANDINCTL, StandinDaemon, run
+
+pytestmark = pytest.mark.servers
+
+LDAPREPL = "replicators/ldap/standin-ldaprepl"
+IMAPREPL = "replicators/imap/standin-imaprepl"
+PROXY = "proxy/standin-proxy"
+FAILOVERD = "failover/standin-failoverd"
+NODES = ("a", "b")
+
+
+class Cluster:
+    """Both nodes with everything running; a is the master."""
+
+    def __init__(self, harness, etcd):
+        self.h = harness
+        self.etcd = etcd
+        pw = "pw-" + os.urandom(6).hex()
+        self.pg = {n: harness.start_pg(n, fsync=False, password=pw, preload_ddl=True)
+                   for n in NODES}
+        for s in self.pg.values():
+            s.create_database("groupware")
+        ldap_pw = "pw-" + os.urandom(6).hex()
+        self.ldap = {n: harness.start_slapd(n, "master" if n == "a" else "standby",
+                                            password=ldap_pw) for n in NODES}
+        imap_pw = "pw-" + os.urandom(6).hex()
+        self.imap = {n: harness.start_dovecot(n, master_password=imap_pw) for n in NODES}
+        self.base = harness.mkdir("standin")
+        self.ports = {n: {s: sh.free_port() for s in ("pg", "ldap", "imap")} for n in NODES}
+        self.conf = self.write_conf()
+        self.pg["a"].psql("CREATE TABLE w (id int PRIMARY KEY, at timestamptz DEFAULT now())",
+                          db="groupware")
+        assert self.ctl("a", "state", "init", "--master", "a").returncode == 0
+        assert self.ctl("b", "state", "pull").returncode == 0
+        self.daemons = {}
+        for n in NODES:
+            for prog in (PGREPL, LDAPREPL, IMAPREPL, PROXY, FAILOVERD):
+                self.start(n, prog)
+
+    def write_conf(self):
+        b = self.base
+        pgpass = os.path.join(b, "pgpass")
+        with open(os.open(pgpass, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            for s in self.pg.values():
+                f.write(f"{s.host}:{s.port}:*:{s.user}:{s.password}\n")
+        users = os.path.join(b, "users")
+        with open(users, "w") as f:
+            f.write("alice\nbob\n")
+        kick = os.path.join(b, "kick")
+        with open(kick, "w") as f:     # the test's doveadm needs each node's -c
+            f.write("#!/bin/sh\ncase \"$1\" in\n" +
+                    "".join(f"{n}) exec /usr/bin/doveadm -c {self.imap[n].conf} kick '*' ;;\n"
+                            for n in NODES) + "esac\nexit 1\n")
+        os.chmod(kick, 0o755)
+        text = f"[cluster]\nname = itest\netcd = {self.etcd.url}\n"
+        for n in NODES:
+            for d in ("state", "run"):
+                os.makedirs(os.path.join(b, n, d), exist_ok=True)
+            text += (f"[node {n}]\naddress = 127.0.0.1\nstate_dir = {b}/{n}/state\n"
+                     f"run_dir = {b}/{n}/run\n")
+        text += "[pg]\n" + "".join(f"endpoint.{n} = {s.host}:{s.port}\n" for n, s in self.pg.items())
+        text += (f"dbname = groupware\nuser = {self.pg['a'].user}\npassfile = {pgpass}\n"
+                 "sslmode = disable\n")
+        la = self.ldap["a"]
+        text += "[ldap]\n" + "".join(f"endpoint.{n} = {s.uri}\n" for n, s in self.ldap.items())
+        text += (f"suffix = {la.suffix}\nbind_dn = {la.rootdn}\npassword_file = {la.password_file}\n"
+                 f"config_bind_dn = cn=config\nconfig_password_file = {la.password_file}\n")
+        ia = self.imap["a"]
+        text += "[imap]\n" + "".join(f"endpoint.{n} = imap://{s.host}:{s.port}\n"
+                                     for n, s in self.imap.items())
+        text += (f"admin_user = {ia.master_user}\npassword_file = {ia.master_password_file}\n"
+                 f"users_file = {users}\nworkers = 2\nfull_pass_interval = 30s\n"
+                 f"kick_command = {kick} %n\n")
+        text += "[proxy]\n"
+        for n in NODES:
+            for s in ("pg", "ldap", "imap"):
+                text += f"{s}_listen.{n} = 127.0.0.1:{self.ports[n][s]}\n"
+        path = os.path.join(b, "standin.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, node, prog):
+        name = os.path.basename(prog)
+        d = StandinDaemon(prog, self.conf, node, os.path.join(self.base, node, "run"),
+                          os.path.join(self.base, f"{name}-{node}.log"))
+        self.h.add_cleanup(d.stop)
+        self.daemons[(node, name)] = d
+        return d
+
+    def d(self, node, name):
+        return self.daemons[(node, "standin-" + name)]
+
+    def ctl(self, node, *args, timeout=120):
+        return run(STANDINCTL, "-c", self.conf, "-n", node, *args, timeout=timeout)
+
+    def wait_streaming(self, standby, timeout=120):
+        """Until a switchover to STANDBY would pass its checks (its replicators
+        caught up, as their member records in etcd say)."""
+        last = []
+
+        def ready():
+            r = self.ctl("a", "switchover", "--to", standby, "--dry-run")
+            last[:] = [r.stdout]
+            return r.returncode == 0
+        try:
+            sh.wait_until(ready, timeout, f"a switchover to {standby} to be possible")
+        except Exception:
+            print(last[0] if last else "")
+            raise
+
+    def switchover(self, to, *args, timeout=180):
+        return self.ctl("a", "switchover", "--to", to, *args, timeout=timeout)
+
+
+class Writers:
+    """Clients writing through node a's proxy as fast as they can: a
+    PostgreSQL commit, an LDAP add and an IMAP APPEND, each numbered; what
+    the server acknowledged is recorded with its time."""
+
+    def __init__(self, c, base=0):
+        self.c = c
+        self.base = base
+        self.stop = threading.Event()
+        self.acked = {"pg": [], "ldap": [], "imap": []}
+        self.errors = {"pg": 0, "ldap": 0, "imap": 0}
+        self.threads = [threading.Thread(target=f, daemon=True)
+                        for f in (self.pg, self.ldap, self.imap)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def ack(self, kind, n):
+        self.acked[kind].append((n, time.monotonic()))
+
+    def pg(self):
+        s = self.c.pg["a"]
+        env = dict(os.environ, PGPASSWORD=s.password)
+        n = self.base
+        while not self.stop.is_set():
+            p = subprocess.Popen([s.bin("psql"), "-X", "-At", "-q", "-h", "127.0.0.1", "-p",
+                                  str(self.c.ports["a"]["pg"]), "-U", s.user, "-d", "groupware"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, env=env)
+            try:
+                while not self.stop.is_set():
+                    n += 1
+                    p.stdin.write(f"INSERT INTO w (id) VALUES ({n}) RETURNING 'ack ' || id;\n"
+                                  f"\\echo done {n}\n")
+                    p.stdin.flush()
+                    acked = False
+                    while True:
+                        line = p.stdout.readline()
+                        if not line:
+                            raise BrokenPipeError
+                        if line.strip() == f"ack {n}":
+                            acked = True
+                        if line.strip() == f"done {n}":
+                            break
+                    if acked:
+                        self.ack("pg", n)
+                    else:
+                        self.errors["pg"] += 1
+            except (BrokenPipeError, OSError):
+                self.errors["pg"] += 1
+            finally:
+                p.kill()
+                p.wait()
+
+    def ldap(self):
+        s = self.c.ldap["a"]
+        n = self.base
+        while not self.stop.is_set():
+            n += 1
+            ldif = (f"dn: uid=w{n},ou=people,{s.suffix}\nobjectClass: inetOrgPerson\n"
+                    f"uid: w{n}\ncn: W {n}\nsn: W\n")
+            r = subprocess.run(["/usr/bin/ldapadd", "-x", "-H",
+                                f"ldap://127.0.0.1:{self.c.ports['a']['ldap']}/", "-D",
+                                s.rootdn, "-y", s.password_file], input=ldif, text=True,
+                               capture_output=True, timeout=60)
+            if r.returncode == 0:
+                self.ack("ldap", n)
+            else:
+                self.errors["ldap"] += 1
+
+    def imap(self):
+        s = self.c.imap["a"]
+        n = self.base
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = imaplib.IMAP4("127.0.0.1", self.c.ports["a"]["imap"], timeout=60)
+                    conn.login("alice", s.users["alice"])
+                n += 1
+                msg = (f"From: w@example.com\r\nSubject: w{n}\r\n\r\nbody {n}\r\n").encode()
+                typ, _ = conn.append("INBOX", None, None, msg)
+                if typ == "OK":
+                    self.ack("imap", n)
+                else:
+                    self.errors["imap"] += 1
+            except (OSError, imaplib.IMAP4.error, EOFError):
+                self.errors["imap"] += 1
+                try:
+                    if conn is not None:
+                        conn.shutdown()
+                except OSError:
+                    pass
+                conn = None
+        if conn is not None:
+            try:
+                conn.logout()
+            except (OSError, imaplib.IMAP4.error):
+                pass
+
+    def count(self):
+        return {k: len(v) for k, v in self.acked.items()}
+
+    def wait_for(self, more, timeout=60):
+        """Until each client had MORE acknowledged writes from now."""
+        start = self.count()
+        sh.wait_until(lambda: all(self.count()[k] >= start[k] + more for k in start), timeout,
+                      f"{more} more writes of each kind")
+
+    def max_gap(self, kind):
+        times = [t for _, t in self.acked[kind]]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def content_on(c, node, w):
+    """What node NODE holds of the writers' writes: pg ids, ldap uids, imap subjects."""
+    ids = set(int(x) for x in c.pg[node].psql("SELECT id FROM w", db="groupware").split())
+    uids = set()
+    for dn, attrs in c.ldap[node].search(f"ou=people,{c.ldap[node].suffix}", "(uid=w*)", ["uid"]):
+        uids.add(int(attrs["uid"][0][1:]))
+    subjects = []
+    for m in c.imap[node].list_messages("alice", master=True):
+        s = re.search(rb"Subject: w(\d+)", m["body"])
+        if s:
+            subjects.append(int(s.group(1)))
+    return ids, uids, subjects
+
+
+def check_every_ack_on(c, node, w):
+    ids, uids, subjects = content_on(c, node, w)
+    for kind, have in (("pg", ids), ("ldap", uids), ("imap", set(subjects))):
+        lost = [n for n, _ in w.acked[kind] if n not in have]
+        assert not lost, f"{kind}: acknowledged writes missing on {node}: {lost[:20]}"
+    dup = [s for s in set(subjects) if subjects.count(s) > 1]
+    assert not dup, f"imap: messages twice on {node}: {dup[:20]}"
+
+
+@pytest.fixture
+def etcd(harness):
+    if not os.path.exists(sh.ETCD):
+        pytest.skip("etcd-server is not installed")
+    return sh.EtcdServer(harness).start()
+
+
+@pytest.fixture
+def cluster(harness, etcd):
+    return Cluster(harness, etcd)
+
+
+def steps_of(out):
+    return re.findall(r"^step \d/\d (\S+) +(ok|FAILED) \((\d+) ms\)", out, re.M)
+
+
+def test_switchover_there_and_back_while_clients_write(cluster):
+    c = cluster
+    c.wait_streaming("b")
+    with Writers(c) as w:
+        w.wait_for(5)
+        r = c.switchover("b")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert [s for s, ok in [(x[0], x[1]) for x in steps_of(r.stdout)]] == \
+            ["pause", "fence", "drain", "sequences", "reverse", "epoch", "promote", "follow"]
+        assert all(ok == "ok" for _, ok, _ in steps_of(r.stdout)), r.stdout
+        assert "switchover done: b is the master at epoch 2" in r.stdout
+        w.wait_for(5)
+    check_every_ack_on(c, "b", w)
+    gaps = {k: w.max_gap(k) for k in w.acked}
+    print("max gap between acknowledged writes (s):", gaps, "errors:", w.errors)
+    # Every node took epoch 2; the etcd keys of the switchover are gone.
+    for n in NODES:
+        st = c.ctl(n, "state", "show", "--json")
+        assert json.loads(st.stdout)["epoch"] == 2
+    assert c.etcd.get("/standin/itest/switchover") is None
+    # The streams turned around: a write on b reaches a.
+    c.wait_streaming("a")
+    c.pg["b"].psql("INSERT INTO w (id) VALUES (-1)", db="groupware")
+    sh.wait_until(lambda: c.pg["a"].psql("SELECT count(*) FROM w WHERE id = -1",
+                                          db="groupware") == "1", 60, "b's row on a")
+    # a is read-only for clients now (a standby), b writable.
+    with pytest.raises(sh.CommandError):
+        c.pg["a"].psql("INSERT INTO w (id) VALUES (-2)", db="groupware")
+    # And back, while the clients write again.
+    with Writers(c, base=10_000_000) as w2:
+        w2.wait_for(5)
+        r = c.switchover("a")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "switchover done: a is the master at epoch 3" in r.stdout
+        w2.wait_for(5)
+    check_every_ack_on(c, "a", w2)
+    print("back: max gap (s):", {k: w2.max_gap(k) for k in w2.acked}, "errors:", w2.errors)
+    c.wait_streaming("b")
+    c.pg["a"].psql("INSERT INTO w (id) VALUES (-3)", db="groupware")
+    sh.wait_until(lambda: c.pg["b"].psql("SELECT count(*) FROM w WHERE id = -3",
+                                          db="groupware") == "1", 60, "a's row on b")

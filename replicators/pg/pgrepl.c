@@ -748,6 +748,13 @@ drain_check(void *ctx, const char *pos, json_t *out)
 	caught_up = r->st.caught_up;
 	streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
 	pthread_mutex_unlock(&r->lock);
+	/* A drain waits (a switchover, the master fenced): the next feedback
+	 * round now, not in up to FEEDBACK_MS, so that the master's keepalive
+	 * and the slot's confirmed position (the reverse waits on it) follow. */
+	uint64_t one = 1;
+	atomic_store(&r->feedback_soon, 1);
+	if (write(r->wake_fd, &one, sizeof(one)) < 0)
+		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
 	set_lsn(out, "applied", flushed);
 	set_lsn(out, "applied_lsn", applied);
 	set_lsn(out, "flushed_lsn", flushed);
@@ -910,7 +917,7 @@ reverse_wait_drained(struct reverse *rv, PGconn *me, const char *slot, char **er
 				     slot, PGO_LSN_ARGS(confirmed), rv->node);
 			goto out;
 		}
-		usleep(100 * 1000);
+		usleep(20 * 1000);
 	}
 	rc = 0;
 out:

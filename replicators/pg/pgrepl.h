@@ -102,6 +102,7 @@ struct pgrepl {
 	ev_async async;
 	uint64_t error_seen;
 	atomic_int sequences_requested;	/* admin "sequences": copy them now */
+	atomic_int feedback_soon;	/* a drain waits: tell the master what is durable now */
 	uint64_t resolved_before;	/* conflicts resolved by the sessions that ended */
 	struct st_bgjob *reverse_job;	/* admin "reverse NODE" in flight (pgrepl.c) */
 	struct st_cstate_follower follow;	/* the engine thread's, no watch */

@@ -55,6 +55,11 @@ local(const struct st_node *node, const char *program, const char *command, long
 			     command, err);
 		goto out;
 	}
+	if (reply[0] == '\0') {
+		st_set_error(error_r, "%s on node %s: %.*s: the connection closed without an answer "
+			     "(did it stop?)", program, node->name, (int)verb, command);
+		goto out;
+	}
 	json_error_t jerr;
 	j = json_loads(reply, 0, &jerr);
 	const char *e = json_string_value(json_object_get(j, "error"));

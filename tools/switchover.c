@@ -40,7 +40,7 @@ member_of(const struct st_etcd_kv *kvs, size_t n, const char *prefix, const char
 /* ------------------------------------------------------------ the steps */
 
 #define SW_LEASE_TTL_S 10	/* the switchover key and its orders go 10 s after standinctl */
-#define SW_QUICK_MS 10000	/* pause, fence, finish: quick steps */
+#define SW_QUICK_MS 10000	/* pause, fence, finish: quick steps (or --timeout, if less) */
 
 struct sw {
 	const struct st_conf *conf;
@@ -249,34 +249,43 @@ step_line(struct sw *w, int n, const char *what, long long t0, int ok)
 	fflush(w->out);
 }
 
-/* Before the point of no return: the old master writable again, clients resumed. */
-static void
+/* Before the point of no return: the old master writable again, clients
+ * resumed.  0 done, -1 a node could not be told (its agent heals it). */
+static int
 sw_rollback(struct sw *w, bool fenced)
 {
 	int nodes[ST_MAX_NODES], from = st_conf_node_index(w->conf, w->from);
 	size_t n = sw_all(w, nodes, NULL);
 	long long t0 = st_monotonic_ms();
+	long quick = w->timeout_ms < SW_QUICK_MS ? w->timeout_ms : SW_QUICK_MS;
 	char *saved = w->error;
+	int ret = 0;
 
 	w->error = NULL;
 	if (fenced) {
-		if (sw_order(w, &from, 1, "unfence", w->epoch, json_object(), SW_QUICK_MS) == 0)
+		if (sw_order(w, &from, 1, "unfence", w->epoch, json_object(), quick) == 0)
 			fprintf(w->out, "rollback: %s unfenced (%lld ms)\n", w->from,
 				st_monotonic_ms() - t0);
-		else
+		else {
 			fprintf(w->out, "rollback: unfencing %s FAILED: %s; its standin-failoverd "
 				"unfences it by itself once the switchover's key is gone from etcd "
-				"(%d s)\n", w->from, w->error, SW_LEASE_TTL_S);
+				"(%d s after this command, once etcd answers)\n", w->from, w->error,
+				SW_LEASE_TTL_S);
+			ret = -1;
+		}
 	}
 	t0 = st_monotonic_ms();
-	if (sw_order(w, nodes, n, "resume", w->epoch, json_object(), SW_QUICK_MS) == 0)
+	if (sw_order(w, nodes, n, "resume", w->epoch, json_object(), quick) == 0)
 		fprintf(w->out, "rollback: proxies resumed (%lld ms)\n", st_monotonic_ms() - t0);
-	else
+	else {
 		fprintf(w->out, "rollback: resuming the proxies FAILED: %s; each node's "
 			"standin-failoverd resumes its proxy once the switchover's key is gone\n",
 			w->error);
+		ret = -1;
+	}
 	free(w->error);
 	w->error = saved;
+	return ret;
 }
 
 static int
@@ -286,7 +295,7 @@ sw_run(struct sw *w)
 	int nodes[ST_MAX_NODES], from = st_conf_node_index(conf, w->from),
 	    to = st_conf_node_index(conf, w->to);
 	size_t n = sw_all(w, nodes, NULL);
-	long wait_ms = w->timeout_ms;
+	long wait_ms = w->timeout_ms, quick = wait_ms < SW_QUICK_MS ? wait_ms : SW_QUICK_MS;
 	long long t0, start = st_monotonic_ms();
 	json_t *positions = NULL;
 	struct st_cstate st, next;
@@ -299,7 +308,7 @@ sw_run(struct sw *w)
 	t0 = st_monotonic_ms();
 	what = "pause";
 	sw_phase(w, what);
-	if (sw_order(w, nodes, n, "pause", w->epoch, json_object(), SW_QUICK_MS) < 0)
+	if (sw_order(w, nodes, n, "pause", w->epoch, json_object(), quick) < 0)
 		goto rollback;
 	step_line(w, ++step, "pause", t0, 1);
 	/* 2: fence */
@@ -307,7 +316,7 @@ sw_run(struct sw *w)
 	what = "fence";
 	sw_phase(w, what);
 	fenced = true;
-	if (sw_order(w, &from, 1, "fence", w->epoch, json_object(), SW_QUICK_MS + 10000) < 0)
+	if (sw_order(w, &from, 1, "fence", w->epoch, json_object(), quick + 10000) < 0)
 		goto rollback;
 	positions = json_incref(json_object_get(w->results[from], "positions"));
 	json_t *notes = json_object_get(w->results[from], "notes");
@@ -372,7 +381,7 @@ sw_run(struct sw *w)
 	/* 7: the new master first, then 8: everyone else */
 	int ret = 0;
 	t0 = st_monotonic_ms();
-	if (sw_order(w, &to, 1, "finish", next.epoch, json_object(), SW_QUICK_MS) < 0) {
+	if (sw_order(w, &to, 1, "finish", next.epoch, json_object(), quick) < 0) {
 		step_line(w, ++step, "promote", t0, 0);
 		ret = 1;
 	} else {
@@ -380,7 +389,7 @@ sw_run(struct sw *w)
 	}
 	t0 = st_monotonic_ms();
 	n = sw_all(w, nodes, w->to);
-	if (sw_order(w, nodes, n, "finish", next.epoch, json_object(), SW_QUICK_MS) < 0) {
+	if (sw_order(w, nodes, n, "finish", next.epoch, json_object(), quick) < 0) {
 		step_line(w, ++step, "follow", t0, 0);
 		ret = 1;
 	} else {
@@ -397,9 +406,14 @@ sw_run(struct sw *w)
 	return ret;
 rollback:
 	step_line(w, ++step, what, t0, 0);
-	sw_rollback(w, fenced);
-	fprintf(w->out, "switchover failed at step %d: %s\nrolled back: %s is still the master "
-		"at epoch %llu\n", step, w->error, w->from, (unsigned long long)w->epoch);
+	fprintf(w->out, "switchover failed at step %d: %s\n", step, w->error);
+	if (sw_rollback(w, fenced) == 0)
+		fprintf(w->out, "rolled back: %s is still the master at epoch %llu\n", w->from,
+			(unsigned long long)w->epoch);
+	else
+		fprintf(w->out, "not rolled back everywhere: %s stays the master at epoch %llu; "
+			"the nodes not reached undo the switchover by themselves\n", w->from,
+			(unsigned long long)w->epoch);
 	json_decref(positions);
 	return 1;
 }

@@ -11,6 +11,7 @@ import imaplib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -336,3 +337,159 @@ def test_switchover_there_and_back_while_clients_write(cluster):
     c.pg["a"].psql("INSERT INTO w (id) VALUES (-3)", db="groupware")
     sh.wait_until(lambda: c.pg["b"].psql("SELECT count(*) FROM w WHERE id = -3",
                                           db="groupware") == "1", 60, "a's row on b")
+    # An order with an older epoch is refused by the agent.
+    c.etcd.call("/v3/kv/put", {"key": b64("/standin/itest/orders/b"), "value": b64(json.dumps(
+        {"id": "old-1", "seq": 1, "epoch": 1, "op": "unfence", "args": {}}))})
+    ack = sh.wait_until(lambda: (v := c.etcd.get("/standin/itest/acks/b")) and
+                        json.loads(v)["id"] == "old-1" and json.loads(v), 20, "b's answer")
+    assert ack["ok"] is False and "the order is for epoch 1, this node is at 3" in ack["error"], ack
+
+
+def b64(text):
+    import base64
+    return base64.b64encode(text.encode()).decode()
+
+
+class Lock:
+    """A transaction on node b's PostgreSQL holding table w: the standby
+    cannot apply, so a drain waits."""
+
+    def __init__(self, c):
+        s = c.pg["b"]
+        self.p = subprocess.Popen([s.bin("psql"), "-X", "-q", "-h", s.socket_dir, "-p", str(s.port),
+                                   "-U", "postgres", "-d", "groupware"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        self.p.stdin.write("BEGIN; LOCK TABLE w IN ACCESS EXCLUSIVE MODE;\n")
+        self.p.stdin.flush()
+        sh.wait_until(lambda: s.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON "
+                                     "c.oid = l.relation WHERE c.relname = 'w' AND l.granted "
+                                     "AND l.mode = 'AccessExclusiveLock'", db="groupware") == "1",
+                      20, "the lock on b")
+
+    def release(self):
+        self.p.stdin.write("ROLLBACK;\n\\q\n")
+        self.p.stdin.flush()
+        self.p.wait(20)
+
+
+def writable(c, node):
+    """node's PostgreSQL and slapd take writes from clients, and its proxy forwards."""
+    n = int(time.time() * 1000) % 1_000_000_000
+    c.pg[node].psql(f"INSERT INTO w (id) VALUES ({n})", db="groupware")
+    s = c.ldap[node]
+    s.ldapadd(f"dn: uid=x{n},ou=people,{s.suffix}\nobjectClass: inetOrgPerson\nuid: x{n}\n"
+              f"cn: X\nsn: X\n")
+    env = dict(os.environ, PGPASSWORD=c.pg[node].password)
+    r = subprocess.run([c.pg[node].bin("psql"), "-X", "-q", "-At", "-h", "127.0.0.1", "-p",
+                        str(c.ports[node]["pg"]), "-U", c.pg[node].user, "-d", "groupware", "-c",
+                        f"INSERT INTO w (id) VALUES ({n + 1}) RETURNING id"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == str(n + 1), r.stderr
+
+
+def in_background(fn):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def phase(c):
+    v = c.etcd.get("/standin/itest/switchover")
+    return json.loads(v)["phase"] if v else None
+
+
+def test_switchover_rolls_back_when_the_standby_cannot_drain(cluster):
+    """The standby cannot apply (a lock), then its standin-pgrepl is killed
+    during the drain: each time the switchover rolls back, naming the step
+    and the node; a stays the master, writable, and the proxies forward."""
+    c = cluster
+    c.wait_streaming("b")
+    lock = Lock(c)
+    try:
+        c.pg["a"].psql("INSERT INTO w (id) VALUES (1)", db="groupware")
+        r = c.switchover("b", "--timeout", "3")
+        print(r.stdout)
+        assert r.returncode == 1, r.stdout
+        assert re.search(r"^step 3/8 drain +FAILED \(\d+ ms\): node b: standin-pgrepl on node b "
+                         r"has not applied the old master's \S+ in time", r.stdout, re.M), r.stdout
+        assert "rollback: a unfenced" in r.stdout and "rollback: proxies resumed" in r.stdout
+        assert "rolled back: a is still the master at epoch 1" in r.stdout
+        writable(c, "a")
+        # A second one is refused while one runs.
+        t, out = in_background(lambda: c.switchover("b", "--timeout", "30"))
+        sh.wait_until(lambda: phase(c) == "drain", 30, "the drain")
+        r2 = c.switchover("b", "--timeout", "3")
+        assert r2.returncode == 1 and "another switchover is running" in r2.stdout, r2.stdout
+        assert "phase drain" in r2.stdout, r2.stdout
+        # The standby's standin-pgrepl killed during the drain.
+        c.d("b", "pgrepl").kill9()
+        t.join(120)
+        r = out["r"]
+        print(r.stdout)
+        assert r.returncode == 1, r.stdout
+        assert re.search(r"^step 3/8 drain +FAILED \(\d+ ms\): node b: standin-pgrepl on node b: "
+                         r"drain: .*did it stop", r.stdout, re.M), r.stdout
+        assert "rolled back: a is still the master at epoch 1" in r.stdout
+        writable(c, "a")
+    finally:
+        lock.release()
+    c.d("b", "pgrepl").start()
+    c.wait_streaming("b")
+    r = c.switchover("b")
+    assert r.returncode == 0, r.stdout
+
+
+def test_switchover_rolls_back_when_the_target_agent_hangs(cluster):
+    c = cluster
+    c.wait_streaming("b")
+    agent = c.d("b", "failoverd")
+    os.kill(agent.proc.pid, signal.SIGSTOP)
+    try:
+        r = c.switchover("b", "--timeout", "2")
+        print(r.stdout)
+    finally:
+        os.kill(agent.proc.pid, signal.SIGCONT)
+    assert r.returncode == 1, r.stdout
+    assert re.search(r"^step 1/8 pause +FAILED \(\d+ ms\): node b: no answer within 2.0 s",
+                     r.stdout, re.M), r.stdout
+    # b's agent could not be told to resume either (it never paused).
+    assert "not rolled back everywhere: a stays the master at epoch 1" in r.stdout, r.stdout
+    writable(c, "a")
+    assert c.etcd.get("/standin/itest/switchover") is None
+    assert c.etcd.get("/standin/itest/orders/b") is None     # nothing left for b to do later
+    sh.wait_until(lambda: c.d("b", "proxy").status()["state"] == "running", 10, "b's proxy")
+
+
+def test_etcd_lost_before_the_point_of_no_return(cluster):
+    """etcd stops while the standby drains: standinctl cannot go on nor
+    reach the nodes; it says so and exits.  Once etcd answers again the
+    switchover's key is gone (its lease) and each agent undoes what it did:
+    a unfenced, the proxies resumed."""
+    c = cluster
+    c.wait_streaming("b")
+    lock = Lock(c)
+    try:
+        c.pg["a"].psql("INSERT INTO w (id) VALUES (1)", db="groupware")
+        t, out = in_background(lambda: c.switchover("b", "--timeout", "20"))
+        sh.wait_until(lambda: phase(c) == "drain", 30, "the drain")
+        c.etcd.pause()
+        try:
+            t.join(120)
+            # Nobody can tell whether the switchover went through: a stays fenced.
+            with pytest.raises(sh.CommandError):
+                c.pg["a"].psql("INSERT INTO w (id) VALUES (2)", db="groupware")
+        finally:
+            c.etcd.resume()
+        r = out["r"]
+        print(r.stdout)
+        assert r.returncode == 1, r.stdout
+        assert re.search(r"^step 3/8 drain +FAILED \(\d+ ms\): etcd: ", r.stdout, re.M), r.stdout
+        assert "its standin-failoverd unfences it by itself" in r.stdout, r.stdout
+        assert "not rolled back everywhere: a stays the master at epoch 1" in r.stdout, r.stdout
+    finally:
+        lock.release()
+    sh.wait_until(lambda: writable(c, "a") is None, 60, "a writable again")
+    assert "order heal (switchover " in c.d("a", "failoverd").output()
+    assert json.loads(c.ctl("a", "state", "show", "--json").stdout)["epoch"] == 1
+    assert c.etcd.get("/standin/itest/switchover") is None

@@ -13,7 +13,7 @@ top=$(cd "$(dirname "$0")" && pwd)
 cd "$top" || exit 1
 build=${STANDIN_BUILD_DIR:-$top/build}
 fuzz_seconds=${STANDIN_FUZZ_SECONDS:-20}
-fuzz_targets=(conf cstate pgoutput ldsync pxadmin manifest ldif imstate)
+fuzz_targets=(conf cstate order pgoutput ldsync pxadmin manifest ldif imstate)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 # shellcheck source=tools/deps.sh

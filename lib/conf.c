@@ -1140,6 +1140,10 @@ load_semantics(struct loader *L)
 				   "users_ldap_filter");
 		if (conf->imap.users_ldap_filter != NULL && !conf->service_enabled[ST_SVC_LDAP])
 			conf_error(L, kind_line[4], "[imap] users_ldap_filter needs an [ldap] section");
+		if (conf->imap.kick_command != NULL &&
+		    conf->imap.kick_command[strspn(conf->imap.kick_command, " \t")] != '/')
+			conf_error(L, kind_line[4], "[imap] kick_command must start with an absolute "
+				   "path (it runs without a shell)");
 	}
 	if (conf->proxy_present) {
 		bool any = false;

@@ -6,6 +6,7 @@
 #include "failover/actions.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <ldap.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,44 +373,87 @@ op_unfence(const struct st_conf *conf, const struct st_node *node, const struct 
 	return json_pack("{s:b}", "unfenced", 1);
 }
 
-/* drain: every local replicator has applied the old master's final position. */
+/* drain: every local replicator has applied the old master's final position.
+ * The services drain at the same time (a thread each): the step lasts as
+ * long as the slowest, not their sum. */
+struct drain_one {
+	const struct st_node *node;
+	int svc;
+	char *cmd;
+	long wait_ms;
+	json_t *reply;
+	char *err;
+	pthread_t thread;
+	bool started;
+};
+
+static void *
+drain_thread(void *arg)
+{
+	struct drain_one *d = arg;
+
+	d->reply = local(d->node, st_replicator_program(d->svc), d->cmd, d->wait_ms, NULL, &d->err);
+	return NULL;
+}
+
 static json_t *
 op_drain(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
 	 char **error_r)
 {
 	json_t *pos = json_object_get(o->args, "positions"), *r = json_object();
-	long long deadline = st_monotonic_ms() + arg_ms(o, 30000);
+	long timeout = arg_ms(o, 30000);
+	struct drain_one one[ST_SVC_COUNT];
+	bool failed = false;
 
+	memset(one, 0, sizeof(one));
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
 		const char *p = json_string_value(json_object_get(pos, st_service_name(s)));
 		if (!conf->service_enabled[s])
 			continue;
 		if (p == NULL) {
 			st_set_error(error_r, "no %s position in the order", st_service_name(s));
-			goto fail;
+			failed = true;
+			break;
 		}
-		long long left = deadline - st_monotonic_ms();
-		char *cmd = xasprintf("drain %s %lld", p, left > 1 ? left : 1);
-		json_t *d = local(node, st_replicator_program(s), cmd, (left > 0 ? left : 0) + 5000,
-				  NULL, error_r);
-		free(cmd);
-		if (d == NULL)
-			goto fail;
-		if (!json_is_true(json_object_get(d, "drained"))) {
+		one[s] = (struct drain_one){ .node = node, .svc = s, .wait_ms = timeout + 5000,
+					     .cmd = xasprintf("drain %s %ld", p, timeout) };
+		one[s].started = pthread_create(&one[s].thread, NULL, drain_thread, &one[s]) == 0;
+		if (!one[s].started)
+			drain_thread(&one[s]);		/* no thread: in turn */
+	}
+	for (int s = 0; s < ST_SVC_COUNT; s++) {
+		if (one[s].started)
+			pthread_join(one[s].thread, NULL);
+	}
+	for (int s = 0; s < ST_SVC_COUNT && !failed; s++) {
+		if (one[s].cmd == NULL)
+			continue;
+		json_t *d = one[s].reply;
+		if (d == NULL) {
+			*error_r = one[s].err;
+			one[s].err = NULL;
+			failed = true;
+		} else if (!json_is_true(json_object_get(d, "drained"))) {
 			const char *applied = json_string_value(json_object_get(d, "applied"));
 			st_set_error(error_r, "%s on node %s has not applied the old master's %s in "
-				     "time (applied %s)", st_replicator_program(s), node->name, p,
+				     "time (applied %s)", st_replicator_program(s), node->name,
+				     json_string_value(json_object_get(pos, st_service_name(s))),
 				     applied != NULL ? applied : "nothing yet");
-			json_decref(d);
-			goto fail;
+			failed = true;
+		} else {
+			json_object_set(r, st_service_name(s), json_object_get(d, "applied"));
 		}
-		json_object_set(r, st_service_name(s), json_object_get(d, "applied"));
-		json_decref(d);
+	}
+	for (int s = 0; s < ST_SVC_COUNT; s++) {
+		json_decref(one[s].reply);
+		free(one[s].err);
+		free(one[s].cmd);
+	}
+	if (failed) {
+		json_decref(r);
+		return NULL;
 	}
 	return r;
-fail:
-	json_decref(r);
-	return NULL;
 }
 
 /* sequences: the master's sequences copied to this standby. */

@@ -415,6 +415,18 @@ engine_main(void *arg)
 			free(err);
 			continue;
 		}
+		/* The session ended because the cluster moved on (a switchover: the
+		 * old master's replicator dropped the slot this one streamed
+		 * from): not an error, follow the new state at once. */
+		uint64_t epoch = f->cs.epoch;
+		if (st_cstate_follow(f) && f->valid && f->cs.epoch > epoch) {
+			st_notice("the session from %s ended (%s) as the cluster state moved to "
+				  "epoch %llu (master %s)", src_name, err,
+				  (unsigned long long)f->cs.epoch, f->cs.master);
+			free(err);
+			retry_ms = RETRY_MIN_MS;
+			continue;
+		}
 		pgr_fail(r, err);
 		free(err);
 		/* Back off, but start over quickly after a long healthy run. */
@@ -748,11 +760,12 @@ drain_check(void *ctx, const char *pos, json_t *out)
 	caught_up = r->st.caught_up;
 	streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
 	pthread_mutex_unlock(&r->lock);
-	/* A drain waits (a switchover, the master fenced): the next feedback
-	 * round now, not in up to FEEDBACK_MS, so that the master's keepalive
-	 * and the slot's confirmed position (the reverse waits on it) follow. */
+	/* A drain (a switchover, the master fenced): feedback rounds every
+	 * FAST_FEEDBACK_MS for a while, not every FEEDBACK_MS, so that the
+	 * master's keepalives and the slot's confirmed position (the reverse on
+	 * the old master waits on it) follow at once. */
 	uint64_t one = 1;
-	atomic_store(&r->feedback_soon, 1);
+	atomic_store(&r->fast_feedback_until, st_monotonic_ms() + FAST_FEEDBACK_FOR_MS);
 	if (write(r->wake_fd, &one, sizeof(one)) < 0)
 		st_warn("cannot wake the engine error=%s", st_q(strerror(errno)));
 	set_lsn(out, "applied", flushed);

@@ -22,6 +22,8 @@
 #define PUBLICATION "standin"
 #define DDL_PREFIX "standin.ddl"
 #define FEEDBACK_MS 1000
+#define FAST_FEEDBACK_MS 20		/* ...while a switchover drains and reverses */
+#define FAST_FEEDBACK_FOR_MS 10000
 #define GROUP_MAX_TXNS 1000
 #define GROUP_MAX_MS 200
 #define COPY_JOBS 4
@@ -102,7 +104,8 @@ struct pgrepl {
 	ev_async async;
 	uint64_t error_seen;
 	atomic_int sequences_requested;	/* admin "sequences": copy them now */
-	atomic_int feedback_soon;	/* a drain waits: tell the master what is durable now */
+	atomic_llong fast_feedback_until; /* a drain asked: feedback every FAST_FEEDBACK_MS until
+					   then (monotonic ms), so the master's slot follows */
 	uint64_t resolved_before;	/* conflicts resolved by the sessions that ended */
 	struct st_bgjob *reverse_job;	/* admin "reverse NODE" in flight (pgrepl.c) */
 	struct st_cstate_follower follow;	/* the engine thread's, no watch */

@@ -648,8 +648,9 @@ stream_loop(struct stream *s, char **error_r)
 		 * idle, big groups under a backlog). */
 		if (pga_commit_if_due(s->apply, dry, error_r) < 0)
 			return -1;
-		if (atomic_exchange(&r->feedback_soon, 0) && s->next_feedback_ms > st_monotonic_ms())
-			s->next_feedback_ms = st_monotonic_ms();
+		if (st_monotonic_ms() < atomic_load(&r->fast_feedback_until) &&
+		    s->next_feedback_ms > st_monotonic_ms() + FAST_FEEDBACK_MS)
+			s->next_feedback_ms = st_monotonic_ms() + FAST_FEEDBACK_MS;
 		if (st_monotonic_ms() >= s->next_feedback_ms && feedback_due(s, error_r) < 0)
 			return -1;
 		publish(s);

@@ -66,8 +66,9 @@ class Pair:
 class Cluster:
     """pg, ldap and imap Pairs (node a = master, node b = standby)."""
 
-    def __init__(self, harness, pg, ldap, imap):
+    def __init__(self, harness, pg, ldap, imap, etcd=None):
         self.harness, self.pg, self.ldap, self.imap = harness, pg, ldap, imap
+        self.etcd = etcd
 
     nodes = NODES
 
@@ -76,8 +77,9 @@ class Cluster:
         return {"pg": self.pg[name], "ldap": self.ldap[name], "imap": self.imap[name]}
 
     def servers(self):
-        """All six, in start order."""
-        return [s for pair in (self.pg, self.ldap, self.imap) for s in pair]
+        """All six (and etcd), in start order."""
+        return ([self.etcd] if self.etcd else []) + \
+            [s for pair in (self.pg, self.ldap, self.imap) for s in pair]
 
     def stop(self):
         """Stop all six (newest first)."""
@@ -86,19 +88,23 @@ class Cluster:
 
     def describe(self):
         """What servers.json holds: {'base_dir', 'nodes': {node: {kind: describe()}}}."""
-        return {"version": 1, "base_dir": self.harness.base_dir,
-                "nodes": {n: {k: s.describe() for k, s in self.node(n).items()} for n in self.nodes}}
+        d = {"version": 1, "base_dir": self.harness.base_dir,
+             "nodes": {n: {k: s.describe() for k, s in self.node(n).items()} for n in self.nodes}}
+        if self.etcd is not None:
+            d["etcd"] = self.etcd.describe()
+        return d
 
 
 def start_pairs(harness, *, ldap_base="master", fsync=True, pg_options=None, ldap_options=None,
-                imap_options=None):
+                imap_options=None, etcd=False):
     """Start PostgreSQL, slapd and Dovecot on nodes a and b; returns a Cluster.
 
     ldap_base: where the base LDAP entries are loaded: 'master' (node a),
     'both' or 'none'.  The two servers of a kind share their password (the
     pg role's, the LDAP rootdn's, the IMAP master user's) unless the options
     give one.  fsync=False makes PostgreSQL faster and unsafe.  The
-    *_options dicts go to the server constructors.
+    *_options dicts go to the server constructors.  etcd=True also starts a
+    one-member etcd (the cluster store) first.
     """
     if ldap_base not in ("master", "both", "none"):
         raise HarnessError(f"ldap_base must be master, both or none, not {ldap_base!r}")
@@ -110,13 +116,17 @@ def start_pairs(harness, *, ldap_base="master", fsync=True, pg_options=None, lda
     ldap_options.setdefault("password", _new_password())
     imap_options = dict(imap_options or {})
     imap_options.setdefault("master_password", _new_password())
+    store = None
+    if etcd:
+        from harness_etcd import EtcdServer
+        store = EtcdServer(harness, node="etcd").start()
     pg = Pair(*(harness.start_pg(n, fsync=fsync, **pg_options) for n in NODES))
     ldap = Pair(*(harness.start_slapd(n, role, load_base=(ldap_base == "both" or
                                                           (ldap_base == "master" and role == "master")),
                                       **ldap_options)
                   for n, role in zip(NODES, ("master", "standby"))))
     imap = Pair(*(harness.start_dovecot(n, **imap_options) for n in NODES))
-    return Cluster(harness, pg, ldap, imap)
+    return Cluster(harness, pg, ldap, imap, store)
 
 
 # ---------------------------------------------------------------------------
@@ -155,12 +165,15 @@ def stop_described(info, timeout=30):
 
 
 def _servers_in(description):
-    return [info for node in description["nodes"].values() for info in node.values()]
+    servers = [info for node in description["nodes"].values() for info in node.values()]
+    return ([description["etcd"]] if "etcd" in description else []) + servers
 
 
 def _env_lines(description):
     """servers.env: shell assignments such as STANDIN_PG_A_PORT=5433."""
     lines = [f"STANDIN_SANDBOX={shlex.quote(description['base_dir'])}"]
+    if "etcd" in description:
+        lines.append(f"STANDIN_ETCD_URL={shlex.quote(description['etcd']['url'])}")
     for node, kinds in description["nodes"].items():
         for kind, info in kinds.items():
             for key, value in info.items():
@@ -180,6 +193,8 @@ def _summary(description):
                    f"  ldap  {ldap['uri']}  ({ldap['role']})  {ldap['rootdn']}  -y {ldap['password_file']}\n"
                    f"  imap  {imap['host']}:{imap['port']}  users {', '.join(imap['users'])}  "
                    f"master user {imap['master_user']}  password file {imap['master_password_file']}")
+    if "etcd" in description:
+        out.append(f"etcd:  {description['etcd']['url']}  (one member, the cluster store)")
     return "\n".join(out)
 
 
@@ -195,14 +210,16 @@ def _cmd_up(args):
         if any(_describe_running(i) for i in _servers_in(old)):
             print(f"servers of {json_path} are still running: run `down` first", file=sys.stderr)
             return 1
-        for entry in list(old["nodes"]) + ["servers.json", "servers.env"]:   # an old sandbox
+        for entry in list(old["nodes"]) + (["etcd"] if "etcd" in old else []) + \
+                ["servers.json", "servers.env"]:   # an old sandbox
             p = os.path.join(base, entry)
             shutil.rmtree(p) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
     os.makedirs(base, exist_ok=True)
     _check_traversable(base)
     h = Harness(base_dir=base)
     try:
-        cluster = start_pairs(h, ldap_base=args.ldap_base, fsync=not args.no_fsync)
+        cluster = start_pairs(h, ldap_base=args.ldap_base, fsync=not args.no_fsync,
+                              etcd=args.etcd)
         description = cluster.describe()
         _write_file(json_path + ".tmp", json.dumps(description, indent=2) + "\n", 0o600)
         os.replace(json_path + ".tmp", json_path)
@@ -261,6 +278,7 @@ def main(argv=None):
     up.add_argument("--ldap-base", choices=("master", "both", "none"), default="master",
                     help="where to load the base LDAP entries (default: master)")
     up.add_argument("--no-fsync", action="store_true", help="run PostgreSQL with fsync off")
+    up.add_argument("--etcd", action="store_true", help="also a one-member etcd on loopback")
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="stop the servers DIR/servers.json lists (idempotent)")
     down.add_argument("dir")

@@ -66,4 +66,5 @@ class EtcdServer(ForegroundServer):
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def describe(self):
-        return {"kind": self.kind, "node": self.node, "url": self.url, "dir": self.dir}
+        return {"kind": self.kind, "node": self.node, "url": self.url, "dir": self.dir,
+                "host": self.host, "port": self.port, "pidfile": self.pidfile}

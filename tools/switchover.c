@@ -231,10 +231,10 @@ static const char *const plan[] = {
 	"pause every proxy and close its sessions (new clients wait)",
 	"fence the old master: PostgreSQL read-only and its client sessions ended, slapd "
 	"olcReadOnly, IMAP sessions kicked; its final positions read",
-	"drain every replicator on the new master to those positions",
+	"drain every replicator on the standbys to those positions",
 	"copy the sequences",
-	"prepare the reverse streams on the old master (reverse NODE), the new master still "
-	"read-only",
+	"prepare the reverse streams on the old master and re-point the other standbys "
+	"(reverse NODE), the new master still read-only",
 	"epoch + 1 in etcd: the point of no return",
 	"the new master takes the state and is unfenced; its proxy resumes",
 	"every other node takes the state; the replicators turn around; the proxies switch "
@@ -328,7 +328,10 @@ sw_run(struct sw *w)
 	t0 = st_monotonic_ms();
 	what = "drain";
 	sw_phase(w, what);
-	if (sw_order(w, &to, 1, "drain", w->epoch,
+	/* Every standby drains: the new master, and with three nodes or more
+	 * the others, which then follow it from there with no copy. */
+	n = sw_all(w, nodes, w->from);
+	if (sw_order(w, nodes, n, "drain", w->epoch,
 		     json_pack("{s:O,s:I}", "positions", positions, "timeout_ms", (json_int_t)wait_ms),
 		     wait_ms + 5000) < 0)
 		goto rollback;
@@ -345,7 +348,8 @@ sw_run(struct sw *w)
 	t0 = st_monotonic_ms();
 	what = "reverse";
 	sw_phase(w, what);
-	if (sw_order(w, &from, 1, "reverse", w->epoch,
+	n = sw_all(w, nodes, w->to);	/* the old master and the other standbys */
+	if (sw_order(w, nodes, n, "reverse", w->epoch,
 		     json_pack("{s:s,s:I}", "to", w->to, "timeout_ms", (json_int_t)wait_ms),
 		     wait_ms + 5000) < 0)
 		goto rollback;

@@ -1239,8 +1239,9 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 }
 
 /*
- * "reverse NODE [TIMEOUT_MS]", on the master's daemon as in every
- * replicator (doc/architecture.md, section 6.3): nothing to prepare.  IMAP
+ * "reverse NODE [TIMEOUT_MS]", on the master's daemon (or another
+ * standby's) as in every replicator (doc/architecture.md, section 6.3):
+ * nothing to prepare.  IMAP
  * keeps no stream position: once the cluster state makes NODE this node's
  * source, the first pass compares every folder by UID and copies only what
  * differs.
@@ -1260,9 +1261,9 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 				   "becomes the master; not this node)");
 		return;
 	}
-	if (r->active) {
-		st_ctl_reply_error(reply, "this node replicates from %s: reverse is for the master's "
-				   "daemon", r->source);
+	if (r->active && strcmp(r->source, node) == 0) {
+		st_ctl_reply_error(reply, "this node replicates from %s already: reverse is for the "
+				   "old master's daemon and the other standbys'", r->source);
 		return;
 	}
 	st_ctl_reply_json(reply, json_pack("{s:b,s:s}", "done", 1, "note",

@@ -234,7 +234,7 @@ bad:
 }
 
 static int
-cookie_store(struct ldrepl *r, const struct ldsync_cookie *c, char **error_r)
+cookie_write(const char *path, const struct ldsync_cookie *c, char **error_r)
 {
 	struct st_buf b;
 
@@ -243,8 +243,16 @@ cookie_store(struct ldrepl *r, const struct ldsync_cookie *c, char **error_r)
 	for (size_t i = 0; i < c->len; i++)
 		st_buf_printf(&b, "%02x", c->data[i]);
 	st_buf_puts(&b, "\n");
-	int rc = st_durable_write(r->cookie_path, b.data, b.len, 0600, error_r);
+	int rc = st_durable_write(path, b.data, b.len, 0600, error_r);
 	st_buf_free(&b);
+	return rc;
+}
+
+static int
+cookie_store(struct ldrepl *r, const struct ldsync_cookie *c, char **error_r)
+{
+	int rc = cookie_write(r->cookie_path, c, error_r);
+
 	if (rc == 0)
 		ldsync_cookie_copy(&r->stored, c);
 	return rc;
@@ -1453,8 +1461,10 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 struct reverse {
 	struct ldrepl *r;
 	char node[65];		/* as given; checked against the nodes */
+	char source[ST_NAME_MAX + 1];	/* another standby's source (the old master), or "" */
 	struct st_ctl_held *held;
 	char *csns;			/* ';'-separated contextCSN values */
+	char *source_csns;		/* the old master's, for another standby */
 	char *err;
 };
 
@@ -1463,6 +1473,9 @@ reverse_work(void *arg)
 {
 	struct reverse *rv = arg;
 
+	if (rv->source[0] != '\0' &&
+	    (rv->source_csns = read_context_csn(rv->r->d->conf, rv->source, &rv->err)) == NULL)
+		return;
 	rv->csns = read_context_csn(rv->r->d->conf, rv->node, &rv->err);
 }
 
@@ -1475,12 +1488,29 @@ reverse_done(void *arg)
 	json_t *o = json_object();
 
 	r->reverse_job = NULL;
+	if (rv->err == NULL && rv->source[0] != '\0') {
+		/* Another standby: it must hold everything the old master has
+		 * (drained) before it starts from NODE's contextCSN.  Its current
+		 * session goes on with its own cookie until the state changes. */
+		save_cookie(r, true);
+		if (!ldsync_cookie_covers(&r->stored, rv->source_csns))
+			rv->err = xasprintf("this node has not applied %s's contextCSN %s yet (drain "
+					    "first)", rv->source, rv->source_csns);
+	}
 	if (rv->err == NULL) {
 		struct ldsync_cookie c = { 0 };
 		ldsync_cookie_from_csn(&c, rv->csns);
-		free(r->cookie_path);
-		r->cookie_path = xasprintf("%s/ldaprepl-%s.cookie", r->d->node->state_dir, rv->node);
-		if (cookie_store(r, &c, &rv->err) == 0) {
+		char *path = xasprintf("%s/ldaprepl-%s.cookie", r->d->node->state_dir, rv->node);
+		int rc;
+		if (rv->source[0] != '\0') {
+			rc = cookie_write(path, &c, &rv->err);
+			free(path);
+		} else {
+			free(r->cookie_path);
+			r->cookie_path = path;
+			rc = cookie_store(r, &c, &rv->err);
+		}
+		if (rc == 0) {
 			st_notice("reverse: will replicate from %s starting at its contextCSN "
 				  "cookie=%s", rv->node, st_q((const char *)c.data));
 			json_object_set_new(o, "cookie", json_string((const char *)c.data));
@@ -1500,6 +1530,7 @@ reverse_done(void *arg)
 	free(text);
 	json_decref(o);
 	free(rv->csns);
+	free(rv->source_csns);
 	free(rv->err);
 	free(rv);
 }
@@ -1511,6 +1542,8 @@ reverse_done(void *arg)
  * this node will resume from NODE's contextCSN instead of comparing the
  * whole directory: the cookie for source NODE is written here.  NODE is
  * asked in a thread (reverse_work); the reply comes when it has answered.
+ * On another standby (three nodes or more) the same re-points it, once its
+ * cookie covers the old master's contextCSN: it will go on from NODE's.
  */
 static void
 cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
@@ -1530,13 +1563,20 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	    strcmp(node, d->node->name) == 0)
 		err = xstrdup("usage: reverse NODE [TIMEOUT_MS] (NODE: the standby that becomes the "
 			      "master; not this node)");
-	else if (r->phase != PH_IDLE && r->source[0] != '\0')
-		err = xasprintf("this node replicates from %s: reverse is for the master's daemon",
-				r->source);
+	else if (r->phase != PH_IDLE && r->source[0] != '\0' && strcmp(r->source, node) == 0)
+		err = xasprintf("this node replicates from %s already: reverse is for the old "
+				"master's daemon and the other standbys'", r->source);
+	else if (r->phase != PH_IDLE && r->source[0] != '\0' && r->phase != PH_PERSIST &&
+		 r->phase != PH_POLL_WAIT)
+		err = xasprintf("this node is not streaming from %s (it is refreshing or "
+				"retrying): reverse needs it caught up", r->source);
 	else if (r->reverse_job != NULL)
 		err = xstrdup("a reverse is running already");
-	else
+	else {
+		if (r->phase != PH_IDLE && r->source[0] != '\0')
+			snprintf(rv->source, sizeof(rv->source), "%s", r->source);
 		r->reverse_job = st_bgjob_start(d->loop, reverse_work, reverse_done, rv, &err);
+	}
 	if (err != NULL) {
 		st_ctl_reply_error(reply, "%s", err);
 		free(err);

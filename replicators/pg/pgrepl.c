@@ -877,6 +877,7 @@ cmd_sequences(void *ctx, const char *args, struct st_buf *reply)
 struct reverse {
 	struct pgrepl *r;
 	char node[65];		/* as given; checked against the nodes */
+	char source[ST_NAME_MAX + 1];	/* a standby's current source (the old master), or "" */
 	long timeout_ms;
 	struct st_ctl_held *held;
 	pgo_lsn final, start;
@@ -940,6 +941,55 @@ out:
 	return rc;
 }
 
+/*
+ * Another standby (three nodes and more): this node has applied everything
+ * its source, the old master (fenced), holds: its insert position, as a
+ * drain sees it.
+ */
+static int
+reverse_wait_applied(struct reverse *rv, char **error_r)
+{
+	struct pgrepl *r = rv->r;
+	long long deadline = st_monotonic_ms() + rv->timeout_ms;
+	char *value = NULL;
+	PGconn *src = pgc_connect(r->conf, rv->source, PGC_NORMAL, "standin-pgrepl reverse",
+				  error_r);
+	int rc = -1;
+
+	if (src == NULL)
+		return -1;
+	if (pgc_value(src, "SELECT pg_catalog.pg_current_wal_insert_lsn()", &value, error_r) < 0)
+		goto out;
+	if (value == NULL || pgo_lsn_parse(value, &rv->final) < 0) {
+		st_set_error(error_r, "pg_current_wal_insert_lsn() on %s gave %s", rv->source,
+			     st_q(value ? value : "NULL"));
+		goto out;
+	}
+	for (;;) {
+		atomic_store(&r->fast_feedback_until, st_monotonic_ms() + FAST_FEEDBACK_FOR_MS);
+		pthread_mutex_lock(&r->lock);
+		bool done = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0 &&
+			    (r->st.flushed >= rv->final || (r->st.caught_up && r->st.received >= rv->final));
+		pgo_lsn flushed = r->st.flushed;
+		pthread_mutex_unlock(&r->lock);
+		if (done)
+			break;
+		if (pgr_stopping(r) || st_monotonic_ms() >= deadline) {
+			st_set_error(error_r, "this node has not applied %s's final position " PGO_LSN_FMT
+				     " within %ld ms (at " PGO_LSN_FMT "): is %s fenced, and this node "
+				     "streaming?", rv->source, PGO_LSN_ARGS(rv->final), rv->timeout_ms,
+				     PGO_LSN_ARGS(flushed), rv->source);
+			goto out;
+		}
+		usleep(20 * 1000);
+	}
+	rc = 0;
+out:
+	free(value);
+	PQfinish(src);
+	return rc;
+}
+
 static void
 reverse_work(void *arg)
 {
@@ -947,17 +997,22 @@ reverse_work(void *arg)
 	struct pgrepl *r = rv->r;
 	const char *me = r->node->name;
 	char drained_slot[64], new_slot[64], new_origin[96];
-	PGconn *c = pgc_connect(r->conf, me, PGC_NORMAL, "standin-pgrepl reverse", &rv->err);
 
-	if (c == NULL)
-		return;
 	pgr_name_part(drained_slot, sizeof(drained_slot), "standin_", rv->node);
 	pgr_name_part(new_slot, sizeof(new_slot), "standin_", me);
 	pgr_name_part(new_origin, sizeof(new_origin), "standin_from_", rv->node);
-	int rc = reverse_wait_drained(rv, c, drained_slot, &rv->err);
-	PQfinish(c);
-	if (rc < 0)
-		return;
+	if (rv->source[0] != '\0') {
+		if (reverse_wait_applied(rv, &rv->err) < 0)
+			return;
+	} else {
+		PGconn *c = pgc_connect(r->conf, me, PGC_NORMAL, "standin-pgrepl reverse", &rv->err);
+		if (c == NULL)
+			return;
+		int rc = reverse_wait_drained(rv, c, drained_slot, &rv->err);
+		PQfinish(c);
+		if (rc < 0)
+			return;
+	}
 	/* The slot NODE pulled with stays until NODE's session ends; this
 	 * node's first session from NODE drops it (pgr_replicate). */
 	if (pgs_prepare_reverse(r->conf, rv->node, me, PUBLICATION, new_slot, new_origin, NULL,
@@ -1002,7 +1057,10 @@ reverse_done(void *arg)
  * "reverse NODE [TIMEOUT_MS]", the switchover's step on the master's daemon
  * (the node that becomes a standby), once this node is fenced: wait until
  * NODE has confirmed everything this node wrote, then make NODE feed this
- * node with no copy (a slot on NODE, this node's origin at its start).  The
+ * node with no copy (a slot on NODE, this node's origin at its start).
+ * On another standby (three nodes or more) the same re-points it: once it
+ * has applied everything its source (the old master) holds, NODE will feed
+ * it from where both are.  The
  * same side and arguments as in standin-ldaprepl and standin-imaprepl
  * (doc/architecture.md, section 6.3).  The reply comes when it is done.
  */
@@ -1020,6 +1078,7 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	snprintf(rv->node, sizeof(rv->node), "%s", n >= 1 ? node : "");
 	pthread_mutex_lock(&r->lock);
 	bool master = r->st.state != NULL && strcmp(r->st.state, "idle (master)") == 0;
+	bool streaming = r->st.state != NULL && strcmp(r->st.state, "streaming") == 0;
 	char source[ST_NAME_MAX + 1];
 	snprintf(source, sizeof(source), "%s", r->st.source);
 	pthread_mutex_unlock(&r->lock);
@@ -1027,13 +1086,19 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 	    strcmp(node, r->node->name) == 0)
 		err = xstrdup("usage: reverse NODE [TIMEOUT_MS] (NODE: the standby that becomes the "
 			      "master; not this node)");
-	else if (!master)
-		err = xasprintf("this daemon is not idle as the master (%s): reverse is for the "
-				"master's daemon", source[0] != '\0' ? source : "no state yet");
+	else if (!master && (source[0] == '\0' || !streaming))
+		err = xasprintf("this daemon is neither idle as the master nor streaming (%s): "
+				"reverse needs one or the other", source[0] != '\0' ? source
+									  : "no state yet");
+	else if (!master && strcmp(source, node) == 0)
+		err = xasprintf("this node replicates from %s already: reverse is for the old "
+				"master's daemon and the other standbys'", source);
 	else if (r->reverse_job != NULL)
 		err = xstrdup("a reverse is running already");
 	else {
 		rv->timeout_ms = timeout;
+		if (!master)	/* another standby: it will follow NODE instead of SOURCE */
+			snprintf(rv->source, sizeof(rv->source), "%s", source);
 		pgr_set_reverse(r, "running", 0, NULL);
 		r->reverse_job = st_bgjob_start(d->loop, reverse_work, reverse_done, rv, &err);
 	}

@@ -790,13 +790,10 @@ pgr_replicate(struct pgrepl *r, const struct st_conf *conf, const char *source, 
 	}
 
 	if (!need_sync) {
-		/* After a switchover (reverse), this node still holds the slot its
-		 * new source pulled with when it was the standby: a slot here
-		 * feeding this node's own source only keeps WAL.  (The initial
-		 * sync drops it too.) */
-		char stale_slot[64];
-		pgr_name_part(stale_slot, sizeof(stale_slot), "standin_", source);
-		if (pgs_free_slot(tgt, stale_slot, true, &err) < 0)
+		/* After a switchover (reverse), this node still holds the slots
+		 * the other nodes pulled with when it was the master: here they
+		 * only keep WAL.  (The initial sync drops its source's too.) */
+		if (pgs_free_standin_slots(tgt, &err) < 0)
 			goto fail;
 	}
 

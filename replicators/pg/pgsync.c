@@ -350,6 +350,33 @@ out:
 	return rc;
 }
 
+/*
+ * Every standin slot in this database: on a standby nothing pulls from it,
+ * so a slot left by a switchover (the one its new source pulled with, and
+ * with three nodes or more the other standbys' too) only holds WAL.
+ */
+int
+pgs_free_standin_slots(PGconn *c, char **error_r)
+{
+	PGresult *res = PQexec(c, "SELECT slot_name FROM pg_catalog.pg_replication_slots "
+				  "WHERE slot_name LIKE 'standin\\_%' "
+				  "AND database = pg_catalog.current_database()");
+	int rc = 0;
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		st_set_error(error_r, "listing the replication slots: %s", pgc_errmsg(c));
+		PQclear(res);
+		return -1;
+	}
+	for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
+		st_notice("dropping slot=%s: this node is a standby, nothing pulls from it",
+			  PQgetvalue(res, i, 0));
+		rc = pgs_free_slot(c, PQgetvalue(res, i, 0), true, error_r);
+	}
+	PQclear(res);
+	return rc;
+}
+
 int
 pgs_free_slot(PGconn *c, const char *slot, bool drop, char **error_r)
 {

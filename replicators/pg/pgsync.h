@@ -105,5 +105,7 @@ int pgs_origin_progress(PGconn *c, const char *origin, bool *exists_r, pgo_lsn *
 /* Drop SLOT on the connection's server if it exists, ending its walsender if
  * it is still active (a previous run of ours, killed).  0 or -1. */
 int pgs_free_slot(PGconn *conn, const char *slot, bool drop, char **error_r) ST_WARN_UNUSED;
+/* Drop every standin_ slot of the connection's database (a standby's). */
+int pgs_free_standin_slots(PGconn *conn, char **error_r) ST_WARN_UNUSED;
 
 #endif

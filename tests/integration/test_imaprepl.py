@@ -363,7 +363,7 @@ def test_drain_and_switchover_reverse(env):
     env.start("a")
     env.wait_status(lambda s: s["state"] == "idle (master)", "a idle as master", node="a")
     # reverse: on the master's daemon, as in every replicator; nothing to prepare for IMAP.
-    assert "reverse is for the master's daemon" in query(env.daemon.sock, "reverse a")
+    assert "replicates from a already: reverse is for the old master's" in query(env.daemon.sock, "reverse a")
     assert "usage: reverse NODE [TIMEOUT_MS]" in query(env.daemons["a"].sock, "reverse a")
     assert json.loads(query(env.daemons["a"].sock, "reverse b"))["done"] is True
     for node in ("a", "b"):

@@ -362,7 +362,7 @@ def test_switchover_reverses_without_a_reload(env):
     csn = env.context_csn(a)
     sh.wait_until(lambda: '"drained":true' in query(d_b.sock, f"drain {csn}"), 30, "b drained")
     env.wait_equal()
-    assert "reverse is for the master's daemon" in query(d_b.sock, "reverse a")
+    assert "replicates from a already: reverse is for the old master's" in query(d_b.sock, "reverse a")
     for bad in ("reverse", "reverse a", "reverse zz", "reverse b 0", "reverse b 10 x"):
         assert "usage: reverse NODE [TIMEOUT_MS]" in query(d_a.sock, bad), bad
     reply = query(d_a.sock, "reverse b 20000", timeout=30)

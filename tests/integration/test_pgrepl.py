@@ -1164,7 +1164,7 @@ def test_switchover_reverses_without_a_copy(pg):
     pg.wait_state("streaming")
     sh.wait_until(lambda: d_a.status()["state"] == "idle (master)", 30, "a idle as master")
     pg.sql_a("UPDATE t SET v = 'last on a' WHERE id = 1")
-    assert "reverse is for the master's daemon" in query(d_b.sock, "reverse a")  # the standby
+    assert "replicates from a already: reverse is for the old master's" in query(d_b.sock, "reverse a")  # the standby
     for bad in ("reverse", "reverse a", "reverse zz", "reverse b -5", "reverse b 10 x"):
         assert "usage: reverse NODE [TIMEOUT_MS]" in query(d_a.sock, bad), bad
     # b not confirming (stopped): the reverse gives up within its timeout, says why.

@@ -33,28 +33,31 @@ NODES = ("a", "b")
 class Cluster:
     """Both nodes with everything running; a is the master."""
 
-    def __init__(self, harness, etcd):
+    def __init__(self, harness, etcd, nodes=NODES):
         self.h = harness
         self.etcd = etcd
+        self.nodes = nodes
         pw = "pw-" + os.urandom(6).hex()
         self.pg = {n: harness.start_pg(n, fsync=False, password=pw, preload_ddl=True)
-                   for n in NODES}
+                   for n in nodes}
         for s in self.pg.values():
             s.create_database("groupware")
         ldap_pw = "pw-" + os.urandom(6).hex()
         self.ldap = {n: harness.start_slapd(n, "master" if n == "a" else "standby",
-                                            password=ldap_pw) for n in NODES}
+                                            password=ldap_pw, server_id=i + 1)
+                     for i, n in enumerate(nodes)}
         imap_pw = "pw-" + os.urandom(6).hex()
-        self.imap = {n: harness.start_dovecot(n, master_password=imap_pw) for n in NODES}
+        self.imap = {n: harness.start_dovecot(n, master_password=imap_pw) for n in nodes}
         self.base = harness.mkdir("standin")
-        self.ports = {n: {s: sh.free_port() for s in ("pg", "ldap", "imap")} for n in NODES}
+        self.ports = {n: {s: sh.free_port() for s in ("pg", "ldap", "imap")} for n in nodes}
         self.conf = self.write_conf()
         self.pg["a"].psql("CREATE TABLE w (id int PRIMARY KEY, at timestamptz DEFAULT now())",
                           db="groupware")
         assert self.ctl("a", "state", "init", "--master", "a").returncode == 0
-        assert self.ctl("b", "state", "pull").returncode == 0
+        for n in nodes[1:]:
+            assert self.ctl(n, "state", "pull").returncode == 0
         self.daemons = {}
-        for n in NODES:
+        for n in nodes:
             for prog in (PGREPL, LDAPREPL, IMAPREPL, PROXY, FAILOVERD):
                 self.start(n, prog)
 
@@ -71,10 +74,10 @@ class Cluster:
         with open(kick, "w") as f:     # the test's doveadm needs each node's -c
             f.write("#!/bin/sh\ncase \"$1\" in\n" +
                     "".join(f"{n}) exec /usr/bin/doveadm -c {self.imap[n].conf} kick '*' ;;\n"
-                            for n in NODES) + "esac\nexit 1\n")
+                            for n in self.nodes) + "esac\nexit 1\n")
         os.chmod(kick, 0o755)
         text = f"[cluster]\nname = itest\netcd = {self.etcd.url}\n"
-        for n in NODES:
+        for n in self.nodes:
             for d in ("state", "run"):
                 os.makedirs(os.path.join(b, n, d), exist_ok=True)
             text += (f"[node {n}]\naddress = 127.0.0.1\nstate_dir = {b}/{n}/state\n"
@@ -93,7 +96,7 @@ class Cluster:
                  f"users_file = {users}\nworkers = 2\nfull_pass_interval = 30s\n"
                  f"kick_command = {kick} %n\n")
         text += "[proxy]\n"
-        for n in NODES:
+        for n in self.nodes:
             for s in ("pg", "ldap", "imap"):
                 text += f"{s}_listen.{n} = 127.0.0.1:{self.ports[n][s]}\n"
         path = os.path.join(b, "standin.conf")
@@ -493,3 +496,47 @@ def test_etcd_lost_before_the_point_of_no_return(cluster):
     assert "order heal (switchover " in c.d("a", "failoverd").output()
     assert json.loads(c.ctl("a", "state", "show", "--json").stdout)["epoch"] == 1
     assert c.etcd.get("/standin/itest/switchover") is None
+
+
+def test_three_nodes_switchover_to_c_repoints_b(harness, etcd):
+    """Master a, standbys b and c: a switchover to c while clients write;
+    b then follows c with no copy (no initial sync, no LDAP reload), and the
+    three nodes hold the same."""
+    c = Cluster(harness, etcd, nodes=("a", "b", "c"))
+    c.wait_streaming("b")
+    c.wait_streaming("c")
+    with Writers(c) as w:
+        w.wait_for(5)
+        r = c.switchover("c")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "switchover done: c is the master at epoch 2" in r.stdout
+        w.wait_for(5)
+    check_every_ack_on(c, "c", w)
+    c.pg["c"].psql("INSERT INTO w (id) VALUES (-1)", db="groupware")
+    c.ldap["c"].ldapadd(f"dn: uid=onc,ou=people,{c.ldap['c'].suffix}\nobjectClass: inetOrgPerson\n"
+                        "uid: onc\ncn: On C\nsn: C\n")
+    for n in ("a", "b"):
+        sh.wait_until(lambda: c.pg[n].psql("SELECT count(*) FROM w WHERE id = -1",
+                                            db="groupware") == "1", 60, f"c's row on {n}")
+        sh.wait_until(lambda: c.ldap[n].search(f"uid=onc,ou=people,{c.ldap[n].suffix}",
+                                               scope="base"), 60, f"c's entry on {n}")
+    digest = "SELECT count(*), md5(string_agg(id::text, ',' ORDER BY id)) FROM w"
+    sh.wait_until(lambda: len({c.pg[n].psql(digest, db="groupware") for n in c.nodes}) == 1, 60,
+                  "w equal on a, b and c")
+    people = {n: sorted(dn for dn, _ in c.ldap[n].search(f"ou=people,{c.ldap[n].suffix}",
+                                                         attrs=["1.1"])) for n in c.nodes}
+    assert people["a"] == people["b"] == people["c"]
+
+    def inbox(n):
+        return sorted(m["body"] for m in c.imap[n].list_messages("alice", master=True))
+    sh.wait_until(lambda: inbox("a") == inbox("b") == inbox("c"), 90, "alice's INBOX equal")
+    # b re-pointed with no copy: one initial sync (the first), its slot on c,
+    # none left on a; the directory not reloaded.
+    assert c.d("b", "pgrepl").output().count("initial sync done") == 1
+    assert c.d("b", "pgrepl").status()["source"] == "c"
+    slots = c.pg["c"].psql("SELECT slot_name FROM pg_replication_slots ORDER BY 1", db="groupware")
+    assert slots.split() == ["standin_a", "standin_b"], slots
+    assert c.pg["a"].psql("SELECT count(*) FROM pg_replication_slots", db="groupware") == "0"
+    st = c.d("b", "ldaprepl").status()
+    assert st["refresh_entries"] < 50 and st["reconcile_deletes"] == 0, st

@@ -79,9 +79,9 @@ out:
 
 /* ------------------------------------------------------------ fencing */
 
-int
-fo_pg_fence(const struct st_conf *conf, const struct st_node *node, bool fence,
-	    long long *ended_r, char **lsn_r, char **error_r)
+static int
+pg_fence(const struct st_conf *conf, const struct st_node *node, bool fence, bool end_sessions,
+	 long long *ended_r, char **lsn_r, char **error_r)
 {
 	char *value = NULL, *err = NULL, *sql = NULL;
 	PGconn *c = pgc_connect(conf, node->name, PGC_NORMAL, "standin-failoverd", &err);
@@ -94,7 +94,7 @@ fo_pg_fence(const struct st_conf *conf, const struct st_node *node, bool fence,
 			      : "ALTER SYSTEM RESET default_transaction_read_only", &err) < 0 ||
 	    pgc_exec(c, "SELECT pg_catalog.pg_reload_conf()", &err) < 0)
 		goto out;
-	if (fence) {
+	if (fence && end_sessions) {
 		/* pg_terminate_backend(pid, timeout) waits until each is gone, so a
 		 * commit under way is in the WAL before the position is read. */
 		sql = xasprintf("SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid, %d)) "
@@ -119,6 +119,21 @@ out:
 	if (c != NULL)
 		PQfinish(c);
 	return ret;
+}
+
+int
+fo_pg_fence(const struct st_conf *conf, const struct st_node *node, bool fence,
+	    long long *ended_r, char **lsn_r, char **error_r)
+{
+	return pg_fence(conf, node, fence, true, ended_r, lsn_r, error_r);
+}
+
+int
+fo_pg_readonly(const struct st_conf *conf, const struct st_node *node, char **error_r)
+{
+	long long ended;
+
+	return pg_fence(conf, node, true, false, &ended, NULL, error_r);
 }
 
 /* The newest value of the suffix entry's contextCSN on NODE's slapd. */
@@ -228,29 +243,40 @@ out:
 }
 
 int
-fo_imap_kick(const struct st_conf *conf, const struct st_node *node, char **error_r)
+fo_run_command(const char *cmdline, const char *node, const char *what, long timeout_ms,
+	       char **error_r)
 {
-	const char *cmd = conf->imap.kick_command;
-	char *argv[64], *copy, *save = NULL, *what;
+	char *argv[64], *copy, *save = NULL;
 	size_t n = 0;
 	int ret;
 
-	if (cmd == NULL)
-		return 1;
-	copy = xstrdup(cmd);
+	copy = xstrdup(cmdline);
 	for (char *w = strtok_r(copy, " \t", &save); w != NULL && n + 1 < ST_ARRAY_SIZE(argv);
 	     w = strtok_r(NULL, " \t", &save))
-		argv[n++] = strcmp(w, "%n") == 0 ? xstrdup(node->name) : xstrdup(w);
+		argv[n++] = strcmp(w, "%n") == 0 ? xstrdup(node) : xstrdup(w);
 	argv[n] = NULL;
 	free(copy);
-	what = xasprintf("[imap] kick_command on node %s", node->name);
 	struct st_cmd c = { .argv = argv, .what = what };
 	char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
-	ret = n == 0 || argv[0][0] != '/'
-		? (st_set_error(error_r, "%s: not an absolute path: %s", what, cmd), -1)
-		: st_proc_run(&c, 1, -1, NULL, NULL, envp, KICK_TIMEOUT_MS, error_r);
+	if (n == 0 || argv[0][0] != '/') {
+		st_set_error(error_r, "%s: not an absolute path: %s", what, cmdline);
+		ret = -1;
+	} else {
+		ret = st_proc_run(&c, 1, -1, NULL, NULL, envp, timeout_ms, error_r);
+	}
 	for (size_t i = 0; i < n; i++)
 		free(argv[i]);
+	return ret;
+}
+
+int
+fo_imap_kick(const struct st_conf *conf, const struct st_node *node, char **error_r)
+{
+	if (conf->imap.kick_command == NULL)
+		return 1;
+	char *what = xasprintf("[imap] kick_command on node %s", node->name);
+	int ret = fo_run_command(conf->imap.kick_command, node->name, what, KICK_TIMEOUT_MS,
+				 error_r);
 	free(what);
 	return ret;
 }

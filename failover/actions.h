@@ -26,6 +26,11 @@
 int fo_pg_fence(const struct st_conf *conf, const struct st_node *node, bool fence,
 		long long *ended_r, char **lsn_r, char **error_r) ST_WARN_UNUSED;
 
+/* The same read-only default for new transactions, without ending any
+ * session: a standby, whose clients only read. */
+int fo_pg_readonly(const struct st_conf *conf, const struct st_node *node, char **error_r)
+	ST_WARN_UNUSED;
+
 /*
  * slapd: olcReadOnly on the database of [ldap] suffix over cn=config, as
  * [ldap] config_bind_dn; 1 when that is not configured (nothing done).
@@ -33,6 +38,12 @@ int fo_pg_fence(const struct st_conf *conf, const struct st_node *node, bool fen
  */
 int fo_ldap_fence(const struct st_conf *conf, const struct st_node *node, bool fence,
 		  char **csn_r, char **error_r) ST_WARN_UNUSED;
+
+/* Run CMDLINE (words split at spaces, %n replaced by NODE, the first an
+ * absolute path) with execve, no shell, within TIMEOUT_MS; WHAT names it in
+ * messages.  0 when it exited 0, else -1 with its own words. */
+int fo_run_command(const char *cmdline, const char *node, const char *what, long timeout_ms,
+		   char **error_r) ST_WARN_UNUSED;
 
 /* [imap] kick_command, run with execve (no shell); 1 when not configured. */
 int fo_imap_kick(const struct st_conf *conf, const struct st_node *node, char **error_r)

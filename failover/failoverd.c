@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,10 @@ struct failoverd {
 	char open_id[ST_ORDER_ID_MAX];	/* a switchover not finished here (the thread's) */
 	bool stopping;			/* no new order job */
 	json_t *last_order;		/* for status (main thread) */
+	pthread_mutex_t act_lock;	/* one thread acts on the local servers at a time */
+	uint64_t ro_epoch;		/* standby read-only made at this epoch (ro job) */
+	struct st_bgjob *ro_job;
+	long long ro_next_ms;		/* after a failure, not before this */
 	long long orders_done;
 	char *orders_error;
 };
@@ -78,6 +83,7 @@ struct failoverd {
 struct round {
 	struct failoverd *f;
 	int pull;			/* st_cstore_pull's result */
+	uint64_t pushed;		/* this node's epoch written to etcd (it was ahead) */
 	struct st_cstate cs;
 	char *err;			/* pull or etcd error */
 	char *member_err;
@@ -164,9 +170,23 @@ round_work(void *arg)
 	r->pull = st_cstore_pull(f->etcd, conf, f->d->node, &r->cs, &r->err);
 	/* The record says what this node holds now, taken or not. */
 	char *path = st_cstate_path(f->d->node), *lerr = NULL;
-	struct st_cstate local;
+	struct st_cstate local, in_etcd;
 	bool have = st_cstate_load(path, &local, &lerr) == 0;
 	free(lerr);
+	int64_t rev = 0;
+	/* Ahead of etcd (a failover --force made while etcd was away): etcd
+	 * takes this node's higher epoch, in a txn on the revision read. */
+	if (r->pull == ST_PULL_KEPT && have &&
+	    st_cstore_get(f->etcd, conf, &in_etcd, &rev, &lerr) == 1 && local.epoch > in_etcd.epoch &&
+	    st_cstore_put(f->etcd, conf, &local, rev, NULL, NULL, NULL, &lerr) == 1) {
+		r->pushed = local.epoch;
+		r->pull = ST_PULL_SAME;
+		r->cs = local;
+		free(r->err);
+		r->err = NULL;
+	}
+	free(lerr);
+	lerr = NULL;
 	free(path);
 	char *record = member_record(f, &local, have);
 	if (publish_member(f, record, &r->member_err) < 0)
@@ -184,6 +204,8 @@ round_done(void *arg)
 	f->job = NULL;
 	f->rounds++;
 	f->lease_seen = f->lease;
+	if (r->pushed)
+		st_notice("etcd was behind this node: its epoch %" PRIu64 " written there", r->pushed);
 	switch (r->pull) {
 	case ST_PULL_TAKEN:
 		st_notice("cluster state taken from etcd: epoch %" PRIu64 " master %s", r->cs.epoch,
@@ -228,6 +250,73 @@ round_done(void *arg)
 	free(r);
 }
 
+/*
+ * A standby's PostgreSQL is read-only for clients (standin's own sessions
+ * are not): once per epoch, so again after a restart, and for an old master
+ * that comes back after a failover.  In a job of its own (a server that does
+ * not answer must not hold the member record back), under act_lock with the
+ * state read again there, so a switchover's finish is never undone.
+ */
+struct ro {
+	struct failoverd *f;
+	uint64_t done;			/* made read-only at this epoch */
+	char *err;
+};
+
+static void
+ro_work(void *arg)
+{
+	struct ro *j = arg;
+	struct failoverd *f = j->f;
+	struct st_cstate local;
+	char *path = st_cstate_path(f->d->node), *err = NULL;
+
+	pthread_mutex_lock(&f->act_lock);
+	if (st_cstate_load(path, &local, &err) == 0 &&
+	    strcmp(st_cstate_role(&local, f->d->node->name), "standby") == 0 &&
+	    f->ro_epoch < local.epoch && fo_pg_readonly(f->d->conf, f->d->node, &j->err) == 0)
+		f->ro_epoch = j->done = local.epoch;
+	pthread_mutex_unlock(&f->act_lock);
+	free(err);
+	free(path);
+}
+
+static void
+ro_done(void *arg)
+{
+	struct ro *j = arg;
+	struct failoverd *f = j->f;
+
+	f->ro_job = NULL;
+	if (j->done)
+		st_notice("a standby at epoch %" PRIu64 ": PostgreSQL read-only for clients", j->done);
+	if (j->err != NULL) {
+		st_warn("cannot make this standby's PostgreSQL read-only (again in 10 s): %s", j->err);
+		f->ro_next_ms = st_monotonic_ms() + 10000;
+	}
+	free(j->err);
+	free(j);
+}
+
+static void
+ro_check(struct failoverd *f)
+{
+	char *err = NULL;
+
+	if (!f->d->conf->service_enabled[ST_SVC_PG] || f->ro_job != NULL || f->stopping ||
+	    !f->cs_valid || strcmp(st_cstate_role(&f->cs, f->d->node->name), "standby") != 0 ||
+	    f->ro_epoch >= f->cs.epoch || st_monotonic_ms() < f->ro_next_ms)
+		return;
+	struct ro *j = xcalloc(1, sizeof(*j));
+	j->f = f;
+	f->ro_job = st_bgjob_start(f->d->loop, ro_work, ro_done, j, &err);
+	if (f->ro_job == NULL) {
+		st_warn("cannot start a job: %s", err);
+		free(err);
+		free(j);
+	}
+}
+
 static void
 tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -236,6 +325,7 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)revents;
 	ojob_start(f);
+	ro_check(f);
 	if (f->job != NULL)
 		return;		/* the last round still runs (etcd slow): skip this one */
 	struct round *r = xcalloc(1, sizeof(*r));
@@ -266,8 +356,10 @@ order_work(void *arg)
 {
 	struct order *o = arg;
 
+	pthread_mutex_lock(&o->f->act_lock);
 	if (fo_pg_fence(o->f->d->conf, o->f->d->node, o->fence, &o->ended, NULL, &o->err) < 0)
-		return;		/* o->err says why */
+		o->ended = 0;	/* o->err says why */
+	pthread_mutex_unlock(&o->f->act_lock);
 }
 
 static void
@@ -428,7 +520,9 @@ heal(struct ojob *j, struct st_order *o)
 	o->epoch = rc == 0 ? cs.epoch : 1;
 	o->args = json_object();
 	long long t0 = st_monotonic_ms();
+	pthread_mutex_lock(&f->act_lock);
 	json_t *result = fo_execute(f->d->conf, f->d->node, f->oetcd, o, &err);
+	pthread_mutex_unlock(&f->act_lock);
 	j->ack = json_pack("{s:s,s:I,s:I,s:s,s:s,s:b,s:s?,s:o?,s:I}", "id", o->id, "seq",
 			   (json_int_t)0, "epoch", (json_int_t)o->epoch, "op", "heal", "node",
 			   f->d->node->name, "ok", result != NULL, "error", err, "result", result,
@@ -474,7 +568,9 @@ ojob_work(void *arg)
 				goto out;
 			}
 			long long t0 = st_monotonic_ms();
+			pthread_mutex_lock(&f->act_lock);
 			json_t *result = fo_execute(conf, node, f->oetcd, &o, &err);
+			pthread_mutex_unlock(&f->act_lock);
 			/* Open until this node finished or rolled back; see heal below. */
 			bool ends = result != NULL && (strcmp(o.op, "finish") == 0 ||
 						       strcmp(o.op, "resume") == 0);
@@ -596,6 +692,7 @@ fo_stop(struct st_daemon *d)
 	st_bgjob_wait(&f->ojob);
 	st_bgjob_wait(&f->job);
 	st_bgjob_wait(&f->order_job);
+	st_bgjob_wait(&f->ro_job);
 	st_etcd_close(&f->oetcd);
 	json_decref(f->last_order);
 	f->last_order = NULL;
@@ -627,6 +724,7 @@ fo_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 	st_bgjob_wait(&f->ojob);
 	st_bgjob_wait(&f->job);
 	st_bgjob_wait(&f->order_job);
+	st_bgjob_wait(&f->ro_job);
 	st_etcd_close(&f->etcd);
 	st_etcd_close(&f->oetcd);
 	f->stopping = false;	/* the next tick starts it again, with the new configuration */
@@ -696,7 +794,7 @@ static const struct st_daemon_ops fo_ops = {
 int
 main(int argc, char **argv)
 {
-	static struct failoverd f;
+	static struct failoverd f = { .act_lock = PTHREAD_MUTEX_INITIALIZER };
 
 	return st_daemon_main(argc, argv, &fo_ops, &f);
 }

@@ -230,6 +230,13 @@ static const struct option options[] = {
 	{ "proxy", "imap_proxy_protocol", OT_BOOL, 0, C(proxy.proxy_protocol[ST_SVC_IMAP]), "no", NULL, 0, 0,
 	  "Send a PROXY protocol v2 header to IMAP backends (Dovecot haproxy_trusted_networks)." },
 
+	{ "failover", "fence_command", OT_STRING, 0, C(fence_command), NULL, NULL, 0, 0,
+	  "STONITH: the command standinctl failover runs to make sure the old master is down "
+	  "(power it off, cut it off), without a shell: words split at spaces, %n replaced by "
+	  "the node's name, the first an absolute path; exit 0 means fenced." },
+	{ "failover", "fence_timeout", OT_DURATION, 0, C(fence_timeout_ms), "60s", NULL, 1000, 3600000,
+	  "Time fence_command may take; it is killed after that and counts as failed." },
+
 	{ "dump", "dir", OT_PATH, 0, C(dump.dir), "/var/backups/standin", NULL, 0, 0,
 	  "Directory of the dumps, one subdirectory per service." },
 	{ "dump", "from", OT_ENUM, 0, C(dump.from), "standby", dump_froms, 0, 0,
@@ -266,7 +273,8 @@ static const struct option options[] = {
 #undef N
 
 /* Section kinds, in the order they are printed. */
-static const char *const section_kinds[] = { "cluster", "node", "pg", "ldap", "imap", "proxy", "dump" };
+static const char *const section_kinds[] = { "cluster", "node", "pg", "ldap", "imap", "proxy", "dump",
+					     "failover" };
 
 /* ---------------------------------------------------------------------- */
 
@@ -1145,6 +1153,10 @@ load_semantics(struct loader *L)
 			conf_error(L, kind_line[4], "[imap] kick_command must start with an absolute "
 				   "path (it runs without a shell)");
 	}
+	if (conf->fence_command != NULL &&
+	    conf->fence_command[strspn(conf->fence_command, " \t")] != '/')
+		conf_error(L, kind_line[7], "[failover] fence_command must start with an absolute "
+			   "path (it runs without a shell)");
 	if (conf->proxy_present) {
 		bool any = false;
 		for (int s = 0; s < ST_SVC_COUNT; s++) {
@@ -1549,6 +1561,10 @@ st_conf_dump(const struct st_conf *conf, FILE *out)
 	if (conf->dump_present) {
 		fprintf(out, "\n[dump]\n");
 		dump_section(conf, "dump", (void *)conf, out);
+	}
+	if (conf->fence_command != NULL) {
+		fprintf(out, "\n[failover]\n");
+		dump_section(conf, "failover", (void *)conf, out);
 	}
 }
 

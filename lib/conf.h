@@ -194,6 +194,10 @@ struct st_conf {
 	bool dump_present;
 	struct st_conf_dump dump;
 
+	/* [failover] */
+	char *fence_command;		/* STONITH: argv words, %n the node to fence; NULL none */
+	long fence_timeout_ms;
+
 	/* Each [SERVICE] endpoint.NODE, parsed (st_conf_endpoint). */
 	struct st_endpoint endpoints[ST_SVC_COUNT][ST_MAX_NODES];
 };

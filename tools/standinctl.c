@@ -458,6 +458,52 @@ cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 }
 
 static int
+cmd_failover(const struct ctl_opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "to", required_argument, NULL, 't' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "timeout", required_argument, NULL, 'T' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct st_failover_opts fo = { .timeout_s = 30.0 };
+	int opt;
+
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 't':
+			fo.to = optarg;
+			break;
+		case 'f':
+			fo.force = true;
+			break;
+		case 'T': {
+			char *end;
+			fo.timeout_s = strtod(optarg, &end);
+			if (*end != '\0' || end == optarg || fo.timeout_s < 1 || fo.timeout_s > 3600) {
+				fprintf(stderr, "standinctl: --timeout %s: expected seconds (1 to 3600)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		}
+		default:
+			return 2;
+		}
+	}
+	if (optind < argc || fo.to == NULL) {
+		fprintf(stderr, "standinctl: usage: failover --to NODE [--force] [--timeout SECONDS]\n");
+		return 2;
+	}
+	struct st_conf *conf = load_conf(o);
+	const struct st_node *here = local_node(conf, o);
+	int ret = st_failover(conf, here, &fo, stdout);
+	st_conf_free(&conf);
+	return ret;
+}
+
+static int
 cmd_status(const struct ctl_opts *o, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -735,6 +781,11 @@ static const struct command {
 		  "move the master to NODE with nothing lost: check (agents alive, epochs agree, "
 		  "the target caught up), then each node's steps through etcd; a failure before "
 		  "the new epoch rolls back. --dry-run: the checks and the plan only" } } },
+	{ "failover", cmd_failover, {
+		{ "failover --to NODE [--force] [--timeout SECONDS]",
+		  "the master is lost: fence it with [failover] fence_command (STONITH), then "
+		  "NODE the master at the next epoch; --force without a fence, with its agent "
+		  "alive, or with etcd away (then run it on NODE)" } } },
 	{ "config", cmd_config, {
 		{ "config check", "validate the configuration (exit 0 good, 2 bad)" },
 		{ "config show", "print the effective configuration" } } },

@@ -17,6 +17,7 @@
 #include "lib/ctl.h"
 #include "lib/etcd.h"
 #include "lib/order.h"
+#include "failover/actions.h"
 
 /* The member record of NODE among KVS (prefix .../members/), or NULL. */
 static json_t *
@@ -615,6 +616,232 @@ out:
 	st_etcd_kvs_free(kvs, n);
 	st_etcd_close(&etcd);
 	free(prefix);
+	free(error);
+	return ret;
+}
+
+/* ------------------------------------------------------------ failover */
+
+/*
+ * After a failover's new epoch: the new master's agent takes the state and
+ * unfences it, then every other node's but the old master's (fenced).  An
+ * agent that does not answer is reported; it takes the state by itself
+ * within a second once it can.
+ */
+static int
+sw_after_failover(const struct st_conf *conf, struct st_etcd *etcd, const struct st_cstate *next,
+		  const char *old, const struct st_switchover_opts *opts, FILE *out)
+{
+	struct sw w = { .conf = conf, .etcd = etcd, .out = out, .from = old, .to = opts->to,
+			.epoch = next->epoch, .timeout_ms = (long)(opts->timeout_s * 1000) };
+	int nodes[ST_MAX_NODES], to = st_conf_node_index(conf, opts->to), ret = 0;
+	long quick = w.timeout_ms < SW_QUICK_MS ? w.timeout_ms : SW_QUICK_MS;
+	char *err = NULL;
+	size_t n = 0;
+
+	snprintf(w.id, sizeof(w.id), "failover-%lld", st_now_ms());
+	if (st_etcd_lease_grant(etcd, SW_LEASE_TTL_S, &w.lease, &err) < 0) {
+		fprintf(out, "standinctl: %s; the nodes take the state by themselves within a second\n",
+			err);
+		free(err);
+		return 1;
+	}
+	w.keepalive_ms = st_monotonic_ms();
+	long long t0 = st_monotonic_ms();
+	if (sw_order(&w, &to, 1, "finish", next->epoch, json_object(), quick) < 0) {
+		fprintf(out, "promote %s FAILED (%lld ms): %s\n", opts->to, st_monotonic_ms() - t0,
+			w.error);
+		ret = 1;
+	} else {
+		fprintf(out, "promote %s ok (%lld ms)\n", opts->to, st_monotonic_ms() - t0);
+	}
+	for (size_t i = 0; i < conf->n_nodes; i++) {
+		if (strcmp(conf->nodes[i].name, old) != 0 && (int)i != to)
+			nodes[n++] = (int)i;
+	}
+	t0 = st_monotonic_ms();
+	if (n > 0 && sw_order(&w, nodes, n, "finish", next->epoch, json_object(), quick) < 0) {
+		fprintf(out, "follow FAILED (%lld ms): %s (it takes the state by itself once its "
+			"agent reaches etcd)\n", st_monotonic_ms() - t0, w.error);
+		ret = 1;
+	} else if (n > 0) {
+		fprintf(out, "follow ok (%lld ms)\n", st_monotonic_ms() - t0);
+	}
+	if (st_etcd_lease_revoke(etcd, w.lease, &err) < 0)
+		free(err);
+	for (size_t i = 0; i < ST_ARRAY_SIZE(w.results); i++)
+		json_decref(w.results[i]);
+	free(w.error);
+	if (ret == 0)
+		fprintf(out, "failover done: %s is the master at epoch %llu; %s stays fenced and "
+			"follows %s when it comes back\n", opts->to, (unsigned long long)next->epoch,
+			old, opts->to);
+	return ret;
+}
+
+/* The old master's fencing: [failover] fence_command with its name. */
+static int
+fo_fence_old(const struct st_conf *conf, const char *old, bool force, FILE *out)
+{
+	char *err = NULL;
+	long timeout = conf->fence_timeout_ms > 0 ? conf->fence_timeout_ms : 60000;
+
+	if (conf->fence_command == NULL) {
+		if (!force) {
+			fprintf(out, "standinctl: %s sets no [failover] fence_command: nothing can make "
+				"sure %s is down; nothing done (--force fails over anyway, if you "
+				"know it is)\n", conf->path, old);
+			return -1;
+		}
+		fprintf(out, "WARNING: no [failover] fence_command: %s is NOT fenced. If it still "
+			"runs and a client reaches it, what it takes is not on the new master.\n", old);
+		return 0;
+	}
+	long long t0 = st_monotonic_ms();
+	char *what = xasprintf("[failover] fence_command for node %s", old);
+	int rc = fo_run_command(conf->fence_command, old, what, timeout, &err);
+	free(what);
+	if (rc == 0) {
+		fprintf(out, "fence: %s fenced by [failover] fence_command (%lld ms)\n", old,
+			st_monotonic_ms() - t0);
+		return 0;
+	}
+	if (!force) {
+		fprintf(out, "standinctl: %s\nstandinctl: %s is not known to be down: nothing done "
+			"(--force fails over anyway)\n", err, old);
+		free(err);
+		return -1;
+	}
+	fprintf(out, "WARNING: %s\nWARNING: %s is NOT known to be fenced; failing over anyway "
+		"(--force). If it still runs and a client reaches it, what it takes is not on the "
+		"new master.\n", err, old);
+	free(err);
+	return 0;
+}
+
+int
+st_failover(const struct st_conf *conf, const struct st_node *here,
+	    const struct st_failover_opts *opts, FILE *out)
+{
+	struct st_etcd *etcd = NULL;
+	struct st_cstate st, local, next;
+	char *error = NULL, *path = st_cstate_path(here), *key = NULL;
+	int64_t rev = 0;
+	int ret = 1, lock = -1;
+	const char *to = opts->to;
+
+	if (st_conf_node(conf, to) == NULL) {
+		fprintf(out, "standinctl: --to %s: no such node in %s\n", to, conf->path);
+		ret = 2;
+		goto out;
+	}
+	int lrc = st_cstate_load(path, &local, &error);
+	free(error);
+	error = NULL;
+	int erc = -1;
+	if (conf->etcd.urls != NULL && (etcd = st_etcd_open(conf, &error)) != NULL)
+		erc = st_cstore_get(etcd, conf, &st, &rev, &error);
+	if (erc == 0) {
+		fprintf(out, "standinctl: there is no cluster state in etcd\n");
+		goto out;
+	}
+	if (erc < 0) {
+		if (conf->etcd.urls != NULL && !opts->force) {
+			fprintf(out, "standinctl: %s\nstandinctl: without etcd, failover --force works "
+				"from this node's state file (run it on %s)\n", error, to);
+			goto out;
+		}
+		if (strcmp(here->name, to) != 0) {
+			fprintf(out, "standinctl: without etcd, run the failover on %s itself (this is "
+				"node %s)\n", to, here->name);
+			ret = 2;
+			goto out;
+		}
+		if (lrc != 0) {
+			fprintf(out, "standinctl: %s: no readable cluster state on this node\n", path);
+			goto out;
+		}
+		if (conf->etcd.urls != NULL)
+			fprintf(out, "WARNING: etcd does not answer (%s): failing over from this node's "
+				"state file (--force)\n", error);
+		st = local;
+	}
+	const char *old = st.master;
+	fprintf(out, "failover of cluster %s from %s to %s, at epoch %llu\n", conf->cluster_name,
+		old, to, (unsigned long long)st.epoch);
+	if (strcmp(to, old) == 0 || strcmp(st_cstate_role(&st, to), "standby") != 0) {
+		fprintf(out, "standinctl: %s is %s: a failover makes a standby the master\n", to,
+			strcmp(to, old) == 0 ? "the master already" : "not a standby");
+		goto out;
+	}
+	if (erc == 1) {
+		struct st_etcd_kv kv = { 0 };
+		char *mkey = xasprintf("/standin/%s/members/%s", conf->cluster_name, old);
+		int mrc = st_etcd_get(etcd, mkey, &kv, NULL, &error);
+		free(mkey);
+		st_etcd_kv_clear(&kv);
+		if (mrc == 1 && !opts->force) {
+			fprintf(out, "standinctl: %s's standin-failoverd is alive (its member record is in "
+				"etcd): use standinctl switchover, which loses nothing; --force fails "
+				"over anyway\n", old);
+			goto out;
+		}
+		key = st_etcd_key(conf, "switchover");
+		mrc = st_etcd_get(etcd, key, &kv, NULL, &error);
+		st_etcd_kv_clear(&kv);
+		if (mrc == 1 && !opts->force) {
+			fprintf(out, "standinctl: a switchover is running (%s): wait for it, or --force\n",
+				key);
+			goto out;
+		}
+	}
+	if (fo_fence_old(conf, old, opts->force, out) < 0)
+		goto out;
+	st_cstate_init(&next, conf, to);
+	next.epoch = (lrc == 0 && local.epoch > st.epoch ? local.epoch : st.epoch) + 1;
+	if (erc == 1) {
+		bool found = false;
+		struct st_cstate now;
+		int prc = st_cstore_put(etcd, conf, &next, rev, NULL, &now, &found, &error);
+		if (prc <= 0) {
+			fprintf(out, "standinctl: %s\n", prc < 0 ? error
+				: "the cluster state in etcd changed meanwhile: nothing written");
+			goto out;
+		}
+		fprintf(out, "epoch %llu: master %s (etcd %s)\n", (unsigned long long)next.epoch, to,
+			st_etcd_url(etcd));
+		/* The new master first, then the others, through their agents. */
+		struct st_switchover_opts so = { .to = to, .timeout_s = opts->timeout_s };
+		ret = sw_after_failover(conf, etcd, &next, old, &so, out);
+		goto out;
+	}
+	/* No etcd: this node's file, and this node's servers. */
+	lock = st_cstate_lock(path, true, &error);
+	if (lock < 0 || st_cstate_save(path, &next, &error) < 0) {
+		fprintf(out, "standinctl: %s\n", error);
+		goto out;
+	}
+	fprintf(out, "%s: epoch %llu, master %s\n", path, (unsigned long long)next.epoch, to);
+	long long ended;
+	if (conf->service_enabled[ST_SVC_PG] && fo_pg_fence(conf, here, false, &ended, NULL,
+							      &error) < 0) {
+		fprintf(out, "standinctl: unfencing: %s\n", error);
+		goto out;
+	}
+	if (conf->service_enabled[ST_SVC_LDAP] && fo_ldap_fence(conf, here, false, NULL, &error) < 0) {
+		fprintf(out, "standinctl: unfencing: %s\n", error);
+		goto out;
+	}
+	fprintf(out, "%s writable; its daemons follow the file. etcd and the other nodes take "
+		"epoch %llu from this node's standin-failoverd once etcd answers.\n", to,
+		(unsigned long long)next.epoch);
+	ret = 0;
+out:
+	if (lock >= 0)
+		close(lock);
+	st_etcd_close(&etcd);
+	free(key);
+	free(path);
 	free(error);
 	return ret;
 }

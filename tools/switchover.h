@@ -23,4 +23,19 @@ struct st_switchover_opts {
  * one failed (each failure printed, naming node and daemon), 2 usage. */
 int st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts, FILE *out);
 
+struct st_failover_opts {
+	const char *to;			/* the new master */
+	bool force;			/* without a fence, a live agent, or etcd */
+	double timeout_s;
+};
+
+/*
+ * The master is gone: fence it ([failover] fence_command, required unless
+ * force), then epoch + 1 with TO the master, in etcd (or, with force and
+ * etcd away, in HERE's file, HERE being TO), then TO unfenced and the other
+ * nodes told.  0 done, 1 failed or refused (said why), 2 usage.
+ */
+int st_failover(const struct st_conf *conf, const struct st_node *here,
+		const struct st_failover_opts *opts, FILE *out);
+
 #endif

@@ -323,6 +323,26 @@ def http_get(url, timeout=2):
         return None, ""
 
 
+# Patroni starts the postmaster through an intermediate process that exits,
+# so the postmaster is re-parented to the nearest subreaper: without this
+# wrapper that is this script (the harness is a subreaper while open), which
+# does not reap it, and Patroni waits for ever for the stopped postmaster (a
+# zombie) to go at a demote.  The wrapper is a subreaper that reaps every
+# child, and exits with its first child (runuser).
+REAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+main = subprocess.Popen(sys.argv[1:]).pid
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    if pid == main:
+        sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 class PatroniNode:
     def __init__(self, h, name, etcd, scope, passwords):
         import standin_harness as sh
@@ -376,6 +396,8 @@ postgresql:
   data_dir: {self.data}
   bin_dir: {bindir}
   pgpass: {self.dir}/pgpass
+  basebackup:
+    - checkpoint: fast
   authentication:
     superuser:
       username: postgres
@@ -395,7 +417,8 @@ postgresql:
 
     def start(self):
         with open(self.logfile, "ab") as logf:
-            self.proc = subprocess.Popen([RUNUSER, "-u", "postgres", "--", PATRONI, self.yml],
+            self.proc = subprocess.Popen([sys.executable, "-c", REAPER, RUNUSER, "-u", "postgres",
+                                          "--", PATRONI, self.yml],
                                          stdin=subprocess.DEVNULL, stdout=logf,
                                          stderr=subprocess.STDOUT, cwd=self.dir,
                                          env=client_env(), start_new_session=True)
@@ -403,10 +426,20 @@ postgresql:
         return self
 
     def patroni_pids(self):
-        """The patroni process (runuser's child) and runuser."""
+        """The reaper, runuser and patroni (runuser's child)."""
         if self.proc is None:
             return []
-        return [self.proc.pid] + _children(self.proc.pid)
+        pids = [self.proc.pid]
+        for _ in range(2):
+            pids += [k for p in pids for k in _children(p) if k not in pids]
+        return pids
+
+    def patroni_pid(self):
+        """patroni itself: the child of runuser, the reaper's child."""
+        for r in _children(self.proc.pid) if self.proc else []:
+            for k in _children(r):
+                return k
+        return None
 
     def postmaster_pid(self):
         try:
@@ -417,15 +450,16 @@ postgresql:
 
     def stop(self):
         """SIGTERM to patroni itself (not to runuser, which would SIGKILL
-        it after 2 s): Patroni stops PostgreSQL and exits.  Whatever is
-        left is stopped: the postmaster (pg_ctl -m immediate), runuser."""
+        it after 2 s): Patroni stops PostgreSQL and exits, and so do runuser
+        and the reaper.  Whatever is left is stopped: the postmaster
+        (pg_ctl -m immediate)."""
         import standin_harness as sh
         if self.proc is None:
             return
-        pids = [p for p in self.patroni_pids() if p != self.proc.pid]
-        for p in pids:
+        pid = self.patroni_pid()
+        if pid:
             try:
-                os.kill(p, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         try:
@@ -481,11 +515,13 @@ class HAProxy:
         import standin_harness as sh
         self.port = sh.free_port()
         self.cfg = h.path("haproxy.cfg")
+        self.sock = h.path("haproxy.sock")
         servers = "".join(f"    server {n.name} 127.0.0.1:{n.pg_port} maxconn 100 check port "
                           f"{n.api_port}\n" for n in nodes)
         with open(self.cfg, "w") as f:
             f.write(f"""global
     maxconn 100
+    stats socket {self.sock} mode 600 level admin
 defaults
     mode tcp
     retries 2
@@ -506,6 +542,25 @@ listen primary
                                          start_new_session=True)
         h.add_cleanup(self.stop)
         sh.wait_until(lambda: sh.port_open(self.port), 20, "haproxy to listen")
+
+    def servers(self):
+        """{server name: status} (UP, DOWN, ...) as HAProxy sees them now."""
+        import socket
+        with socket.socket(socket.AF_UNIX) as so:
+            so.settimeout(5)
+            so.connect(self.sock)
+            so.sendall(b"show stat\n")
+            data = b""
+            while True:
+                c = so.recv(65536)
+                if not c:
+                    break
+                data += c
+        lines = data.decode().splitlines()
+        head = lines[0].lstrip("# ").split(",")
+        st, sv, px = head.index("status"), head.index("svname"), head.index("pxname")
+        return {f[sv]: f[st].split()[0] for f in (line.split(",") for line in lines[1:] if line)
+                if f[px] == "primary" and f[sv] not in ("FRONTEND", "BACKEND")}
 
     def stop(self):
         if self.proc.poll() is None:
@@ -550,12 +605,15 @@ def run_patroni(args):
                 code, body = http_get(L.api + "/cluster")
                 if code != 200 or {m["name"] for m in json.loads(body)["members"]} != {"a", "b"}:
                     return False
-                return L.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
-                              f"'{dst}' AND state = 'streaming'") == "1"
-            sh.wait_until(ok, 300, f"patroni: {dst} streaming from {src}, a switchover possible")
+                if L.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
+                          f"'{dst}' AND state = 'streaming'") != "1":
+                    return False
+                return ha.servers() == {src: "UP", dst: "DOWN"}
+            sh.wait_until(ok, 300, f"patroni: {dst} streaming from {src}, HAProxy sending to "
+                          f"{src} only")
 
-        ready("a", "b")
         ha = HAProxy(h, nodes.values())
+        ready("a", "b")
         log("patroni: b streams; starting the writer through HAProxy")
         writer = Writer("patroni", [os.path.join(sh.PG_BINDIR, "psql"), "-X", "-At", "-q", "-h",
                                     "127.0.0.1", "-p", str(ha.port), "-U", "postgres", "-d",
@@ -564,15 +622,36 @@ def run_patroni(args):
                         args.retry_delay).start()
 
         def switchover(src, dst):
-            r = subprocess.run([PATRONICTL, "-c", nodes["a"].yml, "switchover", "--leader", src,
-                                "--candidate", dst, "--force"], capture_output=True, text=True,
-                               timeout=180, env=client_env())
+            # Beside the client's view: when the candidate's Patroni starts
+            # answering GET /primary with 200 (it holds the leader key), the
+            # moment HAProxy's next check can see it.
+            t0 = time.monotonic()
+            seen = {}
+            done = threading.Event()
+
+            def probe():
+                while not done.is_set():
+                    if http_get(nodes[dst].api + "/primary", timeout=1)[0] == 200:
+                        seen["t"] = time.monotonic() - t0
+                        return
+                    done.wait(0.02)
+            th = threading.Thread(target=probe, daemon=True)
+            th.start()
+            try:
+                r = subprocess.run([PATRONICTL, "-c", nodes["a"].yml, "switchover", "--leader",
+                                    src, "--candidate", dst, "--force"], capture_output=True,
+                                   text=True, timeout=180, env=client_env())
+                th.join(30)
+            finally:
+                done.set()
+            note = (f"{dst}'s /primary 200 after {seen['t'] * 1000:.0f} ms" if "t" in seen
+                    else f"{dst}'s /primary not 200 yet")
             text = (r.stdout + r.stderr).strip()
             m = re.search(r"Successfully switched over to \"(\w+)\"", text)
             if r.returncode != 0 or not m or m.group(1) != dst:
                 out(text)
-                return False, ""
-            return True, ""
+                return False, note
+            return True, note
 
         baseline = quiet_baseline(writer, args.quiet)
         results, final = run_rounds("patroni", writer, args.rounds, ready, switchover, 120)

@@ -1027,7 +1027,28 @@ pgs_initial_sync(const struct pgs_request *req, struct pgs_progress *progress, p
 		long n;
 		if (standby_tables(tgt, &n, &err) < 0)
 			goto fail;
-		if (n > 0 && !req->force) {
+		/* An old master coming back after a failover: the slot its new
+		 * source pulled from it is still here, so its content is the
+		 * cluster's, replaced once the divergence report below kept what
+		 * only it had. */
+		bool old_master = false;
+		if (n > 0 && req->stale_slot != NULL && req->report_dir != NULL) {
+			char *lit = pgc_literal(req->stale_slot), *value = NULL;
+			char *sql = xasprintf("SELECT count(*) FROM pg_catalog.pg_replication_slots "
+					      "WHERE slot_name = %s", lit);
+			int qrc = pgc_value(tgt, sql, &value, &err);
+			old_master = qrc == 0 && value != NULL && strcmp(value, "1") == 0;
+			free(value);
+			free(sql);
+			free(lit);
+			if (qrc < 0)
+				goto fail;
+			if (old_master)
+				st_notice("the standby database holds %ld tables and the slot %s its new "
+					  "source pulled with: an old master, copied again from %s",
+					  n, req->stale_slot, req->source);
+		}
+		if (n > 0 && !req->force && !old_master) {
 			char *who = pgc_describe(req->conf, req->target);
 			err = xasprintf("the standby database %s on %s already holds %ld tables and "
 					"was not filled by standin; refusing to overwrite it "

@@ -64,10 +64,13 @@ def query(path, command, timeout=5):
 
 class StandinDaemon:
     """A standin daemon (this build's PROG) in the foreground for node NODE,
-    its output in LOGFILE; stop() (SIGTERM) or kill9() it; start() again."""
+    its output in LOGFILE; stop() (SIGTERM) or kill9() it; start() again.
+    PREFIX: an argv prefix to run it with (e.g. NetLab.prefix(node), which
+    keeps the daemon's pid)."""
 
-    def __init__(self, prog, conf, node, run_dir, logfile, args=(), env=None):
+    def __init__(self, prog, conf, node, run_dir, logfile, args=(), env=None, prefix=()):
         self.prog, self.conf, self.node, self.args = prog, conf, node, list(args)
+        self.prefix = list(prefix)
         self.name = os.path.basename(prog)
         self.sock = os.path.join(run_dir, f"{self.name}.sock")
         self.logfile = logfile
@@ -78,8 +81,8 @@ class StandinDaemon:
     def start(self, args=None):
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen([program(self.prog), "-c", self.conf, "-n", self.node,
-                                      *(self.args if args is None else args)],
+        self.proc = subprocess.Popen([*self.prefix, program(self.prog), "-c", self.conf,
+                                      "-n", self.node, *(self.args if args is None else args)],
                                      stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         return self

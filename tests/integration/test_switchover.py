@@ -540,3 +540,76 @@ def test_three_nodes_switchover_to_c_repoints_b(harness, etcd):
     assert c.pg["a"].psql("SELECT count(*) FROM pg_replication_slots", db="groupware") == "0"
     st = c.d("b", "ldaprepl").status()
     assert st["refresh_entries"] < 50 and st["reconcile_deletes"] == 0, st
+
+
+def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
+    """The master is lost: standinctl failover --to b runs the fence command
+    (here it stops every server and daemon of node a: STONITH), writes epoch 2
+    and unfences b.  Rows a committed while b's stream was stopped are in a's
+    divergence report when a comes back; a comes back read-only and follows b."""
+    c = Cluster(harness, etcd)
+    c.wait_streaming("b")
+    # Without a fence command (or with a's agent alive) nothing is done.
+    r = c.ctl("b", "failover", "--to", "b")
+    assert r.returncode == 1 and "alive" in r.stdout, r.stdout
+    # b's stream stops; a commits more; then node a is lost.
+    c.d("b", "pgrepl").kill9()
+    c.pg["a"].psql("INSERT INTO w (id) SELECT g FROM generate_series(1001, 1010) g",
+                   db="groupware")
+    c.d("a", "failoverd").kill9()
+    sh.wait_until(lambda: c.etcd.get("/standin/itest/members/a") is None, 20,
+                  "a's member record to go")
+    r = c.ctl("b", "failover", "--to", "b")
+    assert r.returncode == 1 and "sets no [failover] fence_command" in r.stdout, r.stdout
+    assert json.loads(c.ctl("b", "state", "show", "--etcd", "--json").stdout)["epoch"] == 1
+    mark = os.path.join(c.base, "fenced")
+    fence = os.path.join(c.base, "fence")
+    sids = " ".join(str(s.pid) for s in (c.ldap["a"], c.imap["a"]))
+    daemons = " ".join(str(d.proc.pid) for (n, _), d in c.daemons.items() if n == "a" and d.running())
+    with open(fence, "w") as f:
+        f.write(f"#!/bin/sh\n[ \"$1\" = a ] || exit 3\n"
+                f"runuser -u postgres -- {c.pg['a'].bin('pg_ctl')} -D {c.pg['a'].datadir} "
+                f"-m immediate -w stop >/dev/null\n"
+                f"for s in {sids}; do pkill -9 -s $s; done\nkill -9 {daemons} 2>/dev/null\n"
+                f"echo \"fenced $1\" >> {mark}\nexit 0\n")
+    os.chmod(fence, 0o755)
+    with open(c.conf, "a") as f:
+        f.write(f"[failover]\nfence_command = {fence} %n\nfence_timeout = 30s\n")
+    r = c.ctl("b", "failover", "--to", "b")
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert open(mark).read() == "fenced a\n"
+    assert "epoch 2: master b" in r.stdout and "promote b ok" in r.stdout, r.stdout
+    for s in (c.ldap["a"], c.imap["a"]):
+        s.kill9()
+    for (n, _), d in c.daemons.items():
+        if n == "a":
+            d.kill9()
+    # b is the master: writable, clients of its proxy reach it.
+    c.d("b", "pgrepl").start()
+    writable(c, "b")
+    # a comes back: it takes epoch 2, stays read-only, its replicators resync
+    # it from b; what only it had is in its divergence report.
+    c.pg["a"].start()
+    c.ldap["a"].start()
+    c.imap["a"].start()
+    for (n, name), d in list(c.daemons.items()):
+        if n == "a":
+            d.start()
+    sh.wait_until(lambda: json.loads(c.ctl("a", "state", "show", "--json").stdout)["epoch"] == 2,
+                  30, "a to take epoch 2")
+    sh.wait_until(lambda: c.pg["a"].psql("SHOW default_transaction_read_only") == "on", 30,
+                  "a read-only")
+    with pytest.raises(sh.CommandError):
+        c.pg["a"].psql("INSERT INTO w (id) VALUES (-5)", db="groupware")
+    digest = "SELECT count(*), md5(string_agg(id::text, ',' ORDER BY id)) FROM w"
+    sh.wait_until(lambda: c.pg["a"].psql(digest, db="groupware") ==
+                  c.pg["b"].psql(digest, db="groupware"), 120, "a equal to b")
+    assert c.pg["a"].psql("SELECT count(*) FROM w WHERE id BETWEEN 1001 AND 1010",
+                          db="groupware") == "0"
+    state_a = os.path.join(c.base, "a", "state")
+    reports = [f for f in os.listdir(state_a) if f.startswith("divergence")]
+    assert reports, os.listdir(state_a)
+    text = open(os.path.join(state_a, reports[0])).read()
+    assert all(f"{i}" in text for i in range(1001, 1011)), text[:2000]
+    c.wait_streaming("a")        # and it can be switched back to

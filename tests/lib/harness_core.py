@@ -576,19 +576,28 @@ class Server:
 
     Attributes: harness, node ('a'/'b'), kind ('pg'/'ldap'/'imap'), name
     ('pg-a'), dir (its directory), host, port, logfile, state ('new',
-    'running', 'stopped' or 'killed').  start() returns self.
+    'running', 'stopped' or 'killed'), netlab.  start() returns self.
+
+    netlab (a harness_netns.NetLab, default None): the server runs in its
+    node's namespaces (netlab.prefix(node)) and listens on the node's
+    address, netlab.addr(node), which replaces host.  Clients of this
+    process reach it there through the lab's bridge; its files stay where
+    they are (this process sees every node's directories).
     """
 
     kind = "server"
 
-    def __init__(self, harness, node, host=LOOPBACK, owner=None, group=None):
+    def __init__(self, harness, node, host=LOOPBACK, owner=None, group=None, netlab=None):
         if harness.closed:
             raise HarnessError("harness already closed")
         self.harness = harness
         self.node = node
         self.name = f"{self.kind}-{node}"
+        self.netlab = netlab
+        if netlab is not None:
+            host = netlab.addr(node)
         self.host = host
-        self.port = free_port(host)
+        self.port = self._free_port()
         harness.mkdir(node)
         self.dir = harness.mkdir(node, self.kind, owner=owner, group=group)
         self.logfile = os.path.join(self.dir, f"{self.kind}.log")
@@ -597,6 +606,17 @@ class Server:
         harness.add_cleanup(self._cleanup)
 
     # Subclasses implement: pid (property), start(), stop(), describe().
+
+    def _free_port(self):
+        """A free port for this server (on host, or in its node's namespace)."""
+        return free_port(self.host) if self.netlab is None else self.netlab.free_port()
+
+    def in_node(self, argv, user=None):
+        """argv to run in this server's node (netlab.command()); without a
+        netlab, argv as it is (user is then run()'s business)."""
+        if self.netlab is None:
+            return argv
+        return self.netlab.command(self.node, argv, user)
 
     def is_running(self):
         """True while the main server process exists (zombies count as gone)."""
@@ -662,8 +682,8 @@ class ForegroundServer(Server):
     Subclasses set self.pidfile (used when the process is not our child, e.g.
     after `up` handed the servers over) and call _spawn(argv)."""
 
-    def __init__(self, harness, node, host=LOOPBACK, owner=None, group=None):
-        super().__init__(harness, node, host, owner, group)
+    def __init__(self, harness, node, host=LOOPBACK, owner=None, group=None, netlab=None):
+        super().__init__(harness, node, host, owner, group, netlab)
         self.proc = None
 
     @property
@@ -681,6 +701,7 @@ class ForegroundServer(Server):
     def _spawn(self, argv, env=None):
         if self.is_running():
             raise HarnessError(f"{self.name} is already running")
+        argv = self.in_node(argv)
         with open(self.logfile, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=_clean_env(env), cwd=self.dir,

@@ -32,17 +32,19 @@ class DovecotServer(ForegroundServer):
     master_password, master_password_file (the plain password, 0600),
     mail_root (homes are mail_root/USER, maildirs mail_root/USER/Maildir),
     conf, run_dir (Dovecot's base_dir), pidfile.  Mailbox hierarchy
-    separator "/".
+    separator "/".  With netlab (a harness_netns.NetLab) dovecot runs in its
+    node's namespaces and listens on the node's address (see Server).
     """
 
     kind = "imap"
     DEFAULT_USERS = ("alice", "bob")
 
     def __init__(self, harness, node="a", *, users=None, master_user="standin", master_password=None,
-                 host=LOOPBACK, extra_conf=""):
+                 host=LOOPBACK, extra_conf="", netlab=None):
         _require_root("DovecotServer")
         _require(DOVECOT, DOVEADM)
-        super().__init__(harness, node, host)
+        super().__init__(harness, node, host, netlab=netlab)
+        host = self.host
         if users is None:
             users = {u: f"{u}-secret" for u in self.DEFAULT_USERS}
         self.users = dict(users)

@@ -15,7 +15,7 @@ import base64
 import os
 
 from harness_core import (LOOPBACK, NODES, CommandError, ForegroundServer, HarnessError, _new_password,
-                          _require, _write_file, free_port, run, wait_until)
+                          _require, _write_file, run, wait_until)
 
 SLAPD = "/usr/sbin/slapd"
 SLAPPASSWD = "/usr/sbin/slappasswd"
@@ -82,18 +82,20 @@ class SlapdServer(ForegroundServer):
     ldap* commands always use the plain uri.
 
     slapd runs in the foreground (-d LEVEL, output to logfile) as a child
-    of this process, in a session of its own.
+    of this process, in a session of its own; with netlab (a
+    harness_netns.NetLab) in its node's namespaces, on the node's address
+    (see Server).
     """
 
     kind = "ldap"
 
     def __init__(self, harness, node="a", role="master", *, suffix="dc=example,dc=com",
                  password=None, load_base=None, server_id=None, host=LOOPBACK, extra_conf="",
-                 debug=None, tls_cert=None, tls_key=None, tls_ca=None):
+                 debug=None, tls_cert=None, tls_key=None, tls_ca=None, netlab=None):
         if role not in ("master", "standby"):
             raise HarnessError(f"role must be master or standby, not {role!r}")
         _require(SLAPD, SLAPPASSWD, os.path.join(LDAP_BINDIR, "ldapsearch"))
-        super().__init__(harness, node, host)
+        super().__init__(harness, node, host, netlab=netlab)
         self.role = role
         self.suffix = suffix
         self.rootdn = f"cn=admin,{suffix}"
@@ -101,11 +103,11 @@ class SlapdServer(ForegroundServer):
         self.password_file = _write_file(os.path.join(self.dir, "rootpw"), self.password, 0o600)
         self.load_base = (role == "master") if load_base is None else load_base
         self.server_id = server_id if server_id is not None else (NODES.index(node) + 1 if node in NODES else 0)
-        self.uri = f"ldap://{host}:{self.port}/"
+        self.uri = f"ldap://{self.host}:{self.port}/"
         if (tls_cert is None) != (tls_key is None):
             raise HarnessError("tls_cert and tls_key go together")
-        self.ldaps_port = free_port(host) if tls_cert else None
-        self.ldaps_uri = f"ldaps://{host}:{self.ldaps_port}/" if tls_cert else None
+        self.ldaps_port = self._free_port() if tls_cert else None
+        self.ldaps_uri = f"ldaps://{self.host}:{self.ldaps_port}/" if tls_cert else None
         tls = ""
         if tls_cert:
             tls = f"TLSCertificateFile {tls_cert}\nTLSCertificateKeyFile {tls_key}\n"

@@ -54,17 +54,19 @@ class PgServer(Server):
     full_page_writes, for speed), extra_conf (appended to postgresql.conf),
     user, password, host, preload_ddl (False: standin's module standin_ddl
     is found by the server, as it is when installed, but not in
-    shared_preload_libraries).
+    shared_preload_libraries), netlab (a harness_netns.NetLab: the
+    postmaster runs in its node's namespaces, listens on the node's address
+    and takes TCP connections from the lab's subnet; see Server).
     """
 
     kind = "pg"
 
     def __init__(self, harness, node="a", *, fsync=True, extra_conf="", user="standin",
-                 password=None, host=LOOPBACK, bindir=PG_BINDIR, preload_ddl=True):
+                 password=None, host=LOOPBACK, bindir=PG_BINDIR, preload_ddl=True, netlab=None):
         _require_root("PgServer")
         self.bindir = bindir
         _require(*(os.path.join(bindir, p) for p in ("initdb", "pg_ctl", "postgres", "psql", "pg_isready")))
-        super().__init__(harness, node, host, owner=PG_OS_USER, group=PG_OS_USER)
+        super().__init__(harness, node, host, owner=PG_OS_USER, group=PG_OS_USER, netlab=netlab)
         self.datadir = os.path.join(self.dir, "data")
         self.socket_dir = self.dir
         self.user = user
@@ -74,7 +76,7 @@ class PgServer(Server):
         self._initdb(fsync, extra_conf, preload_ddl)
         # host:port:database:user:password; '*' matches "replication" too.
         esc = self.password.replace("\\", "\\\\").replace(":", "\\:")
-        _write_file(self.passfile, f"{host}:{self.port}:*:{user}:{esc}\n", 0o600)
+        _write_file(self.passfile, f"{self.host}:{self.port}:*:{user}:{esc}\n", 0o600)
 
     def bin(self, program):
         """Full path of a PostgreSQL program (bindir/program)."""
@@ -115,6 +117,8 @@ log_replication_commands = on
 {sync}{extra_conf}
 """)
         hosts = ["127.0.0.1/32"] + ([f"{self.host}/32"] if self.host != LOOPBACK else [])
+        if self.netlab is not None:             # the other nodes and this process
+            hosts = ["127.0.0.1/32", self.netlab.subnet]
         hba = "# TYPE  DATABASE     USER  ADDRESS        METHOD\nlocal   all          all                  trust\n"
         for addr in hosts:
             hba += (f"host    all          all   {addr:<14} scram-sha-256\n"
@@ -162,10 +166,13 @@ log_replication_commands = on
         first start also creates the `standin` role.  Returns self."""
         if self.is_running():
             raise HarnessError(f"{self.name} is already running")
+        cmd = [self.bin("pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
+               "-t", str(int(timeout * timeout_scale())), "start"]
         try:
-            run([self.bin("pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
-                 "-t", str(int(timeout * timeout_scale())), "start"],
-                user=PG_OS_USER, cwd=self.dir, timeout=timeout + 10)
+            if self.netlab is None:
+                run(cmd, user=PG_OS_USER, cwd=self.dir, timeout=timeout + 10)
+            else:                               # the postmaster stays in the node
+                run(self.in_node(cmd, user=PG_OS_USER), cwd=self.dir, timeout=timeout + 10)
         except CommandError as e:
             raise HarnessError(f"{self.name} did not start: {e}\nlog {self.logfile}:\n"
                                f"{_tail(self.logfile)}") from None

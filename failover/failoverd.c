@@ -122,6 +122,20 @@ member_record(struct failoverd *f, const struct st_cstate *cs, bool cs_valid)
 				if (v != NULL)
 					json_object_set(s, keep[k], v);
 			}
+			/* The proxy: each service's backend and pause. */
+			const char *key;
+			json_t *v, *svcs = json_object_get(st, "services"), *out = json_object();
+			json_object_foreach(svcs, key, v) {
+				json_t *be = json_object_get(json_object_get(v, "backend"), "node");
+				bool paused = json_is_true(json_object_get(v, "paused"));
+				json_object_set_new(out, key, json_pack("{s:O,s:b}", "backend",
+									be != NULL ? be : json_null(),
+									"paused", paused));
+			}
+			if (json_object_size(out) > 0)
+				json_object_set_new(s, "services", out);
+			else
+				json_decref(out);
 			json_decref(st);
 		}
 		json_object_set_new(daemons, local_daemons[i], s);

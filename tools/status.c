@@ -73,6 +73,50 @@ format_lag(json_t *obj)
 	return xstrdup("-");
 }
 
+/*
+ * A proxy's routes in short, from its status or its member record
+ * ("services": {SERVICE: {"backend": NODE or {"node": NODE}, "paused"}}):
+ * "to a", or "pg to a, ldap to b", with "paused" when one is.  NULL when
+ * there is none (not a proxy).
+ */
+static char *
+proxy_route(json_t *services)
+{
+	const char *key, *first = NULL;
+	json_t *v;
+	bool same = true, paused = false;
+	struct st_buf b;
+
+	if (!json_is_object(services) || json_object_size(services) == 0)
+		return NULL;
+	json_object_foreach(services, key, v) {
+		json_t *be = json_object_get(v, "backend");
+		const char *node = json_is_string(be) ? json_string_value(be)
+				   : json_string_value(json_object_get(be, "node"));
+		node = node != NULL ? node : "none";
+		paused |= json_is_true(json_object_get(v, "paused"));
+		if (first == NULL)
+			first = node;
+		else if (strcmp(first, node) != 0)
+			same = false;
+	}
+	st_buf_init(&b);
+	if (same) {
+		st_buf_printf(&b, "to %s", first != NULL ? first : "none");
+	} else {
+		json_object_foreach(services, key, v) {
+			json_t *be = json_object_get(v, "backend");
+			const char *node = json_is_string(be) ? json_string_value(be)
+					   : json_string_value(json_object_get(be, "node"));
+			st_buf_printf(&b, "%s%s to %s", b.len > 0 ? ", " : "", key,
+				      node != NULL ? node : "none");
+		}
+	}
+	char *out = xasprintf("%s%s", b.data != NULL ? b.data : "", paused ? " (paused)" : "");
+	st_buf_free(&b);
+	return out;
+}
+
 static void
 query_daemon(const struct st_node *node, const char *daemon, struct st_status_row *r)
 {
@@ -106,12 +150,16 @@ query_daemon(const struct st_node *node, const char *daemon, struct st_status_ro
 	json_t *err = json_object_get(r->detail, "last_error");
 	json_t *resolved = json_object_get(r->detail, "conflicts_resolved");
 	const char *st_text = json_is_string(state) ? json_string_value(state) : "?";
+	char *route = proxy_route(json_object_get(r->detail, "services"));
 	/* [pg] conflicts = master-wins: what the standby lost is in the log. */
 	if (json_is_integer(resolved) && json_integer_value(resolved) > 0)
 		r->state = xasprintf("%s, %lld conflicts resolved (see its log)", st_text,
 				     (long long)json_integer_value(resolved));
+	else if (route != NULL)
+		r->state = xasprintf("%s, %s", st_text, route);
 	else
 		r->state = xstrdup(st_text);
+	free(route);
 	r->lag = format_lag(r->detail);
 	if (json_is_string(err))
 		r->error = xstrdup(json_string_value(err));
@@ -332,7 +380,12 @@ row_from_record(json_t *m, const char *program, bool agent, struct st_status_row
 	json_t *d = json_object_get(json_object_get(m, "daemons"), program);
 	const char *state = json_string_value(json_object_get(d, "state"));
 	const char *err = json_string_value(json_object_get(d, "last_error"));
-	r->state = xstrdup(state != NULL ? state : "not in the member record");
+	char *route = proxy_route(json_object_get(d, "services"));
+	if (route != NULL && state != NULL)
+		r->state = xasprintf("%s, %s", state, route);
+	else
+		r->state = xstrdup(state != NULL ? state : "not in the member record");
+	free(route);
 	if (d != NULL) {
 		r->lag = format_lag(d);
 		r->detail = json_deep_copy(d);

@@ -318,6 +318,10 @@ def test_switchover_there_and_back_while_clients_write(cluster):
         st = c.ctl(n, "state", "show", "--json")
         assert json.loads(st.stdout)["epoch"] == 2
     assert c.etcd.get("/standin/itest/switchover") is None
+    # standinctl status on a shows b's proxy routing to b, from b's member record.
+    sh.wait_until(lambda: re.search(r"^b +master +2 +all +standin-proxy +running, to b ",
+                                    c.ctl("a", "status").stdout, re.M), 20,
+                  "b's proxy to b in a's status")
     # The streams turned around: a write on b reaches a.
     c.wait_streaming("a")
     c.pg["b"].psql("INSERT INTO w (id) VALUES (-1)", db="groupware")

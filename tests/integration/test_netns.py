@@ -1,0 +1,401 @@
+"""The two-node cluster of test_switchover with each node on its own network:
+node N's servers (PostgreSQL, slapd, Dovecot) and standin daemons, and every
+standinctl run for N, are in N's network namespace (a veth on a bridge, its
+own address; etcd listens on the bridge in the root namespace, so the nodes
+reach it over their veth) and in private mount namespaces where the other
+node's directories are an empty read-only tmpfs (harness_netns.NetLab).
+Each node has its own copy of standin.conf and of the files it names.  So
+nothing can work through a shared file or a shared loopback: whatever
+standin does between the nodes goes over the network or through etcd.
+
+The test process stays in the root namespace and reaches every node's
+services at the node's address, through the bridge."""
+import imaplib
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+import standin_harness as sh
+from harness_netns import NetLab, NetLabUnavailable
+from standin_bin import PGREPL, STANDINCTL, StandinDaemon, program
+from test_switchover import (FAILOVERD, IMAPREPL, LDAPREPL, NODES, PROXY, Cluster, Writers,
+                             check_every_ack_on, steps_of)
+
+pytestmark = pytest.mark.servers
+
+DAEMONS = ("standin-pgrepl", "standin-ldaprepl", "standin-imaprepl", "standin-proxy",
+           "standin-failoverd")
+
+
+class NetCluster(Cluster):
+    """test_switchover.Cluster with each node in its own namespaces: the same
+    servers and daemons, node addresses instead of 127.0.0.1, each node's
+    standin files (state_dir, run_dir, its standin.conf and the secrets it
+    names, the daemons' logs) under base/NODE/standin, which the other node
+    does not see.  ctl(node) runs standinctl in that node."""
+
+    def __init__(self, harness, etcd, lab, nodes=NODES):
+        self.h = harness
+        self.etcd = etcd
+        self.lab = lab
+        self.nodes = nodes
+        pw = "pw-" + os.urandom(6).hex()
+        self.pg = {n: harness.start_pg(n, fsync=False, password=pw, preload_ddl=True, netlab=lab)
+                   for n in nodes}
+        for s in self.pg.values():
+            s.create_database("groupware")
+        ldap_pw = "pw-" + os.urandom(6).hex()
+        self.ldap = {n: harness.start_slapd(n, "master" if n == nodes[0] else "standby",
+                                            password=ldap_pw, server_id=i + 1, netlab=lab)
+                     for i, n in enumerate(nodes)}
+        imap_pw = "pw-" + os.urandom(6).hex()
+        self.imap = {n: harness.start_dovecot(n, master_password=imap_pw, netlab=lab)
+                     for n in nodes}
+        self.base = harness.base_dir
+        self.dirs = {n: harness.mkdir(n, "standin") for n in nodes}
+        for n in nodes:
+            for d in ("state", "run", "etc"):
+                os.makedirs(os.path.join(self.dirs[n], d), exist_ok=True)
+        self.ports = {n: {s: lab.free_port() for s in ("pg", "ldap", "imap")} for n in nodes}
+        self.confs = {n: self.write_node_conf(n) for n in nodes}
+        self.conf = self.confs[nodes[0]]
+        self.pg[nodes[0]].psql("CREATE TABLE w (id int PRIMARY KEY, at timestamptz DEFAULT now())",
+                               db="groupware")
+        r = self.ctl(nodes[0], "state", "init", "--master", nodes[0])
+        assert r.returncode == 0, r.stdout + r.stderr
+        for n in nodes[1:]:
+            r = self.ctl(n, "state", "pull")
+            assert r.returncode == 0, r.stdout + r.stderr
+        self.daemons = {}
+        for n in nodes:
+            for prog in (PGREPL, LDAPREPL, IMAPREPL, PROXY, FAILOVERD):
+                self.start(n, prog)
+
+    def write_conf(self):
+        raise NotImplementedError("each node has its own standin.conf: write_node_conf()")
+
+    def write_node_conf(self, node, etcd=True):
+        """Node NODE's standin.conf, and the files it names, in base/NODE/standin/etc:
+        every path in it is one of NODE's.  etcd=False: without [cluster] etcd
+        (then standinctl status can only look at files and sockets)."""
+        etc = os.path.join(self.dirs[node], "etc")
+
+        def secret(name, text):
+            path = os.path.join(etc, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return path
+        pgpass = secret("pgpass", "".join(f"{s.host}:{s.port}:*:{s.user}:{s.password}\n"
+                                          for s in self.pg.values()))
+        ldap_pw = secret("ldap-password", self.ldap[node].password)
+        imap_pw = secret("imap-password", self.imap[node].master_password)
+        users = os.path.join(etc, "users")
+        with open(users, "w") as f:
+            f.write("alice\nbob\n")
+        kick = os.path.join(etc, "kick")
+        with open(kick, "w") as f:       # this node's Dovecot only: the other's is not here
+            f.write(f"#!/bin/sh\n[ \"$1\" = {node} ] || exit 1\n"
+                    f"exec /usr/bin/doveadm -c {self.imap[node].conf} kick '*'\n")
+        os.chmod(kick, 0o755)
+        text = "[cluster]\nname = itest\n" + (f"etcd = {self.etcd.url}\n" if etcd else "")
+        for n in self.nodes:
+            text += (f"[node {n}]\naddress = {self.lab.addr(n)}\n"
+                     f"state_dir = {self.dirs[n]}/state\nrun_dir = {self.dirs[n]}/run\n")
+        text += "[pg]\n" + "".join(f"endpoint.{n} = {s.host}:{s.port}\n" for n, s in self.pg.items())
+        text += (f"dbname = groupware\nuser = {self.pg[node].user}\npassfile = {pgpass}\n"
+                 "sslmode = disable\n")
+        la = self.ldap[node]
+        text += "[ldap]\n" + "".join(f"endpoint.{n} = {s.uri}\n" for n, s in self.ldap.items())
+        text += (f"suffix = {la.suffix}\nbind_dn = {la.rootdn}\npassword_file = {ldap_pw}\n"
+                 f"config_bind_dn = cn=config\nconfig_password_file = {ldap_pw}\n")
+        ia = self.imap[node]
+        text += "[imap]\n" + "".join(f"endpoint.{n} = imap://{s.host}:{s.port}\n"
+                                     for n, s in self.imap.items())
+        text += (f"admin_user = {ia.master_user}\npassword_file = {imap_pw}\n"
+                 f"users_file = {users}\nworkers = 2\nfull_pass_interval = 30s\n"
+                 f"kick_command = {kick} %n\n")
+        text += "[proxy]\n"
+        for n in self.nodes:
+            for s in ("pg", "ldap", "imap"):
+                text += f"{s}_listen.{n} = {self.lab.addr(n)}:{self.ports[n][s]}\n"
+        path = os.path.join(etc, "standin.conf" if etcd else "standin-noetcd.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, node, prog):
+        name = os.path.basename(prog)
+        d = StandinDaemon(prog, self.confs[node], node, os.path.join(self.dirs[node], "run"),
+                          os.path.join(self.dirs[node], f"{name}.log"),
+                          prefix=self.lab.prefix(node))
+        self.h.add_cleanup(d.stop)
+        self.daemons[(node, name)] = d
+        return d
+
+    def ctl(self, node, *args, timeout=120, conf=None):
+        """standinctl -c NODE's conf -n NODE ARGS, run in node NODE."""
+        return subprocess.run(self.lab.prefix(node) + [program(STANDINCTL), "-c",
+                                                       conf or self.confs[node], "-n", node, *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def server_pids(self, node):
+        """The main pids of NODE's servers and standin daemons."""
+        return ([s.pid for s in (self.pg[node], self.ldap[node], self.imap[node])] +
+                [d.proc.pid for (n, _), d in self.daemons.items() if n == node and d.running()])
+
+
+class NodeWriters(Writers):
+    """test_switchover.Writers through node a's proxy at a's address (the
+    test process is not in a's namespace: 127.0.0.1 is not a there)."""
+
+    def __init__(self, c, base=0, node="a"):
+        super().__init__(c, base)
+        self.node = node
+        self.host = c.lab.addr(node)
+
+    def pg(self):
+        s = self.c.pg[self.node]
+        env = dict(os.environ, PGPASSWORD=s.password)
+        n = self.base
+        while not self.stop.is_set():
+            p = subprocess.Popen([s.bin("psql"), "-X", "-At", "-q", "-h", self.host, "-p",
+                                  str(self.c.ports[self.node]["pg"]), "-U", s.user, "-d",
+                                  "groupware"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, env=env)
+            try:
+                while not self.stop.is_set():
+                    n += 1
+                    p.stdin.write(f"INSERT INTO w (id) VALUES ({n}) RETURNING 'ack ' || id;\n"
+                                  f"\\echo done {n}\n")
+                    p.stdin.flush()
+                    acked = False
+                    while True:
+                        line = p.stdout.readline()
+                        if not line:
+                            raise BrokenPipeError
+                        if line.strip() == f"ack {n}":
+                            acked = True
+                        if line.strip() == f"done {n}":
+                            break
+                    if acked:
+                        self.ack("pg", n)
+                    else:
+                        self.errors["pg"] += 1
+            except (BrokenPipeError, OSError):
+                self.errors["pg"] += 1
+            finally:
+                p.kill()
+                p.wait()
+
+    def ldap(self):
+        s = self.c.ldap[self.node]
+        n = self.base
+        while not self.stop.is_set():
+            n += 1
+            ldif = (f"dn: uid=w{n},ou=people,{s.suffix}\nobjectClass: inetOrgPerson\n"
+                    f"uid: w{n}\ncn: W {n}\nsn: W\n")
+            r = subprocess.run(["/usr/bin/ldapadd", "-x", "-H",
+                                f"ldap://{self.host}:{self.c.ports[self.node]['ldap']}/", "-D",
+                                s.rootdn, "-y", s.password_file], input=ldif, text=True,
+                               capture_output=True, timeout=60)
+            if r.returncode == 0:
+                self.ack("ldap", n)
+            else:
+                self.errors["ldap"] += 1
+
+    def imap(self):
+        s = self.c.imap[self.node]
+        n = self.base
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = imaplib.IMAP4(self.host, self.c.ports[self.node]["imap"], timeout=60)
+                    conn.login("alice", s.users["alice"])
+                n += 1
+                msg = (f"From: w@example.com\r\nSubject: w{n}\r\n\r\nbody {n}\r\n").encode()
+                typ, _ = conn.append("INBOX", None, None, msg)
+                if typ == "OK":
+                    self.ack("imap", n)
+                else:
+                    self.errors["imap"] += 1
+            except (OSError, imaplib.IMAP4.error, EOFError):
+                self.errors["imap"] += 1
+                try:
+                    if conn is not None:
+                        conn.shutdown()
+                except OSError:
+                    pass
+                conn = None
+        if conn is not None:
+            try:
+                conn.logout()
+            except (OSError, imaplib.IMAP4.error):
+                pass
+
+
+@pytest.fixture
+def lab(harness):
+    try:
+        return NetLab(harness, NODES)
+    except NetLabUnavailable as e:
+        pytest.skip(f"no network namespaces here: {e}")
+
+
+@pytest.fixture
+def etcd(harness, lab):
+    """etcd in the root namespace, on the bridge: the nodes reach it over their
+    veth.  Its directory is hidden from the nodes."""
+    if not os.path.exists(sh.ETCD):
+        pytest.skip("etcd-server is not installed")
+    e = sh.EtcdServer(harness, host=lab.gateway)
+    lab.hide(harness.path(e.node))
+    return e.start()
+
+
+@pytest.fixture
+def cluster(harness, etcd, lab):
+    return NetCluster(harness, etcd, lab)
+
+
+# What a connect() in a node does, printed by a python3 run there: "ok" or the error.
+CONNECT = ("import socket, sys\n"
+           "for hp in sys.argv[1:]:\n"
+           "    h, p = hp.rsplit(':', 1)\n"
+           "    try:\n"
+           "        socket.create_connection((h, int(p)), timeout=3).close(); print(hp, 'ok')\n"
+           "    except OSError as e:\n"
+           "        print(hp, type(e).__name__)\n")
+
+
+def connect_from(c, node, *targets):
+    r = c.lab.run(node, ["/usr/bin/python3", "-c", CONNECT, *targets], timeout=30)
+    return dict(line.split(" ", 1) for line in r.stdout.splitlines())
+
+
+def ns_inode(pid, kind):
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def test_each_node_sees_only_its_own_files_and_network(cluster):
+    """Every server and daemon of node N is in N's network namespace and in a
+    mount namespace of its own; what node b's processes see of node a's
+    directories is empty; node a's services cannot be reached on b's
+    loopback, only at a's address; etcd at the bridge's."""
+    c, lab = cluster, cluster.lab
+    a_dir, a_state = lab.node_dir("a"), os.path.join(c.dirs["a"], "state")
+    assert os.path.exists(os.path.join(a_state, "cluster.state"))     # as root sees it
+    our_mnt = ns_inode(os.getpid(), "mnt")
+    for n in c.nodes:
+        netns = os.stat(f"/run/netns/{lab.netns(n)}").st_ino
+        other = lab.node_dir("b" if n == "a" else "a")
+        for pid in c.server_pids(n):
+            assert ns_inode(pid, "net") == netns, (n, pid)
+            assert ns_inode(pid, "mnt") != our_mnt, (n, pid)
+            # The directory as this process itself sees it: empty.
+            assert os.listdir(f"/proc/{pid}/root{other}") == [], (n, pid)
+            assert os.listdir(f"/proc/{pid}/root{lab.node_dir(n)}"), (n, pid)
+        assert set(lab.pids(n)) >= set(c.server_pids(n))
+    # A command run in node b: a's directory is empty, a's state file is not there.
+    r = lab.run("b", ["ls", "-A", a_dir])
+    assert r.stdout == "", r.stdout
+    r = lab.run("b", ["ls", a_state], check=False)
+    assert r.returncode != 0 and "No such file" in r.stderr, (r.stdout, r.stderr)
+    r = lab.run("b", ["ls", os.path.join(c.dirs["b"], "state")])
+    assert "cluster.state" in r.stdout.split()
+    # etcd's directory is hidden from both; the tmpfs is read-only.
+    assert lab.run("a", ["ls", "-A", c.etcd.dir], check=False).returncode != 0
+    r = lab.run("b", ["touch", os.path.join(a_dir, "x")], check=False)
+    assert r.returncode != 0 and not os.path.exists(os.path.join(a_dir, "x"))
+    # The network: node a's services are not on b's loopback (nor on ours),
+    # but at a's address, over the veths; etcd at the bridge's address.
+    ports_a = [c.pg["a"].port, c.ldap["a"].port, c.imap["a"].port] + list(c.ports["a"].values())
+    seen = connect_from(c, "b", *[f"127.0.0.1:{p}" for p in ports_a],
+                        *[f"{lab.addr('a')}:{p}" for p in ports_a],
+                        f"{lab.gateway}:{c.etcd.port}")
+    for p in ports_a:
+        assert seen[f"127.0.0.1:{p}"] == "ConnectionRefusedError", seen
+        assert seen[f"{lab.addr('a')}:{p}"] == "ok", seen
+        assert not sh.port_open(p, "127.0.0.1")
+        assert sh.port_open(p, lab.addr("a"))
+    assert seen[f"{lab.gateway}:{c.etcd.port}"] == "ok", seen
+    # And standin works across: b copies a's data (over the network, through etcd).
+    c.pg["a"].psql("INSERT INTO w (id) VALUES (-7)", db="groupware")
+    sh.wait_until(lambda: c.pg["b"].psql("SELECT count(*) FROM w WHERE id = -7",
+                                          db="groupware") == "1", 60, "a's row on b")
+
+
+def test_switchover_there_and_back_between_namespaces(cluster):
+    """standinctl switchover a -> b and back, run in node a, while clients
+    write through node a's proxy at a's address: every acknowledged write is
+    on the new master."""
+    c = cluster
+    c.wait_streaming("b")
+    with NodeWriters(c) as w:
+        w.wait_for(5)
+        r = c.switchover("b")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert [s for s, _, _ in steps_of(r.stdout)] == \
+            ["pause", "fence", "drain", "sequences", "reverse", "epoch", "promote", "follow"]
+        assert all(ok == "ok" for _, ok, _ in steps_of(r.stdout)), r.stdout
+        assert "switchover done: b is the master at epoch 2" in r.stdout
+        w.wait_for(5)
+    check_every_ack_on(c, "b", w)
+    print("there: max gap (s):", {k: w.max_gap(k) for k in w.acked}, "errors:", w.errors)
+    for n in c.nodes:
+        assert json.loads(c.ctl(n, "state", "show", "--json").stdout)["epoch"] == 2
+    c.wait_streaming("a")
+    with NodeWriters(c, base=10_000_000) as w2:
+        w2.wait_for(5)
+        r = c.switchover("a")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "switchover done: a is the master at epoch 3" in r.stdout
+        w2.wait_for(5)
+    check_every_ack_on(c, "a", w2)
+    print("back: max gap (s):", {k: w2.max_gap(k) for k in w2.acked}, "errors:", w2.errors)
+    c.pg["a"].psql("INSERT INTO w (id) VALUES (-3)", db="groupware")
+    sh.wait_until(lambda: c.pg["b"].psql("SELECT count(*) FROM w WHERE id = -3",
+                                          db="groupware") == "1", 60, "a's row on b")
+
+
+def test_status_on_a_shows_b_from_etcd(cluster):
+    """standinctl status in node a: node b (whose files and sockets a cannot
+    see) from its member record in etcd, each of its daemons there; without
+    etcd, a cannot tell anything of b."""
+    c = cluster
+
+    def status():
+        r = c.ctl("a", "status", "--json")
+        return json.loads(r.stdout)
+
+    def b_ready():
+        st = status()
+        rows = {d["daemon"]: d["state"] for d in st["daemons"] if d["node"] == "b"}
+        bad = [d for d in DAEMONS if d not in rows or rows[d] in
+               ("not running", "no member record", "not in the member record")]
+        return not bad and st
+    st = sh.wait_until(b_ready, 60, "node b's daemons in node a's status")
+    print(json.dumps(st, indent=1))
+    nodes = {n["node"]: n for n in st["nodes"]}
+    assert nodes["a"]["seen_from"] == "local" and nodes["b"]["seen_from"] == "etcd", nodes
+    assert nodes["b"]["role"] == "standby" and nodes["b"]["epoch"] == 1, nodes
+    assert nodes["a"]["role"] == "master", nodes
+    rows_b = {d["daemon"]: d for d in st["daemons"] if d["node"] == "b"}
+    assert set(DAEMONS) <= set(rows_b), rows_b
+    assert rows_b["standin-failoverd"]["state"] == "running (member record)", rows_b
+    # The other way round too.
+    r = c.ctl("b", "status", "--json")
+    nodes = {n["node"]: n for n in json.loads(r.stdout)["nodes"]}
+    assert nodes["a"]["seen_from"] == "etcd" and nodes["a"]["role"] == "master", nodes
+    # Without etcd, status reads b's state file and sockets at their paths:
+    # from node a there is nothing there.
+    conf = c.write_node_conf("a", etcd=False)
+    r = c.ctl("a", "status", "--json", conf=conf)
+    nodes = {n["node"]: n for n in json.loads(r.stdout)["nodes"]}
+    assert nodes["a"]["role"] == "master" and nodes["b"]["role"] is None, nodes

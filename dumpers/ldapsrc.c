@@ -145,36 +145,6 @@ dynamic_attr(const char *a)
 	return false;
 }
 
-static bool
-ldif_safe(const char *v, size_t len)
-{
-	if (len == 0)
-		return true;
-	if (v[0] == ' ' || v[0] == ':' || v[0] == '<' || v[len - 1] == ' ')
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)v[i];
-		if (c < 0x20 || c >= 0x7f)
-			return false;
-	}
-	return true;
-}
-
-static void
-ldif_line(struct st_buf *b, const char *attr, const char *v, size_t len)
-{
-	if (ldif_safe(v, len)) {
-		st_buf_printf(b, "%s: ", attr);
-		st_buf_append(b, v, len);
-		st_buf_puts(b, "\n");
-		return;
-	}
-	char *enc = xmalloc(4 * ((len + 2) / 3) + 1);
-	EVP_EncodeBlock((unsigned char *)enc, (const unsigned char *)v, (int)len);
-	st_buf_printf(b, "%s:: %s\n", attr, enc);
-	free(enc);
-}
-
 struct exported {
 	int depth;
 	size_t seq;
@@ -228,12 +198,12 @@ dump_ldap_export(const struct st_conf *conf, int node_idx, FILE *out, unsigned l
 			ldap_dnfree(parsed);
 		}
 		st_buf_init(&b);
-		ldif_line(&b, "dn", dn, strlen(dn));
+		st_ldif_line(&b, "dn", dn, strlen(dn));
 		for (char *a = ldap_first_attribute(ld, e, &ber); a != NULL;
 		     a = ldap_next_attribute(ld, e, ber)) {
 			struct berval **vals = dynamic_attr(a) ? NULL : ldap_get_values_len(ld, e, a);
 			for (size_t i = 0; vals != NULL && vals[i] != NULL; i++)
-				ldif_line(&b, a, vals[i]->bv_val, vals[i]->bv_len);
+				st_ldif_line(&b, a, vals[i]->bv_val, vals[i]->bv_len);
 			ldap_value_free_len(vals);
 			ldap_memfree(a);
 		}

@@ -5,6 +5,9 @@
 
 #include "lib/ldconn.h"
 
+#include <openssl/evp.h>
+#include <stdbool.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,4 +128,35 @@ st_ldap_open_as(const struct st_conf *conf, const char *node, const char *bind_d
 fail:
 	ldap_unbind_ext_s(ld, NULL, NULL);
 	return NULL;
+}
+
+/* A value LDIF may carry as it is (RFC 2849 SAFE-STRING), else base64. */
+static bool
+ldif_safe(const char *v, size_t len)
+{
+	if (len == 0)
+		return true;
+	if (v[0] == ' ' || v[0] == ':' || v[0] == '<' || v[len - 1] == ' ')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)v[i];
+		if (c < 0x20 || c >= 0x7f)
+			return false;
+	}
+	return true;
+}
+
+void
+st_ldif_line(struct st_buf *b, const char *attr, const char *v, size_t len)
+{
+	if (ldif_safe(v, len)) {
+		st_buf_printf(b, "%s: ", attr);
+		st_buf_append(b, v, len);
+		st_buf_puts(b, "\n");
+		return;
+	}
+	char *enc = xmalloc(4 * ((len + 2) / 3) + 1);
+	EVP_EncodeBlock((unsigned char *)enc, (const unsigned char *)v, (int)len);
+	st_buf_printf(b, "%s:: %s\n", attr, enc);
+	free(enc);
 }

@@ -23,4 +23,8 @@ LDAP *st_ldap_open(const struct st_conf *conf, const char *node, char **error_r)
 LDAP *st_ldap_open_as(const struct st_conf *conf, const char *node, const char *bind_dn,
 		      const char *password_file, char **error_r);
 
+/* "ATTR: value\n" to B, or "ATTR:: base64\n" when the value is not a safe
+ * LDIF string (RFC 2849). */
+void st_ldif_line(struct st_buf *b, const char *attr, const char *v, size_t len);
+
 #endif

@@ -174,9 +174,9 @@ class Writer:
         try:
             with open(self.logfile, errors="replace") as f:
                 for line in f:
+                    if not line.strip() or line[0].isspace():
+                        continue        # a continuation of the line before
                     line = line.strip()
-                    if not line:
-                        continue
                     key = re.sub(r"\d+", "N", re.sub(r"^psql:<stdin>:\d+: ", "", line))
                     counts[key] = counts.get(key, 0) + 1
         except OSError:

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ldap.h>
@@ -37,6 +38,7 @@
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "replicators/ldap/ldapply.h"
+#include "replicators/ldap/lddiverge.h"
 #include "replicators/ldap/ldentry.h"
 #include "replicators/ldap/ldqueue.h"
 #include "replicators/ldap/ldsync.h"
@@ -95,6 +97,8 @@ struct ldrepl {
 	bool connect_cancelled;
 	struct ldsync_cookie connect_start;
 	struct st_bgjob *reverse_job;	/* "reverse NODE" reading NODE's contextCSN */
+	struct st_bgjob *diverge_job;	/* the divergence report after a refresh from scratch */
+	size_t snapshot_entries;	/* the connect thread's snapshot (lddiverge.h) */
 	/* The lag clock (heartbeat_*): reads of the source's contextCSN. */
 	struct st_bgjob *hb_job;
 	long long hb_next_ms, hb_saved_ms;
@@ -472,6 +476,84 @@ fail:
 	free(err);
 }
 
+static char *
+snapshot_path(const struct ldrepl *r)
+{
+	return xasprintf("%s/ldaprepl-before-%s.json", r->d->node->state_dir, r->source);
+}
+
+/* After a refresh from scratch, in a thread: what the standby held before
+ * and does not now, to the divergence report (lddiverge.h). */
+struct diverge {
+	struct ldrepl *r;
+	char source[ST_NAME_MAX + 1];
+	char *path;
+	struct ldd_result res;
+	char *err;
+};
+
+static void
+diverge_work(void *arg)
+{
+	struct diverge *j = arg;
+	const struct st_conf *conf = j->r->d->conf;
+	LDAP *ld = st_ldap_open(conf, j->r->d->node->name, &j->err);
+
+	if (ld == NULL)
+		return;
+	if (ldd_report(ld, conf->ldap.suffix, j->path, j->r->d->node->state_dir, j->source, &j->res,
+		       &j->err) < 0) {
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return;
+	}
+	ldap_unbind_ext_s(ld, NULL, NULL);
+}
+
+static void
+diverge_done(void *arg)
+{
+	struct diverge *j = arg;
+
+	j->r->diverge_job = NULL;
+	if (j->err != NULL)
+		st_warn("divergence report after the refresh from %s failed (the snapshot %s stays "
+			"until the next one): %s", j->source, j->path, j->err);
+	else if (j->res.path != NULL)
+		st_warn("divergence: this node held what %s does not; written after the refresh "
+			"path=%s entries=%zu values=%zu", j->source, st_q(j->res.path),
+			j->res.entries, j->res.values);
+	else
+		st_info("divergence check after the refresh from %s: nothing only this node had",
+			j->source);
+	ldd_result_clear(&j->res);
+	free(j->path);
+	free(j->err);
+	free(j);
+}
+
+static void
+diverge_start(struct ldrepl *r)
+{
+	struct stat sb;
+	char *path = snapshot_path(r), *err = NULL;
+
+	if (r->diverge_job != NULL || stat(path, &sb) < 0) {
+		free(path);
+		return;
+	}
+	struct diverge *j = xcalloc(1, sizeof(*j));
+	j->r = r;
+	j->path = path;
+	snprintf(j->source, sizeof(j->source), "%s", r->source);
+	r->diverge_job = st_bgjob_start(r->d->loop, diverge_work, diverge_done, j, &err);
+	if (r->diverge_job == NULL) {
+		st_warn("cannot start the divergence report: %s", err);
+		free(err);
+		free(j->path);
+		free(j);
+	}
+}
+
 /* In the connect thread: both connections, the standby's first.  It reads
  * the configuration, which a reload keeps until the job is done. */
 static void
@@ -482,6 +564,20 @@ connect_work(void *arg)
 	r->conn_tgt = connect_to(r, r->target, &r->conn_err);
 	if (r->conn_tgt == NULL)
 		return;
+	/* A refresh from scratch replaces what the standby holds: keep it
+	 * first, for the divergence report once the refresh is through. */
+	r->snapshot_entries = 0;
+	if (r->connect_start.len == 0) {
+		char *path = snapshot_path(r);
+		int rc = ldd_snapshot(r->conn_tgt, r->d->conf->ldap.suffix, path,
+				      &r->snapshot_entries, &r->conn_err);
+		free(path);
+		if (rc < 0) {
+			ldap_unbind_ext_s(r->conn_tgt, NULL, NULL);
+			r->conn_tgt = NULL;
+			return;
+		}
+	}
 	r->conn_src = connect_to(r, r->source, &r->conn_err);
 	if (r->conn_src == NULL) {
 		ldap_unbind_ext_s(r->conn_tgt, NULL, NULL);
@@ -914,6 +1010,7 @@ reconcile_step(struct ldrepl *r)
 			r->refresh_restarted = false;
 			/* Whatever failed before is applied now (or the refresh failed). */
 			st_daemon_set_error(r->d, NULL);
+			diverge_start(r);
 			if (r->d->conf->ldap.sync_mode == ST_LDAP_POLL) {
 				r->phase = PH_POLL_WAIT;
 				r->poll_due_ms = st_monotonic_ms() + r->d->conf->ldap.poll_interval_ms;
@@ -1315,6 +1412,7 @@ ldrepl_stop(struct st_daemon *d)
 	ev_timer_stop(d->loop, &r->retry);
 	session_end(r);
 	st_bgjob_wait(&r->reverse_job);
+	st_bgjob_wait(&r->diverge_job);
 	st_bgjob_wait(&r->hb_job);
 	hb_save(r, true);
 	hb_forget(r);
@@ -1597,6 +1695,7 @@ ldrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 	(void)error_r;
 	st_bgjob_wait(&r->connect_job);
 	st_bgjob_wait(&r->reverse_job);
+	st_bgjob_wait(&r->diverge_job);
 	st_bgjob_wait(&r->hb_job);
 	return 0;
 }

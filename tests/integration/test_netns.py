@@ -277,6 +277,13 @@ def connect_from(c, node, *targets):
     return dict(line.split(" ", 1) for line in r.stdout.splitlines())
 
 
+def describe(pid):
+    with open(f"/proc/{pid}/cmdline") as f:
+        cmd = f.read().replace("\0", " ")
+    with open(f"/proc/{pid}/mounts") as f:
+        return cmd, [m for m in f.read().splitlines() if "standin-hidden" in m]
+
+
 def ns_inode(pid, kind):
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
 
@@ -290,6 +297,8 @@ def test_each_node_sees_only_its_own_files_and_network(cluster):
     a_dir, a_state = lab.node_dir("a"), os.path.join(c.dirs["a"], "state")
     assert os.path.exists(os.path.join(a_state, "cluster.state"))     # as root sees it
     our_mnt = ns_inode(os.getpid(), "mnt")
+    # Each daemon is past its prefix (it answers on its socket).
+    sh.wait_until(lambda: all(d.status() for d in c.daemons.values()), 30, "every daemon up")
     for n in c.nodes:
         netns = os.stat(f"/run/netns/{lab.netns(n)}").st_ino
         other = lab.node_dir("b" if n == "a" else "a")
@@ -297,7 +306,7 @@ def test_each_node_sees_only_its_own_files_and_network(cluster):
             assert ns_inode(pid, "net") == netns, (n, pid)
             assert ns_inode(pid, "mnt") != our_mnt, (n, pid)
             # The directory as this process itself sees it: empty.
-            assert os.listdir(f"/proc/{pid}/root{other}") == [], (n, pid)
+            assert os.listdir(f"/proc/{pid}/root{other}") == [], (n, pid, describe(pid))
             assert os.listdir(f"/proc/{pid}/root{lab.node_dir(n)}"), (n, pid)
         assert set(lab.pids(n)) >= set(c.server_pids(n))
     # A command run in node b: a's directory is empty, a's state file is not there.

@@ -558,8 +558,14 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     assert r.returncode == 1 and "alive" in r.stdout, r.stdout
     # b's stream stops; a commits more; then node a is lost.
     c.d("b", "pgrepl").kill9()
+    c.d("b", "ldaprepl").kill9()
     c.pg["a"].psql("INSERT INTO w (id) SELECT g FROM generate_series(1001, 1010) g",
                    db="groupware")
+    la = c.ldap["a"]
+    la.ldapadd(f"dn: uid=only-a,ou=people,{la.suffix}\nobjectClass: inetOrgPerson\n"
+               "uid: only-a\ncn: Only A\nsn: A\n")
+    la.ldapmodify(f"dn: ou=people,{la.suffix}\nchangetype: modify\nadd: description\n"
+                  "description: written on a alone\n")
     c.d("a", "failoverd").kill9()
     sh.wait_until(lambda: c.etcd.get("/standin/itest/members/a") is None, 20,
                   "a's member record to go")
@@ -591,6 +597,7 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
             d.kill9()
     # b is the master: writable, clients of its proxy reach it.
     c.d("b", "pgrepl").start()
+    c.d("b", "ldaprepl").start()
     writable(c, "b")
     # a comes back: it takes epoch 2, stays read-only, its replicators resync
     # it from b; what only it had is in its divergence report.
@@ -612,8 +619,20 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     assert c.pg["a"].psql("SELECT count(*) FROM w WHERE id BETWEEN 1001 AND 1010",
                           db="groupware") == "0"
     state_a = os.path.join(c.base, "a", "state")
-    reports = [f for f in os.listdir(state_a) if f.startswith("divergence")]
+    reports = [f for f in os.listdir(state_a) if f.startswith("divergence-b-") and f.endswith(".sql")]
     assert reports, os.listdir(state_a)
     text = open(os.path.join(state_a, reports[0])).read()
     assert all(f"{i}" in text for i in range(1001, 1011)), text[:2000]
+    # LDAP: a's directory is b's again; what only a had is in its LDIF report.
+    def people(n):
+        return sorted(dn for dn, _ in c.ldap[n].search(f"ou=people,{c.ldap[n].suffix}",
+                                                       attrs=["1.1"]))
+    sh.wait_until(lambda: people("a") == people("b"), 60, "a's directory equal to b's")
+    sh.wait_until(lambda: [f for f in os.listdir(state_a) if f.startswith("divergence-ldap-b-")],
+                  60, "the LDAP divergence report")
+    ldif = [f for f in os.listdir(state_a) if f.startswith("divergence-ldap-b-")][0]
+    text = open(os.path.join(state_a, ldif)).read()
+    assert f"dn: uid=only-a,ou=people,{la.suffix}\nchangetype: add\n" in text, text
+    assert "add: description\ndescription: written on a alone\n" in text, text
+    assert not any(f.startswith("ldaprepl-before-") for f in os.listdir(state_a))
     c.wait_streaming("a")        # and it can be switched back to

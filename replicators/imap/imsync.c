@@ -7,7 +7,9 @@
  *     rebuilt by content: messages are paired by their identity key
  *     (RFC822.SIZE, INTERNALDATE and Message-ID), in UID order.  Nothing is
  *     copied twice; T's messages that were copies of messages S no longer
- *     has are expunged; T's messages of unknown origin are left and counted.
+ *     has are expunged; T's messages of unknown origin (an old master's
+ *     mail after a failover) are copied to S and paired with their copies:
+ *     mail is never lost.
  *  2. Pending intents (an APPEND batch cut by a crash): T's messages from
  *     the batch's recorded UIDNEXT on are paired with the batch by key; the
  *     unpaired ones are copied again by step 3.
@@ -202,9 +204,10 @@ reconcile(struct pass *p, bool source_recreated)
 {
 	struct im_msgs sm = { 0 }, tm = { 0 };
 	struct im_msg **sv = NULL, **tv = NULL;
-	struct im_uids drop = { 0 };
+	struct im_uids drop = { 0 }, extra = { 0 };
+	struct im_msgs xm = { 0 };
 	uint32_t *old_tgt = NULL;
-	size_t old_n = 0, matched = 0, extra = 0;
+	size_t old_n = 0, matched = 0;
 	int rc = -1;
 
 	st_notice("user %s folder %s: pairing messages by content (source UIDVALIDITY %" PRIu32 ", "
@@ -241,7 +244,7 @@ reconcile(struct pass *p, bool source_recreated)
 			if (old_tgt && in_sorted(old_tgt, old_n, tv[j]->uid))
 				im_uids_add(&drop, tv[j]->uid);
 			else
-				extra++;
+				im_uids_add(&extra, tv[j]->uid);
 			j++;
 		}
 	}
@@ -252,10 +255,30 @@ reconcile(struct pass *p, bool source_recreated)
 		}
 		atomic_fetch_add(&p->env->c->expunged, drop.n);
 	}
-	if (extra > 0) {
+	if (extra.n > 0) {
+		/* Mail is never lost: what only the standby has (an old master's
+		 * mail after a failover) is copied to the master and paired with
+		 * its copy there.  A crash in between pairs it by content again. */
 		st_warn("user %s folder %s: the standby has %zu message(s) the master does not have; "
-			"left in place", st_q(p->user), st_q(p->folder), extra);
-		atomic_fetch_add(&p->env->c->standby_extra, extra);
+			"copying them to the master", st_q(p->user), st_q(p->folder), extra.n);
+		if (im_fetch(p->tgt, extra.v, extra.n, 0, IM_F_META | IM_F_FLAGS | IM_F_BODY, 0,
+			     &xm) < 0) {
+			sess_fail(p, p->tgt);
+			goto out;
+		}
+		for (size_t k = 0; k < xm.n; k++) {
+			uint32_t validity = 0, uid = 0;
+			if (im_append(p->src, p->folder, &xm.v[k], &validity, &uid) < 0) {
+				sess_fail(p, p->src);
+				goto out;
+			}
+			if (uid != 0 && validity == p->s.uidvalidity &&
+			    jlog(p, "M %" PRIu32 " %" PRIu32, uid, xm.v[k].uid) < 0)
+				goto out;
+			st_notice("user %s folder %s: standby UID %" PRIu32 " copied to the master as "
+				  "UID %" PRIu32, st_q(p->user), st_q(p->folder), xm.v[k].uid, uid);
+		}
+		atomic_fetch_add(&p->env->c->standby_extra, extra.n);
 	}
 	if (jsync(p) < 0)
 		goto out;
@@ -268,6 +291,8 @@ out:
 	free(tv);
 	free(old_tgt);
 	im_uids_free(&drop);
+	im_uids_free(&extra);
+	im_msgs_free(&xm);
 	im_msgs_free(&sm);
 	im_msgs_free(&tm);
 	return rc;

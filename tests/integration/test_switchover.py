@@ -559,6 +559,7 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     # b's stream stops; a commits more; then node a is lost.
     c.d("b", "pgrepl").kill9()
     c.d("b", "ldaprepl").kill9()
+    c.d("b", "imaprepl").kill9()
     c.pg["a"].psql("INSERT INTO w (id) SELECT g FROM generate_series(1001, 1010) g",
                    db="groupware")
     la = c.ldap["a"]
@@ -566,6 +567,8 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
                "uid: only-a\ncn: Only A\nsn: A\n")
     la.ldapmodify(f"dn: ou=people,{la.suffix}\nchangetype: modify\nadd: description\n"
                   "description: written on a alone\n")
+    c.imap["a"].append("alice", "INBOX", b"From: x@example.com\r\nSubject: only on a\r\n"
+                       b"Message-ID: <only-a@example.com>\r\n\r\nmail a alone got\r\n")
     c.d("a", "failoverd").kill9()
     sh.wait_until(lambda: c.etcd.get("/standin/itest/members/a") is None, 20,
                   "a's member record to go")
@@ -598,6 +601,7 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     # b is the master: writable, clients of its proxy reach it.
     c.d("b", "pgrepl").start()
     c.d("b", "ldaprepl").start()
+    c.d("b", "imaprepl").start()
     writable(c, "b")
     # a comes back: it takes epoch 2, stays read-only, its replicators resync
     # it from b; what only it had is in its divergence report.
@@ -635,4 +639,11 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     assert f"dn: uid=only-a,ou=people,{la.suffix}\nchangetype: add\n" in text, text
     assert "add: description\ndescription: written on a alone\n" in text, text
     assert not any(f.startswith("ldaprepl-before-") for f in os.listdir(state_a))
+    # IMAP: the mail only a had is copied to b (mail is never lost), once.
+    def bodies(n):
+        return sorted(m["body"] for m in c.imap[n].list_messages("alice", master=True))
+    sh.wait_until(lambda: any(b"mail a alone got" in x for x in bodies("b")), 90,
+                  "a's extra mail on b")
+    sh.wait_until(lambda: bodies("a") == bodies("b"), 90, "alice's INBOX equal on a and b")
+    assert sum(b"mail a alone got" in x for x in bodies("b")) == 1
     c.wait_streaming("a")        # and it can be switched back to

@@ -575,19 +575,7 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     r = c.ctl("b", "failover", "--to", "b")
     assert r.returncode == 1 and "sets no [failover] fence_command" in r.stdout, r.stdout
     assert json.loads(c.ctl("b", "state", "show", "--etcd", "--json").stdout)["epoch"] == 1
-    mark = os.path.join(c.base, "fenced")
-    fence = os.path.join(c.base, "fence")
-    sids = " ".join(str(s.pid) for s in (c.ldap["a"], c.imap["a"]))
-    daemons = " ".join(str(d.proc.pid) for (n, _), d in c.daemons.items() if n == "a" and d.running())
-    with open(fence, "w") as f:
-        f.write(f"#!/bin/sh\n[ \"$1\" = a ] || exit 3\n"
-                f"runuser -u postgres -- {c.pg['a'].bin('pg_ctl')} -D {c.pg['a'].datadir} "
-                f"-m immediate -w stop >/dev/null\n"
-                f"for s in {sids}; do pkill -9 -s $s; done\nkill -9 {daemons} 2>/dev/null\n"
-                f"echo \"fenced $1\" >> {mark}\nexit 0\n")
-    os.chmod(fence, 0o755)
-    with open(c.conf, "a") as f:
-        f.write(f"[failover]\nfence_command = {fence} %n\nfence_timeout = 30s\n")
+    mark = fence_script(c, "a")
     r = c.ctl("b", "failover", "--to", "b")
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -647,3 +635,51 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     sh.wait_until(lambda: bodies("a") == bodies("b"), 90, "alice's INBOX equal on a and b")
     assert sum(b"mail a alone got" in x for x in bodies("b")) == 1
     c.wait_streaming("a")        # and it can be switched back to
+
+
+def fence_script(c, node):
+    """A fence command that stops every server and daemon of NODE (STONITH)."""
+    mark = os.path.join(c.base, "fenced")
+    path = os.path.join(c.base, "fence")
+    sids = " ".join(str(s.pid) for s in (c.ldap[node], c.imap[node]))
+    daemons = " ".join(str(d.proc.pid) for (n, _), d in c.daemons.items()
+                       if n == node and d.running())
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\n[ \"$1\" = {node} ] || exit 3\n"
+                f"runuser -u postgres -- {c.pg[node].bin('pg_ctl')} -D {c.pg[node].datadir} "
+                f"-m immediate -w stop >/dev/null\n"
+                f"for s in {sids}; do pkill -9 -s $s; done\nkill -9 {daemons} 2>/dev/null\n"
+                f"echo \"fenced $1\" >> {mark}\nexit 0\n")
+    os.chmod(path, 0o755)
+    with open(c.conf, "a") as f:
+        f.write(f"[failover]\nfence_command = {path} %n\nfence_timeout = 30s\n")
+    return mark
+
+
+def test_failover_force_without_etcd(harness, etcd):
+    """etcd is away: failover --force on b itself, after the fence command,
+    writes b's own state file and unfences b; etcd takes epoch 2 from b's
+    agent once it answers again."""
+    c = Cluster(harness, etcd)
+    c.wait_streaming("b")
+    mark = fence_script(c, "a")
+    etcd.pause()
+    try:
+        r = c.ctl("b", "failover", "--to", "b")
+        assert r.returncode == 1 and "without etcd, failover --force works" in r.stdout, r.stdout
+        r = c.ctl("a", "failover", "--to", "b", "--force")
+        assert r.returncode == 2 and "run the failover on b itself" in r.stdout, r.stdout
+        r = c.ctl("b", "failover", "--to", "b", "--force")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "WARNING: etcd does not answer" in r.stdout
+        assert open(mark).read() == "fenced a\n"
+        assert "epoch 2, master b" in r.stdout and "b writable" in r.stdout, r.stdout
+        c.pg["b"].psql("INSERT INTO w (id) VALUES (-7)", db="groupware")
+        sh.wait_until(lambda: c.d("b", "pgrepl").status()["state"] == "idle (master)", 30,
+                      "b's pgrepl idle as master")
+    finally:
+        etcd.resume()
+    sh.wait_until(lambda: "epoch = 2\nmaster = b\n" in (etcd.get("/standin/itest/state") or ""),
+                  30, "etcd to take epoch 2 from b")
+    assert "etcd was behind this node: its epoch 2 written there" in c.d("b", "failoverd").output()

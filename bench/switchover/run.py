@@ -426,20 +426,21 @@ postgresql:
         return self
 
     def patroni_pids(self):
-        """The reaper, runuser and patroni (runuser's child)."""
+        """[reaper, runuser, patroni] as far as they still run.  Not the
+        postmaster, which is the reaper's child too."""
         if self.proc is None:
             return []
         pids = [self.proc.pid]
-        for _ in range(2):
-            pids += [k for p in pids for k in _children(p) if k not in pids]
+        for r in _children(self.proc.pid):
+            if _comm(r) == "runuser":
+                pids.append(r)
+                pids += [k for k in _children(r) if self.yml in _cmdline(k)]
         return pids
 
     def patroni_pid(self):
-        """patroni itself: the child of runuser, the reaper's child."""
-        for r in _children(self.proc.pid) if self.proc else []:
-            for k in _children(r):
-                return k
-        return None
+        """patroni itself (runuser's child), or None."""
+        pids = self.patroni_pids()
+        return pids[2] if len(pids) > 2 else None
 
     def postmaster_pid(self):
         try:
@@ -494,6 +495,22 @@ def _ids(user):
     import pwd
     pw = pwd.getpwnam(user)
     return pw.pw_uid, pw.pw_gid
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _children(pid):

@@ -13,7 +13,6 @@ services at the node's address, through the bridge."""
 import imaplib
 import json
 import os
-import socket
 import subprocess
 
 import pytest
@@ -105,7 +104,8 @@ class NetCluster(Cluster):
         for n in self.nodes:
             text += (f"[node {n}]\naddress = {self.lab.addr(n)}\n"
                      f"state_dir = {self.dirs[n]}/state\nrun_dir = {self.dirs[n]}/run\n")
-        text += "[pg]\n" + "".join(f"endpoint.{n} = {s.host}:{s.port}\n" for n, s in self.pg.items())
+        text += "[pg]\n" + "".join(f"endpoint.{n} = {s.host}:{s.port}\n"
+                                   for n, s in self.pg.items())
         text += (f"dbname = groupware\nuser = {self.pg[node].user}\npassfile = {pgpass}\n"
                  "sslmode = disable\n")
         la = self.ldap[node]

@@ -136,7 +136,8 @@ def _remove_lab(x):
         if r.returncode != 0 and f"stnbr{x}" in _links():
             errors.append(f"ip link del stnbr{x}: {r.stderr.strip()}")
     try:
-        wait_until(lambda: not [n for n in _links() if n == f"stnbr{x}" or n.startswith(f"stv{x}-")],
+        wait_until(lambda: not [n for n in _links()
+                                if n == f"stnbr{x}" or n.startswith(f"stv{x}-")],
                    10, f"lab {x}'s links to go")
     except HarnessError as e:
         errors.append(str(e))

@@ -22,6 +22,9 @@ re-exports the harness, which is split by server:
 * harness_imap: DovecotServer, the dovecot and doveadm programs.
 * harness_cluster: Pair, Cluster, start_pairs(), missing_servers(),
   stop_described() and main(), the up/down/status command line.
+* harness_netns: NetLab (each node in a network namespace of its own, on a
+  bridge, its commands in a mount namespace that hides the other nodes'
+  directories; the servers take netlab=), NetLabUnavailable.
 
 Import it as `import standin_harness as sh` (with tests/lib on sys.path).
 
@@ -71,6 +74,7 @@ from harness_core import (LOOPBACK, NODES, RUNUSER, CommandError, ForegroundServ
                           wait_until)
 from harness_etcd import ETCD, EtcdServer
 from harness_imap import DOVEADM, DOVECOT, MAIL_OS_GROUP, MAIL_OS_USER, DovecotServer
+from harness_netns import NetLab, NetLabUnavailable
 from harness_ldap import (LDAP_BINDIR, LDAP_MODULE_DIR, LDAP_SCHEMA_DIR, SLAPCAT, SLAPD, SLAPPASSWD,
                           SlapdServer, parse_ldif)
 from harness_pg import PG_BINDIR, PG_OS_USER, PgServer, pg_module_path, quote_ident, quote_literal
@@ -80,7 +84,7 @@ __all__ = [
     "missing_servers", "timeout_scale", "wait_until", "free_port", "port_open", "pid_alive",
     "process_tree", "run", "make_test_ca", "parse_ldif", "quote_ident", "quote_literal",
     "Harness", "Server", "ForegroundServer", "PgServer", "SlapdServer", "DovecotServer",
-    "EtcdServer", "ETCD",
+    "EtcdServer", "ETCD", "NetLab", "NetLabUnavailable",
     "Pair", "Cluster", "start_pairs", "stop_described", "main", "pg_module_path",
     "PG_BINDIR", "PG_OS_USER", "SLAPD", "SLAPPASSWD", "SLAPCAT", "LDAP_BINDIR", "LDAP_SCHEMA_DIR",
     "LDAP_MODULE_DIR", "DOVECOT", "DOVEADM", "MAIL_OS_USER", "MAIL_OS_GROUP", "RUNUSER",

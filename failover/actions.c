@@ -291,25 +291,35 @@ arg_ms(const struct st_order *o, long dflt)
 	return json_is_integer(t) && json_integer_value(t) > 0 ? (long)json_integer_value(t) : dflt;
 }
 
-/* pause: new clients wait at this node's proxy, its sessions are closed. */
+/* COMMAND to this node's proxy: its reply, {"proxy":"not running"} when it
+ * does not run (nothing to hold there), or NULL with *error_r. */
 static json_t *
-op_pause(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
-	 char **error_r)
+proxy(const struct st_node *node, const char *command, char **error_r)
 {
 	bool absent;
-	json_t *r = local(node, ST_PROGRAM_PROXY, "pause all", LOCAL_TIMEOUT_MS, &absent, error_r);
+	json_t *r = local(node, ST_PROGRAM_PROXY, command, LOCAL_TIMEOUT_MS, &absent, error_r);
 
-	(void)conf;
-	(void)o;
 	if (r == NULL && absent) {
 		free(*error_r);
 		*error_r = NULL;
 		return json_pack("{s:s}", "proxy", "not running");
 	}
-	if (r == NULL)
-		return NULL;
+	return r;
+}
+
+/* pause: new clients wait at this node's proxy, its sessions are closed. */
+static json_t *
+op_pause(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
+	 char **error_r)
+{
+	json_t *r = proxy(node, "pause all", error_r);
+
+	(void)conf;
+	(void)o;
+	if (r == NULL || json_object_get(r, "proxy") != NULL)
+		return r;
 	json_decref(r);
-	return local(node, ST_PROGRAM_PROXY, "drop all", LOCAL_TIMEOUT_MS, NULL, error_r);
+	return proxy(node, "drop all", error_r);
 }
 
 /* resume: the proxy forwards the clients it held (a rollback). */
@@ -317,17 +327,9 @@ static json_t *
 op_resume(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
 	  char **error_r)
 {
-	bool absent;
-	json_t *r = local(node, ST_PROGRAM_PROXY, "resume all", LOCAL_TIMEOUT_MS, &absent, error_r);
-
 	(void)conf;
 	(void)o;
-	if (r == NULL && absent) {
-		free(*error_r);
-		*error_r = NULL;
-		return json_pack("{s:s}", "proxy", "not running");
-	}
-	return r;
+	return proxy(node, "resume all", error_r);
 }
 
 /* fence: every local server refuses writes; the positions they stopped at. */

@@ -177,6 +177,31 @@ collect(char *ptr, size_t size, size_t nmemb, void *data)
 	return n;
 }
 
+/* The handle set for one POST of TEXT to URL, within TIMEOUT_MS, its reply
+ * to WRITE(DATA); TLS and the connect timeout from the configuration. */
+static void
+prepare(struct st_etcd *e, const char *url, const char *text, struct curl_slist *headers,
+	size_t (*write)(char *, size_t, size_t, void *), void *data, char *errbuf, long timeout_ms)
+{
+	curl_easy_reset(e->curl);
+	curl_easy_setopt(e->curl, CURLOPT_URL, url);
+	curl_easy_setopt(e->curl, CURLOPT_POSTFIELDS, text);
+	curl_easy_setopt(e->curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(e->curl, CURLOPT_WRITEFUNCTION, write);
+	curl_easy_setopt(e->curl, CURLOPT_WRITEDATA, data);
+	curl_easy_setopt(e->curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+	curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, e->timeout_ms);
+	curl_easy_setopt(e->curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (e->ca_file != NULL)
+		curl_easy_setopt(e->curl, CURLOPT_CAINFO, e->ca_file);
+	if (e->cert_file != NULL)
+		curl_easy_setopt(e->curl, CURLOPT_SSLCERT, e->cert_file);
+	if (e->key_file != NULL)
+		curl_easy_setopt(e->curl, CURLOPT_SSLKEY, e->key_file);
+}
+
 /* The gateway's error reply: {"error":"...","code":N,"message":"..."}. */
 static char *
 gateway_error(json_t *reply, long status)
@@ -220,23 +245,7 @@ again:
 			headers = curl_slist_append(headers, auth);
 		}
 		st_buf_init(&out);
-		curl_easy_reset(e->curl);
-		curl_easy_setopt(e->curl, CURLOPT_URL, url);
-		curl_easy_setopt(e->curl, CURLOPT_POSTFIELDS, text);
-		curl_easy_setopt(e->curl, CURLOPT_HTTPHEADER, headers);
-		curl_easy_setopt(e->curl, CURLOPT_WRITEFUNCTION, collect);
-		curl_easy_setopt(e->curl, CURLOPT_WRITEDATA, &out);
-		curl_easy_setopt(e->curl, CURLOPT_ERRORBUFFER, errbuf);
-		curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, e->timeout_ms);
-		curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, e->timeout_ms);
-		curl_easy_setopt(e->curl, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(e->curl, CURLOPT_PROTOCOLS_STR, "http,https");
-		if (e->ca_file != NULL)
-			curl_easy_setopt(e->curl, CURLOPT_CAINFO, e->ca_file);
-		if (e->cert_file != NULL)
-			curl_easy_setopt(e->curl, CURLOPT_SSLCERT, e->cert_file);
-		if (e->key_file != NULL)
-			curl_easy_setopt(e->curl, CURLOPT_SSLKEY, e->key_file);
+		prepare(e, url, text, headers, collect, &out, errbuf, e->timeout_ms);
 		CURLcode cc = curl_easy_perform(e->curl);
 		curl_slist_free_all(headers);
 		free(auth);
@@ -681,23 +690,7 @@ st_etcd_wait(struct st_etcd *e, const char *key, bool prefix, int64_t after_rev,
 	}
 	memset(&w, 0, sizeof(w));
 	st_buf_init(&w.line);
-	curl_easy_reset(e->curl);
-	curl_easy_setopt(e->curl, CURLOPT_URL, url);
-	curl_easy_setopt(e->curl, CURLOPT_POSTFIELDS, text);
-	curl_easy_setopt(e->curl, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(e->curl, CURLOPT_WRITEFUNCTION, watch_data);
-	curl_easy_setopt(e->curl, CURLOPT_WRITEDATA, &w);
-	curl_easy_setopt(e->curl, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 1);
-	curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, e->timeout_ms);
-	curl_easy_setopt(e->curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e->curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	if (e->ca_file != NULL)
-		curl_easy_setopt(e->curl, CURLOPT_CAINFO, e->ca_file);
-	if (e->cert_file != NULL)
-		curl_easy_setopt(e->curl, CURLOPT_SSLCERT, e->cert_file);
-	if (e->key_file != NULL)
-		curl_easy_setopt(e->curl, CURLOPT_SSLKEY, e->key_file);
+	prepare(e, url, text, headers, watch_data, &w, errbuf, timeout_ms > 0 ? timeout_ms : 1);
 	CURLcode cc = curl_easy_perform(e->curl);
 	long status = 0;
 	curl_easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &status);

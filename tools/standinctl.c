@@ -402,6 +402,20 @@ cmd_state(const struct ctl_opts *o, int argc, char **argv)
 	return 2;
 }
 
+/* --timeout SECONDS: 1 to 3600; -1 with a message. */
+static int
+parse_timeout(const char *arg, double *out)
+{
+	char *end;
+
+	*out = strtod(arg, &end);
+	if (*end != '\0' || end == arg || !(*out >= 1 && *out <= 3600)) {
+		fprintf(stderr, "standinctl: --timeout %s: expected seconds (1 to 3600)\n", arg);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 {
@@ -433,16 +447,10 @@ cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 		case 'n':
 			so.dry_run = true;
 			break;
-		case 'T': {
-			char *end;
-			so.timeout_s = strtod(optarg, &end);
-			if (*end != '\0' || end == optarg || so.timeout_s < 1 || so.timeout_s > 3600) {
-				fprintf(stderr, "standinctl: --timeout %s: expected seconds (1 to 3600)\n",
-					optarg);
+		case 'T':
+			if (parse_timeout(optarg, &so.timeout_s) < 0)
 				return 2;
-			}
 			break;
-		}
 		default:
 			return 2;
 		}
@@ -478,16 +486,10 @@ cmd_failover(const struct ctl_opts *o, int argc, char **argv)
 		case 'f':
 			fo.force = true;
 			break;
-		case 'T': {
-			char *end;
-			fo.timeout_s = strtod(optarg, &end);
-			if (*end != '\0' || end == optarg || fo.timeout_s < 1 || fo.timeout_s > 3600) {
-				fprintf(stderr, "standinctl: --timeout %s: expected seconds (1 to 3600)\n",
-					optarg);
+		case 'T':
+			if (parse_timeout(optarg, &fo.timeout_s) < 0)
 				return 2;
-			}
 			break;
-		}
 		default:
 			return 2;
 		}

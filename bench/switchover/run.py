@@ -34,7 +34,6 @@ import bisect
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -51,7 +50,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import benchlib  # noqa: E402
-from benchlib import BenchError, log, out  # noqa: E402
+from benchlib import log, out  # noqa: E402
 
 HAPROXY = "/usr/sbin/haproxy"
 PATRONI = "/usr/bin/patroni"
@@ -150,7 +149,7 @@ class Writer:
 
     def wait_acks(self, more, timeout, what):
         start = self.count()
-        benchlib_wait(lambda: self.count() >= start + more, timeout,
+        wait_for(lambda: self.count() >= start + more, timeout,
                       f"{more} more acknowledged commits ({what})")
 
     def wait_ack_after(self, t, timeout, what):
@@ -158,7 +157,7 @@ class Writer:
         def first():
             i = bisect.bisect_right(self.times, t)
             return self.times[i] if i < len(self.times) else None
-        return benchlib_wait(first, timeout, f"a commit after {what}")
+        return wait_for(first, timeout, f"a commit after {what}")
 
     def max_gap(self, t0, t1):
         """The largest gap between consecutive acknowledged commits among
@@ -184,7 +183,7 @@ class Writer:
         return sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
 
 
-def benchlib_wait(pred, timeout, what):
+def wait_for(pred, timeout, what):
     import standin_harness as sh
     return sh.wait_until(pred, timeout, what, interval=0.05)
 
@@ -289,8 +288,8 @@ def run_standin(args):
         summ["baseline"] = baseline
         summ["error_lines"] = writer.error_summary()
         return summ
-    except BaseException:
-        h.mark_failed()
+    except Exception:
+        h.mark_failed()         # keep the directory (its path is printed)
         raise
     finally:
         if writer is not None:
@@ -303,7 +302,7 @@ def quiet_baseline(writer, seconds):
     (the noise floor of the measurement), and the commit rate."""
     writer.wait_acks(WARMUP_ACKS, 60, "warm-up")
     n0, t0 = writer.count(), time.monotonic()
-    benchlib_wait(lambda: time.monotonic() - t0 >= seconds, seconds + 5, "the quiet period")
+    wait_for(lambda: time.monotonic() - t0 >= seconds, seconds + 5, "the quiet period")
     t1 = time.monotonic()
     return dict(gap=writer.max_gap(t0, t1), rate=(writer.count() - n0) / (t1 - t0))
 
@@ -682,8 +681,8 @@ def run_patroni(args):
         summ["baseline"] = baseline
         summ["error_lines"] = writer.error_summary()
         return summ
-    except BaseException:
-        h.mark_failed()
+    except Exception:
+        h.mark_failed()         # keep the directory (its path is printed)
         raise
     finally:
         if writer is not None:

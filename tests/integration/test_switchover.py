@@ -682,4 +682,5 @@ def test_failover_force_without_etcd(harness, etcd):
         etcd.resume()
     sh.wait_until(lambda: "epoch = 2\nmaster = b\n" in (etcd.get("/standin/itest/state") or ""),
                   30, "etcd to take epoch 2 from b")
-    assert "etcd was behind this node: its epoch 2 written there" in c.d("b", "failoverd").output()
+    sh.wait_until(lambda: "etcd was behind this node: its epoch 2 written there" in
+                  c.d("b", "failoverd").output(), 10, "b's agent to say so")

@@ -71,9 +71,11 @@ struct failoverd {
 	char open_id[ST_ORDER_ID_MAX];	/* a switchover not finished here (the thread's) */
 	bool stopping;			/* no new order job */
 	json_t *last_order;		/* for status (main thread) */
+	long long orders_failed;
 	pthread_mutex_t act_lock;	/* one thread acts on the local servers at a time */
 	uint64_t ro_epoch;		/* standby read-only made at this epoch (ro job) */
 	struct st_bgjob *ro_job;
+	uint64_t ro_epoch_seen;		/* ro_epoch, as the loop knows it */
 	long long ro_next_ms;		/* after a failure, not before this */
 	long long orders_done;
 	char *orders_error;
@@ -302,8 +304,10 @@ ro_done(void *arg)
 	struct failoverd *f = j->f;
 
 	f->ro_job = NULL;
-	if (j->done)
+	if (j->done) {
+		f->ro_epoch_seen = j->done;
 		st_notice("a standby at epoch %" PRIu64 ": PostgreSQL read-only for clients", j->done);
+	}
 	if (j->err != NULL) {
 		st_warn("cannot make this standby's PostgreSQL read-only (again in 10 s): %s", j->err);
 		f->ro_next_ms = st_monotonic_ms() + 10000;
@@ -632,6 +636,8 @@ ojob_done(void *arg)
 		long long epoch = json_integer_value(json_object_get(j->ack, "epoch"));
 		long long ms = json_integer_value(json_object_get(j->ack, "ms"));
 		if (err != NULL)
+			f->orders_failed++;
+		if (err != NULL)
 			st_warn("order %s (switchover %s, epoch %lld) failed after %lld ms: %s", op,
 				json_string_value(json_object_get(j->ack, "id")), epoch, ms, err);
 		else
@@ -786,6 +792,18 @@ fo_metrics(struct st_daemon *d, struct st_buf *out)
 		  labels, f->etcd_error == NULL && f->last_ok_ms > 0 ? 1 : 0);
 	st_metric(out, "standin_failoverd_states_taken_total", "counter",
 		  "Cluster states taken from etcd.", labels, (double)f->taken);
+	st_metric(out, "standin_failoverd_orders_total", "counter",
+		  "Switchover and failover orders carried out on this node.", labels,
+		  (double)f->orders_done);
+	st_metric(out, "standin_failoverd_order_failures_total", "counter",
+		  "Orders that failed on this node.", labels, (double)f->orders_failed);
+	st_metric(out, "standin_failoverd_last_order_seconds", "gauge",
+		  "How long the last order took.", labels,
+		  f->last_order ? (double)json_integer_value(json_object_get(f->last_order, "ms")) / 1000.0
+				: 0);
+	st_metric(out, "standin_failoverd_standby_readonly_epoch", "gauge",
+		  "Epoch at which this standby's PostgreSQL was last made read-only.", labels,
+		  (double)f->ro_epoch_seen);
 }
 
 static const struct st_ctl_command fo_commands[] = {

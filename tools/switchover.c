@@ -371,14 +371,37 @@ sw_run(struct sw *w)
 	bool found = false;
 	rc = st_cstore_put_guarded(w->etcd, conf, &next, state_rev, w->key, w->key_rev, NULL, NULL,
 				   &found, &err);
+	if (rc < 0) {
+		/* No answer: the write may have gone through.  Ask again; undo
+		 * only what is known not to be committed. */
+		struct st_cstate now;
+		char *err2 = NULL;
+		int grc = st_cstore_get(w->etcd, conf, &now, NULL, &err2);
+		if (grc == 1 && now.epoch == next.epoch && strcmp(now.master, w->to) == 0) {
+			rc = 1;
+		} else if (grc != 1 || now.epoch != w->epoch) {
+			sw_fail(w, xasprintf("etcd: %s; cannot tell whether epoch %llu was written: "
+					     "nothing is undone here, each node's standin-failoverd "
+					     "finishes or undoes the switchover by the state in etcd "
+					     "once it answers", err, (unsigned long long)next.epoch));
+			free(err);
+			free(err2);
+			step_line(w, ++step, what, t0, 0);
+			fprintf(w->out, "switchover unresolved at step %d: %s\n", step, w->error);
+			json_decref(positions);
+			return 1;
+		}
+		free(err2);
+	}
 	if (rc <= 0) {
-		sw_fail(w, rc < 0 ? xasprintf("etcd: %s (the state is not changed, or etcd did not "
-					      "say: check standinctl status)", err)
+		sw_fail(w, rc < 0 ? xasprintf("etcd: %s (the state was not changed)", err)
 			   : xstrdup("the cluster state or the switchover's key changed in etcd "
 				     "(the lease ran out?)"));
 		free(err);
 		goto rollback;
 	}
+	free(err);
+	err = NULL;
 	step_line(w, ++step, "epoch", t0, 1);
 	fprintf(w->out, "  epoch %llu: master %s (the point of no return)\n",
 		(unsigned long long)next.epoch, w->to);

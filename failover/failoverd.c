@@ -610,8 +610,11 @@ ojob_work(void *arg)
 	}
 	if (rc == 0 && f->open_id[0] != '\0' && heal(j, &o) != 0)
 		goto out;
-	if (st_etcd_wait(f->oetcd, okey, false, rev, ORDER_WAIT_MS, &j->error) < 0)
+	if (st_etcd_wait(f->oetcd, okey, false, rev, ORDER_WAIT_MS, &err) < 0) {
+		free(j->error);
+		j->error = err;
 		goto pause;
+	}
 	goto out;
 pause:
 	ojob_sleep(ORDER_WAIT_MS);	/* etcd unreachable: try again in a while */

@@ -73,10 +73,10 @@ struct failoverd {
 	json_t *last_order;		/* for status (main thread) */
 	long long orders_failed;
 	pthread_mutex_t act_lock;	/* one thread acts on the local servers at a time */
-	uint64_t ro_epoch;		/* standby read-only made at this epoch (ro job) */
-	struct st_bgjob *ro_job;
-	uint64_t ro_epoch_seen;		/* ro_epoch, as the loop knows it */
-	long long ro_next_ms;		/* after a failure, not before this */
+	uint64_t role_epoch;		/* servers set for the role at this epoch (act_lock) */
+	struct st_bgjob *role_job;
+	uint64_t role_seen;		/* role_epoch, as the loop knows it */
+	long long role_next_ms;		/* after a failure, not before this */
 	long long orders_done;
 	char *orders_error;
 };
@@ -267,68 +267,116 @@ round_done(void *arg)
 }
 
 /*
- * A standby's PostgreSQL is read-only for clients (standin's own sessions
- * are not): once per epoch, so again after a restart, and for an old master
- * that comes back after a failover.  In a job of its own (a server that does
- * not answer must not hold the member record back), under act_lock with the
- * state read again there, so a switchover's finish is never undone.
+ * The node's servers as its role at the epoch wants them, once per epoch
+ * (so again after a restart): a standby's PostgreSQL read-only for clients
+ * (standin's own sessions are not; an old master that comes back after a
+ * failover stays so); the master writable, when no switchover is in etcd
+ * (a state moved by hand, or an agent restarted after a switchover's
+ * standinctl died).  An order, or a fence or unfence by hand, settles the
+ * epoch it carries instead.  In a job of its own (a server that does not
+ * answer must not hold the member record back), under act_lock with the
+ * state read again there, so it never undoes an order.
  */
-struct ro {
+struct role {
 	struct failoverd *f;
-	uint64_t done;			/* made read-only at this epoch */
+	uint64_t done;			/* set at this epoch now */
+	const char *as;			/* "standby" or "master" */
+	uint64_t settled;		/* role_epoch after the job */
+	bool waiting;			/* a switchover runs: not now */
 	char *err;
 };
 
-static void
-ro_work(void *arg)
+/* Is a switchover (or a failover) in etcd now?  1 yes, 0 no, -1 error. */
+static int
+switchover_running(const struct st_conf *conf, char **error_r)
 {
-	struct ro *j = arg;
+	struct st_etcd *e = st_etcd_open(conf, error_r);
+	struct st_etcd_kv kv = { 0 };
+	char *key = st_etcd_key(conf, "switchover");
+	int rc = e != NULL ? st_etcd_get(e, key, &kv, NULL, error_r) : -1;
+
+	st_etcd_kv_clear(&kv);
+	st_etcd_close(&e);
+	free(key);
+	return rc;
+}
+
+static void
+role_work(void *arg)
+{
+	struct role *j = arg;
 	struct failoverd *f = j->f;
+	const struct st_conf *conf = f->d->conf;
+	const struct st_node *node = f->d->node;
 	struct st_cstate local;
-	char *path = st_cstate_path(f->d->node), *err = NULL;
+	char *path = st_cstate_path(node), *err = NULL;
+	long long ended;
 
 	pthread_mutex_lock(&f->act_lock);
-	if (st_cstate_load(path, &local, &err) == 0 &&
-	    strcmp(st_cstate_role(&local, f->d->node->name), "standby") == 0 &&
-	    f->ro_epoch < local.epoch && fo_pg_readonly(f->d->conf, f->d->node, &j->err) == 0)
-		f->ro_epoch = j->done = local.epoch;
+	if (st_cstate_load(path, &local, &err) == 0 && f->role_epoch < local.epoch) {
+		const char *role = st_cstate_role(&local, node->name);
+		if (strcmp(role, "standby") == 0) {
+			j->as = "standby";
+			if (!conf->service_enabled[ST_SVC_PG] ||
+			    fo_pg_readonly(conf, node, &j->err) == 0)
+				j->done = local.epoch;
+		} else if (strcmp(role, "master") == 0) {
+			j->as = "master";
+			int rc = switchover_running(conf, &j->err);
+			if (rc == 1) {
+				j->waiting = true;
+			} else if (rc == 0 &&
+				   (!conf->service_enabled[ST_SVC_PG] ||
+				    fo_pg_fence(conf, node, false, &ended, NULL, &j->err) == 0) &&
+				   (!conf->service_enabled[ST_SVC_LDAP] ||
+				    fo_ldap_fence(conf, node, false, NULL, &j->err) >= 0)) {
+				j->done = local.epoch;
+			}
+		}
+		if (j->done)
+			f->role_epoch = j->done;
+	}
+	j->settled = f->role_epoch;
 	pthread_mutex_unlock(&f->act_lock);
 	free(err);
 	free(path);
 }
 
 static void
-ro_done(void *arg)
+role_done(void *arg)
 {
-	struct ro *j = arg;
+	struct role *j = arg;
 	struct failoverd *f = j->f;
 
-	f->ro_job = NULL;
-	if (j->done) {
-		f->ro_epoch_seen = j->done;
+	f->role_job = NULL;
+	f->role_seen = j->settled;
+	if (j->done && strcmp(j->as, "standby") == 0)
 		st_notice("a standby at epoch %" PRIu64 ": PostgreSQL read-only for clients", j->done);
-	}
+	else if (j->done)
+		st_notice("the master at epoch %" PRIu64 ": its servers writable", j->done);
 	if (j->err != NULL) {
-		st_warn("cannot make this standby's PostgreSQL read-only (again in 10 s): %s", j->err);
-		f->ro_next_ms = st_monotonic_ms() + 10000;
+		st_warn("cannot set this node's servers for its role, %s (again in 10 s): %s",
+			j->as != NULL ? j->as : "?", j->err);
+		f->role_next_ms = st_monotonic_ms() + 10000;
+	} else if (j->waiting) {
+		f->role_next_ms = st_monotonic_ms() + 1000;	/* after the switchover */
 	}
 	free(j->err);
 	free(j);
 }
 
 static void
-ro_check(struct failoverd *f)
+role_check(struct failoverd *f)
 {
 	char *err = NULL;
 
-	if (!f->d->conf->service_enabled[ST_SVC_PG] || f->ro_job != NULL || f->stopping ||
-	    !f->cs_valid || strcmp(st_cstate_role(&f->cs, f->d->node->name), "standby") != 0 ||
-	    f->ro_epoch >= f->cs.epoch || st_monotonic_ms() < f->ro_next_ms)
+	if (f->role_job != NULL || f->stopping || !f->cs_valid || f->role_seen >= f->cs.epoch ||
+	    st_monotonic_ms() < f->role_next_ms)
 		return;
-	struct ro *j = xcalloc(1, sizeof(*j));
+	struct role *j = xcalloc(1, sizeof(*j));
 	j->f = f;
-	f->ro_job = st_bgjob_start(f->d->loop, ro_work, ro_done, j, &err);
-	if (f->ro_job == NULL) {
+	f->role_job = st_bgjob_start(f->d->loop, role_work, role_done, j, &err);
+	if (f->role_job == NULL) {
 		st_warn("cannot start a job: %s", err);
 		free(err);
 		free(j);
@@ -343,7 +391,7 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)revents;
 	ojob_start(f);
-	ro_check(f);
+	role_check(f);
 	if (f->job != NULL)
 		return;		/* the last round still runs (etcd slow): skip this one */
 	struct round *r = xcalloc(1, sizeof(*r));
@@ -377,6 +425,8 @@ order_work(void *arg)
 	pthread_mutex_lock(&o->f->act_lock);
 	if (fo_pg_fence(o->f->d->conf, o->f->d->node, o->fence, &o->ended, NULL, &o->err) < 0)
 		o->ended = 0;	/* o->err says why */
+	else if (o->epoch > o->f->role_epoch)
+		o->f->role_epoch = o->epoch;	/* by hand: settled for this epoch */
 	pthread_mutex_unlock(&o->f->act_lock);
 }
 
@@ -504,6 +554,15 @@ ojob_sleep(long ms)
 	nanosleep(&ts, NULL);
 }
 
+/* An order that sets the node's servers (fence, unfence, finish, heal): the
+ * role job leaves its epoch alone. */
+static bool
+settles(const struct st_order *o)
+{
+	return strcmp(o->op, "fence") == 0 || strcmp(o->op, "unfence") == 0 ||
+	       strcmp(o->op, "finish") == 0 || strcmp(o->op, "heal") == 0;
+}
+
 /*
  * No order for this node, and the switchover that gave it its last one
  * did not finish here: once that switchover's key is gone from etcd (its
@@ -540,6 +599,8 @@ heal(struct ojob *j, struct st_order *o)
 	long long t0 = st_monotonic_ms();
 	pthread_mutex_lock(&f->act_lock);
 	json_t *result = fo_execute(f->d->conf, f->d->node, f->oetcd, o, &err);
+	if (result != NULL && settles(o) && o->epoch > f->role_epoch)
+		f->role_epoch = o->epoch;
 	pthread_mutex_unlock(&f->act_lock);
 	j->ack = json_pack("{s:s,s:I,s:I,s:s,s:s,s:b,s:s?,s:o?,s:I}", "id", o->id, "seq",
 			   (json_int_t)0, "epoch", (json_int_t)o->epoch, "op", "heal", "node",
@@ -588,6 +649,8 @@ ojob_work(void *arg)
 			long long t0 = st_monotonic_ms();
 			pthread_mutex_lock(&f->act_lock);
 			json_t *result = fo_execute(conf, node, f->oetcd, &o, &err);
+			if (result != NULL && settles(&o) && o.epoch > f->role_epoch)
+				f->role_epoch = o.epoch;	/* the order settled it */
 			pthread_mutex_unlock(&f->act_lock);
 			/* Open until this node finished or rolled back; see heal below. */
 			bool ends = result != NULL && (strcmp(o.op, "finish") == 0 ||
@@ -715,7 +778,7 @@ fo_stop(struct st_daemon *d)
 	st_bgjob_wait(&f->ojob);
 	st_bgjob_wait(&f->job);
 	st_bgjob_wait(&f->order_job);
-	st_bgjob_wait(&f->ro_job);
+	st_bgjob_wait(&f->role_job);
 	st_etcd_close(&f->oetcd);
 	json_decref(f->last_order);
 	f->last_order = NULL;
@@ -747,7 +810,7 @@ fo_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 	st_bgjob_wait(&f->ojob);
 	st_bgjob_wait(&f->job);
 	st_bgjob_wait(&f->order_job);
-	st_bgjob_wait(&f->ro_job);
+	st_bgjob_wait(&f->role_job);
 	st_etcd_close(&f->etcd);
 	st_etcd_close(&f->oetcd);
 	f->stopping = false;	/* the next tick starts it again, with the new configuration */
@@ -804,9 +867,9 @@ fo_metrics(struct st_daemon *d, struct st_buf *out)
 		  "How long the last order took.", labels,
 		  f->last_order ? (double)json_integer_value(json_object_get(f->last_order, "ms")) / 1000.0
 				: 0);
-	st_metric(out, "standin_failoverd_standby_readonly_epoch", "gauge",
-		  "Epoch at which this standby's PostgreSQL was last made read-only.", labels,
-		  (double)f->ro_epoch_seen);
+	st_metric(out, "standin_failoverd_role_epoch", "gauge",
+		  "Epoch for whose role this node's servers were last set.", labels,
+		  (double)f->role_seen);
 }
 
 static const struct st_ctl_command fo_commands[] = {

@@ -684,3 +684,22 @@ def test_failover_force_without_etcd(harness, etcd):
                   30, "etcd to take epoch 2 from b")
     sh.wait_until(lambda: "etcd was behind this node: its epoch 2 written there" in
                   c.d("b", "failoverd").output(), 10, "b's agent to say so")
+
+
+def test_each_agent_sets_its_servers_for_its_role(cluster):
+    """A standby's PostgreSQL is read-only for clients; when the state is
+    moved by hand (standinctl state set, no switchover), the agents make the
+    new master writable and the old one read-only, once per epoch."""
+    c = cluster
+    c.wait_streaming("b")
+
+    def ro(n):
+        return c.pg[n].psql("SHOW default_transaction_read_only")
+    sh.wait_until(lambda: ro("b") == "on", 30, "b read-only as a standby")
+    assert ro("a") == "off"
+    assert c.ctl("a", "state", "set", "--master", "b").returncode == 0
+    sh.wait_until(lambda: ro("b") == "off" and ro("a") == "on", 30, "b writable, a read-only")
+    assert "the master at epoch 2: its servers writable" in c.d("b", "failoverd").output()
+    from standin_bin import query
+    assert "standin_failoverd_role_epoch{node=\"b\"} 2" in query(c.d("b", "failoverd").sock,
+                                                                  "metrics")

@@ -408,3 +408,70 @@ def test_status_on_a_shows_b_from_etcd(cluster):
     r = c.ctl("a", "status", "--json", conf=conf)
     nodes = {n["node"]: n for n in json.loads(r.stdout)["nodes"]}
     assert nodes["a"]["role"] == "master" and nodes["b"]["role"] is None, nodes
+
+
+def test_failover_when_node_a_is_cut_off_and_fenced(cluster, lab):
+    """Node a is cut off the network with writes b never got; standinctl
+    failover --to b, run in b, fences a with a command that kills every
+    process in a's namespace (STONITH) and makes b the master.  When a comes
+    back it takes epoch 2, stays read-only, follows b, and what only it had
+    is in its divergence reports (PostgreSQL, LDAP) and its extra mail on b."""
+    c = cluster
+    c.wait_streaming("b")
+    for name in ("pgrepl", "ldaprepl", "imaprepl"):
+        c.d("b", name).kill9()
+    c.pg["a"].psql("INSERT INTO w (id) SELECT g FROM generate_series(2001, 2005) g",
+                   db="groupware")
+    la = c.ldap["a"]
+    la.ldapadd(f"dn: uid=only-a,ou=people,{la.suffix}\nobjectClass: inetOrgPerson\n"
+               "uid: only-a\ncn: Only A\nsn: A\n")
+    c.imap["a"].append("alice", "INBOX", b"From: x@example.com\r\nSubject: only on a\r\n"
+                       b"Message-ID: <only-a@example.com>\r\n\r\nmail a alone got\r\n")
+    lab.cut("a")
+    sh.wait_until(lambda: c.etcd.get("/standin/itest/members/a") is None, 20,
+                  "a's member record to go")
+    fence = os.path.join(c.dirs["b"], "etc", "fence")
+    with open(fence, "w") as f:
+        f.write(f"#!/bin/sh\n[ \"$1\" = a ] || exit 3\n"
+                f"for p in $(ip netns pids {lab.netns('a')}); do kill -9 $p; done\n"
+                f"echo \"fenced $1\" >> {c.dirs['b']}/fenced\n")
+    os.chmod(fence, 0o755)
+    with open(c.confs["b"], "a") as f:
+        f.write(f"[failover]\nfence_command = {fence} %n\n")
+    r = c.ctl("b", "failover", "--to", "b")
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fence: a fenced" in r.stdout and "promote b ok" in r.stdout, r.stdout
+    sh.wait_until(lambda: not lab.pids("a"), 20, "nothing left running in a")
+    for name in ("pgrepl", "ldaprepl", "imaprepl"):
+        c.d("b", name).start()
+    # a comes back: its link, its servers, its daemons.
+    lab.cut("a", off=False)
+    for s in (c.ldap["a"], c.imap["a"]):
+        s.kill9()
+    for (n, _), d in c.daemons.items():
+        if n == "a":
+            d.kill9()
+    c.pg["a"].start()
+    c.ldap["a"].start()
+    c.imap["a"].start()
+    for (n, _), d in list(c.daemons.items()):
+        if n == "a":
+            d.start()
+    sh.wait_until(lambda: json.loads(c.ctl("a", "state", "show", "--json").stdout)["epoch"] == 2,
+                  30, "a to take epoch 2")
+    sh.wait_until(lambda: c.pg["a"].psql("SHOW default_transaction_read_only") == "on", 30,
+                  "a read-only")
+    digest = "SELECT count(*), md5(string_agg(id::text, ',' ORDER BY id)) FROM w"
+    sh.wait_until(lambda: c.pg["a"].psql(digest, db="groupware") ==
+                  c.pg["b"].psql(digest, db="groupware"), 120, "a equal to b")
+    state_a = os.path.join(c.dirs["a"], "state")
+    sh.wait_until(lambda: [f for f in os.listdir(state_a) if f.startswith("divergence-ldap-b-")],
+                  60, "a's LDAP divergence report")
+    sql = [f for f in os.listdir(state_a) if f.startswith("divergence-b-")]
+    assert sql and "2003" in open(os.path.join(state_a, sql[0])).read()
+
+    def bodies(n):
+        return sorted(m["body"] for m in c.imap[n].list_messages("alice", master=True))
+    sh.wait_until(lambda: sum(b"mail a alone got" in x for x in bodies("b")) == 1, 90,
+                  "a's extra mail on b")

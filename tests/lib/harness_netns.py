@@ -244,6 +244,12 @@ class NetLab:
 
     # -- use -------------------------------------------------------------------
 
+    def cut(self, node, off=True):
+        """Cut NODE off the network (its veth's bridge end down: a partition,
+        a dead switch port), or, with off=False, plug it back."""
+        veth = f"stv{self.x}-{self.nodes.index(node)}"
+        _ip("link", "set", veth, "down" if off else "up")
+
     def addr(self, node):
         """The node's address (on its veth): 10.177.X.(2+i)."""
         return f"{SUBNET_PREFIX}.{self.x}.{2 + self.nodes.index(node)}"

@@ -10,7 +10,6 @@ standin does between the nodes goes over the network or through etcd.
 
 The test process stays in the root namespace and reaches every node's
 services at the node's address, through the bridge."""
-import imaplib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import standin_harness as sh
 from harness_netns import NetLab, NetLabUnavailable
 from standin_bin import PGREPL, STANDINCTL, StandinDaemon, program
+import test_switchover
 from test_switchover import (FAILOVERD, IMAPREPL, LDAPREPL, NODES, PROXY, Cluster, Writers,
                              check_every_ack_on, steps_of)
 
@@ -142,100 +142,13 @@ class NetCluster(Cluster):
                                                        conf or self.confs[node], "-n", node, *args],
                               capture_output=True, text=True, timeout=timeout)
 
+    def host(self, node):
+        return self.lab.addr(node)
+
     def server_pids(self, node):
         """The main pids of NODE's servers and standin daemons."""
         return ([s.pid for s in (self.pg[node], self.ldap[node], self.imap[node])] +
                 [d.proc.pid for (n, _), d in self.daemons.items() if n == node and d.running()])
-
-
-class NodeWriters(Writers):
-    """test_switchover.Writers through node a's proxy at a's address (the
-    test process is not in a's namespace: 127.0.0.1 is not a there)."""
-
-    def __init__(self, c, base=0, node="a"):
-        super().__init__(c, base)
-        self.node = node
-        self.host = c.lab.addr(node)
-
-    def pg(self):
-        s = self.c.pg[self.node]
-        env = dict(os.environ, PGPASSWORD=s.password)
-        n = self.base
-        while not self.stop.is_set():
-            p = subprocess.Popen([s.bin("psql"), "-X", "-At", "-q", "-h", self.host, "-p",
-                                  str(self.c.ports[self.node]["pg"]), "-U", s.user, "-d",
-                                  "groupware"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, env=env)
-            try:
-                while not self.stop.is_set():
-                    n += 1
-                    p.stdin.write(f"INSERT INTO w (id) VALUES ({n}) RETURNING 'ack ' || id;\n"
-                                  f"\\echo done {n}\n")
-                    p.stdin.flush()
-                    acked = False
-                    while True:
-                        line = p.stdout.readline()
-                        if not line:
-                            raise BrokenPipeError
-                        if line.strip() == f"ack {n}":
-                            acked = True
-                        if line.strip() == f"done {n}":
-                            break
-                    if acked:
-                        self.ack("pg", n)
-                    else:
-                        self.errors["pg"] += 1
-            except (BrokenPipeError, OSError):
-                self.errors["pg"] += 1
-            finally:
-                p.kill()
-                p.wait()
-
-    def ldap(self):
-        s = self.c.ldap[self.node]
-        n = self.base
-        while not self.stop.is_set():
-            n += 1
-            ldif = (f"dn: uid=w{n},ou=people,{s.suffix}\nobjectClass: inetOrgPerson\n"
-                    f"uid: w{n}\ncn: W {n}\nsn: W\n")
-            r = subprocess.run(["/usr/bin/ldapadd", "-x", "-H",
-                                f"ldap://{self.host}:{self.c.ports[self.node]['ldap']}/", "-D",
-                                s.rootdn, "-y", s.password_file], input=ldif, text=True,
-                               capture_output=True, timeout=60)
-            if r.returncode == 0:
-                self.ack("ldap", n)
-            else:
-                self.errors["ldap"] += 1
-
-    def imap(self):
-        s = self.c.imap[self.node]
-        n = self.base
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = imaplib.IMAP4(self.host, self.c.ports[self.node]["imap"], timeout=60)
-                    conn.login("alice", s.users["alice"])
-                n += 1
-                msg = (f"From: w@example.com\r\nSubject: w{n}\r\n\r\nbody {n}\r\n").encode()
-                typ, _ = conn.append("INBOX", None, None, msg)
-                if typ == "OK":
-                    self.ack("imap", n)
-                else:
-                    self.errors["imap"] += 1
-            except (OSError, imaplib.IMAP4.error, EOFError):
-                self.errors["imap"] += 1
-                try:
-                    if conn is not None:
-                        conn.shutdown()
-                except OSError:
-                    pass
-                conn = None
-        if conn is not None:
-            try:
-                conn.logout()
-            except (OSError, imaplib.IMAP4.error):
-                pass
 
 
 @pytest.fixture
@@ -344,7 +257,7 @@ def test_switchover_there_and_back_between_namespaces(cluster):
     on the new master."""
     c = cluster
     c.wait_streaming("b")
-    with NodeWriters(c) as w:
+    with Writers(c) as w:
         w.wait_for(5)
         r = c.switchover("b")
         print(r.stdout)
@@ -359,7 +272,7 @@ def test_switchover_there_and_back_between_namespaces(cluster):
     for n in c.nodes:
         assert json.loads(c.ctl(n, "state", "show", "--json").stdout)["epoch"] == 2
     c.wait_streaming("a")
-    with NodeWriters(c, base=10_000_000) as w2:
+    with Writers(c, base=10_000_000) as w2:
         w2.wait_for(5)
         r = c.switchover("a")
         print(r.stdout)
@@ -475,3 +388,30 @@ def test_failover_when_node_a_is_cut_off_and_fenced(cluster, lab):
         return sorted(m["body"] for m in c.imap[n].list_messages("alice", master=True))
     sh.wait_until(lambda: sum(b"mail a alone got" in x for x in bodies("b")) == 1, 90,
                   "a's extra mail on b")
+
+
+# The switchover's failures and three nodes, as in test_switchover, each node
+# in its own namespaces.
+
+def test_rollback_when_the_standby_cannot_drain_between_namespaces(cluster):
+    test_switchover.test_switchover_rolls_back_when_the_standby_cannot_drain(cluster)
+
+
+def test_rollback_when_the_target_agent_hangs_between_namespaces(cluster):
+    test_switchover.test_switchover_rolls_back_when_the_target_agent_hangs(cluster)
+
+
+def test_etcd_lost_before_the_point_of_no_return_between_namespaces(cluster):
+    test_switchover.test_etcd_lost_before_the_point_of_no_return(cluster)
+
+
+def test_three_nodes_between_namespaces(harness):
+    try:
+        lab = NetLab(harness, ("a", "b", "c"))
+    except NetLabUnavailable as e:
+        pytest.skip(f"no network namespaces here: {e}")
+    e = sh.EtcdServer(harness, host=lab.gateway)
+    lab.hide(harness.path(e.node))
+    e.start()
+    c = NetCluster(harness, e, lab, nodes=("a", "b", "c"))
+    test_switchover.three_nodes_switchover_to_c(c)

@@ -112,6 +112,10 @@ class Cluster:
         self.daemons[(node, name)] = d
         return d
 
+    def host(self, node):
+        """Where the test process reaches NODE's proxy."""
+        return "127.0.0.1"
+
     def d(self, node, name):
         return self.daemons[(node, "standin-" + name)]
 
@@ -169,7 +173,7 @@ class Writers:
         env = dict(os.environ, PGPASSWORD=s.password)
         n = self.base
         while not self.stop.is_set():
-            p = subprocess.Popen([s.bin("psql"), "-X", "-At", "-q", "-h", "127.0.0.1", "-p",
+            p = subprocess.Popen([s.bin("psql"), "-X", "-At", "-q", "-h", self.c.host("a"), "-p",
                                   str(self.c.ports["a"]["pg"]), "-U", s.user, "-d", "groupware"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL, text=True, env=env)
@@ -206,7 +210,7 @@ class Writers:
             ldif = (f"dn: uid=w{n},ou=people,{s.suffix}\nobjectClass: inetOrgPerson\n"
                     f"uid: w{n}\ncn: W {n}\nsn: W\n")
             r = subprocess.run(["/usr/bin/ldapadd", "-x", "-H",
-                                f"ldap://127.0.0.1:{self.c.ports['a']['ldap']}/", "-D",
+                                f"ldap://{self.c.host('a')}:{self.c.ports['a']['ldap']}/", "-D",
                                 s.rootdn, "-y", s.password_file], input=ldif, text=True,
                                capture_output=True, timeout=60)
             if r.returncode == 0:
@@ -221,7 +225,7 @@ class Writers:
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    conn = imaplib.IMAP4("127.0.0.1", self.c.ports["a"]["imap"], timeout=60)
+                    conn = imaplib.IMAP4(self.c.host("a"), self.c.ports["a"]["imap"], timeout=60)
                     conn.login("alice", s.users["alice"])
                 n += 1
                 msg = (f"From: w@example.com\r\nSubject: w{n}\r\n\r\nbody {n}\r\n").encode()
@@ -387,7 +391,7 @@ def writable(c, node):
     s.ldapadd(f"dn: uid=x{n},ou=people,{s.suffix}\nobjectClass: inetOrgPerson\nuid: x{n}\n"
               f"cn: X\nsn: X\n")
     env = dict(os.environ, PGPASSWORD=c.pg[node].password)
-    r = subprocess.run([c.pg[node].bin("psql"), "-X", "-q", "-At", "-h", "127.0.0.1", "-p",
+    r = subprocess.run([c.pg[node].bin("psql"), "-X", "-q", "-At", "-h", c.host(node), "-p",
                         str(c.ports[node]["pg"]), "-U", c.pg[node].user, "-d", "groupware", "-c",
                         f"INSERT INTO w (id) VALUES ({n + 1}) RETURNING id"],
                        capture_output=True, text=True, env=env, timeout=30)
@@ -503,10 +507,13 @@ def test_etcd_lost_before_the_point_of_no_return(cluster):
 
 
 def test_three_nodes_switchover_to_c_repoints_b(harness, etcd):
+    three_nodes_switchover_to_c(Cluster(harness, etcd, nodes=("a", "b", "c")))
+
+
+def three_nodes_switchover_to_c(c):
     """Master a, standbys b and c: a switchover to c while clients write;
     b then follows c with no copy (no initial sync, no LDAP reload), and the
     three nodes hold the same."""
-    c = Cluster(harness, etcd, nodes=("a", "b", "c"))
     c.wait_streaming("b")
     c.wait_streaming("c")
     with Writers(c) as w:

@@ -36,20 +36,24 @@ sleep_ms(long ms)
 /* ------------------------------------------------------------ local daemons */
 
 /*
- * PROGRAM's JSON reply to COMMAND on this node, or NULL with *error_r;
+ * PROGRAM's JSON reply to COMMAND on this node (as an order at EPOCH, 0:
+ * none), or NULL with *error_r;
  * *absent_r (may be NULL) is true when the daemon has no socket (not running).
  */
 static json_t *
-local(const struct st_node *node, const char *program, const char *command, long timeout_ms,
-      bool *absent_r, char **error_r)
+local(const struct st_node *node, uint64_t epoch, const char *program, const char *command,
+      long timeout_ms, bool *absent_r, char **error_r)
 {
 	char *path = st_ctl_socket_path(node, program), *reply = NULL, *err = NULL;
 	size_t verb = strcspn(command, " ");
 	json_t *j = NULL;
+	/* An order's commands carry its epoch: a daemon whose node is at a
+	 * higher one refuses them (lib/ctl.c). */
+	char *line = epoch > 0 ? xasprintf("@%" PRIu64 " %s", epoch, command) : xstrdup(command);
 
 	if (absent_r != NULL)
 		*absent_r = false;
-	if (st_ctl_query(path, command, (int)timeout_ms, &reply, &err) < 0) {
+	if (st_ctl_query(path, line, (int)timeout_ms, &reply, &err) < 0) {
 		if (absent_r != NULL && strcmp(err, "no socket") == 0)
 			*absent_r = true;
 		st_set_error(error_r, "%s on node %s: %.*s: %s", program, node->name, (int)verb,
@@ -71,6 +75,7 @@ local(const struct st_node *node, const char *program, const char *command, long
 		j = NULL;
 	}
 out:
+	free(line);
 	free(reply);
 	free(err);
 	free(path);
@@ -294,10 +299,11 @@ arg_ms(const struct st_order *o, long dflt)
 /* COMMAND to this node's proxy: its reply, {"proxy":"not running"} when it
  * does not run (nothing to hold there), or NULL with *error_r. */
 static json_t *
-proxy(const struct st_node *node, const char *command, char **error_r)
+proxy(const struct st_node *node, uint64_t epoch, const char *command, char **error_r)
 {
 	bool absent;
-	json_t *r = local(node, ST_PROGRAM_PROXY, command, LOCAL_TIMEOUT_MS, &absent, error_r);
+	json_t *r = local(node, epoch, ST_PROGRAM_PROXY, command, LOCAL_TIMEOUT_MS, &absent,
+			  error_r);
 
 	if (r == NULL && absent) {
 		free(*error_r);
@@ -312,14 +318,14 @@ static json_t *
 op_pause(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
 	 char **error_r)
 {
-	json_t *r = proxy(node, "pause all", error_r);
+	json_t *r = proxy(node, o->epoch, "pause all", error_r);
 
 	(void)conf;
 	(void)o;
 	if (r == NULL || json_object_get(r, "proxy") != NULL)
 		return r;
 	json_decref(r);
-	return proxy(node, "drop all", error_r);
+	return proxy(node, o->epoch, "drop all", error_r);
 }
 
 /* resume: the proxy forwards the clients it held (a rollback). */
@@ -329,7 +335,7 @@ op_resume(const struct st_conf *conf, const struct st_node *node, const struct s
 {
 	(void)conf;
 	(void)o;
-	return proxy(node, "resume all", error_r);
+	return proxy(node, o->epoch, "resume all", error_r);
 }
 
 /* fence: every local server refuses writes; the positions they stopped at. */
@@ -406,6 +412,7 @@ op_unfence(const struct st_conf *conf, const struct st_node *node, const struct 
  * long as the slowest, not their sum. */
 struct drain_one {
 	const struct st_node *node;
+	uint64_t epoch;
 	int svc;
 	char *cmd;
 	long wait_ms;
@@ -420,7 +427,8 @@ drain_thread(void *arg)
 {
 	struct drain_one *d = arg;
 
-	d->reply = local(d->node, st_replicator_program(d->svc), d->cmd, d->wait_ms, NULL, &d->err);
+	d->reply = local(d->node, d->epoch, st_replicator_program(d->svc), d->cmd, d->wait_ms, NULL,
+			 &d->err);
 	return NULL;
 }
 
@@ -443,7 +451,8 @@ op_drain(const struct st_conf *conf, const struct st_node *node, const struct st
 			failed = true;
 			break;
 		}
-		one[s] = (struct drain_one){ .node = node, .svc = s, .wait_ms = timeout + 5000,
+		one[s] = (struct drain_one){ .node = node, .epoch = o->epoch, .svc = s,
+					     .wait_ms = timeout + 5000,
 					     .cmd = xasprintf("drain %s %ld", p, timeout) };
 		one[s].started = pthread_create(&one[s].thread, NULL, drain_thread, &one[s]) == 0;
 		if (!one[s].started)
@@ -493,12 +502,13 @@ op_sequences(const struct st_conf *conf, const struct st_node *node, const struc
 
 	if (!conf->service_enabled[ST_SVC_PG])
 		return json_pack("{s:b}", "requested", 0);
-	json_t *r = local(node, ST_PROGRAM_PGREPL, "sequences", LOCAL_TIMEOUT_MS, NULL, error_r);
+	json_t *r = local(node, o->epoch, ST_PROGRAM_PGREPL, "sequences", LOCAL_TIMEOUT_MS, NULL,
+			  error_r);
 	if (r == NULL)
 		return NULL;
 	json_decref(r);
 	for (;;) {
-		r = local(node, ST_PROGRAM_PGREPL, "status", LOCAL_TIMEOUT_MS, NULL, error_r);
+		r = local(node, 0, ST_PROGRAM_PGREPL, "status", LOCAL_TIMEOUT_MS, NULL, error_r);
 		if (r == NULL)
 			return NULL;
 		json_t *synced = json_object_get(r, "sequences_synced_ms");
@@ -535,7 +545,8 @@ op_reverse(const struct st_conf *conf, const struct st_node *node, const struct 
 			continue;
 		long long left = deadline - st_monotonic_ms();
 		char *cmd = xasprintf("reverse %s %lld", to, left > 1 ? left : 1);
-		json_t *d = local(node, st_replicator_program(s), cmd, (left > 0 ? left : 0) + 5000,
+		json_t *d = local(node, o->epoch, st_replicator_program(s), cmd,
+				  (left > 0 ? left : 0) + 5000,
 				  NULL, error_r);
 		free(cmd);
 		if (d == NULL)
@@ -582,7 +593,8 @@ op_finish(const struct st_conf *conf, const struct st_node *node, struct st_etcd
 		return NULL;
 	long long deadline = st_monotonic_ms() + PROXY_FOLLOW_MS;
 	for (;;) {
-		json_t *s = local(node, ST_PROGRAM_PROXY, "status", LOCAL_TIMEOUT_MS, &absent, error_r);
+		json_t *s = local(node, 0, ST_PROGRAM_PROXY, "status", LOCAL_TIMEOUT_MS, &absent,
+				  error_r);
 		if (s == NULL && absent) {
 			free(*error_r);
 			*error_r = NULL;
@@ -603,7 +615,8 @@ op_finish(const struct st_conf *conf, const struct st_node *node, struct st_etcd
 		}
 		sleep_ms(10);
 	}
-	json_t *r = local(node, ST_PROGRAM_PROXY, "resume all", LOCAL_TIMEOUT_MS, NULL, error_r);
+	json_t *r = local(node, o->epoch, ST_PROGRAM_PROXY, "resume all", LOCAL_TIMEOUT_MS, NULL,
+			  error_r);
 	if (r == NULL)
 		return NULL;
 	json_decref(r);

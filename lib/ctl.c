@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "lib/ctl.h"
+#include "lib/cstate.h"
 #include "lib/log.h"
 
 #include <errno.h>
@@ -51,6 +52,7 @@ struct st_ctl_server {
 	struct ctl_client *clients;
 	unsigned n_clients;
 	struct drain_wait *drains;	/* "drain POS TIMEOUT_MS" waiting */
+	char *epoch_file;		/* the node's cluster.state, for "@EPOCH COMMAND" */
 };
 
 /* A drain that waits (st_ctl_drain): checked every DRAIN_POLL_MS. */
@@ -115,6 +117,34 @@ dispatch(struct ctl_client *c)
 			args++;
 	} else {
 		args = line + strlen(line);
+	}
+	/* "@EPOCH COMMAND ARGS": an order of the cluster at EPOCH, refused
+	 * when this node's state is at a higher one (a late or stale order). */
+	if (line[0] == '@') {
+		char *end;
+		unsigned long long epoch = strtoull(line + 1, &end, 10);
+		if (line[1] < '0' || line[1] > '9' || *end != '\0' || *args == '\0') {
+			st_ctl_reply_error(&c->reply, "usage: @EPOCH COMMAND [ARGS]");
+			return;
+		}
+		struct st_cstate cs;
+		char *err = NULL;
+		if (srv->epoch_file != NULL && st_cstate_load(srv->epoch_file, &cs, &err) == 0 &&
+		    epoch < cs.epoch) {
+			st_ctl_reply_error(&c->reply, "refused: the order is for epoch %llu, this node "
+					   "is at %llu", epoch, (unsigned long long)cs.epoch);
+			return;
+		}
+		free(err);
+		line = args;
+		args = strchr(line, ' ');
+		if (args != NULL) {
+			*args++ = '\0';
+			while (*args == ' ')
+				args++;
+		} else {
+			args = line + strlen(line);
+		}
 	}
 	if (strcmp(line, "help") == 0) {
 		builtin_help(srv, &c->reply);
@@ -467,6 +497,13 @@ fail:
 }
 
 void
+st_ctl_set_epoch_file(struct st_ctl_server *srv, const char *path)
+{
+	free(srv->epoch_file);
+	srv->epoch_file = path != NULL ? xstrdup(path) : NULL;
+}
+
+void
 st_ctl_close(struct st_ctl_server **srvp)
 {
 	struct st_ctl_server *srv = *srvp;
@@ -481,6 +518,7 @@ st_ctl_close(struct st_ctl_server **srvp)
 	close(srv->io.fd);
 	unlink(srv->path);
 	free(srv->path);
+	free(srv->epoch_file);
 	free(srv);
 	*srvp = NULL;
 }

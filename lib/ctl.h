@@ -65,6 +65,13 @@ void st_ctl_reply_later(struct st_ctl_held *held, const char *text);
 struct st_ctl_server *st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 				    const struct st_ctl_command *commands, void *ctx,
 				    char **error_r) ST_WARN_UNUSED;
+/*
+ * Commands may come as "@EPOCH COMMAND ARGS" (standin-failoverd's, for a
+ * switchover at EPOCH): refused when the state at PATH (the node's
+ * cluster.state) is at a higher epoch.  Without a file, never refused.
+ */
+void st_ctl_set_epoch_file(struct st_ctl_server *srv, const char *path);
+
 /* Stop listening, close client connections, remove the socket file. */
 void st_ctl_close(struct st_ctl_server **srv);
 

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "lib/daemon.h"
+#include "lib/cstate.h"
 #include "lib/durable.h"
 #include "lib/log.h"
 
@@ -418,6 +419,9 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 		st_error("cannot open the status socket: %s", error);
 		goto out;
 	}
+	char *epoch_file = st_cstate_path(d.node);
+	st_ctl_set_epoch_file(ctl, epoch_file);
+	free(epoch_file);
 
 	ev_signal_init(&sig_term, stop_cb, SIGTERM);
 	ev_signal_init(&sig_int, stop_cb, SIGINT);

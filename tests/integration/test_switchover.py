@@ -354,6 +354,14 @@ def test_switchover_there_and_back_while_clients_write(cluster):
     ack = sh.wait_until(lambda: (v := c.etcd.get("/standin/itest/acks/b")) and
                         json.loads(v)["id"] == "old-1" and json.loads(v), 20, "b's answer")
     assert ack["ok"] is False and "the order is for epoch 1, this node is at 3" in ack["error"], ack
+    # ...and by every daemon, for the commands the agent passes on.
+    from standin_bin import query
+    for name in ("proxy", "pgrepl", "ldaprepl", "imaprepl", "failoverd"):
+        sock = c.d("b", name).sock
+        r = json.loads(query(sock, "@2 status"))
+        assert r["ok"] is False and "the order is for epoch 2, this node is at 3" in r["error"]
+        assert "state" in json.loads(query(sock, "@3 status"))
+        assert "usage: @EPOCH COMMAND" in query(sock, "@x status")
 
 
 def b64(text):

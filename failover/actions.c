@@ -296,6 +296,35 @@ arg_ms(const struct st_order *o, long dflt)
 	return json_is_integer(t) && json_integer_value(t) > 0 ? (long)json_integer_value(t) : dflt;
 }
 
+/* Whether the order is for service SVC: configured, and named in its
+ * "services" (no list: every service, a switchover of the whole node). */
+static bool
+wants(const struct st_conf *conf, const struct st_order *o, int svc)
+{
+	json_t *list = json_object_get(o->args, "services"), *v;
+	size_t i;
+
+	if (!conf->service_enabled[svc])
+		return false;
+	if (!json_is_array(list))
+		return true;
+	json_array_foreach(list, i, v) {
+		if (json_is_string(v) && strcmp(json_string_value(v), st_service_name(svc)) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The proxy's word for the order's services: "all", or the one named. */
+static const char *
+proxy_target(const struct st_order *o)
+{
+	json_t *list = json_object_get(o->args, "services");
+
+	return json_is_array(list) && json_array_size(list) == 1
+		? json_string_value(json_array_get(list, 0)) : "all";
+}
+
 /* COMMAND to this node's proxy: its reply, {"proxy":"not running"} when it
  * does not run (nothing to hold there), or NULL with *error_r. */
 static json_t *
@@ -318,14 +347,18 @@ static json_t *
 op_pause(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
 	 char **error_r)
 {
-	json_t *r = proxy(node, o->epoch, "pause all", error_r);
+	char *pause = xasprintf("pause %s", proxy_target(o)), *drop = NULL;
+	json_t *r = proxy(node, o->epoch, pause, error_r);
 
 	(void)conf;
-	(void)o;
+	free(pause);
 	if (r == NULL || json_object_get(r, "proxy") != NULL)
 		return r;
 	json_decref(r);
-	return proxy(node, o->epoch, "drop all", error_r);
+	drop = xasprintf("drop %s", proxy_target(o));
+	r = proxy(node, o->epoch, drop, error_r);
+	free(drop);
+	return r;
 }
 
 /* resume: the proxy forwards the clients it held (a rollback). */
@@ -333,9 +366,12 @@ static json_t *
 op_resume(const struct st_conf *conf, const struct st_node *node, const struct st_order *o,
 	  char **error_r)
 {
+	char *cmd = xasprintf("resume %s", proxy_target(o));
+	json_t *r = proxy(node, o->epoch, cmd, error_r);
+
 	(void)conf;
-	(void)o;
-	return proxy(node, o->epoch, "resume all", error_r);
+	free(cmd);
+	return r;
 }
 
 /* fence: every local server refuses writes; the positions they stopped at. */
@@ -347,16 +383,15 @@ op_fence(const struct st_conf *conf, const struct st_node *node, const struct st
 	char *lsn = NULL, *csn = NULL;
 	long long ended = 0;
 
-	(void)o;
 	json_object_set_new(r, "positions", pos);
 	json_object_set_new(r, "notes", notes);
-	if (conf->service_enabled[ST_SVC_PG]) {
+	if (wants(conf, o, ST_SVC_PG)) {
 		if (fo_pg_fence(conf, node, true, &ended, &lsn, error_r) < 0)
 			goto fail;
 		json_object_set_new(pos, "pg", json_string(lsn));
 		json_object_set_new(r, "sessions_ended", json_integer(ended));
 	}
-	if (conf->service_enabled[ST_SVC_LDAP]) {
+	if (wants(conf, o, ST_SVC_LDAP)) {
 		int rc = fo_ldap_fence(conf, node, true, &csn, error_r);
 		if (rc < 0)
 			goto fail;
@@ -369,7 +404,7 @@ op_fence(const struct st_conf *conf, const struct st_node *node, const struct st
 		}
 		json_object_set_new(pos, "ldap", json_string(csn));
 	}
-	if (conf->service_enabled[ST_SVC_IMAP]) {
+	if (wants(conf, o, ST_SVC_IMAP)) {
 		int rc = fo_imap_kick(conf, node, error_r);
 		if (rc < 0)
 			goto fail;
@@ -398,11 +433,9 @@ op_unfence(const struct st_conf *conf, const struct st_node *node, const struct 
 {
 	long long ended;
 
-	(void)o;
-	if (conf->service_enabled[ST_SVC_PG] &&
-	    fo_pg_fence(conf, node, false, &ended, NULL, error_r) < 0)
+	if (wants(conf, o, ST_SVC_PG) && fo_pg_fence(conf, node, false, &ended, NULL, error_r) < 0)
 		return NULL;
-	if (conf->service_enabled[ST_SVC_LDAP] && fo_ldap_fence(conf, node, false, NULL, error_r) < 0)
+	if (wants(conf, o, ST_SVC_LDAP) && fo_ldap_fence(conf, node, false, NULL, error_r) < 0)
 		return NULL;
 	return json_pack("{s:b}", "unfenced", 1);
 }
@@ -444,7 +477,7 @@ op_drain(const struct st_conf *conf, const struct st_node *node, const struct st
 	memset(one, 0, sizeof(one));
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
 		const char *p = json_string_value(json_object_get(pos, st_service_name(s)));
-		if (!conf->service_enabled[s])
+		if (!wants(conf, o, s))
 			continue;
 		if (p == NULL) {
 			st_set_error(error_r, "no %s position in the order", st_service_name(s));
@@ -500,7 +533,7 @@ op_sequences(const struct st_conf *conf, const struct st_node *node, const struc
 {
 	long long deadline = st_monotonic_ms() + arg_ms(o, 30000), t0 = st_now_ms();
 
-	if (!conf->service_enabled[ST_SVC_PG])
+	if (!wants(conf, o, ST_SVC_PG))
 		return json_pack("{s:b}", "requested", 0);
 	json_t *r = local(node, o->epoch, ST_PROGRAM_PGREPL, "sequences", LOCAL_TIMEOUT_MS, NULL,
 			  error_r);
@@ -541,7 +574,7 @@ op_reverse(const struct st_conf *conf, const struct st_node *node, const struct 
 		goto fail;
 	}
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
-		if (!conf->service_enabled[s])
+		if (!wants(conf, o, s))
 			continue;
 		long long left = deadline - st_monotonic_ms();
 		char *cmd = xasprintf("reverse %s %lld", to, left > 1 ? left : 1);
@@ -586,10 +619,11 @@ op_finish(const struct st_conf *conf, const struct st_node *node, struct st_etcd
 		return NULL;
 	}
 	bool master = strcmp(cs.master, node->name) == 0;
-	if (master && conf->service_enabled[ST_SVC_PG] &&
+	if (wants(conf, o, ST_SVC_PG) &&
+	    strcmp(st_cstate_master_of(&cs, ST_SVC_PG), node->name) == 0 &&
 	    fo_pg_fence(conf, node, false, &ended, NULL, error_r) < 0)
 		return NULL;
-	if (conf->service_enabled[ST_SVC_LDAP] && fo_ldap_fence(conf, node, false, NULL, error_r) < 0)
+	if (wants(conf, o, ST_SVC_LDAP) && fo_ldap_fence(conf, node, false, NULL, error_r) < 0)
 		return NULL;
 	long long deadline = st_monotonic_ms() + PROXY_FOLLOW_MS;
 	for (;;) {
@@ -615,8 +649,9 @@ op_finish(const struct st_conf *conf, const struct st_node *node, struct st_etcd
 		}
 		sleep_ms(10);
 	}
-	json_t *r = local(node, o->epoch, ST_PROGRAM_PROXY, "resume all", LOCAL_TIMEOUT_MS, NULL,
-			  error_r);
+	char *resume = xasprintf("resume %s", proxy_target(o));
+	json_t *r = local(node, o->epoch, ST_PROGRAM_PROXY, resume, LOCAL_TIMEOUT_MS, NULL, error_r);
+	free(resume);
 	if (r == NULL)
 		return NULL;
 	json_decref(r);
@@ -627,8 +662,8 @@ op_finish(const struct st_conf *conf, const struct st_node *node, struct st_etcd
 /*
  * heal: the switchover that gave this node its last orders is gone from
  * etcd (its standinctl died, or lost etcd, before the end): undo what it did
- * here, by the state in etcd.  Still the master there: writable again and
- * the proxy resumed; otherwise what "finish" does for the new state.
+ * here, by the state in etcd: what "finish" does for it (still the master
+ * there: writable again and the proxy resumed).
  */
 static json_t *
 op_heal(const struct st_conf *conf, const struct st_node *node, struct st_etcd *etcd,
@@ -642,16 +677,11 @@ op_heal(const struct st_conf *conf, const struct st_node *node, struct st_etcd *
 			st_set_error(error_r, "there is no cluster state in etcd");
 		return NULL;
 	}
-	if (strcmp(cs.master, node->name) != 0) {
-		struct st_order at = *o;
-		at.epoch = cs.epoch;
-		return op_finish(conf, node, etcd, &at, error_r);
-	}
-	json_t *r = op_unfence(conf, node, o, error_r);
-	if (r == NULL)
-		return NULL;
-	json_decref(r);
-	return op_resume(conf, node, o, error_r);
+	/* What "finish" does for the state in etcd: each service this node
+	 * masters writable, the proxy resumed. */
+	struct st_order at = *o;
+	at.epoch = cs.epoch;
+	return op_finish(conf, node, etcd, &at, error_r);
 }
 
 json_t *

@@ -107,6 +107,15 @@ member_record(struct failoverd *f, const struct st_cstate *cs, bool cs_valid)
 	json_object_set_new(o, "role", json_string(cs_valid ? st_cstate_role(cs, d->node->name)
 								: "unknown"));
 	json_object_set_new(o, "master", cs_valid ? json_string(cs->master) : json_null());
+	if (cs_valid) {
+		json_t *roles = json_object();	/* per service: one may have moved alone */
+		for (int s = 0; s < ST_SVC_COUNT; s++) {
+			if (d->conf->service_enabled[s])
+				json_object_set_new(roles, st_service_name(s),
+						    json_string(st_cstate_role_of(cs, s, d->node->name)));
+		}
+		json_object_set_new(o, "roles", roles);
+	}
 	json_object_set_new(o, "time_ms", json_integer(st_now_ms()));
 	for (size_t i = 0; i < ST_ARRAY_SIZE(local_daemons); i++) {
 		char *path = st_ctl_socket_path(d->node, local_daemons[i]), *reply = NULL, *err = NULL;
@@ -314,24 +323,21 @@ role_work(void *arg)
 
 	pthread_mutex_lock(&f->act_lock);
 	if (st_cstate_load(path, &local, &err) == 0 && f->role_epoch < local.epoch) {
-		const char *role = st_cstate_role(&local, node->name);
-		if (strcmp(role, "standby") == 0) {
-			j->as = "standby";
-			if (!conf->service_enabled[ST_SVC_PG] ||
-			    fo_pg_readonly(conf, node, &j->err) == 0)
-				j->done = local.epoch;
-		} else if (strcmp(role, "master") == 0) {
-			j->as = "master";
-			int rc = switchover_running(conf, &j->err);
-			if (rc == 1) {
-				j->waiting = true;
-			} else if (rc == 0 &&
-				   (!conf->service_enabled[ST_SVC_PG] ||
-				    fo_pg_fence(conf, node, false, &ended, NULL, &j->err) == 0) &&
-				   (!conf->service_enabled[ST_SVC_LDAP] ||
-				    fo_ldap_fence(conf, node, false, NULL, &j->err) >= 0)) {
-				j->done = local.epoch;
-			}
+		/* Per service: a switchover may move only one. */
+		bool pg = conf->service_enabled[ST_SVC_PG];
+		bool pg_master = pg && strcmp(st_cstate_master_of(&local, ST_SVC_PG), node->name) == 0;
+		bool ldap_master = conf->service_enabled[ST_SVC_LDAP] &&
+				   strcmp(st_cstate_master_of(&local, ST_SVC_LDAP), node->name) == 0;
+		j->as = strcmp(st_cstate_role(&local, node->name), "master") == 0 ? "master"
+										   : "standby";
+		int rc = pg_master || ldap_master ? switchover_running(conf, &j->err) : 0;
+		if (rc == 1) {
+			j->waiting = true;
+		} else if (rc == 0 &&
+			   (!pg || (pg_master ? fo_pg_fence(conf, node, false, &ended, NULL, &j->err)
+					      : fo_pg_readonly(conf, node, &j->err)) == 0) &&
+			   (!ldap_master || fo_ldap_fence(conf, node, false, NULL, &j->err) >= 0)) {
+			j->done = local.epoch;
 		}
 		if (j->done)
 			f->role_epoch = j->done;

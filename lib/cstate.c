@@ -35,15 +35,8 @@ st_cstate_init(struct st_cstate *st, const struct st_conf *conf, const char *mas
 	snprintf(st->cluster, sizeof(st->cluster), "%s", conf->cluster_name);
 	snprintf(st->master, sizeof(st->master), "%s", master);
 	for (int s = 0; s < ST_SVC_COUNT; s++) {
-		if (!conf->service_enabled[s])
-			continue;
-		for (size_t n = 0; n < conf->n_nodes; n++) {
-			if (strcmp(conf->nodes[n].name, master) == 0)
-				continue;
-			struct st_edge *e = &st->edges[s][st->n_edges[s]++];
-			snprintf(e->source, sizeof(e->source), "%s", master);
-			snprintf(e->target, sizeof(e->target), "%s", conf->nodes[n].name);
-		}
+		if (conf->service_enabled[s])
+			st_cstate_set_master_of(st, conf, s, master);
 	}
 	st->updated = time(NULL);
 }
@@ -357,6 +350,39 @@ st_cstate_same(const struct st_cstate *a, const struct st_cstate *b)
 		}
 	}
 	return true;
+}
+
+const char *
+st_cstate_master_of(const struct st_cstate *st, enum st_service svc)
+{
+	for (size_t i = 0; i < st->n_edges[svc]; i++) {
+		const char *src = st->edges[svc][i].source;
+		if (st_cstate_source(st, svc, src) == NULL)
+			return src;
+	}
+	return st->master;
+}
+
+const char *
+st_cstate_role_of(const struct st_cstate *st, enum st_service svc, const char *node)
+{
+	if (strcmp(st_cstate_master_of(st, svc), node) == 0)
+		return "master";
+	return st_cstate_source(st, svc, node) != NULL ? "standby" : "none";
+}
+
+void
+st_cstate_set_master_of(struct st_cstate *st, const struct st_conf *conf, enum st_service svc,
+			const char *master)
+{
+	st->n_edges[svc] = 0;
+	for (size_t n = 0; n < conf->n_nodes; n++) {
+		if (strcmp(conf->nodes[n].name, master) == 0)
+			continue;
+		struct st_edge *e = &st->edges[svc][st->n_edges[svc]++];
+		snprintf(e->source, sizeof(e->source), "%s", master);
+		snprintf(e->target, sizeof(e->target), "%s", conf->nodes[n].name);
+	}
 }
 
 const char *

@@ -61,6 +61,18 @@ int st_cstate_check(const struct st_cstate *st, const struct st_conf *conf,
 /* "master", "standby" or "none" (a node neither master nor target). */
 const char *st_cstate_role(const struct st_cstate *st, const char *node);
 
+/* The node that masters SVC: the source of its directions (a switchover of
+ * one service moves only its own), or the master when it has none. */
+const char *st_cstate_master_of(const struct st_cstate *st, enum st_service svc);
+
+/* NODE's role for SVC: "master", "standby" or "none". */
+const char *st_cstate_role_of(const struct st_cstate *st, enum st_service svc, const char *node);
+
+/* SVC's directions: MASTER feeding every other node of CONF; the other
+ * services' are left as they are. */
+void st_cstate_set_master_of(struct st_cstate *st, const struct st_conf *conf,
+			     enum st_service svc, const char *master);
+
 /* Exclusive lock for writers (flock on PATH.lock); returns an fd or -1. */
 int st_cstate_lock(const char *path, bool wait, char **error_r) ST_WARN_UNUSED;
 

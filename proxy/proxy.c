@@ -174,12 +174,17 @@ state_changed(struct st_cstate_follower *f, void *data)
 		return;
 	}
 	const struct st_cstate *cs = &f->cs;
-	int node = st_conf_node_index(px->conf, cs->master);
-	if (node < 0) {
-		st_daemon_set_error(px->d, "cluster state names master %s, not a node of %s",
-				    cs->master, px->conf->path);
-		px->cs_error_shown = true;
-		return;
+	int node[ST_SVC_COUNT];
+	for (int s = 0; s < ST_SVC_COUNT; s++) {
+		/* Each service to its own master (a switchover may move one). */
+		const char *m = st_cstate_master_of(cs, s);
+		node[s] = st_conf_node_index(px->conf, m);
+		if (px->svc_on[s] && node[s] < 0) {
+			st_daemon_set_error(px->d, "cluster state names master %s, not a node of %s",
+					    m, px->conf->path);
+			px->cs_error_shown = true;
+			return;
+		}
 	}
 	bool first = !px->cs_valid;
 	px->cs = *cs;
@@ -191,7 +196,7 @@ state_changed(struct st_cstate_follower *f, void *data)
 		if (!px->svc_on[s])
 			continue;
 		px->svc[s].switched = false;
-		route(&px->svc[s], node, why);
+		route(&px->svc[s], node[s], why);
 	}
 	update_state_name(px);
 }

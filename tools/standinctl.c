@@ -424,9 +424,10 @@ cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 		{ "max-lag", required_argument, NULL, 'm' },
 		{ "dry-run", no_argument, NULL, 'n' },
 		{ "timeout", required_argument, NULL, 'T' },
+		{ "service", required_argument, NULL, 's' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct st_switchover_opts so = { .max_lag_s = 10.0, .timeout_s = 30.0 };
+	struct st_switchover_opts so = { .max_lag_s = 10.0, .timeout_s = 30.0, .service = -1 };
 	int opt;
 
 	optind = 0;
@@ -451,6 +452,15 @@ cmd_switchover(const struct ctl_opts *o, int argc, char **argv)
 			if (parse_timeout(optarg, &so.timeout_s) < 0)
 				return 2;
 			break;
+		case 's': {
+			enum st_service s;
+			if (st_service_parse(optarg, &s) < 0) {
+				fprintf(stderr, "standinctl: --service %s: pg, ldap or imap\n", optarg);
+				return 2;
+			}
+			so.service = (int)s;
+			break;
+		}
 		default:
 			return 2;
 		}
@@ -779,7 +789,7 @@ static const struct command {
 	{ "status", cmd_status, {
 		{ "status [--json]", "roles, replicators, lag and errors of every node" } } },
 	{ "switchover", cmd_switchover, {
-		{ "switchover [--to NODE] [--max-lag SECONDS] [--timeout SECONDS] [--dry-run]",
+		{ "switchover [--to NODE] [--service S] [--max-lag SECONDS] [--timeout SECONDS] [--dry-run]",
 		  "move the master to NODE with nothing lost: check (agents alive, epochs agree, "
 		  "the target caught up), then each node's steps through etcd; a failure before "
 		  "the new epoch rolls back. --dry-run: the checks and the plan only" } } },

@@ -493,6 +493,18 @@ st_status_collect(const struct st_conf *conf, const char *local, struct st_statu
 			r = &st->rows[st->n_rows++];
 			r->node = node->name;
 			snprintf(r->role, sizeof(r->role), "%s", st->role[i]);
+			/* A service's row: the node's role for that service (a
+			 * switchover may move one service only). */
+			if (s < ST_SVC_COUNT && st->state_rc[i] == 0) {
+				const char *rs = NULL;
+				if (st->from_etcd[i])
+					rs = json_string_value(json_object_get(json_object_get(
+						st->member[i], "roles"), st_service_name(s)));
+				else
+					rs = st_cstate_role_of(&st->states[i], s, node->name);
+				if (rs != NULL)
+					snprintf(r->role, sizeof(r->role), "%s", rs);
+			}
 			memcpy(r->epoch, epoch, sizeof(epoch));
 			r->service = s < ST_SVC_COUNT ? st_service_name(s) : "all";
 			const char *prog = s < ST_SVC_COUNT ? st_replicator_program(s)

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/cstore.h"
 #include "lib/ctl.h"
@@ -53,6 +54,7 @@ struct sw {
 	long long keepalive_ms;
 	char *key;
 	const char *from, *to;
+	int svc;			/* the one service that moves, or -1: all */
 	uint64_t epoch;			/* the cluster's when it started */
 	uint64_t seq;
 	long timeout_ms;
@@ -105,6 +107,8 @@ sw_order(struct sw *w, const int *nodes, size_t n, const char *op, uint64_t epoc
 
 	snprintf(o.id, sizeof(o.id), "%s", w->id);
 	snprintf(o.op, sizeof(o.op), "%s", op);
+	if (w->svc >= 0)	/* one service moves: every order is for it alone */
+		json_object_set_new(args, "services", json_pack("[s]", st_service_name(w->svc)));
 	for (size_t i = 0; i < ST_ARRAY_SIZE(w->results); i++) {
 		json_decref(w->results[i]);
 		w->results[i] = NULL;
@@ -360,13 +364,21 @@ sw_run(struct sw *w)
 	what = "epoch";
 	char *err = NULL;
 	int rc = st_cstore_get(w->etcd, conf, &st, &state_rev, &err);
-	if (rc <= 0 || st.epoch != w->epoch || strcmp(st.master, w->from) != 0) {
+	if (rc <= 0 || st.epoch != w->epoch ||
+	    strcmp(w->svc >= 0 ? st_cstate_master_of(&st, w->svc) : st.master, w->from) != 0) {
 		sw_fail(w, rc < 0 ? xasprintf("etcd: %s", err)
 			   : xstrdup("the cluster state in etcd changed during the switchover"));
 		free(err);
 		goto rollback;
 	}
-	st_cstate_init(&next, conf, w->to);
+	if (w->svc >= 0) {
+		/* Only this service's directions change. */
+		next = st;
+		st_cstate_set_master_of(&next, conf, w->svc, w->to);
+		next.updated = time(NULL);
+	} else {
+		st_cstate_init(&next, conf, w->to);
+	}
 	next.epoch = w->epoch + 1;
 	bool found = false;
 	rc = st_cstore_put_guarded(w->etcd, conf, &next, state_rev, w->key, w->key_rev, NULL, NULL,
@@ -377,7 +389,7 @@ sw_run(struct sw *w)
 		struct st_cstate now;
 		char *err2 = NULL;
 		int grc = st_cstore_get(w->etcd, conf, &now, NULL, &err2);
-		if (grc == 1 && now.epoch == next.epoch && strcmp(now.master, w->to) == 0) {
+		if (grc == 1 && now.epoch == next.epoch && st_cstate_same(&now, &next)) {
 			rc = 1;
 		} else if (grc != 1 || now.epoch != w->epoch) {
 			sw_fail(w, xasprintf("etcd: %s; cannot tell whether epoch %llu was written: "
@@ -403,8 +415,9 @@ sw_run(struct sw *w)
 	free(err);
 	err = NULL;
 	step_line(w, ++step, "epoch", t0, 1);
-	fprintf(w->out, "  epoch %llu: master %s (the point of no return)\n",
-		(unsigned long long)next.epoch, w->to);
+	fprintf(w->out, "  epoch %llu: %s%s master %s (the point of no return)\n",
+		(unsigned long long)next.epoch, w->svc >= 0 ? st_service_name(w->svc) : "",
+		w->svc >= 0 ? "'s" : "", w->to);
 	sw_phase(w, "committed");
 	/* 7: the new master first, then 8: everyone else */
 	int ret = 0;
@@ -428,8 +441,10 @@ sw_run(struct sw *w)
 			"finish: its standin-failoverd takes the state within a second once it "
 			"can; see standinctl status\n", (unsigned long long)next.epoch, w->to);
 	else
-		fprintf(w->out, "switchover done: %s is the master at epoch %llu (%lld ms)\n",
-			w->to, (unsigned long long)next.epoch, st_monotonic_ms() - start);
+		fprintf(w->out, "switchover done: %s is %s%s master at epoch %llu (%lld ms)\n",
+			w->to, w->svc >= 0 ? st_service_name(w->svc) : "the",
+			w->svc >= 0 ? "'s" : "", (unsigned long long)next.epoch,
+			st_monotonic_ms() - start);
 	json_decref(positions);
 	return ret;
 rollback:
@@ -449,10 +464,11 @@ rollback:
 /* Take the switchover's key (one at a time), run the steps, let the key go. */
 static int
 sw_start(const struct st_conf *conf, struct st_etcd *etcd, const struct st_cstate *st,
-	 const char *to, const struct st_switchover_opts *opts, FILE *out)
+	 const char *from, const char *to, const struct st_switchover_opts *opts, FILE *out)
 {
-	struct sw w = { .conf = conf, .etcd = etcd, .out = out, .from = st->master, .to = to,
-			.epoch = st->epoch, .timeout_ms = (long)(opts->timeout_s * 1000) };
+	struct sw w = { .conf = conf, .etcd = etcd, .out = out, .from = from, .to = to,
+			.epoch = st->epoch, .timeout_ms = (long)(opts->timeout_s * 1000),
+			.svc = opts->service };
 	struct st_etcd_kv cur = { 0 };
 	unsigned char rnd[8];
 	char *err = NULL;
@@ -531,11 +547,30 @@ st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts,
 		fprintf(out, "standinctl: %s\n", rc == 0 ? "there is no cluster state in etcd" : error);
 		goto out;
 	}
+	/* The master of what moves: one service's, or the node every service
+	 * has as its master. */
+	int svc = opts->service;
+	const char *from = svc >= 0 ? st_cstate_master_of(&st, svc) : st.master;
+	if (svc >= 0 && !conf->service_enabled[svc]) {
+		fprintf(out, "standinctl: --service %s: %s has no [%s] section\n", st_service_name(svc),
+			conf->path, st_service_name(svc));
+		ret = 2;
+		goto out;
+	}
+	for (int s = 0; svc < 0 && s < ST_SVC_COUNT; s++) {
+		if (conf->service_enabled[s] && strcmp(st_cstate_master_of(&st, s), from) != 0) {
+			fprintf(out, "standinctl: %s's master is %s, not %s: switch the services one "
+				"by one with --service\n", st_service_name(s),
+				st_cstate_master_of(&st, s), from);
+			goto out;
+		}
+	}
 	if (to == NULL) {
 		/* The one standby, when there is exactly one. */
 		for (size_t i = 0; i < conf->n_nodes; i++) {
 			const char *name = conf->nodes[i].name;
-			if (strcmp(st_cstate_role(&st, name), "standby") != 0)
+			if (strcmp(svc >= 0 ? st_cstate_role_of(&st, svc, name)
+					    : st_cstate_role(&st, name), "standby") != 0)
 				continue;
 			if (to != NULL) {
 				fprintf(out, "standinctl: several standbys: say which one with --to NODE\n");
@@ -554,13 +589,15 @@ st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts,
 		ret = 2;
 		goto out;
 	}
-	fprintf(out, "switchover of cluster %s from %s to %s, at epoch %llu (etcd %s)\n",
-		conf->cluster_name, st.master, to, (unsigned long long)st.epoch, st_etcd_url(etcd));
-	if (strcmp(to, st.master) == 0) {
+	fprintf(out, "switchover of cluster %s%s%s from %s to %s, at epoch %llu (etcd %s)\n",
+		conf->cluster_name, svc >= 0 ? ", service " : "", svc >= 0 ? st_service_name(svc) : "",
+		from, to, (unsigned long long)st.epoch, st_etcd_url(etcd));
+	if (strcmp(to, from) == 0) {
 		fprintf(out, "check failed: %s is the master already\n", to);
 		goto out;
 	}
-	if (strcmp(st_cstate_role(&st, to), "standby") != 0) {
+	if (strcmp(svc >= 0 ? st_cstate_role_of(&st, svc, to) : st_cstate_role(&st, to),
+		   "standby") != 0) {
 		fprintf(out, "check failed: %s is not a standby in the cluster state\n", to);
 		goto out;
 	}
@@ -593,7 +630,7 @@ st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts,
 		}
 		/* The new master's replicators: healthy and caught up. */
 		for (int s = 0; strcmp(name, to) == 0 && s < ST_SVC_COUNT; s++) {
-			if (!conf->service_enabled[s])
+			if (!conf->service_enabled[s] || (svc >= 0 && s != svc))
 				continue;
 			const char *prog = st_replicator_program(s);
 			json_t *d = json_object_get(json_object_get(m, "daemons"), prog);
@@ -634,7 +671,7 @@ st_switchover(const struct st_conf *conf, const struct st_switchover_opts *opts,
 		ret = 0;
 		goto out;
 	}
-	ret = sw_start(conf, etcd, &st, to, opts, out);
+	ret = sw_start(conf, etcd, &st, from, to, opts, out);
 out:
 	st_etcd_kvs_free(kvs, n);
 	st_etcd_close(&etcd);

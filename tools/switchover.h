@@ -16,6 +16,7 @@ struct st_switchover_opts {
 	const char *to;			/* the new master, or NULL: the one standby */
 	double max_lag_s;		/* the target's replicators' lag bound */
 	double timeout_s;		/* each step's bound (drain, reverse...) */
+	int service;			/* one service (enum st_service) or -1: all */
 	bool dry_run;
 };
 

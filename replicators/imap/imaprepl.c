@@ -947,7 +947,8 @@ apply_cstate(struct imrepl *r)
 	r->epoch = f->cs.epoch;
 	if (src == NULL) {
 		r->source[0] = '\0';
-		set_state(r, strcmp(f->cs.master, r->d->node->name) == 0 ? "idle (master)" : "no-source");
+		set_state(r, strcmp(st_cstate_master_of(&f->cs, ST_SVC_IMAP), r->d->node->name) == 0
+			     ? "idle (master)" : "no-source");
 		return;
 	}
 	if (!r->active && start_direction(r, src, &err) < 0) {

@@ -436,7 +436,8 @@ session_start(struct ldrepl *r)
 	r->epoch = f->cs.epoch;
 	if (source == NULL) {
 		r->source[0] = '\0';
-		set_state(r, strcmp(f->cs.master, node->name) == 0 ? "idle (master)" : "idle (no source)");
+		set_state(r, strcmp(st_cstate_master_of(&f->cs, ST_SVC_LDAP), node->name) == 0
+			     ? "idle (master)" : "idle (no source)");
 		return;
 	}
 	snprintf(r->source, sizeof(r->source), "%s", source);

@@ -390,7 +390,7 @@ engine_main(void *arg)
 		}
 		const char *source = st_cstate_source(&f->cs, ST_SVC_PG, me);
 		if (source == NULL) {
-			bool master = strcmp(f->cs.master, me) == 0;
+			bool master = strcmp(st_cstate_master_of(&f->cs, ST_SVC_PG), me) == 0;
 			pgr_set_error(r, master ? "idle (master)" : "idle (no source)", NULL);
 			if (master && st_monotonic_ms() >= next_slots_ms) {
 				slots_check(r);

@@ -276,9 +276,11 @@ def content_on(c, node, w):
     return ids, uids, subjects
 
 
-def check_every_ack_on(c, node, w):
+def check_every_ack_on(c, node, w, kinds=("pg", "ldap", "imap")):
     ids, uids, subjects = content_on(c, node, w)
     for kind, have in (("pg", ids), ("ldap", uids), ("imap", set(subjects))):
+        if kind not in kinds:
+            continue
         lost = [n for n, _ in w.acked[kind] if n not in have]
         assert not lost, f"{kind}: acknowledged writes missing on {node}: {lost[:20]}"
     dup = [s for s in set(subjects) if subjects.count(s) > 1]
@@ -718,3 +720,44 @@ def test_each_agent_sets_its_servers_for_its_role(cluster):
     from standin_bin import query
     assert "standin_failoverd_role_epoch{node=\"b\"} 2" in query(c.d("b", "failoverd").sock,
                                                                   "metrics")
+
+
+def test_switchover_of_one_service(cluster):
+    """--service imap moves IMAP's master alone: its clients pause, the
+    others' do not; the proxies route IMAP to b and the rest to a; a whole
+    switchover waits until the services have one master again."""
+    c = cluster
+    c.wait_streaming("b")
+    with Writers(c) as w:
+        w.wait_for(5)
+        r = c.switchover("b", "--service", "imap")
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "switchover of cluster itest, service imap from a to b" in r.stdout, r.stdout
+        assert "epoch 2: imap's master b" in r.stdout, r.stdout
+        assert "switchover done: b is imap's master at epoch 2" in r.stdout, r.stdout
+        w.wait_for(5)
+    check_every_ack_on(c, "b", w, ("imap",))          # IMAP's writes on b...
+    check_every_ack_on(c, "a", w, ("pg", "ldap"))     # ...the others' still on a
+    assert w.max_gap("pg") < w.max_gap("imap"), (w.max_gap("pg"), w.max_gap("imap"))
+    st = json.loads(c.ctl("a", "state", "show", "--json").stdout)
+    assert st["epoch"] == 2 and st["master"] == "a", st
+    sh.wait_until(lambda: re.search(r"^b +master +2 +imap +standin-imaprepl +idle \(master\)",
+                                    c.ctl("a", "status").stdout, re.M), 30, "b IMAP's master")
+    assert re.search(r"^b +standby +2 +pg ", c.ctl("a", "status").stdout, re.M)
+    assert c.pg["a"].psql("SHOW default_transaction_read_only") == "off"
+    # IMAP replicates b -> a now.
+    c.imap["b"].append("alice", "INBOX", b"Subject: on b\r\n\r\nb's mail\r\n")
+    sh.wait_until(lambda: any(b"b's mail" in m["body"] for m in
+                              c.imap["a"].list_messages("alice", master=True)), 60, "b's mail on a")
+    r = c.switchover("b")
+    assert r.returncode == 1 and "imap's master is b, not a: switch the services one by one" \
+        in r.stdout, r.stdout
+    sh.wait_until(lambda: c.ctl("a", "switchover", "--to", "a", "--service", "imap",
+                                "--dry-run").returncode == 0, 90, "IMAP back possible")
+    r = c.switchover("a", "--service", "imap")
+    assert r.returncode == 0 and "switchover done: a is imap's master at epoch 3" in r.stdout, \
+        r.stdout
+    c.wait_streaming("b")
+    r = c.switchover("b")
+    assert r.returncode == 0 and "switchover done: b is the master at epoch 4" in r.stdout, r.stdout

@@ -287,17 +287,26 @@ out:
 	return rc;
 }
 
-/* Publication, DDL capture, and no slot named SLOT (a stale one is dropped). */
+/* Publication, DDL capture, and no slot named SLOT (a stale one is dropped).
+ * Under an advisory lock on the master: with three nodes or more, two
+ * standbys prepare the same master at once (their first copy, a switchover's
+ * reverse), and the second would find the publication half made. */
+#define PREPARE_LOCK "7598167082962005358"	/* "standin" + 'n', any fixed key */
 static int
 prepare_source(PGconn *src, const char *publication, const char *slot, char **error_r)
 {
 	char *key = NULL;
 	int rc = 0;
 
+	if (pgc_exec(src, "SELECT pg_catalog.pg_advisory_lock(" PREPARE_LOCK ")", error_r) < 0)
+		return -1;
 	if (pgs_ensure_publication(src, publication, error_r) < 0 ||
 	    pgs_ensure_ddl_capture(src, &key, error_r) < 0 ||
 	    pgs_free_slot(src, slot, true, error_r) < 0)
 		rc = -1;
+	char *unlock_err = NULL;
+	if (pgc_exec(src, "SELECT pg_catalog.pg_advisory_unlock(" PREPARE_LOCK ")", &unlock_err) < 0)
+		free(unlock_err);	/* the session ends soon: the lock goes with it */
 	if (key != NULL)
 		explicit_bzero(key, strlen(key));
 	free(key);

@@ -1,6 +1,6 @@
 /*
  * standin-failoverd: the one process that acts on its node for the cluster
- * (doc/architecture.md, section 4).  Built so far:
+ * (doc/architecture.md, section 4):
  *
  *  - it follows the cluster state in etcd: every second the state at
  *    /standin/CLUSTER/state is taken into this node's STATE_DIR/cluster.state
@@ -11,14 +11,17 @@
  *    lease of MEMBER_TTL_S kept alive every second, so a node that dies or
  *    is cut off disappears from etcd by itself; a clean stop revokes it.
  *
- * It also takes the first of the switchover's orders on its node: "fence
- * EPOCH" and "unfence EPOCH" for the node's PostgreSQL (read-only by default
- * for every new transaction, the client sessions ended; standin's own
- * sessions override it).  An order with an epoch older than the node's is
- * refused.
+ *  - it carries out a switchover's orders for its node (orders/NODE in
+ *    etcd, watched; failover/actions.c), answers in acks/NODE, and undoes
+ *    what a switchover that vanished from etcd did here (heal);
+ *  - it sets its node's servers for the node's role once per epoch (the
+ *    role job: a standby's PostgreSQL read-only, the master writable);
+ *  - by hand, on its socket: "fence EPOCH" and "unfence EPOCH" for the
+ *    node's PostgreSQL.  An order with an epoch older than the node's is
+ *    refused.
  *
- * etcd and PostgreSQL calls block: they run in threads (lib/bgjob), and the
- * status socket answers meanwhile.  The other steps come next (issue 25).
+ * etcd, the servers and the local daemons are spoken to in threads
+ * (lib/bgjob), and the status socket answers meanwhile.
  */
 #include "config.h"
 

@@ -1,8 +1,10 @@
 /*
- * switchover.h: standinctl switchover (doc/architecture.md, section 4).
- * Built so far: the checks that come before anything is touched, from etcd
- * alone (the cluster state and every node's member record, published by
- * standin-failoverd), and the plan; --dry-run stops there.
+ * switchover.h: standinctl switchover and failover (doc/architecture.md,
+ * section 4), from any node, through etcd alone: the checks (the cluster
+ * state and every node's member record), then one order per node and step
+ * for the nodes' standin-failoverd (lib/order.h), a rollback before the
+ * point of no return; failover fences the lost master with [failover]
+ * fence_command first.
  */
 #ifndef STANDIN_SWITCHOVER_H
 #define STANDIN_SWITCHOVER_H

@@ -98,6 +98,20 @@ builtin_help(struct st_ctl_server *srv, struct st_buf *reply)
 		st_buf_printf(reply, "%s: %s\n", cmd->name, cmd->help);
 }
 
+/* End LINE's first word; what follows it (spaces skipped), or "". */
+static char *
+split_word(char *line)
+{
+	char *args = strchr(line, ' ');
+
+	if (args == NULL)
+		return line + strlen(line);
+	*args++ = '\0';
+	while (*args == ' ')
+		args++;
+	return args;
+}
+
 static void
 dispatch(struct ctl_client *c)
 {
@@ -110,14 +124,7 @@ dispatch(struct ctl_client *c)
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
 	line[len] = '\0';
-	args = strchr(line, ' ');
-	if (args != NULL) {
-		*args++ = '\0';
-		while (*args == ' ')
-			args++;
-	} else {
-		args = line + strlen(line);
-	}
+	args = split_word(line);
 	/* "@EPOCH COMMAND ARGS": an order of the cluster at EPOCH, refused
 	 * when this node's state is at a higher one (a late or stale order). */
 	if (line[0] == '@') {
@@ -137,14 +144,7 @@ dispatch(struct ctl_client *c)
 		}
 		free(err);
 		line = args;
-		args = strchr(line, ' ');
-		if (args != NULL) {
-			*args++ = '\0';
-			while (*args == ' ')
-				args++;
-		} else {
-			args = line + strlen(line);
-		}
+		args = split_word(line);
 	}
 	if (strcmp(line, "help") == 0) {
 		builtin_help(srv, &c->reply);

@@ -360,17 +360,7 @@ def test_failover_when_node_a_is_cut_off_and_fenced(cluster, lab):
         c.d("b", name).start()
     # a comes back: its link, its servers, its daemons.
     lab.cut("a", off=False)
-    for s in (c.ldap["a"], c.imap["a"]):
-        s.kill9()
-    for (n, _), d in c.daemons.items():
-        if n == "a":
-            d.kill9()
-    c.pg["a"].start()
-    c.ldap["a"].start()
-    c.imap["a"].start()
-    for (n, _), d in list(c.daemons.items()):
-        if n == "a":
-            d.start()
+    test_switchover.restart_node(c, "a")
     sh.wait_until(lambda: json.loads(c.ctl("a", "state", "show", "--json").stdout)["epoch"] == 2,
                   30, "a to take epoch 2")
     sh.wait_until(lambda: c.pg["a"].psql("SHOW default_transaction_read_only") == "on", 30,

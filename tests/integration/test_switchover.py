@@ -598,11 +598,6 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     assert r.returncode == 0, r.stdout + r.stderr
     assert open(mark).read() == "fenced a\n"
     assert "epoch 2: master b" in r.stdout and "promote b ok" in r.stdout, r.stdout
-    for s in (c.ldap["a"], c.imap["a"]):
-        s.kill9()
-    for (n, _), d in c.daemons.items():
-        if n == "a":
-            d.kill9()
     # b is the master: writable, clients of its proxy reach it.
     c.d("b", "pgrepl").start()
     c.d("b", "ldaprepl").start()
@@ -610,12 +605,7 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     writable(c, "b")
     # a comes back: it takes epoch 2, stays read-only, its replicators resync
     # it from b; what only it had is in its divergence report.
-    c.pg["a"].start()
-    c.ldap["a"].start()
-    c.imap["a"].start()
-    for (n, name), d in list(c.daemons.items()):
-        if n == "a":
-            d.start()
+    restart_node(c, "a")
     sh.wait_until(lambda: json.loads(c.ctl("a", "state", "show", "--json").stdout)["epoch"] == 2,
                   30, "a to take epoch 2")
     sh.wait_until(lambda: c.pg["a"].psql("SHOW default_transaction_read_only") == "on", 30,
@@ -652,6 +642,22 @@ def test_failover_to_b_fences_a_and_a_returns_as_its_standby(harness, etcd):
     sh.wait_until(lambda: bodies("a") == bodies("b"), 90, "alice's INBOX equal on a and b")
     assert sum(b"mail a alone got" in x for x in bodies("b")) == 1
     c.wait_streaming("a")        # and it can be switched back to
+
+
+def restart_node(c, node):
+    """NODE comes back after a STONITH: its servers and daemons start again
+    (what the fence left is killed first)."""
+    for s in (c.ldap[node], c.imap[node]):
+        s.kill9()
+    for (n, _), d in c.daemons.items():
+        if n == node:
+            d.kill9()
+    c.pg[node].start()
+    c.ldap[node].start()
+    c.imap[node].start()
+    for (n, _), d in list(c.daemons.items()):
+        if n == node:
+            d.start()
 
 
 def fence_script(c, node):

@@ -339,6 +339,12 @@ proxy(const struct st_node *node, uint64_t epoch, const char *command, char **er
 		*error_r = NULL;
 		return json_pack("{s:s}", "proxy", "not running");
 	}
+	if (r == NULL && *error_r != NULL && strstr(*error_r, "is not proxied on this node") != NULL) {
+		/* --service S on a node whose proxy does not carry S: nothing to hold. */
+		free(*error_r);
+		*error_r = NULL;
+		return json_pack("{s:s}", "proxy", "does not proxy this service");
+	}
 	return r;
 }
 
@@ -650,7 +656,7 @@ op_finish(const struct st_conf *conf, const struct st_node *node, struct st_etcd
 		sleep_ms(10);
 	}
 	char *resume = xasprintf("resume %s", proxy_target(o));
-	json_t *r = local(node, o->epoch, ST_PROGRAM_PROXY, resume, LOCAL_TIMEOUT_MS, NULL, error_r);
+	json_t *r = proxy(node, o->epoch, resume, error_r);
 	free(resume);
 	if (r == NULL)
 		return NULL;

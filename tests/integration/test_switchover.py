@@ -767,3 +767,20 @@ def test_switchover_of_one_service(cluster):
     c.wait_streaming("b")
     r = c.switchover("b")
     assert r.returncode == 0 and "switchover done: b is the master at epoch 4" in r.stdout, r.stdout
+
+
+def test_switchover_of_a_service_a_proxy_does_not_carry(cluster):
+    """--service ldap while node b's proxy carries no LDAP: nothing to hold
+    there, the switchover goes on."""
+    c = cluster
+    with open(c.conf) as f:
+        text = f.read()
+    with open(c.conf, "w") as f:
+        f.write(re.sub(r"^ldap_listen\.b = .*\n", "", text, flags=re.M))
+    c.d("b", "proxy").stop()
+    c.d("b", "proxy").start()
+    c.wait_streaming("b")
+    r = c.switchover("b", "--service", "ldap")
+    print(r.stdout)
+    assert r.returncode == 0 and "switchover done: b is ldap's master at epoch 2" in r.stdout, \
+        r.stdout

@@ -53,6 +53,8 @@ struct st_ctl_server {
 	unsigned n_clients;
 	struct drain_wait *drains;	/* "drain POS TIMEOUT_MS" waiting */
 	char *epoch_file;		/* the node's cluster.state, for "@EPOCH COMMAND" */
+	ev_timer retry;			/* accept again after running out of descriptors */
+	bool starved;			/* said once per episode */
 };
 
 /* A drain that waits (st_ctl_drain): checked every DRAIN_POLL_MS. */
@@ -255,6 +257,17 @@ client_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	client_free(c);
 }
 
+#define CTL_ACCEPT_RETRY 1.0
+
+static void
+accept_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct st_ctl_server *srv = w->data;
+
+	(void)revents;
+	ev_io_start(loop, &srv->io);
+}
+
 static void
 accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -265,11 +278,29 @@ accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	(void)revents;
 	for (;;) {
 		fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			       errno == ENOMEM)) {
+			/* The connection stays queued, so the socket stays readable:
+			 * wait a second instead of spinning, and say it once. */
+			if (!srv->starved)
+				st_error("status socket: %s (this process's descriptor limit, "
+					 "RLIMIT_NOFILE, or the system's): new connections wait "
+					 "path=%s", strerror(errno), st_q(srv->path));
+			srv->starved = true;
+			ev_io_stop(loop, &srv->io);
+			ev_timer_set(&srv->retry, CTL_ACCEPT_RETRY, 0.);
+			ev_timer_start(loop, &srv->retry);
+			return;
+		}
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
 				st_warn("status socket accept failed path=%s error=%s", st_q(srv->path),
 					st_q(strerror(errno)));
 			return;
+		}
+		if (srv->starved) {
+			st_notice("status socket accepts again path=%s", st_q(srv->path));
+			srv->starved = false;
 		}
 		if (srv->n_clients >= CTL_MAX_CLIENTS) {
 			st_warn("status socket has too many clients, closing one path=%s max=%d",
@@ -489,6 +520,8 @@ st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 	srv->ctx = ctx;
 	ev_io_init(&srv->io, accept_cb, fd, EV_READ);
 	ev_io_start(loop, &srv->io);
+	ev_timer_init(&srv->retry, accept_retry_cb, CTL_ACCEPT_RETRY, 0.);
+	srv->retry.data = srv;
 	return srv;
 fail:
 	close(fd);
@@ -515,6 +548,7 @@ st_ctl_close(struct st_ctl_server **srvp)
 	while (srv->clients != NULL)
 		client_free(srv->clients);
 	ev_io_stop(srv->loop, &srv->io);
+	ev_timer_stop(srv->loop, &srv->retry);
 	close(srv->io.fd);
 	unlink(srv->path);
 	free(srv->path);

@@ -193,3 +193,44 @@ def test_detach_and_syslog(daemon_env):
                 os.kill(int(open(pidfile).read()), signal.SIGKILL)
             except (ValueError, ProcessLookupError):
                 pass
+
+
+def cpu_seconds(pid):
+    """utime + stime of PID so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_is_said_once_and_does_not_spin(daemon_env):
+    """A daemon that runs out of descriptors says so once, waits instead of
+    spinning on its status socket, and answers again once they are free."""
+    import socket
+    import time
+    tmp, conf, start = daemon_env
+    d = start()
+    d.wait_ready()
+    subprocess.run(["prlimit", "--pid", str(d.proc.pid), "--nofile=24:"], check=True)
+    held = []
+    try:
+        for _ in range(40):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex(d.sock)        # past the backlog: refused at once, fine
+            held.append(s)
+        wait_until(lambda: "Too many open files" in d.output(), 10, "the daemon to say it")
+        before = cpu_seconds(d.proc.pid)
+        t0 = time.monotonic()
+        wait_until(lambda: time.monotonic() - t0 >= 2, 5, "two seconds")  # the window measured
+        used = cpu_seconds(d.proc.pid) - before
+        assert used < 0.5, f"{used} s of CPU in 2 s: spinning"
+        # Said once per episode (idle clients time out after 10 s, then the
+        # queue fills it again), not once per try.
+        assert d.output().count("Too many open files") <= 2, d.output()[-2000:]
+    finally:
+        for s in held:
+            s.close()
+    subprocess.run(["prlimit", "--pid", str(d.proc.pid), "--nofile=1024:"], check=True)
+    wait_until(lambda: json.loads(query(d.sock, "status"))["state"] == "idle", 15,
+               "the status socket to answer again")
+    wait_until(lambda: "status socket accepts again" in d.output(), 10, "the log line")

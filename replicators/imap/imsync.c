@@ -272,8 +272,16 @@ reconcile(struct pass *p, bool source_recreated)
 				sess_fail(p, p->src);
 				goto out;
 			}
-			if (uid != 0 && validity == p->s.uidvalidity &&
-			    jlog(p, "M %" PRIu32 " %" PRIu32, uid, xm.v[k].uid) < 0)
+			if (uid == 0 || validity != p->s.uidvalidity) {
+				/* Without APPENDUID the copy cannot be paired now: stop
+				 * before the checkpoint, so the next pass pairs it by
+				 * content instead of copying it back (twice on the standby). */
+				pass_fail(p, "the master took standby UID %" PRIu32 " without an "
+					  "APPENDUID for this folder: paired by content at the next "
+					  "pass", xm.v[k].uid);
+				goto out;
+			}
+			if (jlog(p, "M %" PRIu32 " %" PRIu32, uid, xm.v[k].uid) < 0)
 				goto out;
 			st_notice("user %s folder %s: standby UID %" PRIu32 " copied to the master as "
 				  "UID %" PRIu32, st_q(p->user), st_q(p->folder), xm.v[k].uid, uid);

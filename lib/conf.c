@@ -74,6 +74,7 @@ static const char *const ldap_schemes[] = { "ldap", "ldaps", NULL };
 static const char *const etcd_schemes[] = { "http", "https", NULL };
 static const char *const ldap_sync_modes[] = { "persist", "poll", NULL };
 static const char *const imap_logins[] = { "master-user", "sasl-plain", NULL };
+static const char *const imap_changes[] = { "idle", "dovecot", NULL };
 static const char *const imap_schemes[] = { "imap", "imaps", NULL };
 static const char *const dump_froms[] = { "standby", "master", NULL };
 static const char *const pg_conflicts[] = { "stop", "master-wins", NULL };
@@ -192,8 +193,21 @@ static const struct option options[] = {
 	  "LDAP filter, under [ldap] suffix, selecting the users to replicate." },
 	{ "imap", "users_ldap_attribute", OT_STRING, 0, C(imap.users_ldap_attribute), "uid", NULL, 0, 0,
 	  "Attribute holding the IMAP login name of users found by users_ldap_filter." },
-	{ "imap", "workers", OT_INT, 0, C(imap.workers), "8", NULL, 1, 256,
-	  "Worker threads (parallel IMAP sessions per direction)." },
+	{ "imap", "workers", OT_INT, 0, C(imap.workers), "8", NULL, 1, 64,
+	  "Worker threads: the IMAP sessions to each server, whatever the number of users." },
+	{ "imap", "changes", OT_ENUM, 0, C(imap.changes), "idle", imap_changes, 0, 0,
+	  "How the standby learns which user changed: dovecot (the master's Dovecot replication "
+	  "plugin names them on dovecot_fifo; relayed through etcd) or idle (IDLE sessions for the "
+	  "idle_users users that changed last; the others at each full pass)." },
+	{ "imap", "idle_users", OT_INT, 0, C(imap.idle_users), "16", NULL, 0, 128,
+	  "With changes = idle: at most this many users watched with IDLE (one session each)." },
+	{ "imap", "dovecot_fifo", OT_PATH, 0, C(imap.dovecot_fifo), "/run/dovecot/replication-notify-fifo",
+	  NULL, 0, 0,
+	  "With changes = dovecot: the FIFO Dovecot's replication plugin writes to (base_dir/"
+	  "replication-notify-fifo); standin-imaprepl makes it and reads it." },
+	{ "imap", "dovecot_fifo_user", OT_STRING, 0, C(imap.dovecot_fifo_user), NULL, NULL, 0, 0,
+	  "With changes = dovecot: the user that owns dovecot_fifo (the mail processes' user, who "
+	  "writes to it); unset: the daemon's user." },
 	{ "imap", "full_pass_interval", OT_DURATION, 0, C(imap.full_pass_interval_ms), "5m", NULL, 1000, DAY_MS,
 	  "Interval of the full pass that catches what push missed." },
 	{ "imap", "timeout", OT_DURATION, 0, C(imap.timeout_ms), "60s", NULL, 1000, DAY_MS,
@@ -1148,6 +1162,9 @@ load_semantics(struct loader *L)
 				   "users_ldap_filter");
 		if (conf->imap.users_ldap_filter != NULL && !conf->service_enabled[ST_SVC_LDAP])
 			conf_error(L, kind_line[4], "[imap] users_ldap_filter needs an [ldap] section");
+		if (conf->imap.changes == ST_IMAP_CHANGES_DOVECOT && conf->etcd.urls == NULL)
+			conf_error(L, kind_line[4], "[imap] changes = dovecot needs [cluster] etcd: the "
+				   "master's node tells the standby's through it which users changed");
 		if (conf->imap.kick_command != NULL &&
 		    conf->imap.kick_command[strspn(conf->imap.kick_command, " \t")] != '/')
 			conf_error(L, kind_line[4], "[imap] kick_command must start with an absolute "

@@ -60,6 +60,11 @@ enum st_imap_login {
 	ST_IMAP_LOGIN_SASL_PLAIN,	/* AUTHENTICATE PLAIN, authzid user, authcid admin */
 };
 
+enum st_imap_changes {
+	ST_IMAP_CHANGES_IDLE,		/* IDLE sessions for the idle_users last changed */
+	ST_IMAP_CHANGES_DOVECOT,	/* Dovecot's replication plugin, relayed through etcd */
+};
+
 enum st_dump_from {
 	ST_DUMP_FROM_STANDBY,
 	ST_DUMP_FROM_MASTER,
@@ -119,6 +124,10 @@ struct st_conf_imap {
 	char *users_ldap_filter;
 	char *users_ldap_attribute;
 	long workers;
+	int changes;			/* enum st_imap_changes */
+	long idle_users;
+	char *dovecot_fifo;
+	char *dovecot_fifo_user;
 	long full_pass_interval_ms;
 	long timeout_ms;
 	bool notify;

@@ -430,15 +430,26 @@ int
 st_etcd_list(struct st_etcd *e, const char *prefix, struct st_etcd_kv **kvs_r, size_t *n_r,
 	     int64_t *rev_r, char **error_r)
 {
+	return st_etcd_list_since(e, prefix, 0, kvs_r, n_r, rev_r, error_r);
+}
+
+int
+st_etcd_list_since(struct st_etcd *e, const char *prefix, int64_t min_mod_rev, struct st_etcd_kv **kvs_r,
+		   size_t *n_r, int64_t *rev_r, char **error_r)
+{
 	char *end = prefix_end(prefix);
 	char *k = b64_encode(prefix, strlen(prefix)), *ke = b64_encode(end, strlen(end));
-	json_t *reply = NULL;
+	json_t *reply = NULL, *body = json_pack("{s:s,s:s}", "key", k, "range_end", ke);
 	int ret = -1;
 
 	*kvs_r = NULL;
 	*n_r = 0;
-	if (request(e, "/v3/kv/range", json_pack("{s:s,s:s}", "key", k, "range_end", ke), &reply,
-		    error_r) < 0)
+	if (min_mod_rev > 0) {
+		char rev[32];
+		snprintf(rev, sizeof(rev), "%" PRId64, min_mod_rev);
+		json_object_set_new(body, "min_mod_revision", json_string(rev));
+	}
+	if (request(e, "/v3/kv/range", body, &reply, error_r) < 0)
 		goto out;
 	if (rev_r != NULL)
 		*rev_r = get_i64(json_object_get(reply, "header"), "revision");

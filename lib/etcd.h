@@ -51,6 +51,9 @@ int st_etcd_get(struct st_etcd *e, const char *key, struct st_etcd_kv *kv_r, int
 /* Every key under PREFIX, in key order; 0 or -1.  Free with st_etcd_kvs_free. */
 int st_etcd_list(struct st_etcd *e, const char *prefix, struct st_etcd_kv **kvs_r, size_t *n_r,
 		 int64_t *rev_r, char **error_r) ST_WARN_UNUSED;
+/* The same, only keys last written at revision MIN_MOD_REV or later. */
+int st_etcd_list_since(struct st_etcd *e, const char *prefix, int64_t min_mod_rev, struct st_etcd_kv **kvs_r,
+		       size_t *n_r, int64_t *rev_r, char **error_r) ST_WARN_UNUSED;
 
 /*
  * Write KEY only if its mod_revision is still MOD_REV (0: only if KEY does

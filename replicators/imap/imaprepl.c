@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/select.h>
 #include <unistd.h>
 
 #include "lib/cstate.h"
@@ -38,6 +40,7 @@
 #include "lib/daemon.h"
 #include "lib/durable.h"
 #include "lib/log.h"
+#include "replicators/imap/imnotice.h"
 #include "replicators/imap/imsync.h"
 
 #define TICK_MS 500
@@ -53,6 +56,12 @@
 #define ACTIVE_POLL_MS 3000
 #define ACTIVE_WINDOW_MS (10 * 60 * 1000)
 #define USERS_MAX 100000
+/* Every DEEP_PASS_MS a full pass walks every user's tree on both servers
+ * (no quick check): what happened to the standby behind standin's back. */
+#define DEEP_PASS_MS (6LL * 3600 * 1000)
+/* changes = dovecot: notices waiting to be relayed, at most. */
+#define NOTICES_MAX 100000
+#define NOTICE_LEASE_S 60
 
 enum job_kind { JOB_TREE, JOB_FOLDER, JOB_IDLE };
 /* OFF: none; QUEUED: an IDLE job is queued or running; READY: it ended, the
@@ -76,6 +85,14 @@ struct user {
 	long long active_until_ms, next_poll_ms;	/* monotonic; see ACTIVE_POLL_MS */
 	char *error;
 	struct folder *folders;
+	size_t folders_queued;		/* FOLDER jobs queued */
+	bool tree_deep;			/* the queued tree job skips the quick check */
+	/* The listing of the last tree job, saved once its folder jobs all went well. */
+	char *digest;
+	bool digest_ok;
+	long long last_change_ms;	/* monotonic: a change seen (0 never) */
+	bool idle_want;			/* changed, and not in the IDLE set: the main thread sees */
+	bool idle_stop;			/* the IDLE job ends the session (evicted from the set) */
 	/* IDLE; the session belongs to the main thread while WATCHING. */
 	enum idle_state idle_state;
 	struct im_sess *idle;
@@ -86,6 +103,7 @@ struct user {
 	ev_timer idle_timer;
 	long long idle_retry_ms;
 	struct user *next;
+	struct user *hnext;		/* in imrepl.hash */
 };
 
 struct job {
@@ -111,6 +129,19 @@ struct imrepl {
 
 	struct user *users;
 	size_t n_users;
+	struct user **hash;		/* by name, n_hash buckets (a power of two) */
+	size_t n_hash;
+	size_t n_idle;			/* users whose idle_state is not IDLE_OFF */
+	size_t idle_wants, idle_readies;	/* users with idle_want, with IDLE_READY */
+	size_t idle_stopping;		/* IDLE jobs with idle_stop queued or running */
+	int changes;			/* [imap] changes, read when the workers start */
+	size_t idle_users;		/* [imap] idle_users, likewise */
+	long long last_deep_ms;		/* monotonic start of the last deep pass */
+	bool pass_deep;
+
+	/* changes = dovecot (imnotice.h); NULL otherwise. */
+	struct im_notices *nt;
+	uint64_t notices_unknown;	/* names of users not in the list */
 
 	/* Session parameters (valid while a source is set). */
 	char source[ST_NAME_MAX + 1];
@@ -156,13 +187,34 @@ static void idle_arm(struct imrepl *r, struct user *u);
 
 /* ------------------------------------------------------------ users */
 
+static size_t
+name_hash(const char *s)
+{
+	size_t h = 5381;
+
+	for (; *s; s++)
+		h = h * 33 + (unsigned char)*s;
+	return h;
+}
+
 static struct user *
 user_find(struct imrepl *r, const char *name)
 {
-	for (struct user *u = r->users; u; u = u->next)
+	if (r->n_hash == 0)
+		return NULL;
+	for (struct user *u = r->hash[name_hash(name) & (r->n_hash - 1)]; u; u = u->hnext)
 		if (strcmp(u->name, name) == 0)
 			return u;
 	return NULL;
+}
+
+static void
+hash_insert(struct imrepl *r, struct user *u)
+{
+	size_t b = name_hash(u->name) & (r->n_hash - 1);
+
+	u->hnext = r->hash[b];
+	r->hash[b] = u;
 }
 
 static void
@@ -181,6 +233,15 @@ user_add(struct imrepl *r, const char *name)
 	u->next = r->users;
 	r->users = u;
 	r->n_users++;
+	if (r->n_users > r->n_hash) {
+		free(r->hash);
+		r->n_hash = r->n_hash ? 4 * r->n_hash : 256;
+		r->hash = xcalloc(r->n_hash, sizeof(*r->hash));
+		for (struct user *v = r->users; v; v = v->next)
+			hash_insert(r, v);
+	} else {
+		hash_insert(r, u);
+	}
 	st_info("user %s added", st_q(name));
 }
 
@@ -315,6 +376,8 @@ push_job(struct imrepl *r, enum job_kind kind, struct user *u, struct folder *f,
 		r->tail = j;
 	}
 	r->queued++;
+	if (kind == JOB_FOLDER)
+		u->folders_queued++;
 	pthread_cond_signal(&r->cv);
 }
 
@@ -355,9 +418,12 @@ user_active(struct user *u)
 	u->active_until_ms = now + ACTIVE_WINDOW_MS;
 }
 
+/* Under mu: a tree job for U; DEEP: without the quick check. */
 static void
-want_tree(struct imrepl *r, struct user *u, bool front)
+want_tree(struct imrepl *r, struct user *u, bool front, bool deep)
 {
+	if (deep)
+		u->tree_deep = true;
 	if (!u->tree_queued) {
 		u->tree_queued = true;
 		push_job(r, JOB_TREE, u, NULL, front);
@@ -402,6 +468,7 @@ take_job(struct imrepl *r)
 			j->f->queued = false;
 			j->f->running = true;
 			j->u->running++;
+			j->u->folders_queued--;
 			break;
 		default:
 			break;
@@ -434,6 +501,11 @@ run_idle_job(struct imrepl *r, struct user *u)
 	int notify = -1;		/* of a new session: 0 NOTIFY set, 1 not */
 
 	u->idle = NULL;
+	if (u->idle_stop) {
+		/* Out of the IDLE set: another user changed more lately. */
+		im_sess_close(s);
+		return;
+	}
 	if (s != NULL && u->idle_restart) {
 		if (im_idle_done(s) < 0 || im_idle_start(s) < 0) {
 			/* The server ended the push session (Dovecot 2.3's imap process
@@ -449,7 +521,7 @@ run_idle_job(struct imrepl *r, struct user *u)
 			pthread_mutex_lock(&r->mu);
 			user_active(u);
 			u->idle_changed = true;
-			want_tree(r, u, true);
+			want_tree(r, u, true, false);
 			pthread_mutex_unlock(&r->mu);
 		}
 	} else if (s != NULL) {
@@ -521,7 +593,8 @@ spare_put(struct imrepl *r, struct im_conns *c)
 	}
 	for (struct spare **pp = &r->spares; *pp;) {
 		struct spare *sp = *pp;
-		if (n < r->n_threads && now - sp->c.used_ms <= IM_CONNS_IDLE_MS) {
+		/* Sessions held by running jobs and spares: at most n_threads to each server. */
+		if (n + r->running < r->n_threads && now - sp->c.used_ms <= IM_CONNS_IDLE_MS) {
 			n++;
 			pp = &sp->next;
 			continue;
@@ -532,6 +605,63 @@ spare_put(struct imrepl *r, struct im_conns *c)
 		old = sp;
 	}
 	return old;
+}
+
+/*
+ * Under mu, before a job opens new sessions: the oldest spare when the
+ * running jobs (this one included) and the spares would otherwise hold more
+ * than n_threads sessions to a server; to be closed outside mu.
+ */
+static struct spare *
+spare_evict(struct imrepl *r)
+{
+	struct spare **pp = &r->spares;
+
+	if (r->spares == NULL || r->n_spares + r->running <= r->n_threads)
+		return NULL;
+	while ((*pp)->next != NULL)
+		pp = &(*pp)->next;
+	struct spare *sp = *pp;
+	*pp = NULL;
+	r->n_spares--;
+	return sp;
+}
+
+/*
+ * Under mu: USER changed (a tree job found folders to copy, or an IDLE
+ * woke).  With changes = idle it wants a place in the IDLE set (the main
+ * thread makes room: wake_cb) and its tree is polled for a while when it
+ * has one (ACTIVE_POLL_MS).
+ */
+static void
+user_changed(struct imrepl *r, struct user *u)
+{
+	u->last_change_ms = st_monotonic_ms();
+	if (r->changes != ST_IMAP_CHANGES_IDLE || r->idle_users == 0)
+		return;
+	user_active(u);
+	if (u->idle_state == IDLE_OFF && !u->idle_want) {
+		u->idle_want = true;
+		r->idle_wants++;
+	}
+}
+
+/* Under mu: an IDLE session for U, while the set has room (changes = idle). */
+static bool
+idle_offer(struct imrepl *r, struct user *u)
+{
+	if (r->changes != ST_IMAP_CHANGES_IDLE || u->idle_state != IDLE_OFF || u->idle_retry_ms != 0 ||
+	    r->n_idle >= r->idle_users)
+		return false;
+	if (u->idle_want) {
+		u->idle_want = false;
+		r->idle_wants--;
+	}
+	r->n_idle++;
+	u->idle_state = IDLE_QUEUED;
+	u->idle_restart = false;
+	push_job(r, JOB_IDLE, u, NULL, false);
+	return true;
 }
 
 static void
@@ -566,14 +696,23 @@ worker_main(void *arg)
 		int rc = 0;
 		long long t0 = st_monotonic_ms();
 
+		bool deep = false;
 		if (j->kind != JOB_IDLE) {
+			struct spare *old = NULL;
 			pthread_mutex_lock(&r->mu);
 			spare_take(r, j->u->name, &conns);
+			if (conns.user == NULL)
+				old = spare_evict(r);
+			if (j->kind == JOB_TREE) {
+				deep = j->u->tree_deep;
+				j->u->tree_deep = false;
+			}
 			pthread_mutex_unlock(&r->mu);
+			spares_close(old);
 		}
 		switch (j->kind) {
 		case JOB_TREE:
-			rc = im_sync_tree(&r->env, &conns, j->u->name, &tree, &err);
+			rc = im_sync_tree(&r->env, &conns, j->u->name, !deep, &tree, &err);
 			break;
 		case JOB_FOLDER:
 			rc = im_sync_folder(&r->env, &conns, j->u->name, j->f->name, &err);
@@ -594,25 +733,33 @@ worker_main(void *arg)
 		switch (j->kind) {
 		case JOB_TREE:
 			j->u->tree_running = false;
-			if (rc == 0) {
+			if (rc == 0 && tree.unchanged) {
+				j->u->behind = 0;
+				j->u->messages = tree.messages;
+				j->u->n_folders = tree.folders;
+				note_error(r, j->u, NULL);
+				idle_offer(r, j->u);
+			} else if (rc == 0) {
 				uint64_t behind = 0;
+				bool changed = false;
 				for (size_t i = 0; i < tree.n; i++) {
 					behind += tree.v[i].behind;
 					folder_get(j->u, tree.v[i].folder)->behind = tree.v[i].behind;
 					if (tree.v[i].changed) {
 						want_folder(r, j->u, tree.v[i].folder, j->urgent);
-						user_active(j->u);
+						changed = true;
 					}
 				}
 				j->u->behind = behind;
 				j->u->messages = tree.messages;
-				j->u->n_folders = tree.n;
+				j->u->n_folders = tree.folders;
 				note_error(r, j->u, NULL);
-				if (j->u->idle_state == IDLE_OFF && j->u->idle_retry_ms == 0) {
-					j->u->idle_state = IDLE_QUEUED;
-					j->u->idle_restart = false;
-					push_job(r, JOB_IDLE, j->u, NULL, false);
-				}
+				free(j->u->digest);
+				j->u->digest = tree.digest[0] ? xstrdup(tree.digest) : NULL;
+				j->u->digest_ok = true;
+				if (changed)
+					user_changed(r, j->u);
+				idle_offer(r, j->u);
 			} else {
 				note_error(r, j->u, err);
 			}
@@ -622,6 +769,7 @@ worker_main(void *arg)
 			j->u->running--;
 			if (rc < 0) {
 				note_error(r, j->u, err);
+				j->u->digest_ok = false;
 			} else {
 				/* Copied: what the tree job counted for it is on the standby. */
 				j->u->behind -= j->f->behind < j->u->behind ? j->f->behind : j->u->behind;
@@ -634,8 +782,28 @@ worker_main(void *arg)
 			}
 			break;
 		case JOB_IDLE:
-			j->u->idle_state = IDLE_READY;
+			if (j->u->idle_stop) {
+				j->u->idle_stop = false;
+				j->u->idle_state = IDLE_OFF;
+				r->n_idle--;
+				r->idle_stopping--;
+			} else {
+				j->u->idle_state = IDLE_READY;
+				r->idle_readies++;
+			}
 			break;
+		}
+		/* Every folder job of the last tree job went well: its listing is on the standby. */
+		char *digest = NULL, *digest_user = NULL;
+		if (j->kind != JOB_IDLE && j->u->digest != NULL && !j->u->tree_running && j->u->running == 0 &&
+		    j->u->folders_queued == 0) {
+			if (j->u->digest_ok) {
+				digest = j->u->digest;
+				digest_user = xstrdup(j->u->name);
+			} else {
+				free(j->u->digest);
+			}
+			j->u->digest = NULL;
 		}
 		/* Jobs that waited for this one may run now. */
 		pthread_cond_broadcast(&r->cv);
@@ -644,9 +812,16 @@ worker_main(void *arg)
 		im_tree_free(&tree);
 		ev_async_send(r->d->loop, &r->wake);
 		struct spare *old = spare_put(r, &conns);
-		if (old != NULL) {
+		if (old != NULL || digest != NULL) {
 			pthread_mutex_unlock(&r->mu);
 			spares_close(old);
+			if (digest != NULL && im_listing_save(&r->env, digest_user, digest, &err) < 0) {
+				st_warn("user %s: %s (the next pass walks the user's folders)", st_q(digest_user),
+					err);
+				free(err);
+			}
+			free(digest);
+			free(digest_user);
 			pthread_mutex_lock(&r->mu);
 		}
 	}
@@ -672,7 +847,7 @@ idle_kick(struct imrepl *r, struct user *u, bool changed)
 	if (changed) {
 		want_folder(r, u, "INBOX", true);
 		u->idle_changed = true;
-		user_active(u);
+		user_changed(r, u);
 	}
 	u->idle_state = IDLE_QUEUED;
 	u->idle_restart = true;
@@ -706,6 +881,7 @@ idle_arm(struct imrepl *r, struct user *u)
 {
 	if (u->idle == NULL) {
 		u->idle_state = IDLE_OFF;
+		r->n_idle--;
 		u->idle_retry_ms = st_monotonic_ms() + 10000;
 		return;
 	}
@@ -715,7 +891,7 @@ idle_arm(struct imrepl *r, struct user *u)
 	 * back, finds every folder that changed since the wake (STATUS).
 	 */
 	if (u->idle_changed && u->notify)
-		want_tree(r, u, true);
+		want_tree(r, u, true, false);
 	u->idle_changed = false;
 	u->idle_state = IDLE_WATCHING;
 	ev_io_init(&u->idle_io, idle_io_cb, im_idle_fd(u->idle), EV_READ);
@@ -734,6 +910,49 @@ idle_arm(struct imrepl *r, struct user *u)
 		return;
 	}
 	ev_io_start(r->d->loop, &u->idle_io);
+}
+
+/*
+ * Under mu, in the main thread: users that changed and have no IDLE
+ * session get one while the set has room; when it is full, the member that
+ * changed least lately (and before the user) gives its place up: its IDLE
+ * job ends the session, and the user gets it at a later wake.  One
+ * eviction at a time.
+ */
+static void
+idle_rebalance(struct imrepl *r)
+{
+	for (struct user *u = r->users; u && r->idle_wants > 0; u = u->next) {
+		if (!u->idle_want)
+			continue;
+		if (!u->listed || u->idle_state != IDLE_OFF) {
+			u->idle_want = false;
+			r->idle_wants--;
+			continue;
+		}
+		if (idle_offer(r, u))
+			continue;
+		if (r->idle_stopping > 0)
+			return;
+		struct user *victim = NULL;
+		for (struct user *v = r->users; v; v = v->next)
+			if (v->idle_state == IDLE_WATCHING && v->last_change_ms < u->last_change_ms &&
+			    (victim == NULL || v->last_change_ms < victim->last_change_ms))
+				victim = v;
+		if (victim == NULL) {
+			u->idle_want = false;
+			r->idle_wants--;
+			continue;
+		}
+		st_debug("user %s: IDLE session ended to make room for user %s", st_q(victim->name),
+			 st_q(u->name));
+		idle_disarm(r, victim);
+		victim->idle_state = IDLE_QUEUED;
+		victim->idle_stop = true;
+		r->idle_stopping++;
+		push_job(r, JOB_IDLE, victim, NULL, true);
+		return;
+	}
 }
 
 /* ------------------------------------------------------------ passes (main thread) */
@@ -759,18 +978,22 @@ start_pass(struct imrepl *r)
 		st_daemon_set_error(r->d, "%s", err);
 		free(err);
 	}
+	long long mono = st_monotonic_ms();
 	r->pass_active = true;
 	r->pass_wanted = false;
 	r->pass_started_ms = st_now_ms();
+	r->pass_deep = r->last_deep_ms == 0 || mono - r->last_deep_ms >= DEEP_PASS_MS;
+	if (r->pass_deep)
+		r->last_deep_ms = mono;
 	pthread_mutex_lock(&r->mu);
 	r->pass_errors_now = 0;
 	free(r->last_error);
 	r->last_error = NULL;
 	for (struct user *u = r->users; u; u = u->next)
 		if (u->listed)
-			want_tree(r, u, false);
+			want_tree(r, u, false, r->pass_deep);
 	pthread_mutex_unlock(&r->mu);
-	st_debug("full pass started (%zu users)", r->n_users);
+	st_debug("%s pass started (%zu users)", r->pass_deep ? "deep" : "full", r->n_users);
 }
 
 static void
@@ -781,9 +1004,14 @@ wake_cb(struct ev_loop *loop, ev_async *w, int revents)
 	(void)loop;
 	(void)revents;
 	pthread_mutex_lock(&r->mu);
-	for (struct user *u = r->users; u; u = u->next)
-		if (u->idle_state == IDLE_READY)
-			idle_arm(r, u);
+	if (r->idle_readies > 0)
+		for (struct user *u = r->users; u; u = u->next)
+			if (u->idle_state == IDLE_READY) {
+				r->idle_readies--;
+				idle_arm(r, u);
+			}
+	if (r->idle_wants > 0)
+		idle_rebalance(r);
 	bool idle_now = r->queued == 0 && r->running == 0;
 	uint64_t errors = r->pass_errors_now;
 	char *last = r->last_error ? xstrdup(r->last_error) : NULL;
@@ -808,6 +1036,33 @@ wake_cb(struct ev_loop *loop, ev_async *w, int revents)
 			start_pass(r);
 	}
 	free(last);
+}
+
+/*
+ * changes = dovecot: users the master's Dovecot named (imnotice.h): a tree
+ * job each, at the front of the queue (the quick check finds what changed);
+ * a full pass where some notices may have been lost.
+ */
+static void
+notices_cb(void *data, char **users, size_t n, bool gap)
+{
+	struct imrepl *r = data;
+
+	if (!r->active)
+		return;
+	pthread_mutex_lock(&r->mu);
+	for (size_t i = 0; i < n; i++) {
+		struct user *u = user_find(r, users[i]);
+		if (u != NULL && u->listed)
+			want_tree(r, u, true, false);
+		else
+			r->notices_unknown++;
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (gap) {
+		st_info("IMAP notices: some may have been lost; a full pass makes up for them");
+		start_pass(r);
+	}
 }
 
 /* ------------------------------------------------------------ direction */
@@ -838,13 +1093,19 @@ stop_workers(struct imrepl *r)
 	}
 	r->tail = NULL;
 	r->queued = r->running = 0;
+	r->n_idle = r->idle_wants = r->idle_readies = r->idle_stopping = 0;
 	for (struct user *u = r->users; u; u = u->next) {
 		idle_disarm(r, u);
 		im_sess_close(u->idle);
 		u->idle = NULL;
 		u->idle_state = IDLE_OFF;
-		u->tree_queued = u->tree_running = false;
+		u->idle_want = u->idle_stop = false;
+		u->idle_retry_ms = 0;
+		u->tree_queued = u->tree_running = u->tree_deep = false;
 		u->running = 0;
+		u->folders_queued = 0;
+		free(u->digest);
+		u->digest = NULL;
 		for (struct folder *f = u->folders; f; f = f->next)
 			f->queued = f->running = f->again = false;
 	}
@@ -852,6 +1113,8 @@ stop_workers(struct imrepl *r)
 	atomic_store(&r->stopping, false);
 	r->pass_active = false;
 	r->active = false;
+	if (r->nt != NULL)
+		im_notices_follow(r->nt, NULL);
 	im_endpoint_free(&r->src_ep);
 	im_endpoint_free(&r->tgt_ep);
 	st_secret_free(&r->password);
@@ -905,6 +1168,11 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 				  .src_node = r->source, .c = &r->c, .stopping = &r->stopping };
 	r->n_threads = (size_t)conf->imap.workers;
 	r->notify = conf->imap.notify;
+	r->changes = conf->imap.changes;
+	r->idle_users = conf->imap.changes == ST_IMAP_CHANGES_IDLE ? (size_t)conf->imap.idle_users : 0;
+	/* A new direction's first pass walks everything: after a failover the
+	 * standby may hold mail the new master never had. */
+	r->last_deep_ms = 0;
 	r->threads = xcalloc(r->n_threads, sizeof(*r->threads));
 	for (size_t i = 0; i < r->n_threads; i++) {
 		int e = pthread_create(&r->threads[i], NULL, worker_main, r);
@@ -915,8 +1183,12 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 		}
 	}
 	r->active = true;
-	st_notice("replicating IMAP from node %s to node %s with %zu workers", source, r->d->node->name,
-		  r->n_threads);
+	if (r->nt != NULL)
+		im_notices_follow(r->nt, source);
+	st_notice("replicating IMAP from node %s to node %s with %zu workers (changes: %s)", source,
+		  r->d->node->name, r->n_threads,
+		  r->changes == ST_IMAP_CHANGES_DOVECOT ? "Dovecot's notices through etcd"
+							 : "IDLE on the users that changed last");
 	set_state(r, "initial-sync");
 	start_pass(r);
 	return 0;
@@ -930,6 +1202,9 @@ apply_cstate(struct imrepl *r)
 	const struct st_cstate_follower *f = &r->follow;
 	char *err = NULL;
 
+	if (r->nt != NULL)
+		im_notices_role(r->nt, f->valid && strcmp(st_cstate_master_of(&f->cs, ST_SVC_IMAP),
+							  r->d->node->name) == 0, f->cs.epoch);
 	if (!f->valid) {
 		if (r->active) {
 			st_warn("no cluster state on this node: replication stopped");
@@ -980,6 +1255,14 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
+	if (r->nt == NULL && r->d->conf->imap.changes == ST_IMAP_CHANGES_DOVECOT) {
+		r->nt = im_notices_start(r->d->conf, r->d->node->name, r->d->loop, notices_cb, r);
+		if (r->follow.valid)
+			im_notices_role(r->nt, strcmp(st_cstate_master_of(&r->follow.cs, ST_SVC_IMAP),
+						      r->d->node->name) == 0, r->follow.cs.epoch);
+		if (r->active)
+			im_notices_follow(r->nt, r->source);
+	}
 	if (!r->active && now >= r->next_cstate_ms) {
 		/* A direction that could not start: try again. */
 		r->next_cstate_ms = now + CSTATE_CHECK_MS;
@@ -996,18 +1279,16 @@ tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	pthread_mutex_lock(&r->mu);
 	/* Users active lately: their tree again (see ACTIVE_POLL_MS). */
 	for (struct user *u = r->users; u; u = u->next)
-		if (u->listed && u->active_until_ms > now && now >= u->next_poll_ms) {
+		if (u->listed && u->idle_state != IDLE_OFF && u->active_until_ms > now && now >= u->next_poll_ms) {
 			u->next_poll_ms = now + ACTIVE_POLL_MS;
-			want_tree(r, u, false);
+			want_tree(r, u, false, false);
 		}
 	/* Users whose IDLE failed: try again now and then. */
 	for (struct user *u = r->users; u; u = u->next)
 		if (u->listed && u->idle_state == IDLE_OFF && u->idle_retry_ms > 0 &&
 		    now >= u->idle_retry_ms) {
 			u->idle_retry_ms = 0;
-			u->idle_state = IDLE_QUEUED;
-			u->idle_restart = false;
-			push_job(r, JOB_IDLE, u, NULL, false);
+			idle_offer(r, u);
 		}
 	pthread_mutex_unlock(&r->mu);
 }
@@ -1022,6 +1303,35 @@ pass_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ------------------------------------------------------------ daemon ops */
 
+/*
+ * Descriptors: libetpan waits with select(), which cannot take a descriptor
+ * of FD_SETSIZE or more (glibc aborts the process).  The soft limit is held
+ * below it, so that running out is an error ("Too many open files") and
+ * never an abort; the settings bound what is used: per worker a session to
+ * each server (a socket and libetpan's pipe, 3 descriptors each), per
+ * IDLE user one more session.
+ */
+static void
+limit_descriptors(const struct st_conf *conf)
+{
+	struct rlimit rl;
+	long need = conf->imap.workers * 2 * 3 + 64 +
+		    (conf->imap.changes == ST_IMAP_CHANGES_IDLE ? conf->imap.idle_users * 3 : 0);
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > FD_SETSIZE) {
+		rl.rlim_cur = FD_SETSIZE;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			st_warn("cannot lower the descriptor limit to %d (libetpan's select()): %s", FD_SETSIZE,
+				strerror(errno));
+	}
+	if ((long)rl.rlim_cur < need)
+		st_warn("the descriptor limit (%ld) is below the %ld that [imap] workers = %ld and "
+			"idle_users = %ld may use: raise LimitNOFILE (up to %d)", (long)rl.rlim_cur, need,
+			conf->imap.workers, conf->imap.idle_users, FD_SETSIZE);
+}
+
 static int
 imrepl_start(struct st_daemon *d, char **error_r)
 {
@@ -1032,6 +1342,7 @@ imrepl_start(struct st_daemon *d, char **error_r)
 		return -1;
 	}
 	r->d = d;
+	limit_descriptors(d->conf);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	ev_async_init(&r->wake, wake_cb);
@@ -1045,6 +1356,8 @@ imrepl_start(struct st_daemon *d, char **error_r)
 	r->pass_timer.data = r;
 	ev_timer_start(d->loop, &r->pass_timer);
 	set_state(r, "starting");
+	if (d->conf->imap.changes == ST_IMAP_CHANGES_DOVECOT)
+		r->nt = im_notices_start(d->conf, d->node->name, d->loop, notices_cb, r);
 	st_cstate_follower_init(&r->follow, d->node);
 	st_cstate_follow(&r->follow);
 	cstate_cb(&r->follow, r);
@@ -1058,6 +1371,8 @@ imrepl_stop(struct st_daemon *d)
 	struct imrepl *r = d->priv;
 
 	stop_workers(r);
+	im_notices_stop(r->nt);
+	r->nt = NULL;
 	st_cstate_follower_free(&r->follow);
 	ev_timer_stop(d->loop, &r->tick);
 	ev_timer_stop(d->loop, &r->pass_timer);
@@ -1082,6 +1397,9 @@ imrepl_reload(struct st_daemon *d, struct st_conf *new_conf, char **error_r)
 		st_notice("configuration reloaded: restarting the IMAP sessions");
 		stop_workers(r);
 	}
+	/* It holds the old configuration's paths: started again at the next tick. */
+	im_notices_stop(r->nt);
+	r->nt = NULL;
 	r->next_cstate_ms = 0;
 	ev_timer_set(&r->pass_timer, (double)new_conf->imap.full_pass_interval_ms / 1000.0,
 		     (double)new_conf->imap.full_pass_interval_ms / 1000.0);
@@ -1113,6 +1431,13 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 	pthread_mutex_unlock(&r->mu);
 
 	json_object_set_new(obj, "source", r->source[0] ? json_string(r->source) : json_null());
+	json_object_set_new(obj, "changes", json_string(d->conf->imap.changes == ST_IMAP_CHANGES_DOVECOT
+							? "dovecot" : "idle"));
+	if (r->nt != NULL) {
+		im_notices_status(r->nt, obj);
+		json_object_set_new(json_object_get(obj, "notices"), "unknown_users",
+				    json_integer((json_int_t)r->notices_unknown));
+	}
 	json_object_set_new(obj, "epoch", json_integer((json_int_t)r->epoch));
 	json_object_set_new(obj, "users", json_integer((json_int_t)users));
 	json_object_set_new(obj, "folders", json_integer((json_int_t)folders));

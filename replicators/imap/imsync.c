@@ -35,6 +35,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "lib/durable.h"
 #include "lib/log.h"
 #include "replicators/imap/imsync.h"
@@ -745,12 +747,13 @@ im_conns_close(struct im_conns *c)
  * old); *REUSED_R tells whether they served an earlier job.
  */
 static int
-conns_get(const struct im_env *env, struct im_conns *c, const char *user, bool *reused_r, char **error_r)
+conns_get(const struct im_env *env, struct im_conns *c, const char *user, bool need_tgt, bool *reused_r,
+	  char **error_r)
 {
 	*reused_r = c->user != NULL;
 	if (c->user != NULL && (strcmp(c->user, user) != 0 || c->src_login != env->src || c->tgt_login != env->tgt ||
 				st_monotonic_ms() - c->used_ms > IM_CONNS_IDLE_MS || c->src == NULL ||
-				c->tgt == NULL || im_sess_broken(c->src) || im_sess_broken(c->tgt))) {
+				im_sess_broken(c->src) || (c->tgt != NULL && im_sess_broken(c->tgt)))) {
 		im_conns_close(c);
 		*reused_r = false;
 	}
@@ -761,7 +764,7 @@ conns_get(const struct im_env *env, struct im_conns *c, const char *user, bool *
 	}
 	if (c->src == NULL && (c->src = im_sess_open(env->src, user, error_r)) == NULL)
 		return -1;
-	if (c->tgt == NULL && (c->tgt = im_sess_open(env->tgt, user, error_r)) == NULL)
+	if (need_tgt && c->tgt == NULL && (c->tgt = im_sess_open(env->tgt, user, error_r)) == NULL)
 		return -1;
 	return 0;
 }
@@ -777,7 +780,7 @@ conns_done(struct im_conns *c, int rc, bool reused)
 	bool again = rc < 0 && reused && ((c->src && im_sess_broken(c->src)) || (c->tgt && im_sess_broken(c->tgt)));
 
 	/* A mailbox left selected would answer a later STATUS from its old view. */
-	if (rc < 0 || im_unselect(c->src) != 0 || im_unselect(c->tgt) != 0)
+	if (rc < 0 || (c->src != NULL && im_unselect(c->src) != 0) || (c->tgt != NULL && im_unselect(c->tgt) != 0))
 		im_conns_close(c);
 	else
 		c->used_ms = st_monotonic_ms();
@@ -785,12 +788,13 @@ conns_done(struct im_conns *c, int rc, bool reused)
 }
 
 /*
- * Run JOB (a folder or a tree pass) on C's sessions for USER; once more on
- * new sessions when it failed on kept ones that turned out broken.  WHAT
- * names the job in the log line that says so.
+ * Run JOB (a folder or a tree pass) on C's sessions for USER (the standby's
+ * only with NEED_TGT: JOB gets NULL else); once more on new sessions when
+ * it failed on kept ones that turned out broken.  WHAT names the job in the
+ * log line that says so.
  */
 static int
-with_conns(const struct im_env *env, struct im_conns *c, const char *user, const char *what,
+with_conns(const struct im_env *env, struct im_conns *c, const char *user, bool need_tgt, const char *what,
 	   int (*job)(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r), void *arg,
 	   char **error_r)
 {
@@ -799,9 +803,9 @@ with_conns(const struct im_env *env, struct im_conns *c, const char *user, const
 	int rc;
 
 	for (int attempt = 0;; attempt++) {
-		rc = conns_get(env, c, user, &reused, &err);
+		rc = conns_get(env, c, user, need_tgt, &reused, &err);
 		if (rc == 0)
-			rc = job(c->src, c->tgt, arg, &err);
+			rc = job(c->src, need_tgt ? c->tgt : NULL, arg, &err);
 		if (!conns_done(c, rc, reused) || attempt > 0)
 			break;
 		st_info("user %s%s: a kept session was closed (%s); again on new ones", st_q(user), what,
@@ -838,7 +842,7 @@ im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, c
 {
 	struct pass p = { .env = env, .user = user, .folder = folder };
 	char *what = xasprintf(" folder %s", st_q(folder));
-	int rc = with_conns(env, c, user, what, folder_job, &p, error_r);
+	int rc = with_conns(env, c, user, true, what, folder_job, &p, error_r);
 
 	free(what);
 	return rc;
@@ -1001,6 +1005,155 @@ rename_state(const struct im_env *env, const char *user, const char *from, const
 	return rc;
 }
 
+/* -- the listing digest (the quick check, imsync.h) ----------------------- */
+
+static int
+cmp_line(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * The SHA-256 (hex) of what the master shows of a user's tree: every
+ * folder's name, attributes and STATUS (SL, STAT), and the subscriptions
+ * (SS), in name order.  False where it cannot tell every change: a
+ * selectable folder without HIGHESTMODSEQ (flag changes leave UIDNEXT and
+ * MESSAGES alone).
+ */
+static bool
+listing_digest(const struct im_folders *sl, const struct im_folders *ss, const struct im_status *stat,
+	       char out[IM_DIGEST_HEX])
+{
+	size_t n = sl->n + ss->n;
+	char **lines = xcalloc(n + 1, sizeof(*lines));
+	bool usable = true;
+
+	for (size_t i = 0; i < sl->n; i++) {
+		char *hex = im_name_hex(sl->v[i].name);
+		if (sl->v[i].noselect)
+			lines[i] = xasprintf("F %s noselect\n", hex);
+		else
+			lines[i] = xasprintf("F %s %s %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu64 "\n", hex,
+					     sl->v[i].special ? sl->v[i].special : "-", stat[i].uidvalidity,
+					     stat[i].uidnext, stat[i].messages, stat[i].highestmodseq);
+		if (!sl->v[i].noselect && stat[i].highestmodseq == 0)
+			usable = false;
+		free(hex);
+	}
+	for (size_t i = 0; i < ss->n; i++) {
+		char *hex = im_name_hex(ss->v[i].name);
+		lines[sl->n + i] = xasprintf("S %s\n", hex);
+		free(hex);
+	}
+	qsort(lines, n, sizeof(*lines), cmp_line);
+
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char md[IM_KEY_LEN];
+	unsigned len = 0;
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+		fprintf(stderr, "standin: out of memory (SHA-256)\n");
+		abort();
+	}
+	for (size_t i = 0; i < n; i++) {
+		EVP_DigestUpdate(ctx, lines[i], strlen(lines[i]));
+		free(lines[i]);
+	}
+	EVP_DigestFinal_ex(ctx, md, &len);
+	EVP_MD_CTX_free(ctx);
+	free(lines);
+	im_key_hex(md, out);
+	return usable;
+}
+
+static char *
+listing_path(const struct im_env *env, const char *user)
+{
+	char *dir = im_state_path(env->state_root, user, NULL);
+	char *path = xasprintf("%s/listing", dir);
+
+	free(dir);
+	return path;
+}
+
+int
+im_listing_save(const struct im_env *env, const char *user, const char *digest, char **error_r)
+{
+	char *dir = im_state_path(env->state_root, user, NULL), *path = listing_path(env, user);
+	char *text = xasprintf("%s\n", digest);
+	int rc = st_mkdir_p(dir, 0700, error_r);
+
+	if (rc == 0)
+		rc = st_durable_write(path, text, strlen(text), 0600, error_r);
+	free(text);
+	free(path);
+	free(dir);
+	return rc;
+}
+
+/* The digest saved for USER: true, or false when there is none (or it is unreadable). */
+static bool
+listing_load(const struct im_env *env, const char *user, char out[IM_DIGEST_HEX])
+{
+	char *path = listing_path(env, user), *text = NULL, *err = NULL;
+	size_t len = 0;
+	bool ok = false;
+
+	if (st_read_file(path, 4096, &text, &len, &err) == 0 && len == IM_DIGEST_HEX &&
+	    text[IM_DIGEST_HEX - 1] == '\n' && strspn(text, "0123456789abcdef") == IM_DIGEST_HEX - 1) {
+		memcpy(out, text, IM_DIGEST_HEX - 1);
+		out[IM_DIGEST_HEX - 1] = '\0';
+		ok = true;
+	}
+	free(err);
+	free(text);
+	free(path);
+	return ok;
+}
+
+struct quick {
+	const char *user;
+	char digest[IM_DIGEST_HEX];
+	bool usable;
+	uint64_t messages;
+	size_t folders;
+};
+
+/* The quick check's work, on the master's session only: LIST, LSUB, STATUS each. */
+static int
+quick_job(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r)
+{
+	struct quick *q = arg;
+	struct im_folders sl = { 0 }, ss = { 0 };
+	struct im_status *stat = NULL;
+	int rc = -1;
+
+	(void)tgt;
+	if (im_list(src, false, &sl) < 0 || im_list(src, true, &ss) < 0) {
+		st_set_error(error_r, "%s", im_sess_error(src));
+		goto out;
+	}
+	stat = xcalloc(sl.n + 1, sizeof(*stat));
+	q->messages = 0;
+	q->folders = 0;
+	for (size_t i = 0; i < sl.n; i++) {
+		if (sl.v[i].noselect)
+			continue;
+		if (im_status(src, sl.v[i].name, &stat[i]) < 0) {
+			st_set_error(error_r, "user %s: %s", st_q(q->user), im_sess_error(src));
+			goto out;
+		}
+		q->messages += stat[i].messages;
+		q->folders++;
+	}
+	q->usable = listing_digest(&sl, &ss, stat, q->digest);
+	rc = 0;
+out:
+	free(stat);
+	im_folders_free(&sl);
+	im_folders_free(&ss);
+	return rc;
+}
+
 static int
 tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, const char *user,
 	  struct im_tree *out, char **error_r)
@@ -1042,6 +1195,10 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 			goto out;
 		}
 	}
+
+	/* What a later quick check compares with, once everything listed is copied. */
+	if (!listing_digest(&sl, &ss, stat, out->digest))
+		out->digest[0] = '\0';
 
 	/* Folders gone from the source: renamed, or deleted. */
 	gone = xcalloc(n_known + 1, sizeof(*gone));
@@ -1184,6 +1341,7 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 		struct im_todo *t = &out->v[out->n++];
 		t->folder = xstrdup(sl.v[i].name);
 		out->messages += stat[i].messages;
+		out->folders++;
 		if (k == NULL) {
 			t->changed = true;
 			t->behind = stat[i].messages;
@@ -1244,10 +1402,23 @@ tree_job(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r)
 }
 
 int
-im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, struct im_tree *out,
+im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, bool quick, struct im_tree *out,
 	     char **error_r)
 {
 	struct tree_job t = { env, user, out };
+	char saved[IM_DIGEST_HEX];
 
-	return with_conns(env, c, user, "", tree_job, &t, error_r);
+	memset(out, 0, sizeof(*out));
+	if (quick && listing_load(env, user, saved)) {
+		struct quick q = { .user = user };
+		if (with_conns(env, c, user, false, "", quick_job, &q, error_r) < 0)
+			return -1;
+		if (q.usable && strcmp(q.digest, saved) == 0) {
+			out->unchanged = true;
+			out->messages = q.messages;
+			out->folders = q.folders;
+			return 0;
+		}
+	}
+	return with_conns(env, c, user, true, "", tree_job, &t, error_r);
 }

@@ -34,10 +34,15 @@ struct im_todo {
 	bool changed;			/* needs a folder pass */
 };
 
+#define IM_DIGEST_HEX (2 * IM_KEY_LEN + 1)
+
 struct im_tree {
 	struct im_todo *v;
 	size_t n;
 	uint64_t messages;		/* on the source, all folders */
+	size_t folders;			/* selectable folders on the source */
+	bool unchanged;			/* the quick check found the saved listing: V is empty */
+	char digest[IM_DIGEST_HEX];	/* the source's listing digest ("": unusable) */
 };
 void im_tree_free(struct im_tree *t);
 
@@ -63,9 +68,23 @@ void im_conns_close(struct im_conns *c);
  * folder: OUT lists them, with changed set where the folder's state says a
  * folder pass is due.  Returns 0 or -1 with a message naming the server,
  * user and folder.
+ *
+ * With QUICK, first the quick check: on the master's session only, LIST,
+ * LSUB and a STATUS of every folder, hashed (out->digest's recipe); equal
+ * to the digest saved by im_listing_save, nothing changed since everything
+ * was copied: out->unchanged, and the standby is not even logged into.
+ * Servers without CONDSTORE always get the whole pass.
  */
-int im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, struct im_tree *out,
-		 char **error_r) ST_WARN_UNUSED;
+int im_sync_tree(const struct im_env *env, struct im_conns *c, const char *user, bool quick,
+		 struct im_tree *out, char **error_r) ST_WARN_UNUSED;
+
+/*
+ * Save DIGEST (an im_tree's, once every folder pass it asked for ended
+ * well): the standby holds everything the master showed then.
+ * STATE_ROOT/USERHEX/listing.
+ */
+int im_listing_save(const struct im_env *env, const char *user, const char *digest, char **error_r)
+	ST_WARN_UNUSED;
 
 /* One folder pass: new messages, flag changes, expunges. */
 int im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,

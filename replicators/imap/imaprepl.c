@@ -1413,11 +1413,14 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 	struct imrepl *r = d->priv;
 	uint64_t behind = 0, messages = 0, folders = 0;
 	size_t users = 0, idling = 0, notifying = 0, user_errors = 0, polling = 0;
+	json_t *idle_names = json_array();
 
 	pthread_mutex_lock(&r->mu);
 	for (struct user *u = r->users; u; u = u->next) {
 		if (!u->listed)
 			continue;
+		if (u->idle_state == IDLE_WATCHING)
+			json_array_append_new(idle_names, json_string(u->name));
 		users++;
 		behind += u->behind;
 		messages += u->messages;
@@ -1445,6 +1448,8 @@ imrepl_status(struct st_daemon *d, json_t *obj)
 	json_object_set_new(obj, "messages_behind", json_integer((json_int_t)behind));
 	json_object_set_new(obj, "users_in_error", json_integer((json_int_t)user_errors));
 	json_object_set_new(obj, "idling", json_integer((json_int_t)idling));
+	json_object_set_new(obj, "idling_users", idle_names);
+	json_object_set_new(obj, "idle_users_max", json_integer((json_int_t)r->idle_users));
 	json_object_set_new(obj, "notifying", json_integer((json_int_t)notifying));
 	json_object_set_new(obj, "polling", json_integer((json_int_t)polling));
 	json_object_set_new(obj, "jobs_queued", json_integer((json_int_t)queued));

@@ -22,6 +22,7 @@
 #include "lib/etcd.h"
 #include "lib/log.h"
 #include "replicators/imap/imnotice.h"
+#include "replicators/imap/imstate.h"
 
 #define NOTICES_MAX 100000	/* names waiting to be relayed, at most */
 #define BATCH_MAX 2000		/* names in one etcd value, at most */
@@ -52,6 +53,8 @@ struct im_notices {
 	size_t line_len;
 	bool line_skip;			/* the rest of an over-long line */
 	char *fifo_error;		/* why it is not open (status), main thread */
+	dev_t dev;			/* of the FIFO opened */
+	ino_t ino;
 	bool said_bad;
 
 	pthread_mutex_t mu;
@@ -124,43 +127,6 @@ set_error(char **slot, char *err, const char *what)
 	*slot = err;
 }
 
-/* ------------------------------------------------------------ the FIFO line */
-
-char *
-im_notice_parse(const char *line, size_t len)
-{
-	const char *tab = memchr(line, '\t', len);
-	size_t end = tab ? (size_t)(tab - line) : len;
-	char *out = xmalloc(end + 1);
-	size_t o = 0;
-
-	for (size_t i = 0; i < end; i++) {
-		unsigned char c = (unsigned char)line[i];
-		if (c == 0x01) {
-			if (++i == end)
-				goto bad;
-			switch (line[i]) {
-			case '1': c = 0x01; break;
-			case 't': c = '\t'; break;
-			case 'r': c = '\r'; break;
-			case 'n': c = '\n'; break;
-			default: goto bad;	/* '0' (NUL) and anything else */
-			}
-		}
-		/* A name standin can log in as: no control character or space. */
-		if (c <= ' ' || c == 0x7f)
-			goto bad;
-		out[o++] = (char)c;
-	}
-	if (o == 0 || o > 255)
-		goto bad;
-	out[o] = '\0';
-	return out;
-bad:
-	free(out);
-	return NULL;
-}
-
 /* ------------------------------------------------------------ reading the FIFO (main thread) */
 
 static void
@@ -219,7 +185,6 @@ fifo_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 						  got < 0 ? strerror(errno) : "end of file");
 			st_warn("%s; opening it again", n->fifo_error);
 			fifo_close(n);
-			ev_timer_again(n->loop, &n->fifo_timer);
 			return;
 		}
 		for (ssize_t i = 0; i < got; i++) {
@@ -238,7 +203,13 @@ fifo_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 }
 
-/* Make the FIFO (where missing), give it to dovecot_fifo_user, open it. */
+/*
+ * Open the FIFO, made where missing (mode 0600).  With dovecot_fifo_user
+ * it is given to that user (Dovecot's mail processes write to it); an
+ * existing one may instead be shared through its group (e.g. made by
+ * systemd-tmpfiles, 0660 vmail:standin, for a daemon that does not run as
+ * root), but never writable by everyone.
+ */
 static int
 fifo_open(struct im_notices *n, char **error_r)
 {
@@ -252,8 +223,9 @@ fifo_open(struct im_notices *n, char **error_r)
 			return -1;
 		}
 	} else if (errno != ENOENT || mkfifo(path, 0600) < 0) {
-		st_set_error(error_r, "[imap] dovecot_fifo %s: cannot make it: %s (is Dovecot's base_dir "
-			     "there?)", path, strerror(errno));
+		st_set_error(error_r, "[imap] dovecot_fifo %s: cannot make it: %s (is it in Dovecot's base_dir? "
+			     "a daemon that does not run as root needs it made for it, see standin-imaprepl(8))",
+			     path, strerror(errno));
 		return -1;
 	}
 	/* Read-write: the FIFO stays open when the last writer closes it. */
@@ -279,24 +251,34 @@ fifo_open(struct im_notices *n, char **error_r)
 			return -1;
 		}
 	}
-	if ((st.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0) {
-		st_set_error(error_r, "[imap] dovecot_fifo %s: chmod 0600: %s", path, strerror(errno));
+	if ((st.st_mode & S_IWOTH) != 0) {
+		st_set_error(error_r, "[imap] dovecot_fifo %s is writable by everyone (mode %04o): anyone could "
+			     "name users to it", path, (unsigned)(st.st_mode & 07777));
 		close(fd);
 		return -1;
 	}
 	n->fd = fd;
+	n->dev = st.st_dev;
+	n->ino = st.st_ino;
 	return 0;
 }
 
+/* Every FIFO_RETRY_S: open the FIFO where it is not, again where it was removed or replaced. */
 static void
 fifo_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct im_notices *n = w->data;
 	char *err = NULL;
+	struct stat st;
 
 	(void)revents;
-	if (n->fd >= 0)
-		return;
+	if (n->fd >= 0) {
+		if (lstat(n->conf->imap.dovecot_fifo, &st) == 0 && st.st_dev == n->dev && st.st_ino == n->ino)
+			return;
+		st_warn("[imap] dovecot_fifo %s was removed or replaced; opening it again",
+			st_q(n->conf->imap.dovecot_fifo));
+		fifo_close(n);
+	}
 	if (fifo_open(n, &err) < 0) {
 		if (n->fifo_error == NULL || strcmp(n->fifo_error, err) != 0)
 			st_warn("%s; trying again every %.0f s (changes wait for the full pass meanwhile)", err,
@@ -309,7 +291,6 @@ fifo_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		st_notice("[imap] dovecot_fifo %s: open", st_q(n->conf->imap.dovecot_fifo));
 	free(n->fifo_error);
 	n->fifo_error = NULL;
-	ev_timer_stop(loop, w);
 	ev_io_init(&n->fifo_io, fifo_read_cb, n->fd, EV_READ);
 	n->fifo_io.data = n;
 	ev_io_start(loop, &n->fifo_io);

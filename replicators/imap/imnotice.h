@@ -52,12 +52,4 @@ void im_notices_follow(struct im_notices *n, const char *source);
 
 void im_notices_status(struct im_notices *n, json_t *obj);
 
-/*
- * Parse one FIFO line (without its "\n"): the user name, tab-unescaped
- * (Dovecot's str_append_tabescaped: \001 followed by 1, t, r, n or 0), and
- * the priority after the tab.  NULL when the line is not one (an empty or
- * over-long name, a control character, a bad escape).  Exposed for tests.
- */
-char *im_notice_parse(const char *line, size_t len);
-
 #endif

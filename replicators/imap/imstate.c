@@ -631,3 +631,39 @@ im_state_remove(const char *path, char **error_r)
 	free(j);
 	return rc;
 }
+
+/* Dovecot's replication FIFO line (imstate.h). */
+char *
+im_notice_parse(const char *line, size_t len)
+{
+	const char *tab = memchr(line, '\t', len);
+	size_t end = tab ? (size_t)(tab - line) : len;
+	char *out = xmalloc(end + 1);
+	size_t o = 0;
+
+	for (size_t i = 0; i < end; i++) {
+		unsigned char c = (unsigned char)line[i];
+		if (c == 0x01) {
+			if (++i == end)
+				goto bad;
+			switch (line[i]) {
+			case '1': c = 0x01; break;
+			case 't': c = '\t'; break;
+			case 'r': c = '\r'; break;
+			case 'n': c = '\n'; break;
+			default: goto bad;	/* '0' (NUL) and anything else */
+			}
+		}
+		/* A name standin can log in as: no control character or space. */
+		if (c <= ' ' || c == 0x7f)
+			goto bad;
+		out[o++] = (char)c;
+	}
+	if (o == 0 || o > 255)
+		goto bad;
+	out[o] = '\0';
+	return out;
+bad:
+	free(out);
+	return NULL;
+}

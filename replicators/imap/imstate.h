@@ -124,4 +124,13 @@ int im_key_parse(const char *hex, unsigned char key[IM_KEY_LEN]);
 char *im_name_hex(const char *name);
 char *im_name_unhex(const char *hex);
 
+/*
+ * One line of Dovecot's replication FIFO (imnotice.h), without its "\n":
+ * the user name, tab-unescaped (Dovecot's str_append_tabescaped: \001
+ * followed by 1, t, r or n), before the tab and the priority.  NULL when
+ * the line names no user standin can log in as (empty, over 255 bytes, a
+ * control character or a space, a NUL or a bad escape).  Free the result.
+ */
+char *im_notice_parse(const char *line, size_t len);
+
 #endif

@@ -3,7 +3,8 @@
  * and journal parsers.
  *     ./configure CC=clang --enable-fuzzers && make tests/fuzz/fuzz-imstate
  *     tests/fuzz/fuzz-imstate tests/fuzz/corpus/imstate
- * The input's first byte chooses the parser; a state that parses must
+ * The input's first byte chooses the parser (with bits 1 and 2 set: a line
+ * of Dovecot's replication FIFO, im_notice_parse); a state that parses must
  * format back to text that parses to the same state, and a refusal must
  * say why.
  */
@@ -26,6 +27,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size == 0)
 		return 0;
+	if ((data[0] & 6) == 6) {
+		/* A line of Dovecot's replication FIFO: a name standin can use, or NULL. */
+		char *u = im_notice_parse((const char *)data + 1, size - 1);
+		if (u != NULL) {
+			size_t n = strlen(u);
+			if (n == 0 || n > 255)
+				abort();
+			for (size_t i = 0; i < n; i++)
+				if ((unsigned char)u[i] <= ' ' || u[i] == 0x7f)
+					abort();
+		}
+		free(u);
+		return 0;
+	}
 	im_state_init(&st);
 	if (data[0] & 1)
 		rc = im_state_parse(&st, (const char *)data + 1, size - 1, &err);

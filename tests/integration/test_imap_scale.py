@@ -189,6 +189,45 @@ def test_fifo_is_checked(harness, tmp_path):
     assert r.returncode != 0 and "changes = dovecot needs [cluster] etcd" in r.stderr + r.stdout, r.stderr
 
 
+def test_idle_set_is_bounded_and_follows_the_users_that_change(harness):
+    users = [f"user{i}" for i in range(6)]
+    env = ImapEnv(harness, users=users, extra="idle_users = 2\n")
+    with open(env.conf) as f:
+        text = f.read()
+    with open(env.conf, "w") as f:
+        f.write(text.replace("full_pass_interval = 30s\n", "full_pass_interval = 10m\n"))
+    for u in users:
+        env.a.append(u, "INBOX", message(0))
+    env.start()
+    st = env.wait_status(lambda s: s["passes"] >= 1 and s["idling"] == 2, "two IDLE sessions")
+    assert st["idle_users_max"] == 2 and st["changes"] == "idle", st
+    # A user outside the set: its change comes with the next pass, and then
+    # it is in the set (it changed last), so the next change is pushed.
+    x = next(u for u in users if u not in st["idling_users"])
+    env.a.append(x, "INBOX", message(1))
+    query(env.daemon.sock, "pass")
+    env.wait_equal(timeout=30, users=[x])
+    st = env.wait_status(lambda s: x in s["idling_users"], f"{x} in the IDLE set", timeout=30)
+    assert st["idling"] <= 2, st
+    before = st["passes"]
+    with env.imap(env.b, x) as c:
+        c.select("INBOX", readonly=True)
+        n0 = len(c.search(None, "ALL")[1][0].split())
+    env.a.append(x, "INBOX", message(2))
+    t0 = time.monotonic()
+
+    def arrived():
+        with env.imap(env.b, x) as c:
+            c.select("INBOX", readonly=True)
+            return len(c.search(None, "ALL")[1][0].split()) > n0
+    sh.wait_until(arrived, 20, f"{x}'s new message on the standby", interval=0.05)
+    lat = time.monotonic() - t0
+    st = env.status()
+    assert st["passes"] == before and st["idling"] <= 2, st
+    assert lat < 5, lat
+    env.wait_equal(timeout=60)
+
+
 def _populate(server, users):
     """Two messages in INBOX and one in Sent per user, as Maildir files."""
     uid = pwd.getpwnam(sh.MAIL_OS_USER).pw_uid

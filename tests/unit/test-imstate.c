@@ -264,6 +264,38 @@ START_TEST(map_operations)
 }
 END_TEST
 
+START_TEST(dovecot_notice_lines)
+{
+	char *u;
+	static const char *const bad[] = {
+		"", "\tlow", "a b\thigh", "a\x01", "a\x01" "0b\tlow", "a\x01zb", "ctl\x07x\tlow", "del\x7f",
+		"tab\x01tname", "cr\x01rx",
+	};
+
+	u = im_notice_parse("alice\thigh", 10);
+	ck_assert_str_eq(u, "alice");
+	free(u);
+	u = im_notice_parse("bob@example.com", 15);	/* no priority: still a name */
+	ck_assert_str_eq(u, "bob@example.com");
+	free(u);
+	u = im_notice_parse("we\x01" "1ird\tlow", 10);	/* \001 1: a literal \001 is a control: refused */
+	ck_assert_ptr_null(u);
+	u = im_notice_parse("J\xc3\xbcrgen\tlow", 11);	/* 8-bit is kept as it is */
+	ck_assert_str_eq(u, "J\xc3\xbcrgen");
+	free(u);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+		ck_assert_msg(im_notice_parse(bad[i], strlen(bad[i])) == NULL, "accepted %s", bad[i]);
+	/* A NUL inside the line ends nothing: it is refused. */
+	ck_assert_ptr_null(im_notice_parse("a\0b\tlow", 7));
+	char longname[300];
+	memset(longname, 'x', sizeof(longname));
+	ck_assert_ptr_null(im_notice_parse(longname, 256));
+	u = im_notice_parse(longname, 255);
+	ck_assert_uint_eq(strlen(u), 255);
+	free(u);
+}
+END_TEST
+
 static Suite *
 imstate_suite(void)
 {
@@ -278,6 +310,7 @@ imstate_suite(void)
 	tcase_add_test(tc, reverse_direction);
 	tcase_add_test(tc, names_and_keys);
 	tcase_add_test(tc, map_operations);
+	tcase_add_test(tc, dovecot_notice_lines);
 	suite_add_tcase(s, tc);
 	return s;
 }

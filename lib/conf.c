@@ -201,10 +201,10 @@ static const struct option options[] = {
 	  "idle_users users that changed last; the others at each full pass)." },
 	{ "imap", "idle_users", OT_INT, 0, C(imap.idle_users), "16", NULL, 0, 128,
 	  "With changes = idle: at most this many users watched with IDLE (one session each)." },
-	{ "imap", "dovecot_fifo", OT_PATH, 0, C(imap.dovecot_fifo), "/run/dovecot/replication-notify-fifo",
+	{ "imap", "dovecot_fifo", OT_PATH, F_PER_NODE, C(imap.dovecot_fifo), "/run/dovecot/replication-notify-fifo",
 	  NULL, 0, 0,
 	  "With changes = dovecot: the FIFO Dovecot's replication plugin writes to (base_dir/"
-	  "replication-notify-fifo); standin-imaprepl makes it and reads it." },
+	  "replication-notify-fifo), or dovecot_fifo.NODE; standin-imaprepl makes it and reads it." },
 	{ "imap", "dovecot_fifo_user", OT_STRING, 0, C(imap.dovecot_fifo_user), NULL, NULL, 0, 0,
 	  "With changes = dovecot: the user that owns dovecot_fifo (the mail processes' user, who "
 	  "writes to it); unset: the daemon's user." },

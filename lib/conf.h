@@ -126,7 +126,7 @@ struct st_conf_imap {
 	long workers;
 	int changes;			/* enum st_imap_changes */
 	long idle_users;
-	char *dovecot_fifo;
+	char *dovecot_fifo[ST_MAX_NODES];
 	char *dovecot_fifo_user;
 	long full_pass_interval_ms;
 	long timeout_ms;

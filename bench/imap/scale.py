@@ -372,18 +372,25 @@ class Bench:
                  f"users_file = {self.users_file}\nworkers = {self.args.workers}\n"
                  f"full_pass_interval = 24h\n")
         if self.args.standin_changes == "dovecot":
-            text += (f"changes = dovecot\ndovecot_fifo = {a.run_dir}/replication-notify-fifo\n"
-                     f"dovecot_fifo_user = {sh.MAIL_OS_USER}\nidle_users = 0\n")
+            text += f"changes = dovecot\ndovecot_fifo_user = {sh.MAIL_OS_USER}\nidle_users = 0\n"
         elif self.args.idle_users is not None:
             text += f"idle_users = {self.args.idle_users}\n"
-        path = os.path.join(self.base, "standin.conf")
-        with open(path, "w") as f:
-            f.write(text)
-        self.conf = path
-        return path
+        # One file per node, equal but for dovecot_fifo (not a per-node key):
+        # each node's daemon reads the FIFO in its own Dovecot's base_dir.  With
+        # one file both daemons, on this one machine, would read the master's
+        # FIFO and each take a share of its notices.
+        self.confs = {}
+        for s in (a, b):
+            path = os.path.join(self.base, f"standin-{s.node}.conf")
+            with open(path, "w") as f:
+                f.write(text + (f"dovecot_fifo = {s.run_dir}/replication-notify-fifo\n"
+                                if self.args.standin_changes == "dovecot" else ""))
+            self.confs[s.node] = path
+        self.conf = self.confs["a"]
+        return self.conf
 
     def ctl(self, node, *args):
-        r = sb.run(sb.STANDINCTL, "-c", self.conf, "-n", node, *args, timeout=120)
+        r = sb.run(sb.STANDINCTL, "-c", self.confs[node], "-n", node, *args, timeout=120)
         if r.returncode != 0:
             raise BenchError(f"standinctl -n {node} {' '.join(args)}: {r.stdout}{r.stderr}")
         return r.stdout
@@ -406,7 +413,7 @@ class Bench:
     def standin_start(self):
         for node in ("a", "b"):
             path = os.path.join(self.base, f"imaprepl-{node}.log")
-            d = sb.StandinDaemon(IMAPREPL, self.conf, node, os.path.join(self.base, node, "run"), path)
+            d = sb.StandinDaemon(IMAPREPL, self.confs[node], node, os.path.join(self.base, node, "run"), path)
             self.h.add_cleanup(d.stop)
             self.daemons[node] = d
 
@@ -560,7 +567,7 @@ class Bench:
                      f"folders_created {st['folders_created']}, users {st['users']}, users_in_error "
                      f"{st['users_in_error']}, last_error {st['last_error']}; standin-imaprepl CPU a+b "
                      f"{res['daemon_cpu']:.1f}s")
-            r = sb.run(sb.STANDINCTL, "-c", self.conf, "-n", "b", "status", "--json", timeout=120)
+            r = sb.run(sb.STANDINCTL, "-c", self.confs["b"], "-n", "b", "status", "--json", timeout=120)
             try:
                 js = json.loads(r.stdout)
             except ValueError:
@@ -853,7 +860,7 @@ def main():
     p.add_argument("--workers", type=int, default=8, help="[imap] workers")
     p.add_argument("--dsync-conns", type=int, default=10, help="replication_max_conns for dsync")
     p.add_argument("--latency-users", type=int, default=50, help="(3): users, one APPEND each")
-    p.add_argument("--latency-timeout", type=float, default=30, help="(3): seconds allowed per message")
+    p.add_argument("--latency-timeout", type=float, default=10, help="(3): seconds allowed per message")
     p.add_argument("--gap-ms", type=float, default=200, help="(3): pause between two users")
     p.add_argument("--poll-ms", type=float, default=5, help="(3): the standby is polled (NOOP) every POLL_MS")
     p.add_argument("--poll-s", type=float, default=0.25, help="(1): progress polled every POLL_S seconds")
@@ -908,8 +915,9 @@ def main():
                 if not isinstance(e, (BenchError, sh.HarnessError)):
                     import traceback
                     traceback.print_exc(file=sys.stdout)
-            if side == "standin" and hasattr(bench, "conf"):
-                out("standin.conf [imap]:\n  " + open(bench.conf).read().split("[imap]\n", 1)[1].strip()
+            if side == "standin" and hasattr(bench, "confs"):
+                out("standin-a.conf [imap] (standin-b.conf: the same but dovecot_fifo, in b's Dovecot "
+                    "base_dir):\n  " + open(bench.confs["a"]).read().split("[imap]\n", 1)[1].strip()
                     .replace("\n", "\n  "))
         failed = any("failed" in r for r in res.values())
     except Exception as e:  # noqa: BLE001 - reported, then the servers are stopped

@@ -135,7 +135,8 @@ struct imrepl {
 	size_t idle_wants, idle_readies;	/* users with idle_want, with IDLE_READY */
 	size_t idle_stopping;		/* IDLE jobs with idle_stop queued or running */
 	int changes;			/* [imap] changes, read when the workers start */
-	size_t idle_users;		/* [imap] idle_users, likewise */
+	size_t idle_users;		/* [imap] idle_users, likewise (at most idle_room) */
+	size_t idle_room;		/* IDLE sessions the descriptor limit has room for */
 	long long last_deep_ms;		/* monotonic start of the last deep pass */
 	bool pass_deep;
 
@@ -974,10 +975,10 @@ start_pass(struct imrepl *r)
 		r->pass_wanted = true;
 		return;
 	}
-	if (load_users(r, &err) < 0) {
+	/* A list that cannot be read makes the pass an unclean one (the users
+	 * known are still served): a drain must not take it for all of them. */
+	if (load_users(r, &err) < 0)
 		st_daemon_set_error(r->d, "%s", err);
-		free(err);
-	}
 	long long mono = st_monotonic_ms();
 	r->pass_active = true;
 	r->pass_wanted = false;
@@ -986,9 +987,9 @@ start_pass(struct imrepl *r)
 	if (r->pass_deep)
 		r->last_deep_ms = mono;
 	pthread_mutex_lock(&r->mu);
-	r->pass_errors_now = 0;
+	r->pass_errors_now = err != NULL;
 	free(r->last_error);
-	r->last_error = NULL;
+	r->last_error = err;
 	for (struct user *u = r->users; u; u = u->next)
 		if (u->listed)
 			want_tree(r, u, false, r->pass_deep);
@@ -1170,6 +1171,8 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 	r->notify = conf->imap.notify;
 	r->changes = conf->imap.changes;
 	r->idle_users = conf->imap.changes == ST_IMAP_CHANGES_IDLE ? (size_t)conf->imap.idle_users : 0;
+	if (r->idle_users > r->idle_room)
+		r->idle_users = r->idle_room;
 	/* A new direction's first pass walks everything: after a failover the
 	 * standby may hold mail the new master never had. */
 	r->last_deep_ms = 0;
@@ -1307,29 +1310,41 @@ pass_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
  * Descriptors: libetpan waits with select(), which cannot take a descriptor
  * of FD_SETSIZE or more (glibc aborts the process).  The soft limit is held
  * below it, so that running out is an error ("Too many open files") and
- * never an abort; the settings bound what is used: per worker a session to
- * each server (a socket and libetpan's pipe, 3 descriptors each), per
- * IDLE user one more session.
+ * never an abort.  The settings bound what is used: per worker a session
+ * to each server (a socket and libetpan's pipe, 3 descriptors each), per
+ * IDLE user one more session, and FD_RESERVE for the rest (logs, sockets,
+ * etcd, state files).  Returns how many IDLE sessions the limit leaves room
+ * for (idle_users is lowered to it, with a warning).
  */
-static void
+#define FD_RESERVE 32
+static size_t
 limit_descriptors(const struct st_conf *conf)
 {
 	struct rlimit rl;
-	long need = conf->imap.workers * 2 * 3 + 64 +
-		    (conf->imap.changes == ST_IMAP_CHANGES_IDLE ? conf->imap.idle_users * 3 : 0);
+	long workers_fds = conf->imap.workers * 2 * 3;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
+		return (size_t)conf->imap.idle_users;
 	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > FD_SETSIZE) {
 		rl.rlim_cur = FD_SETSIZE;
 		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 			st_warn("cannot lower the descriptor limit to %d (libetpan's select()): %s", FD_SETSIZE,
 				strerror(errno));
 	}
-	if ((long)rl.rlim_cur < need)
-		st_warn("the descriptor limit (%ld) is below the %ld that [imap] workers = %ld and "
-			"idle_users = %ld may use: raise LimitNOFILE (up to %d)", (long)rl.rlim_cur, need,
-			conf->imap.workers, conf->imap.idle_users, FD_SETSIZE);
+	long room = ((long)rl.rlim_cur - FD_RESERVE - workers_fds) / 3;
+	if (room < 0) {
+		st_warn("the descriptor limit (%ld) is below the %ld that [imap] workers = %ld needs: sessions "
+			"will fail with \"Too many open files\"; raise LimitNOFILE (up to %d) or lower workers",
+			(long)rl.rlim_cur, workers_fds + FD_RESERVE, conf->imap.workers, FD_SETSIZE);
+		room = 0;
+	}
+	if (conf->imap.changes == ST_IMAP_CHANGES_IDLE && room < conf->imap.idle_users) {
+		st_warn("the descriptor limit (%ld) leaves room for %ld IDLE sessions: [imap] idle_users = %ld "
+			"lowered to %ld; raise LimitNOFILE (up to %d)", (long)rl.rlim_cur, room,
+			conf->imap.idle_users, room, FD_SETSIZE);
+		return (size_t)room;
+	}
+	return (size_t)conf->imap.idle_users;
 }
 
 static int
@@ -1342,7 +1357,7 @@ imrepl_start(struct st_daemon *d, char **error_r)
 		return -1;
 	}
 	r->d = d;
-	limit_descriptors(d->conf);
+	r->idle_room = limit_descriptors(d->conf);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	ev_async_init(&r->wake, wake_cb);
@@ -1397,6 +1412,7 @@ imrepl_reload(struct st_daemon *d, struct st_conf *new_conf, char **error_r)
 		st_notice("configuration reloaded: restarting the IMAP sessions");
 		stop_workers(r);
 	}
+	r->idle_room = limit_descriptors(new_conf);
 	/* It holds the old configuration's paths: started again at the next tick. */
 	im_notices_stop(r->nt);
 	r->nt = NULL;

@@ -41,6 +41,7 @@ struct names {
 struct im_notices {
 	const struct st_conf *conf;
 	const char *node;
+	const char *path;		/* [imap] dovecot_fifo of this node */
 	struct ev_loop *loop;
 	im_notices_cb *cb;
 	void *cb_data;
@@ -137,7 +138,7 @@ take_line(struct im_notices *n, const char *line, size_t len)
 	if (user == NULL) {
 		if (!n->said_bad)
 			st_warn("[imap] dovecot_fifo %s: a line that names no user (said once)",
-				st_q(n->conf->imap.dovecot_fifo));
+				st_q(n->path));
 		n->said_bad = true;
 		return;
 	}
@@ -181,7 +182,7 @@ fifo_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (got <= 0) {
 			/* Opened read-write, a FIFO never ends; anything else is an error. */
 			free(n->fifo_error);
-			n->fifo_error = xasprintf("[imap] dovecot_fifo %s: read: %s", n->conf->imap.dovecot_fifo,
+			n->fifo_error = xasprintf("[imap] dovecot_fifo %s: read: %s", n->path,
 						  got < 0 ? strerror(errno) : "end of file");
 			st_warn("%s; opening it again", n->fifo_error);
 			fifo_close(n);
@@ -213,7 +214,7 @@ fifo_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 static int
 fifo_open(struct im_notices *n, char **error_r)
 {
-	const char *path = n->conf->imap.dovecot_fifo, *owner = n->conf->imap.dovecot_fifo_user;
+	const char *path = n->path, *owner = n->conf->imap.dovecot_fifo_user;
 	struct stat st;
 	int fd;
 
@@ -273,10 +274,10 @@ fifo_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)revents;
 	if (n->fd >= 0) {
-		if (lstat(n->conf->imap.dovecot_fifo, &st) == 0 && st.st_dev == n->dev && st.st_ino == n->ino)
+		if (lstat(n->path, &st) == 0 && st.st_dev == n->dev && st.st_ino == n->ino)
 			return;
 		st_warn("[imap] dovecot_fifo %s was removed or replaced; opening it again",
-			st_q(n->conf->imap.dovecot_fifo));
+			st_q(n->path));
 		fifo_close(n);
 	}
 	if (fifo_open(n, &err) < 0) {
@@ -288,7 +289,7 @@ fifo_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		return;
 	}
 	if (n->fifo_error != NULL)
-		st_notice("[imap] dovecot_fifo %s: open", st_q(n->conf->imap.dovecot_fifo));
+		st_notice("[imap] dovecot_fifo %s: open", st_q(n->path));
 	free(n->fifo_error);
 	n->fifo_error = NULL;
 	ev_io_init(&n->fifo_io, fifo_read_cb, n->fd, EV_READ);
@@ -611,6 +612,7 @@ im_notices_start(const struct st_conf *conf, const char *node, struct ev_loop *l
 
 	n->conf = conf;
 	n->node = node;
+	n->path = conf->imap.dovecot_fifo[st_conf_node_index(conf, node)];
 	n->loop = loop;
 	n->cb = cb;
 	n->cb_data = data;

@@ -45,9 +45,9 @@ WORKERS = 4
 
 
 class NoticeEnv(ImapEnv):
-    """ImapEnv with changes = dovecot: etcd, one configuration per node (each
-    node's Dovecot has its own base_dir on this one host), and
-    standin-imaprepl on both nodes (a relays, b replicates)."""
+    """ImapEnv with changes = dovecot: etcd, dovecot_fifo.NODE (each node's
+    Dovecot has its own base_dir on this one host), and standin-imaprepl on
+    both nodes (a relays, b replicates)."""
 
     def __init__(self, harness, users, full_pass="10m", debug=False):
         if not os.path.exists(sh.ETCD):
@@ -62,13 +62,11 @@ class NoticeEnv(ImapEnv):
         text += f"changes = dovecot\ndovecot_fifo_user = {sh.MAIL_OS_USER}\n"
         text = text.replace("full_pass_interval = 30s\n", f"full_pass_interval = {full_pass}\n")
         text = text.replace("workers = 4\n", f"workers = {WORKERS}\n")
-        self.confs = {}
         for s in (self.a, self.b):
-            path = os.path.join(self.base, f"standin-{s.node}.conf")
-            with open(path, "w") as f:
-                f.write(text + f"dovecot_fifo = {s.run_dir}/replication-notify-fifo\n")
-            self.confs[s.node] = path
-        self.conf = self.confs["a"]
+            text += f"dovecot_fifo.{s.node} = {s.run_dir}/replication-notify-fifo\n"
+        with open(self.conf, "w") as f:
+            f.write(text)
+        self.confs = {"a": self.conf, "b": self.conf}
 
     def start(self, node="b"):
         d = self.daemons.get(node)
@@ -226,6 +224,36 @@ def test_idle_set_is_bounded_and_follows_the_users_that_change(harness):
     assert st["passes"] == before and st["idling"] <= 2, st
     assert lat < 5, lat
     env.wait_equal(timeout=60)
+
+
+def test_descriptor_limit_bounds_idle_and_exhaustion_is_said(harness):
+    users = [f"user{i}" for i in range(8)]
+    env = ImapEnv(harness, users=users, extra="idle_users = 16\n")
+    for u in users:
+        env.a.append(u, "INBOX", message(0))
+    # 66 descriptors: 32 kept back, 24 for 4 workers' sessions, room for 3 IDLE sessions.
+    d = StandinDaemon(IMAPREPL, env.conf, "b", os.path.join(env.base, "b", "run"),
+                      os.path.join(env.base, "imaprepl-b.log"), prefix=["prlimit", "--nofile=66:66"])
+    harness.add_cleanup(d.stop)
+    env.daemons["b"] = d
+    st = env.wait_status(lambda s: s["passes"] >= 1 and s["idling"] == 3, "three IDLE sessions")
+    assert st["idle_users_max"] == 3, st
+    assert "leaves room for 3 IDLE sessions: [imap] idle_users = 16 lowered to 3" in d.output()
+    env.wait_equal(timeout=60)
+    # Out of descriptors (no new one below 16): said as such, and never
+    # taken for a cluster change.
+    mark = len(d.output())
+    sh.run(["prlimit", "--pid", str(d.proc.pid), "--nofile=16:66"])
+    env.a.append("user7", "INBOX", message(1))
+    os.utime(os.path.join(env.base, "b", "state", "cluster.state"))   # make it read the state file
+    sh.wait_until(lambda: "Too many open files" in d.output()[mark:], 90, "the error said")
+    out = d.output()[mark:]
+    assert "restarting replication" not in out and "replication stopped" not in out, out[-3000:]
+    sh.run(["prlimit", "--pid", str(d.proc.pid), "--nofile=66:66"])
+    env.wait_equal(timeout=90)
+    assert d.running()
+    st = env.wait_status(lambda s: s["state"] == "streaming", "a clean pass again", timeout=90)
+    assert st["users_in_error"] == 0, st
 
 
 def _populate(server, users):

@@ -133,6 +133,12 @@ password_file = $d/imap.secret
 users_file = $d/imap-users
 workers = 2
 kick_command = $d/kick %n
+# Which users changed: each node's Dovecot names them on its FIFO (the
+# replication plugin); the master's standin-imaprepl relays them through etcd.
+changes = dovecot
+dovecot_fifo.a = $STANDIN_IMAP_A_RUN_DIR/replication-notify-fifo
+dovecot_fifo.b = $STANDIN_IMAP_B_RUN_DIR/replication-notify-fifo
+dovecot_fifo_user = $STANDIN_IMAP_A_MAIL_USER
 
 [proxy]
 # What clients use instead of a floating IP: each node's proxy sends them
@@ -541,7 +547,7 @@ start() {
 		"$py" "$harness" down "$box" >/dev/null || true
 	fi
 	# The servers load standin_ddl (DDL capture) from this build.
-	STANDIN_BUILDDIR=$build "$py" "$harness" up "$box" --no-fsync --etcd
+	STANDIN_BUILDDIR=$build "$py" "$harness" up "$box" --no-fsync --etcd --dovecot-notices
 	write_config
 	say "configuration $conf"
 	"$ctl" -c "$conf" config check
@@ -560,7 +566,7 @@ start() {
 	start_daemon standin-ldaprepl replicators/ldap/standin-ldaprepl a
 	start_daemon standin-ldaprepl replicators/ldap/standin-ldaprepl b
 	wait_streaming b standin-ldaprepl persisting
-	say "standin-imaprepl on both nodes: b copies every user's mailboxes, then follows by IDLE"
+	say "standin-imaprepl on both nodes: b copies every user's mailboxes, then follows the users a's Dovecot names"
 	start_daemon standin-imaprepl replicators/imap/standin-imaprepl a
 	start_daemon standin-imaprepl replicators/imap/standin-imaprepl b
 	wait_streaming b standin-imaprepl

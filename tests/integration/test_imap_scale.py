@@ -26,21 +26,6 @@ from test_imaprepl import IMAPREPL, ImapEnv, message, q
 
 pytestmark = pytest.mark.servers
 
-# The replication plugin names each changed user on BASE_DIR/replication-
-# notify-fifo; mode 0 keeps Dovecot's own aggregator from making it.
-DOVECOT_NOTICES = """mail_plugins = $mail_plugins notify replication
-plugin {
-  mail_replica = standin
-}
-service aggregator {
-  fifo_listener replication-notify-fifo {
-    mode = 0
-  }
-  unix_listener replication-notify {
-    mode = 0
-  }
-}
-"""
 WORKERS = 4
 
 
@@ -55,7 +40,7 @@ class NoticeEnv(ImapEnv):
         self.etcd = sh.EtcdServer(harness).start()
         # The cluster state is made on each node by ImapEnv; etcd and the
         # notices are then added to each node's configuration.
-        super().__init__(harness, users=users, dovecot_conf=DOVECOT_NOTICES, debug=debug)
+        super().__init__(harness, users=users, dovecot_conf=sh.DOVECOT_NOTICES_CONF, debug=debug)
         with open(self.conf) as f:
             text = f.read()
         text = text.replace("name = itest\n", f"name = itest\netcd = {self.etcd.url}\n", 1)

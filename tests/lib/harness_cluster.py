@@ -218,8 +218,10 @@ def _cmd_up(args):
     _check_traversable(base)
     h = Harness(base_dir=base)
     try:
+        from harness_imap import DOVECOT_NOTICES_CONF
         cluster = start_pairs(h, ldap_base=args.ldap_base, fsync=not args.no_fsync,
-                              etcd=args.etcd)
+                              etcd=args.etcd,
+                              imap_options={"extra_conf": DOVECOT_NOTICES_CONF} if args.dovecot_notices else None)
         description = cluster.describe()
         _write_file(json_path + ".tmp", json.dumps(description, indent=2) + "\n", 0o600)
         os.replace(json_path + ".tmp", json_path)
@@ -279,6 +281,9 @@ def main(argv=None):
                     help="where to load the base LDAP entries (default: master)")
     up.add_argument("--no-fsync", action="store_true", help="run PostgreSQL with fsync off")
     up.add_argument("--etcd", action="store_true", help="also a one-member etcd on loopback")
+    up.add_argument("--dovecot-notices", action="store_true",
+                    help="Dovecots with the replication plugin writing to the FIFO standin-imaprepl reads "
+                         "([imap] changes = dovecot)")
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="stop the servers DIR/servers.json lists (idempotent)")
     down.add_argument("dir")

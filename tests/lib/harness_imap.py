@@ -22,6 +22,23 @@ DOVEADM = "/usr/bin/doveadm"
 MAIL_OS_USER = "nobody"
 MAIL_OS_GROUP = "nogroup"
 
+# extra_conf for [imap] changes = dovecot: the replication plugin names each
+# changed user on BASE_DIR/replication-notify-fifo, which standin-imaprepl
+# makes and reads; mode 0 keeps Dovecot's own aggregator from making it.
+DOVECOT_NOTICES_CONF = """mail_plugins = $mail_plugins notify replication
+plugin {
+  mail_replica = standin
+}
+service aggregator {
+  fifo_listener replication-notify-fifo {
+    mode = 0
+  }
+  unix_listener replication-notify {
+    mode = 0
+  }
+}
+"""
+
 
 class DovecotServer(ForegroundServer):
     """An unprivileged Dovecot 2.3 IMAP server (mail stored as nobody/nogroup).
@@ -245,7 +262,8 @@ userdb {{
         return dict(kind=self.kind, node=self.node, host=self.host, port=self.port, users=self.users,
                     master_user=self.master_user, master_password=self.master_password,
                     master_password_file=self.master_password_file, mail_root=self.mail_root,
-                    conf=self.conf, run_dir=self.run_dir, pidfile=self.pidfile, logfile=self.logfile)
+                    conf=self.conf, run_dir=self.run_dir, pidfile=self.pidfile, logfile=self.logfile,
+                    mail_user=MAIL_OS_USER)
 
 
 def _imap_quote(text):

@@ -73,7 +73,7 @@ from harness_core import (LOOPBACK, NODES, RUNUSER, CommandError, ForegroundServ
                           make_test_ca, pid_alive, port_open, process_tree, run, timeout_scale,
                           wait_until)
 from harness_etcd import ETCD, EtcdServer
-from harness_imap import DOVEADM, DOVECOT, MAIL_OS_GROUP, MAIL_OS_USER, DovecotServer
+from harness_imap import DOVEADM, DOVECOT, DOVECOT_NOTICES_CONF, MAIL_OS_GROUP, MAIL_OS_USER, DovecotServer
 from harness_netns import NetLab, NetLabUnavailable
 from harness_ldap import (LDAP_BINDIR, LDAP_MODULE_DIR, LDAP_SCHEMA_DIR, SLAPCAT, SLAPD, SLAPPASSWD,
                           SlapdServer, parse_ldif)
@@ -87,7 +87,8 @@ __all__ = [
     "EtcdServer", "ETCD", "NetLab", "NetLabUnavailable",
     "Pair", "Cluster", "start_pairs", "stop_described", "main", "pg_module_path",
     "PG_BINDIR", "PG_OS_USER", "SLAPD", "SLAPPASSWD", "SLAPCAT", "LDAP_BINDIR", "LDAP_SCHEMA_DIR",
-    "LDAP_MODULE_DIR", "DOVECOT", "DOVEADM", "MAIL_OS_USER", "MAIL_OS_GROUP", "RUNUSER",
+    "LDAP_MODULE_DIR", "DOVECOT", "DOVEADM", "DOVECOT_NOTICES_CONF", "MAIL_OS_USER", "MAIL_OS_GROUP",
+    "RUNUSER",
     "LOOPBACK", "NODES",
 ]
 

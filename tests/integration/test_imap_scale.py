@@ -51,18 +51,6 @@ class NoticeEnv(ImapEnv):
             text += f"dovecot_fifo.{s.node} = {s.run_dir}/replication-notify-fifo\n"
         with open(self.conf, "w") as f:
             f.write(text)
-        self.confs = {"a": self.conf, "b": self.conf}
-
-    def start(self, node="b"):
-        d = self.daemons.get(node)
-        if d is None:
-            d = StandinDaemon(IMAPREPL, self.confs[node], node, os.path.join(self.base, node, "run"),
-                              os.path.join(self.base, f"imaprepl-{node}.log"))
-            self.h.add_cleanup(d.stop)
-            self.daemons[node] = d
-        else:
-            d.start()
-        return d
 
     def start_both(self):
         self.start("a")
@@ -164,7 +152,7 @@ def test_fifo_is_checked(harness, tmp_path):
     assert "names no user" in env.daemons["a"].output()
     # No [cluster] etcd: the configuration says why it needs one.
     bad = os.path.join(env.base, "noetcd.conf")
-    with open(env.confs["a"]) as f:
+    with open(env.conf) as f:
         text = f.read()
     with open(bad, "w") as f:
         f.write(text.replace(f"etcd = {env.etcd.url}\n", ""))

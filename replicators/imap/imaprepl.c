@@ -444,13 +444,20 @@ runnable(const struct job *j)
 	}
 }
 
+/*
+ * Under mu: the first runnable job, and first of all one of PREFER's (the
+ * user whose sessions the worker holds: a tree job's folder jobs then run
+ * on the sessions it logged in, not on new logins).
+ */
 static struct job *
-take_job(struct imrepl *r)
+take_job(struct imrepl *r, const struct user *prefer)
 {
 	struct job *prev = NULL;
+	bool any = prefer == NULL;
 
+again:
 	for (struct job *j = r->head; j; prev = j, j = j->next) {
-		if (!runnable(j))
+		if (!runnable(j) || (!any && (j->u != prefer || j->kind == JOB_IDLE)))
 			continue;
 		if (prev)
 			prev->next = j->next;
@@ -475,6 +482,11 @@ take_job(struct imrepl *r)
 			break;
 		}
 		return j;
+	}
+	if (!any) {
+		any = true;
+		prev = NULL;
+		goto again;
 	}
 	return NULL;
 }
@@ -681,16 +693,35 @@ worker_main(void *arg)
 {
 	struct imrepl *r = arg;
 	struct im_conns conns = { 0 };
+	struct user *held = NULL;	/* between jobs: the user whose sessions conns holds */
 
 	pthread_mutex_lock(&r->mu);
 	for (;;) {
 		struct job *j = NULL;
+		struct spare *old = NULL;
 
-		while (!r->quit && (j = take_job(r)) == NULL)
-			pthread_cond_wait(&r->cv, &r->mu);
+		while (!r->quit && (j = take_job(r, held)) == NULL) {
+			if (held == NULL) {
+				pthread_cond_wait(&r->cv, &r->mu);
+				continue;
+			}
+			/* Nothing more for that user now: its sessions become spares. */
+			held = NULL;
+			old = spare_put(r, &conns);
+			if (old != NULL) {
+				pthread_mutex_unlock(&r->mu);
+				spares_close(old);
+				pthread_mutex_lock(&r->mu);
+				old = NULL;
+			}
+		}
 		if (r->quit)
 			break;
+		if (held != NULL && (j->kind == JOB_IDLE || j->u != held))
+			old = spare_put(r, &conns);
+		held = NULL;
 		pthread_mutex_unlock(&r->mu);
+		spares_close(old);
 
 		char *err = NULL;
 		struct im_tree tree = { 0 };
@@ -699,9 +730,10 @@ worker_main(void *arg)
 
 		bool deep = false;
 		if (j->kind != JOB_IDLE) {
-			struct spare *old = NULL;
+			old = NULL;
 			pthread_mutex_lock(&r->mu);
-			spare_take(r, j->u->name, &conns);
+			if (conns.user == NULL)
+				spare_take(r, j->u->name, &conns);
 			if (conns.user == NULL)
 				old = spare_evict(r);
 			if (j->kind == JOB_TREE) {
@@ -808,15 +840,15 @@ worker_main(void *arg)
 		}
 		/* Jobs that waited for this one may run now. */
 		pthread_cond_broadcast(&r->cv);
+		if (j->kind != JOB_IDLE && conns.user != NULL)
+			held = j->u;
 		free(j);
 		free(err);
 		im_tree_free(&tree);
 		ev_async_send(r->d->loop, &r->wake);
-		struct spare *old = spare_put(r, &conns);
-		if (old != NULL || digest != NULL) {
+		if (digest != NULL) {
 			pthread_mutex_unlock(&r->mu);
-			spares_close(old);
-			if (digest != NULL && im_listing_save(&r->env, digest_user, digest, &err) < 0) {
+			if (im_listing_save(&r->env, digest_user, digest, &err) < 0) {
 				st_warn("user %s: %s (the next pass walks the user's folders)", st_q(digest_user),
 					err);
 				free(err);

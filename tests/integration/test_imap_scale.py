@@ -313,8 +313,12 @@ def test_thousand_users(harness):
     finally:
         stop.set()
         t.join()
+    def logins(server):
+        with open(server.logfile, errors="replace") as f:
+            return sum(1 for line in f if "imap-login: Info: Login: user=<" in line)
     print(f"1000 users: initial sync {sync_s:.1f} s, full pass {pass_ms} ms, push {sorted(round(x, 3) for x in lat)}, "
-          f"daemon fds max {sample['fds']}, connections to the master max {sample['conns']}")
+          f"daemon fds max {sample['fds']}, connections to the master max {sample['conns']}, "
+          f"logins on the master {logins(env.a)}, on the standby {logins(env.b)}")
     assert sample["conns"] <= WORKERS + 2, sample
     assert sample["fds"] <= WORKERS * 2 * 3 + 64, sample
     assert sorted(lat)[len(lat) // 2] < 2.0 and max(lat) < 5, lat

@@ -564,7 +564,7 @@ im_state_log(struct im_state *st, char **error_r, const char *fmt, ...)
 		st_set_error(error_r, "internal error: bad journal record \"%s\"", line);
 		return -1;
 	}
-	if (st->jfd < 0)
+	if (st->jfd < 0 || st->unjournaled)
 		return 0;
 	line[n++] = '\n';
 	for (int off = 0; off < n;) {
@@ -584,7 +584,7 @@ im_state_log(struct im_state *st, char **error_r, const char *fmt, ...)
 int
 im_state_sync(struct im_state *st, char **error_r)
 {
-	if (st->jfd >= 0 && fdatasync(st->jfd) < 0) {
+	if (st->jfd >= 0 && !st->unjournaled && fdatasync(st->jfd) < 0) {
 		st_set_error(error_r, "cannot fdatasync %s: %s", st->jpath, strerror(errno));
 		return -1;
 	}
@@ -605,13 +605,14 @@ im_state_checkpoint(struct im_state *st, char **error_r)
 	free(text);
 	if (rc < 0)
 		return -1;
-	if (st->jfd >= 0) {
+	if (st->jfd >= 0 && !st->unjournaled) {
 		if (ftruncate(st->jfd, 0) < 0 || fdatasync(st->jfd) < 0) {
 			st_set_error(error_r, "cannot empty %s: %s", st->jpath, strerror(errno));
 			return -1;
 		}
 	}
 	st->journal_bytes = 0;
+	st->unjournaled = false;
 	return 0;
 }
 

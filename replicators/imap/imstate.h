@@ -64,6 +64,7 @@ struct im_state {
 	char *path;		/* .../NAME.state */
 	char *jpath;		/* .../NAME.journal */
 	int jfd;
+	bool unjournaled;	/* records kept in memory only, until the checkpoint (a first fill, imsync.c) */
 	size_t journal_bytes;
 };
 

@@ -17,7 +17,9 @@
  *     map are copied in batches (at most BATCH_MSGS messages or BATCH_BYTES):
  *     journal the batch's intents and fdatasync, APPEND them with their flags
  *     and INTERNALDATE (one MULTIAPPEND command, one transaction on T, where
- *     T has it; else one by one), journal the APPENDUIDs and fdatasync.
+ *     T has it; else one by one), journal the APPENDUIDs and fdatasync.  A
+ *     first fill (no state, T empty) journals nothing: a crash leaves no
+ *     state and a T that is not empty, which step 1 pairs by content.
  *  4. Flags: S's messages changed since the state's modseq (CHANGEDSINCE),
  *     or all of them when it is unknown, compared with T's and stored.
  *  5. Expunges: when S's count differs from the map's, S's UIDs are listed
@@ -694,7 +696,15 @@ folder_pass(struct pass *p)
 	bool fresh = p->st.src_uidvalidity == 0 && p->st.n_map == 0;
 	bool src_changed = !fresh && p->st.src_uidvalidity != p->s.uidvalidity;
 	bool tgt_changed = !fresh && p->st.tgt_uidvalidity != p->t.uidvalidity;
-	if (fresh && p->t.messages == 0 && !p->st.pending) {
+	if (fresh && p->t.messages == 0 && !p->st.pending && p->st.journal_bytes == 0) {
+		/*
+		 * A first fill: no state, no journal, the standby's folder empty.
+		 * Nothing is journaled until the checkpoint: after a crash before
+		 * it, the next pass finds no state and a standby that is not empty
+		 * and pairs the messages by content (step 1), so none is copied
+		 * twice; and a fill costs no fdatasync per batch.
+		 */
+		p->st.unjournaled = true;
 		if (jlog(p, "V %" PRIu32 " %" PRIu32, p->s.uidvalidity, p->t.uidvalidity) < 0)
 			return -1;
 	} else if (fresh || src_changed || tgt_changed) {

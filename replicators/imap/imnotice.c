@@ -416,7 +416,7 @@ relay_main(void *arg)
 
 		pthread_mutex_lock(&n->mu);
 		if (!ok) {
-			/* Kept for the next try, ahead of what came meanwhile (bounded). */
+			/* Kept for the next try, with what came meanwhile (bounded). */
 			for (size_t i = sent; i < b.n; i++) {
 				if (n->pending.n < NOTICES_MAX)
 					names_add(&n->pending, b.v[i]);

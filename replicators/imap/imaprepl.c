@@ -453,11 +453,11 @@ static struct job *
 take_job(struct imrepl *r, const struct user *prefer)
 {
 	struct job *prev = NULL;
-	bool any = prefer == NULL;
+	bool any = prefer == NULL || (prefer->folders_queued == 0 && !prefer->tree_queued);
 
 again:
 	for (struct job *j = r->head; j; prev = j, j = j->next) {
-		if (!runnable(j) || (!any && (j->u != prefer || j->kind == JOB_IDLE)))
+		if ((!any && (j->u != prefer || j->kind == JOB_IDLE)) || !runnable(j))
 			continue;
 		if (prev)
 			prev->next = j->next;

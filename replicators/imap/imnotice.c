@@ -356,7 +356,8 @@ relay_main(void *arg)
 		n->hello = false;
 		pthread_mutex_unlock(&n->mu);
 
-		qsort(b.v, b.n, sizeof(*b.v), cmp_name);
+		if (b.n > 1)
+			qsort(b.v, b.n, sizeof(*b.v), cmp_name);
 		size_t k = 0;
 		for (size_t i = 0; i < b.n; i++) {
 			if (k > 0 && strcmp(b.v[k - 1], b.v[i]) == 0)
@@ -390,7 +391,7 @@ relay_main(void *arg)
 		while (ok && (sent < b.n || (sent == 0 && empty_too))) {
 			size_t part = b.n - sent < BATCH_MAX ? b.n - sent : BATCH_MAX;
 			size_t len;
-			char *value = batch_json(n, b.v + sent, part, overflow, epoch, seq, &len);
+			char *value = batch_json(n, part > 0 ? b.v + sent : NULL, part, overflow, epoch, seq, &len);
 			char *name = xasprintf("imap-notices/%s/%020" PRIu64, n->node, seq);
 			char *key = st_etcd_key(n->conf, name);
 			int rc = st_etcd_put(e, key, value, len, lease, &err);
@@ -523,7 +524,8 @@ watch_main(void *arg)
 			rc = -1;
 		} else if (e != NULL) {
 			/* In the order they were written (a restarted relay reuses sequence numbers). */
-			qsort(kvs, nkv, sizeof(*kvs), cmp_mod_rev);
+			if (nkv > 1)
+				qsort(kvs, nkv, sizeof(*kvs), cmp_mod_rev);
 			pthread_mutex_lock(&n->mu);
 			for (size_t i = 0; i < nkv; i++) {
 				if (kvs[i].mod_revision <= rev)

@@ -8,12 +8,17 @@ not APPENDed.  Two identical fresh pairs of Dovecot 2.3 servers from the test
 harness (tests/lib/standin_harness.py), in one Harness, on loopback:
 
   standin  a (master) -> b (standby): standin-imaprepl on both nodes (a relays
-           the master's changes, b replicates), one config file, a one-member
-           etcd; [imap] changes = dovecot (--standin-changes): the master's
+           the master's changes, b replicates), each with its own state dir,
+           one config file, a one-member etcd; [imap] changes = dovecot
+           (--standin-changes), idle_users = 0, workers = 8: the master's
            Dovecot has the notify and replication plugins with
            mail_replica = standin, its aggregator's listeners off (mode 0), and
            standin-imaprepl on a reads the replication-notify-fifo it creates
-           in the master's base_dir; or changes = idle (the old way: IDLE).
+           in the master's base_dir (dovecot_fifo.a; b's daemon has its own in
+           b's base_dir, dovecot_fifo.b: one path for both would have both
+           daemons on this one machine read the master's FIFO); or
+           changes = idle (IDLE on a bounded set of users, the rest at each
+           full pass).
   dsync    c (master) -> d (standby): Dovecot's replicator (notify and
            replication plugins, aggregator, replicator, mail_replica =
            tcp:127.0.0.1:PORT to the standby's doveadm server,
@@ -26,10 +31,10 @@ started once before its side runs, with no replication configured, for
 pair's Dovecots (and standin's daemons and etcd) are stopped.
 
 For each side:
-  (1) initial sync: from the start of the replicator (standin: both daemons,
-      Dovecots already up; dsync: the master Dovecot's start, the standby
-      already up; the replicator fills its queue from the userdb at start)
-      until every user's 4 messages are files in the standby's Maildir AND the
+  (1) initial sync: after a sync(2), from the start of the replicator
+      (standin: both daemons, Dovecots already up; dsync: the master
+      Dovecot's start, the standby already up; the replicator fills its
+      queue from the userdb at start) until every user's 4 messages are files in the standby's Maildir AND the
       replicator says it is done (standin: b's first pass ended; dsync: every
       user synced once, queues empty), 0 users in error (standin: status
       users_in_error; dsync: `doveadm replicator status '*'` failed flags), then
@@ -66,7 +71,6 @@ import os
 import pwd
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -227,6 +231,15 @@ def populate(server, users, seed):
     return n
 
 
+def logins(server):
+    """IMAP logins in SERVER's log so far."""
+    try:
+        with open(server.logfile, "rb") as f:
+            return f.read().count(b": Login: user=<")
+    except OSError:
+        return 0
+
+
 def count_files(server, users, complete=None):
     """(messages as files in cur/ and new/ of the three folders, users with at
     least PER_USER of them).  COMPLETE: a set of users already counted
@@ -375,17 +388,32 @@ class Bench:
             text += f"changes = dovecot\ndovecot_fifo_user = {sh.MAIL_OS_USER}\nidle_users = 0\n"
         elif self.args.idle_users is not None:
             text += f"idle_users = {self.args.idle_users}\n"
-        # One file per node, equal but for dovecot_fifo (not a per-node key):
-        # each node's daemon reads the FIFO in its own Dovecot's base_dir.  With
-        # one file both daemons, on this one machine, would read the master's
-        # FIFO and each take a share of its notices.
+        # One file for both nodes, each node's daemon reading the FIFO in its
+        # own Dovecot's base_dir (dovecot_fifo.NODE).  A build without the
+        # per-node key gets one file per node, equal but for dovecot_fifo: with
+        # a single dovecot_fifo both daemons, on this one machine, would read
+        # the master's FIFO and each take a share of its notices.
         self.confs = {}
-        for s in (a, b):
-            path = os.path.join(self.base, f"standin-{s.node}.conf")
-            with open(path, "w") as f:
-                f.write(text + (f"dovecot_fifo = {s.run_dir}/replication-notify-fifo\n"
-                                if self.args.standin_changes == "dovecot" else ""))
-            self.confs[s.node] = path
+        one = os.path.join(self.base, "standin.conf")
+        fifo = lambda s, key: f"{key} = {s.run_dir}/replication-notify-fifo\n"  # noqa: E731
+        if self.args.standin_changes != "dovecot":
+            with open(one, "w") as f:
+                f.write(text)
+            self.confs = {"a": one, "b": one}
+        else:
+            with open(one, "w") as f:
+                f.write(text + "".join(fifo(s, f"dovecot_fifo.{s.node}") for s in (a, b)))
+            r = sb.run(sb.STANDINCTL, "-c", one, "-n", "a", "config", "check", timeout=60)
+            if r.returncode == 0:
+                self.confs = {"a": one, "b": one}
+            else:
+                log(f"standinctl config check refuses dovecot_fifo.NODE ({(r.stderr or r.stdout).strip()[:200]}): "
+                    f"one configuration file per node, equal but for dovecot_fifo")
+                for s in (a, b):
+                    path = os.path.join(self.base, f"standin-{s.node}.conf")
+                    with open(path, "w") as f:
+                        f.write(text + fifo(s, "dovecot_fifo"))
+                    self.confs[s.node] = path
         self.conf = self.confs["a"]
         return self.conf
 
@@ -496,6 +524,9 @@ class Bench:
         total = self.messages
         n = len(self.users)
         timeout = self.args.timeout
+        t = time.monotonic()
+        os.sync()         # what was written before (the mail, the other side) is not flushed while timed
+        log(f"(1) {side}: sync(2) before the start took {time.monotonic() - t:.1f}s")
         if side == "standin":
             standby.start()
             master.start()
@@ -506,6 +537,7 @@ class Bench:
             log(f"(1) standin: loadavg {loadavg()}; starting standin-imaprepl on a and b "
                 f"(changes = {self.args.standin_changes}), no state, empty standby")
             cpu0 = (tree_cpu(master.pid), tree_cpu(standby.pid))
+            logins0 = (logins(master), logins(standby))
             t0 = time.monotonic()
             self.standin_start()
         else:
@@ -513,6 +545,7 @@ class Bench:
             log(f"(1) dsync: loadavg {loadavg()}; starting the master Dovecot with the replicator, "
                 f"empty standby")
             cpu0 = (0.0, tree_cpu(standby.pid))
+            logins0 = (logins(master), logins(standby))
             t0 = time.monotonic()
             master.start()
         t_files = t_done = None
@@ -522,7 +555,8 @@ class Bench:
         while True:
             now = time.monotonic()
             if now - t0 > timeout:
-                raise BenchError(f"(1) {side}: not done after {timeout}s: files {count_files(standby, self.users)}, "
+                raise BenchError(f"(1) {side}: not done after {timeout}s: files "
+                                 f"{count_files(standby, self.users)}, "
                                  f"status {st or summ}")
             files, users_done = count_files(standby, self.users, complete)
             conns = self.sample_conns(side, procs=True)
@@ -558,7 +592,8 @@ class Bench:
         elapsed = t_end - t0
         cpu = (tree_cpu(master.pid) - cpu0[0], tree_cpu(standby.pid) - cpu0[1])
         res = dict(time=elapsed, files_time=t_files - t0, done_time=t_done - t0, rate=total / elapsed,
-                   users_rate=n / elapsed, master_cpu=cpu[0], standby_cpu=cpu[1])
+                   users_rate=n / elapsed, master_cpu=cpu[0], standby_cpu=cpu[1],
+                   master_logins=logins(master) - logins0[0], standby_logins=logins(standby) - logins0[1])
         if side == "standin":
             st = self.status("b")
             res["users_in_error"] = st["users_in_error"]
@@ -574,7 +609,8 @@ class Bench:
                 js = None
             res["ctl_status"] = js
             found = re.findall(r'"users_in_error":\s*(\d+)', r.stdout)
-            extra += f"; standinctl status --json: exit {r.returncode}, users_in_error {found or r.stderr.strip()[:200]}"
+            extra += (f"; standinctl status --json: exit {r.returncode}, users_in_error "
+                      f"{found or r.stderr.strip()[:200]}")
         else:
             summ, ustat = self.replicator_status()
             res["users_in_error"] = sum(1 for u in ustat if u.get("failed") == "y")
@@ -582,7 +618,8 @@ class Bench:
             extra = f"replicator: {summ}; users failed {res['users_in_error']}"
         log(f"(1) {side}: {total} messages of {n} users in {elapsed:.2f}s = {res['rate']:.0f} messages/s, "
             f"{res['users_rate']:.1f} users/s (all files on the standby at {res['files_time']:.2f}s, replicator "
-            f"done at {res['done_time']:.2f}s); Dovecot CPU master {cpu[0]:.1f}s (whole tree"
+            f"done at {res['done_time']:.2f}s); IMAP logins master {res['master_logins']}, standby "
+            f"{res['standby_logins']}; Dovecot CPU master {cpu[0]:.1f}s (whole tree"
             f"{', its start included' if side == 'dsync' else ''}), standby {cpu[1]:.1f}s; {extra}; "
             f"loadavg {loadavg()}")
         if res["users_in_error"]:
@@ -768,7 +805,8 @@ class Bench:
                    master_procs=len(mp), master_pss=sum(pss_kb(p) for p in mp),
                    doveadm_conns=sum(c for pid, (n, c) in client_conns(self.dsync_port).items()),
                    what=what)
-        log(f"(4) {side}: connections to the master's IMAP port {n_conns} ({', '.join(res['conns_by']) or 'none'}), "
+        log(f"(4) {side}: connections to the master's IMAP port {n_conns} "
+            f"({', '.join(res['conns_by']) or 'none'}), "
             f"highest seen in (1)-(3) {self.peak_conns}; replicator descriptors {res['fds']} in "
             f"{len(rpids)} processes ({what}), their PSS {res['repl_pss'] / 1024:.1f} MB; master Dovecot: "
             f"{res['imap']} imap processes, PSS {res['imap_pss'] / 1024:.1f} MB, {res['doveadm']} doveadm "
@@ -916,9 +954,10 @@ def main():
                     import traceback
                     traceback.print_exc(file=sys.stdout)
             if side == "standin" and hasattr(bench, "confs"):
-                out("standin-a.conf [imap] (standin-b.conf: the same but dovecot_fifo, in b's Dovecot "
-                    "base_dir):\n  " + open(bench.confs["a"]).read().split("[imap]\n", 1)[1].strip()
-                    .replace("\n", "\n  "))
+                out(f"{os.path.basename(bench.confs['a'])} [imap]"
+                    + (" (standin-b.conf: the same but dovecot_fifo, in b's Dovecot base_dir)"
+                       if bench.confs["a"] != bench.confs["b"] else "") + ":\n  "
+                    + open(bench.confs["a"]).read().split("[imap]\n", 1)[1].strip().replace("\n", "\n  "))
         failed = any("failed" in r for r in res.values())
     except Exception as e:  # noqa: BLE001 - reported, then the servers are stopped
         log(f"FAILED: {e!r}")
@@ -964,6 +1003,8 @@ def main():
     row("(1) replicator done at (s)", "initial", "done_time")
     row("(1) Dovecot CPU, master (s)", "initial", "master_cpu", "{:.1f}")
     row("(1) Dovecot CPU, standby (s)", "initial", "standby_cpu", "{:.1f}")
+    row("(1) IMAP logins, master", "initial", "master_logins", "{}")
+    row("(1) IMAP logins, standby", "initial", "standby_logins", "{}")
     row("(1) users in error", "initial", "users_in_error", "{}", rat=False)
     row("(2) full pass, nothing changed (s)", "pass", "time")
     row("(2) users in error", "pass", "users_in_error", "{}", rat=False)

@@ -469,8 +469,8 @@ inbox_put(struct im_notices *n, json_t *users, bool gap)
 	json_array_foreach(users, i, v) {
 		if (json_is_string(v) && n->inbox.n < NOTICES_MAX)
 			names_add(&n->inbox, json_string_value(v));
-		else if (json_is_string(v))
-			gap = true;
+		else
+			gap = true;	/* too many waiting, or not a name: a pass makes up for it */
 	}
 	if (gap) {
 		n->inbox_gap = true;
@@ -535,6 +535,12 @@ watch_main(void *arg)
 				const char *b = json_string_value(json_object_get(o, "boot"));
 				json_t *seqv = json_object_get(o, "seq"), *users = json_object_get(o, "users");
 				if (b == NULL || !json_is_integer(seqv) || !json_is_array(users)) {
+					/* Not a batch standin wrote: whatever it named is made up by a pass. */
+					st_warn("IMAP notices: %s in etcd is not a batch of notices; a full pass makes "
+						"up for it", st_q(kvs[i].key));
+					n->inbox_gap = true;
+					n->gaps++;
+					ev_async_send(n->loop, &n->async);
 					json_decref(o);
 					continue;
 				}

@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <sys/select.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,7 +207,19 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 	else
 		r = mailimap_socket_connect(s->imap, ep->host, (uint16_t)ep->port);
 	if (r != MAILIMAP_NO_ERROR_NON_AUTHENTICATED && r != MAILIMAP_NO_ERROR_AUTHENTICATED) {
-		fail(s, r, "connect");
+		/* libetpan calls a socket or pipe it could not make "out of memory":
+		 * when no descriptor is left, say that instead. */
+		int probe = r == MAILIMAP_ERROR_MEMORY ? open("/dev/null", O_RDONLY | O_CLOEXEC) : -2;
+		if (probe == -1 && (errno == EMFILE || errno == ENFILE)) {
+			free(s->error);
+			s->error = xasprintf("%s: connect: %s (no descriptor left: raise LimitNOFILE, up to %d, "
+					   "or lower [imap] workers and idle_users)", s->desc, strerror(errno),
+					   FD_SETSIZE);
+		} else {
+			fail(s, r, "connect");
+		}
+		if (probe >= 0)
+			close(probe);
 		goto out_err;
 	}
 	if (ep->imaps && tls_verify(s) < 0)

@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/select.h>
 #include <inttypes.h>
 #include <stdio.h>

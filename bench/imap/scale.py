@@ -314,9 +314,23 @@ class Bench:
         self.doveadm_pw = "da-" + os.urandom(8).hex()
         # Identical base configuration for all four servers: room for an
         # IMAP session per user (changes = idle) and more.
+        reuse = ""
+        if args.dovecot_tuning == "performance":
+            # Dovecot's "Performance tuning" page, "CPU usage optimization",
+            # on all four servers: login processes in high-performance mode
+            # (one per core, kept), imap and doveadm processes reused for up
+            # to 100 connections of the same uid, an auth cache.
+            reuse = "  service_count = 100\n"
+            limits_login = (f"service imap-login {{\n  service_count = 0\n"
+                            f"  process_min_avail = {os.cpu_count() or 1}\n}}\n"
+                            f"service doveadm {{\n{reuse}}}\n"
+                            f"auth_cache_size = 10M\n")
+        else:
+            limits_login = ""
         limits = (f"default_client_limit = {max(1000, 2 * n + 500)}\n"
-                  f"service imap {{\n  process_limit = {max(1024, n + 512)}\n}}\n"
-                  f"service anvil {{\n  client_limit = {max(1000, 2 * n + 500)}\n}}\n")
+                  f"service imap {{\n  process_limit = {max(1024, n + 512)}\n{reuse}}}\n"
+                  f"service anvil {{\n  client_limit = {max(1000, 2 * n + 500)}\n}}\n"
+                  + limits_login)
         self.base_conf = limits
         mk = lambda node: sh.DovecotServer(self.h, node, users=self.userpw, master_password=self.pw,  # noqa: E731
                                            extra_conf=limits)
@@ -897,6 +911,10 @@ def main():
                    help="[imap] idle_users with --standin-changes idle (default: not set)")
     p.add_argument("--workers", type=int, default=8, help="[imap] workers")
     p.add_argument("--dsync-conns", type=int, default=10, help="replication_max_conns for dsync")
+    p.add_argument("--dovecot-tuning", choices=("none", "performance"), default="none",
+                   help="all four Dovecots: their defaults, or the CPU tuning of Dovecot's "
+                        "performance tuning page (login processes in high-performance mode, "
+                        "imap and doveadm processes reused for 100 connections, auth cache)")
     p.add_argument("--latency-users", type=int, default=50, help="(3): users, one APPEND each")
     p.add_argument("--latency-timeout", type=float, default=10, help="(3): seconds allowed per message")
     p.add_argument("--gap-ms", type=float, default=200, help="(3): pause between two users")
@@ -928,7 +946,7 @@ def main():
         out(f"build source: {src} at {cmd_out(['git', '-C', src, 'rev-parse', '--short', 'HEAD'])}")
     out(f"options: users {args.users}, standin changes = {args.standin_changes}, workers {args.workers}, "
         f"dsync replication_max_conns {args.dsync_conns}, latency users {args.latency_users}, "
-        f"first {args.first}")
+        f"first {args.first}, Dovecot tuning {args.dovecot_tuning}")
     load_before = loadavg()
     out(f"loadavg before: {load_before}")
     out()

@@ -38,6 +38,7 @@ struct im_sess {
 	bool qresync;		/* ENABLE QRESYNC done */
 	bool no_multiappend;	/* the server refused one: append one by one */
 	bool selected;		/* a mailbox is selected */
+	char *selected_name;	/* which (when selected) */
 	const struct im_login *login;
 };
 
@@ -250,6 +251,15 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 			goto out_err;
 		}
 	}
+	/*
+	 * Forget the greeting's capabilities: a server that lists its
+	 * post-login ones in the login's OK ([CAPABILITY ...], Dovecot and
+	 * Cyrus do) spares the CAPABILITY command below.
+	 */
+	if (s->imap->imap_connection_info != NULL && s->imap->imap_connection_info->imap_capability != NULL) {
+		mailimap_capability_data_free(s->imap->imap_connection_info->imap_capability);
+		s->imap->imap_connection_info->imap_capability = NULL;
+	}
 	if (login->login == ST_IMAP_LOGIN_SASL_PLAIN) {
 		/* libetpan's "login" is the authorization identity, "auth_name" the authentication one. */
 		r = mailimap_authenticate(s->imap, "PLAIN", login->ep->host, NULL, NULL, user,
@@ -272,13 +282,15 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 		free(who);
 	}
 	/* Capabilities after login can differ (Dovecot sends more). */
-	struct mailimap_capability_data *caps = NULL;
-	r = mailimap_capability(s->imap, &caps);
-	if (caps)
-		mailimap_capability_data_free(caps);
-	if (r != MAILIMAP_NO_ERROR) {
-		fail(s, r, "CAPABILITY");
-		goto out_err;
+	if (s->imap->imap_connection_info == NULL || s->imap->imap_connection_info->imap_capability == NULL) {
+		struct mailimap_capability_data *caps = NULL;
+		r = mailimap_capability(s->imap, &caps);
+		if (caps)
+			mailimap_capability_data_free(caps);
+		if (r != MAILIMAP_NO_ERROR) {
+			fail(s, r, "CAPABILITY");
+			goto out_err;
+		}
 	}
 	if (mailimap_has_qresync(s->imap) && mailimap_has_enable(s->imap)) {
 		clist *want = clist_new();
@@ -315,6 +327,7 @@ im_sess_close(struct im_sess *s)
 	}
 	free(s->desc);
 	free(s->error);
+	free(s->selected_name);
 	free(s);
 }
 
@@ -425,6 +438,13 @@ status_from_info(clist *infos, struct im_status *st)
 	}
 }
 
+/* Names of one mailbox: equal, or INBOX in any case (RFC 3501 5.1). */
+static bool
+same_mailbox(const char *a, const char *b)
+{
+	return strcmp(a, b) == 0 || (strcasecmp(a, "INBOX") == 0 && strcasecmp(b, "INBOX") == 0);
+}
+
 int
 im_status(struct im_sess *s, const char *mailbox, struct im_status *st)
 {
@@ -433,6 +453,11 @@ im_status(struct im_sess *s, const char *mailbox, struct im_status *st)
 	int r;
 
 	memset(st, 0, sizeof(*st));
+	/* The selected mailbox would be answered from this session's view. */
+	if (s->selected && same_mailbox(s->selected_name, mailbox) && im_unselect(s) < 0) {
+		mailimap_status_att_list_free(atts);
+		return -1;
+	}
 	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_MESSAGES);
 	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDNEXT);
 	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDVALIDITY);
@@ -460,6 +485,8 @@ im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_statu
 	else
 		r = readonly ? mailimap_examine(s->imap, mailbox) : mailimap_select(s->imap, mailbox);
 	s->selected = r == MAILIMAP_NO_ERROR;
+	free(s->selected_name);
+	s->selected_name = s->selected ? xstrdup(mailbox) : NULL;
 	if (r != MAILIMAP_NO_ERROR)
 		return fail(s, r, "%s \"%s\"", readonly ? "EXAMINE" : "SELECT", mailbox);
 	struct mailimap_selection_info *si = s->imap->imap_selection_info;
@@ -487,9 +514,19 @@ im_unselect(struct im_sess *s)
 	/* libetpan has no UNSELECT of its own. */
 	r = mailimap_custom_command(s->imap, "UNSELECT");
 	s->selected = false;
+	free(s->selected_name);
+	s->selected_name = NULL;
 	if (r != MAILIMAP_NO_ERROR)
 		return fail(s, r, "UNSELECT");
 	return 0;
+}
+
+int
+im_sess_park(struct im_sess *s)
+{
+	if (!s->selected || im_sess_has(s, "UNSELECT"))
+		return 0;
+	return 1;
 }
 
 /* -- UID lists ---------------------------------------------------------- */

@@ -69,9 +69,16 @@ int im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_s
 /*
  * UNSELECT (RFC 3691): leave the selected mailbox without expunging, so
  * that a later STATUS of it is not answered from this session's stale
- * view.  1 when the server has no UNSELECT.
+ * view (im_status does it when asked for the selected mailbox).  1 when
+ * the server has no UNSELECT.
  */
 int im_unselect(struct im_sess *s);
+/*
+ * At the end of a job: a session may stay with its mailbox selected when
+ * the server has UNSELECT (the next SELECT replaces it; im_status of it
+ * and tree passes unselect first).  1 when it may not: close it.
+ */
+int im_sess_park(struct im_sess *s);
 
 struct im_uids {
 	uint32_t *v;

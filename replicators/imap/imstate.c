@@ -533,6 +533,7 @@ im_state_load(struct im_state *st, const char *path, const char *node, char **er
 	/* A torn last line is dropped: start the next record on a new line. */
 	struct stat sb;
 	if (fstat(st->jfd, &sb) == 0 && sb.st_size > 0) {
+		st->journal_bytes = (size_t)sb.st_size;
 		if (im_state_checkpoint(st, error_r) < 0)
 			return -1;
 	}
@@ -576,8 +577,8 @@ im_state_log(struct im_state *st, char **error_r, const char *fmt, ...)
 			return -1;
 		}
 		off += (int)w;
+		st->journal_bytes += (size_t)w;
 	}
-	st->journal_bytes += (size_t)n;
 	return 0;
 }
 
@@ -605,7 +606,8 @@ im_state_checkpoint(struct im_state *st, char **error_r)
 	free(text);
 	if (rc < 0)
 		return -1;
-	if (st->jfd >= 0 && !st->unjournaled) {
+	/* An empty journal (nothing written since it was last emptied) stays. */
+	if (st->jfd >= 0 && !st->unjournaled && st->journal_bytes > 0) {
 		if (ftruncate(st->jfd, 0) < 0 || fdatasync(st->jfd) < 0) {
 			st_set_error(error_r, "cannot empty %s: %s", st->jpath, strerror(errno));
 			return -1;

@@ -77,6 +77,7 @@ struct pass {
 	struct im_status s, t;
 	uint32_t tgt_uidnext;	/* lower bound of the next target UID */
 	uint64_t modseq_before;	/* the state's modseq when the pass began */
+	bool first_fill;	/* an empty standby folder, no state: everything is copied */
 	char *err;
 };
 
@@ -441,38 +442,62 @@ out:
 	return rc;
 }
 
+/* Copies the messages of M (with their sizes) that the map lacks, in batches. */
+static int
+copy_sized(struct pass *p, const struct im_msgs *m)
+{
+	for (size_t i = 0; i < m->n;) {
+		uint32_t batch[BATCH_MSGS];
+		size_t n = 0;
+		uint64_t bytes = 0;
+
+		while (i < m->n && n < BATCH_MSGS) {
+			if (im_state_find(&p->st, m->v[i].uid)) {
+				i++;
+				continue;
+			}
+			if (n > 0 && bytes + m->v[i].size > BATCH_BYTES)
+				break;
+			bytes += m->v[i].size;
+			batch[n++] = m->v[i++].uid;
+		}
+		if (n > 0 && copy_batch(p, batch, n) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* Step 3. */
 static int
 copy_new(struct pass *p)
 {
+	uint32_t from = p->st.src_uidnext ? p->st.src_uidnext : 1;
 	struct im_uids all = { 0 }, todo = { 0 };
 	struct im_msgs sizes = { 0 };
 	int rc = -1;
 
-	if (im_search_from(p->src, p->st.src_uidnext ? p->st.src_uidnext : 1, &all) < 0)
-		return sess_fail(p, p->src);
-	for (size_t i = 0; i < all.n; i++)
-		if (!im_state_find(&p->st, all.v[i]))
-			im_uids_add(&todo, all.v[i]);
-	/* Sizes by slices, so that memory does not grow with the folder. */
-	for (size_t from = 0; from < todo.n; from += META_SLICE) {
-		size_t len = todo.n - from < META_SLICE ? todo.n - from : META_SLICE;
-
-		im_msgs_free(&sizes);
-		if (im_fetch(p->src, todo.v + from, len, 0, IM_F_META, 0, &sizes) < 0) {
-			sess_fail(p, p->src);
+	if (p->s.messages <= META_SLICE) {
+		/* A small folder: the sizes of its new messages in one FETCH, no SEARCH first. */
+		if (im_fetch(p->src, NULL, 0, from, IM_F_META, 0, &sizes) < 0)
+			return sess_fail(p, p->src);
+		if (copy_sized(p, &sizes) < 0)
 			goto out;
-		}
-		for (size_t i = 0; i < sizes.n;) {
-			uint32_t batch[BATCH_MSGS];
-			size_t n = 0;
-			uint64_t bytes = 0;
+	} else {
+		if (im_search_from(p->src, from, &all) < 0)
+			return sess_fail(p, p->src);
+		for (size_t i = 0; i < all.n; i++)
+			if (!im_state_find(&p->st, all.v[i]))
+				im_uids_add(&todo, all.v[i]);
+		/* Sizes by slices, so that memory does not grow with the folder. */
+		for (size_t at = 0; at < todo.n; at += META_SLICE) {
+			size_t len = todo.n - at < META_SLICE ? todo.n - at : META_SLICE;
 
-			while (i < sizes.n && n < BATCH_MSGS && (n == 0 || bytes + sizes.v[i].size <= BATCH_BYTES)) {
-				bytes += sizes.v[i].size;
-				batch[n++] = sizes.v[i++].uid;
+			im_msgs_free(&sizes);
+			if (im_fetch(p->src, todo.v + at, len, 0, IM_F_META, 0, &sizes) < 0) {
+				sess_fail(p, p->src);
+				goto out;
 			}
-			if (copy_batch(p, batch, n) < 0)
+			if (copy_sized(p, &sizes) < 0)
 				goto out;
 		}
 	}
@@ -511,7 +536,12 @@ sync_flags(struct pass *p)
 
 	if (!full && p->s.highestmodseq == p->st.src_modseq)
 		return 0;
-	if (p->st.n_map == 0)
+	/*
+	 * A first fill copied every message with the flags it had when its
+	 * body was fetched, after the EXAMINE whose HIGHESTMODSEQ is recorded:
+	 * a change since then is the next pass's CHANGEDSINCE.
+	 */
+	if (p->st.n_map == 0 || p->first_fill)
 		goto done;
 	if (im_fetch(p->src, NULL, 0, 1, IM_F_FLAGS, full ? 0 : p->st.src_modseq, &sm) < 0)
 		return sess_fail(p, p->src);
@@ -705,6 +735,7 @@ folder_pass(struct pass *p)
 		 * twice; and a fill costs no fdatasync per batch.
 		 */
 		p->st.unjournaled = true;
+		p->first_fill = true;
 		if (jlog(p, "V %" PRIu32 " %" PRIu32, p->s.uidvalidity, p->t.uidvalidity) < 0)
 			return -1;
 	} else if (fresh || src_changed || tgt_changed) {
@@ -732,10 +763,13 @@ folder_pass(struct pass *p)
 				return -1;
 		}
 	}
-	/* The standby's count, after what this pass did, tells whether it lost copies. */
+	/*
+	 * The standby's count, after what this pass did, tells whether it lost
+	 * copies (not after a first fill: they were all just appended).
+	 */
 	struct im_status t2;
 	size_t lost = 0;
-	if (im_status(p->tgt, p->folder, &t2) == 0 && t2.messages < p->st.n_map &&
+	if (!p->first_fill && im_status(p->tgt, p->folder, &t2) == 0 && t2.messages < p->st.n_map &&
 	    (check_target(p, &lost) < 0 || (lost > 0 && copy_new(p) < 0)))
 		return -1;
 	if (im_state_checkpoint(&p->st, &err) < 0)
@@ -789,8 +823,12 @@ conns_done(struct im_conns *c, int rc, bool reused)
 {
 	bool again = rc < 0 && reused && ((c->src && im_sess_broken(c->src)) || (c->tgt && im_sess_broken(c->tgt)));
 
-	/* A mailbox left selected would answer a later STATUS from its old view. */
-	if (rc < 0 || (c->src != NULL && im_unselect(c->src) != 0) || (c->tgt != NULL && im_unselect(c->tgt) != 0))
+	/*
+	 * A kept session stays in its mailbox (the next job's SELECT replaces
+	 * it, STATUS of it and tree passes unselect first); one whose server
+	 * has no UNSELECT is closed.
+	 */
+	if (rc < 0 || (c->src != NULL && im_sess_park(c->src) != 0) || (c->tgt != NULL && im_sess_park(c->tgt) != 0))
 		im_conns_close(c);
 	else
 		c->used_ms = st_monotonic_ms();
@@ -1401,6 +1439,11 @@ tree_job(struct im_sess *src, struct im_sess *tgt, void *arg, char **error_r)
 	const struct tree_job *t = arg;
 	int rc;
 
+	/* Folders are created, renamed and deleted from no mailbox. */
+	if (im_unselect(src) < 0 || (tgt != NULL && im_unselect(tgt) < 0)) {
+		st_set_error(error_r, "%s", im_sess_error(im_sess_broken(src) ? src : tgt));
+		return -1;
+	}
 	for (int changed = 0;; changed++) {
 		rc = tree_pass(t->env, src, tgt, t->user, t->out, error_r);
 		if (rc != 1 || changed == 5)

@@ -518,7 +518,7 @@ dump_pg_connstr(const struct st_conf *conf, int idx, const char *dbname)
 	conn_append(&b, "port", port);
 	conn_append(&b, "user", conf->pg.user);
 	conn_append(&b, "dbname", dbname);
-	conn_append(&b, "sslmode", st_conf_sslmode_name(conf->pg.sslmode));
+	conn_append(&b, "sslmode", st_conf_pg_sslmode(conf, idx));
 	if (conf->pg.sslrootcert != NULL)
 		conn_append(&b, "sslrootcert", conf->pg.sslrootcert);
 	if (conf->pg.passfile != NULL)

@@ -61,9 +61,13 @@ struct option {
 
 static const char *const log_levels[] = { "debug", "info", "notice", "warning", "error", NULL };
 static const char *const log_dests[] = { "auto", "stderr", "syslog", NULL };
-static const char *const tls_modes[] = { "no", "try", "demand", NULL };
+/* In enum st_tls_mode's order. */
+static const char *const tls_modes[] = { "no", "try", "demand", "auto", NULL };
 static const char *const sslmodes[] = { "disable", "allow", "prefer", "require",
-					"verify-ca", "verify-full", NULL };
+					"verify-ca", "verify-full", "auto", NULL };
+#define SSLMODE_PREFER 2
+#define SSLMODE_VERIFY_FULL 5
+#define SSLMODE_AUTO 6
 
 const char *
 st_conf_sslmode_name(int sslmode)
@@ -131,8 +135,9 @@ static const struct option options[] = {
 	  "Role used by standin (replication on the master, superuser on the standby)." },
 	{ "pg", "passfile", OT_SECRET, 0, C(pg.passfile), NULL, NULL, 0, 0,
 	  "libpq password file (mode 0600) holding that role's password." },
-	{ "pg", "sslmode", OT_ENUM, 0, C(pg.sslmode), "prefer", sslmodes, 0, 0,
-	  "libpq sslmode: disable, allow, prefer, require, verify-ca or verify-full." },
+	{ "pg", "sslmode", OT_ENUM, 0, C(pg.sslmode), "auto", sslmodes, 0, 0,
+	  "libpq sslmode: disable, allow, prefer, require, verify-ca, verify-full, or auto: "
+	  "verify-full, except prefer to a loopback address." },
 	{ "pg", "sslrootcert", OT_PATH, 0, C(pg.sslrootcert), NULL, NULL, 0, 0,
 	  "CA certificate file for verify-ca and verify-full." },
 	{ "pg", "connect_timeout", OT_DURATION, 0, C(pg.connect_timeout_ms), "10s", NULL, 1000, DAY_MS,
@@ -157,8 +162,9 @@ static const struct option options[] = {
 	  "the old master's slapd with olcReadOnly. Unset: only the proxies keep clients away." },
 	{ "ldap", "config_password_file", OT_SECRET, 0, C(ldap.config_password_file), NULL, NULL, 0, 0,
 	  "File (mode 0600) holding config_bind_dn's password." },
-	{ "ldap", "starttls", OT_ENUM, 0, C(ldap.starttls), "no", tls_modes, 0, 0,
-	  "StartTLS on ldap:// endpoints: no, try or demand." },
+	{ "ldap", "starttls", OT_ENUM, 0, C(ldap.starttls), "auto", tls_modes, 0, 0,
+	  "StartTLS on ldap:// endpoints: no, try, demand, or auto: demand, except no to a "
+	  "loopback address." },
 	{ "ldap", "ca_file", OT_PATH, 0, C(ldap.ca_file), NULL, NULL, 0, 0,
 	  "CA certificate file used to check the servers' certificates." },
 	{ "ldap", "sync_mode", OT_ENUM, 0, C(ldap.sync_mode), "persist", ldap_sync_modes, 0, 0,
@@ -183,8 +189,9 @@ static const struct option options[] = {
 	{ "imap", "login", OT_ENUM, 0, C(imap.login), "master-user", imap_logins, 0, 0,
 	  "How the admin user acts as each user: master-user (LOGIN user*admin, Dovecot) or "
 	  "sasl-plain (AUTHENTICATE PLAIN with the user as authorization identity)." },
-	{ "imap", "starttls", OT_ENUM, 0, C(imap.starttls), "no", tls_modes, 0, 0,
-	  "STARTTLS on imap:// endpoints: no, try or demand." },
+	{ "imap", "starttls", OT_ENUM, 0, C(imap.starttls), "auto", tls_modes, 0, 0,
+	  "STARTTLS on imap:// endpoints: no, try, demand, or auto: demand, except no to a "
+	  "loopback address." },
 	{ "imap", "ca_file", OT_PATH, 0, C(imap.ca_file), NULL, NULL, 0, 0,
 	  "CA certificate file used to check the servers' certificates." },
 	{ "imap", "users_file", OT_PATH, 0, C(imap.users_file), NULL, NULL, 0, 0,
@@ -1413,6 +1420,93 @@ st_conf_endpoint(const struct st_conf *conf, enum st_service svc, int node_idx)
 	if (node_idx < 0 || (size_t)node_idx >= conf->n_nodes)
 		return &none;
 	return &conf->endpoints[svc][node_idx];
+}
+
+const char *
+st_conf_pg_sslmode(const struct st_conf *conf, int node_idx)
+{
+	if (conf->pg.sslmode != SSLMODE_AUTO)
+		return sslmodes[conf->pg.sslmode];
+	return sslmodes[st_host_is_loopback(st_conf_endpoint(conf, ST_SVC_PG, node_idx)->host)
+			? SSLMODE_PREFER : SSLMODE_VERIFY_FULL];
+}
+
+int
+st_conf_starttls(const struct st_conf *conf, enum st_service svc, int node_idx)
+{
+	int mode = svc == ST_SVC_LDAP ? conf->ldap.starttls : conf->imap.starttls;
+
+	if (mode != ST_TLS_AUTO)
+		return mode;
+	return st_host_is_loopback(st_conf_endpoint(conf, svc, node_idx)->host) ? ST_TLS_NO : ST_TLS_DEMAND;
+}
+
+/* The host of an etcd URL ("http://h:2379", "https://[v6]:2379/"), or NULL. */
+static char *
+url_host(const char *url)
+{
+	const char *p = strstr(url, "://");
+
+	if (p == NULL)
+		return NULL;
+	p += 3;
+	if (*p == '[') {
+		const char *e = strchr(p, ']');
+		return e ? xstrndup(p, (size_t)(e - p + 1)) : NULL;
+	}
+	return xstrndup(p, strcspn(p, ":/"));
+}
+
+char *
+st_conf_tls_warnings(const struct st_conf *conf, unsigned svcs)
+{
+	struct st_buf b;
+
+	st_buf_init(&b);
+	for (size_t i = 0; i < conf->n_nodes; i++) {
+		const char *node = conf->nodes[i].name;
+		const struct st_endpoint *ep;
+
+		ep = st_conf_endpoint(conf, ST_SVC_PG, (int)i);
+		if ((svcs & (1u << ST_SVC_PG)) && ep->host != NULL && !st_host_is_loopback(ep->host)) {
+			const char *m = st_conf_pg_sslmode(conf, (int)i);
+			if (strcmp(m, "verify-full") != 0)
+				st_buf_printf(&b, "[pg] sslmode = %s: node %s's PostgreSQL (%s) is %s\n", m, node,
+					      ep->host, strcmp(m, "verify-ca") == 0 ? "not checked against its host name"
+					      : strcmp(m, "require") == 0 ? "encrypted but its certificate is not checked"
+					      : strcmp(m, "disable") == 0 ? "reached in plaintext"
+					      : "reached in plaintext if it offers no TLS, and its certificate is not checked");
+		}
+		for (enum st_service svc = ST_SVC_LDAP; svc <= ST_SVC_IMAP; svc++) {
+			ep = st_conf_endpoint(conf, svc, (int)i);
+			if (!(svcs & (1u << svc)) || ep->host == NULL || ep->tls || st_host_is_loopback(ep->host))
+				continue;
+			int m = st_conf_starttls(conf, svc, (int)i);
+			if (m != ST_TLS_DEMAND)
+				st_buf_printf(&b, "[%s] starttls = %s: node %s's %s server (%s) is reached in "
+					      "plaintext%s\n", st_service_name(svc), tls_modes[m], node,
+					      svc == ST_SVC_LDAP ? "LDAP" : "IMAP", ep->host,
+					      m == ST_TLS_TRY ? " if StartTLS fails" : "");
+		}
+	}
+	if (conf->etcd.urls != NULL) {
+		char *copy = xstrdup(conf->etcd.urls), *save = NULL;
+		for (char *u = strtok_r(copy, ", \t", &save); u; u = strtok_r(NULL, ", \t", &save)) {
+			char *host = url_host(u);
+			if (st_str_has_prefix(u, "http://") && host != NULL && !st_host_is_loopback(host))
+				st_buf_printf(&b, "[cluster] etcd %s is plaintext to another host: use https:// "
+					      "and etcd_ca\n", u);
+			free(host);
+		}
+		free(copy);
+	}
+	if (b.len == 0) {
+		st_buf_free(&b);
+		return NULL;
+	}
+	char *text = st_buf_steal(&b);
+	st_buf_free(&b);
+	return text;
 }
 
 const char *

@@ -37,6 +37,7 @@ enum st_tls_mode {
 	ST_TLS_NO,
 	ST_TLS_TRY,
 	ST_TLS_DEMAND,
+	ST_TLS_AUTO,	/* the default: DEMAND, or NO to a loopback address (st_conf_starttls) */
 };
 
 enum st_log_dest {
@@ -89,7 +90,7 @@ struct st_conf_pg {
 	char *dbname;
 	char *user;
 	char *passfile;
-	int sslmode;			/* index into st_conf_sslmode_name() */
+	int sslmode;			/* index into st_conf_sslmode_name(); "auto": st_conf_pg_sslmode() */
 	char *sslrootcert;
 	long connect_timeout_ms;
 	bool streaming;			/* large transactions streamed while in progress */
@@ -234,8 +235,27 @@ struct st_conf *st_conf_parse(const char *name, const char *data, size_t len,
 
 void st_conf_free(struct st_conf **conf);
 
-/* libpq's name of conf->pg.sslmode. */
+/* The name of conf->pg.sslmode as configured ("auto" included). */
 const char *st_conf_sslmode_name(int sslmode);
+/*
+ * libpq's sslmode for node NODE_IDX's PostgreSQL: [pg] sslmode, or with
+ * "auto" (the default) verify-full, prefer to a loopback address.
+ */
+const char *st_conf_pg_sslmode(const struct st_conf *conf, int node_idx);
+/*
+ * StartTLS for node NODE_IDX's SVC (ST_SVC_LDAP or ST_SVC_IMAP) endpoint:
+ * ST_TLS_NO, TRY or DEMAND; "auto" (the default) is DEMAND, NO to a
+ * loopback address.  ldaps:// and imaps:// endpoints are TLS whatever it is.
+ */
+int st_conf_starttls(const struct st_conf *conf, enum st_service svc, int node_idx);
+/*
+ * What leaves the host without a verified TLS connection (a server of
+ * another host with TLS off, optional or unverified; plaintext etcd):
+ * one line per such connection, for the services in SVCS (a bit per enum
+ * st_service; etcd always), or NULL when there is none.  Daemons log it
+ * at start, "-t" and "standinctl config check" print it.
+ */
+char *st_conf_tls_warnings(const struct st_conf *conf, unsigned svcs);
 /* "stop" or "master-wins": conf->pg.conflicts. */
 const char *st_conf_pg_conflicts_name(int conflicts);
 

@@ -61,9 +61,18 @@ pidfile_open(const char *path, char **error_r)
 	char buf[32];
 	int fd, n;
 
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	struct stat sb;
+
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
 	if (fd < 0) {
-		st_set_error(error_r, "pidfile %s: %s", path, strerror(errno));
+		st_set_error(error_r, "pidfile %s: %s", path,
+			     errno == ELOOP ? "is a symbolic link (refused)" : strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || (sb.st_uid != geteuid() && sb.st_uid != 0)) {
+		st_set_error(error_r, "pidfile %s is not a regular file of this user (uid %u) or root",
+			     path, (unsigned)geteuid());
+		close(fd);
 		return -1;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -234,6 +243,65 @@ reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	notify("READY=1");
 }
 
+/*
+ * Say what PROGRAM reaches on another host without verified TLS: to OUT as
+ * "warning: " lines, or with NULL to the log.  The proxy reaches etcd
+ * only; the agent every service.
+ */
+static void
+tls_warn(const char *program, const struct st_conf *conf, FILE *out)
+{
+	unsigned svcs = 0;
+
+	if (strcmp(program, ST_PROGRAM_PGREPL) == 0)
+		svcs = 1u << ST_SVC_PG;
+	else if (strcmp(program, ST_PROGRAM_LDAPREPL) == 0)
+		svcs = 1u << ST_SVC_LDAP;
+	else if (strcmp(program, ST_PROGRAM_IMAPREPL) == 0)
+		svcs = 1u << ST_SVC_IMAP | (conf->imap.users_ldap_filter != NULL ? 1u << ST_SVC_LDAP : 0);
+	else if (strcmp(program, ST_PROGRAM_FAILOVERD) == 0)
+		svcs = 1u << ST_SVC_PG | 1u << ST_SVC_LDAP | 1u << ST_SVC_IMAP;
+	char *text = st_conf_tls_warnings(conf, svcs), *save = NULL;
+	for (char *line = text ? strtok_r(text, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+		if (out != NULL)
+			fprintf(out, "warning: %s\n", line);
+		else
+			st_warn("%s", line);
+	}
+	free(text);
+}
+
+/*
+ * PATH (what: "run_dir") is a directory of this user or root that nobody
+ * else may write to: the pidfile, the socket and the state in it are
+ * trusted.
+ */
+static int
+dir_check(const char *what, const char *path, char **error_r)
+{
+	struct stat sb;
+
+	if (stat(path, &sb) < 0) {
+		st_set_error(error_r, "%s %s: %s", what, path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		st_set_error(error_r, "%s %s is not a directory", what, path);
+		return -1;
+	}
+	if (sb.st_uid != geteuid() && sb.st_uid != 0) {
+		st_set_error(error_r, "%s %s is owned by uid %u, not by this user (uid %u) or root", what, path,
+			     (unsigned)sb.st_uid, (unsigned)geteuid());
+		return -1;
+	}
+	if ((sb.st_mode & 022) != 0) {
+		st_set_error(error_r, "%s %s is writable by group or others (mode %04o); run: chmod go-w %s",
+			     what, path, (unsigned)(sb.st_mode & 07777), path);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 detach(char **error_r)
 {
@@ -288,6 +356,8 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 	int opt, pid_fd = -1, ret = 1;
 	size_t n_extra = 0;
 
+	/* Files the daemon makes (state, reports, spools) are its own. */
+	umask(077);
 	d.config_path = xstrdup(ST_CONF_DEFAULT_PATH);
 	while ((opt = getopt_long(argc, argv, "c:n:p:Dl:tThV", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -357,6 +427,7 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 			st_conf_dump(d.conf, stdout);
 		else
 			printf("%s: configuration is valid\n", d.config_path);
+		tls_warn(ops->program, d.conf, stderr);
 		ret = 0;
 		goto out;
 	}
@@ -380,11 +451,20 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 	if (d.conf->log_dest == ST_LOGDEST_SYSLOG ||
 	    (d.conf->log_dest == ST_LOGDEST_AUTO && detach_opt))
 		st_log_open(ops->program, ST_LOG_SYSLOG);
+	tls_warn(ops->program, d.conf, NULL);
 
 	if (st_mkdir_p(d.node->run_dir, 0755, &error) < 0) {
 		st_error("cannot create run_dir: %s", error);
 		goto out;
 	}
+	if (dir_check("run_dir", d.node->run_dir, &error) < 0 ||
+	    (access(d.node->state_dir, F_OK) == 0 && dir_check("state_dir", d.node->state_dir, &error) < 0)) {
+		st_error("%s", error);
+		goto out;
+	}
+	if (geteuid() == 0)
+		st_notice("running as root: the systemd units run %s as the standin user, which needs "
+			  "no more (standin.conf(5), FILES)", ops->program);
 	if (d.pidfile == NULL)
 		d.pidfile = xasprintf("%s/%s.pid", d.node->run_dir, ops->program);
 	pid_fd = pidfile_open(d.pidfile, &error);

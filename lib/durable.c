@@ -152,7 +152,14 @@ st_mkdir_p(const char *path, mode_t mode, char **error_r)
 			continue;
 		char c = *p;
 		*p = '\0';
-		if (mkdir(copy, mode) < 0 && errno != EEXIST) {
+		if (mkdir(copy, mode) == 0) {
+			/* Exactly MODE, whatever the umask (the daemons run with 077). */
+			if (chmod(copy, mode) < 0) {
+				st_set_error(error_r, "chmod %s: %s", copy, strerror(errno));
+				free(copy);
+				return -1;
+			}
+		} else if (errno != EEXIST) {
 			st_set_error(error_r, "mkdir %s: %s", copy, strerror(errno));
 			free(copy);
 			return -1;

@@ -78,8 +78,8 @@ st_ldap_open_as(const struct st_conf *conf, const char *node, const char *bind_d
 		return NULL;
 	}
 	set_options(ld, &tv);
-	if (conf->ldap.ca_file != NULL || st_str_has_prefix(uri, "ldaps:") ||
-	    conf->ldap.starttls != ST_TLS_NO) {
+	int starttls = st_conf_starttls(conf, ST_SVC_LDAP, i);
+	if (conf->ldap.ca_file != NULL || st_str_has_prefix(uri, "ldaps:") || starttls != ST_TLS_NO) {
 		int demand = LDAP_OPT_X_TLS_DEMAND, zero = 0;
 		if (conf->ldap.ca_file != NULL)
 			ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTFILE, conf->ldap.ca_file);
@@ -91,10 +91,10 @@ st_ldap_open_as(const struct st_conf *conf, const char *node, const char *bind_d
 		tls_failed(error_r, conf, node, uri, "cannot connect", rc, ld);
 		goto fail;
 	}
-	if (!st_str_has_prefix(uri, "ldaps:") && conf->ldap.starttls != ST_TLS_NO) {
+	if (!st_str_has_prefix(uri, "ldaps:") && starttls != ST_TLS_NO) {
 		rc = ldap_start_tls_s(ld, NULL, NULL);
 		if (rc != LDAP_SUCCESS) {
-			if (conf->ldap.starttls == ST_TLS_DEMAND) {
+			if (starttls == ST_TLS_DEMAND) {
 				tls_failed(error_r, conf, node, uri, "StartTLS failed", rc, ld);
 				goto fail;
 			}

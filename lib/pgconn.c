@@ -91,7 +91,7 @@ pgc_connect_db(const struct st_conf *conf, const char *node, const char *dbname,
 	KV("user", conf->pg.user);
 	if (conf->pg.passfile != NULL)
 		KV("passfile", conf->pg.passfile);
-	KV("sslmode", st_conf_sslmode_name(conf->pg.sslmode));
+	KV("sslmode", st_conf_pg_sslmode(conf, st_conf_node_index(conf, node)));
 	if (conf->pg.sslrootcert != NULL)
 		KV("sslrootcert", conf->pg.sslrootcert);
 	KV("connect_timeout", timeout);

@@ -5,8 +5,10 @@
 
 #include "lib/util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +195,35 @@ st_str_has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+bool
+st_host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	char buf[64];
+
+	if (host == NULL || host[0] == '\0')
+		return false;
+	if (host[0] == '/')
+		return true;
+	if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0)
+		return true;
+	size_t n = strlen(host);
+	if (host[0] == '[' && n >= 2 && host[n - 1] == ']' && n - 2 < sizeof(buf)) {
+		memcpy(buf, host + 1, n - 2);
+		buf[n - 2] = '\0';
+		host = buf;
+	}
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1) {
+		if (IN6_IS_ADDR_LOOPBACK(&a6))
+			return true;
+		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+	}
+	return false;
+}
+
 static int
 secret_check_stat(const char *path, const struct stat *sb, char **error_r)
 {
@@ -221,8 +252,14 @@ st_secret_check(const char *path, char **error_r)
 {
 	struct stat sb;
 
-	if (stat(path, &sb) < 0) {
+	/* As st_secret_read opens it: a symbolic link is not followed. */
+	if (lstat(path, &sb) < 0) {
 		st_set_error(error_r, "secret file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (S_ISLNK(sb.st_mode)) {
+		st_set_error(error_r, "secret file %s is a symbolic link (not followed: name the file itself)",
+			     path);
 		return -1;
 	}
 	return secret_check_stat(path, &sb, error_r);
@@ -240,9 +277,14 @@ st_secret_read(const char *path, char **secret_r, char **error_r)
 	int fd, ret = -1;
 
 	*secret_r = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO put in its place must not hang the reader (fstat refuses it). */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
-		st_set_error(error_r, "secret file %s: %s", path, strerror(errno));
+		if (errno == ELOOP)
+			st_set_error(error_r, "secret file %s is a symbolic link (not followed: name the file "
+				     "itself)", path);
+		else
+			st_set_error(error_r, "secret file %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &sb) < 0) {

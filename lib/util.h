@@ -42,6 +42,12 @@ char *st_buf_steal(struct st_buf *b);
 
 bool st_str_empty(const char *s);
 bool st_str_has_prefix(const char *s, const char *prefix);
+/*
+ * HOST (as written in a config: a name, an address, [v6], or a unix
+ * socket directory for libpq) is this host: localhost, 127.0.0.0/8, ::1,
+ * ::ffff:127.x.y.z or a path.  Names are not resolved.
+ */
+bool st_host_is_loopback(const char *host);
 
 /*
  * Check that PATH is a regular file that only its owner can read or write

@@ -21,6 +21,7 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -72,6 +73,11 @@ cmd_config(const struct ctl_opts *o, int argc, char **argv)
 		st_conf_dump(conf, stdout);
 	else
 		printf("%s: configuration is valid (%zu nodes)\n", conf->path, conf->n_nodes);
+	char *warn = st_conf_tls_warnings(conf, 1u << ST_SVC_PG | 1u << ST_SVC_LDAP | 1u << ST_SVC_IMAP);
+	if (warn != NULL)
+		for (char *save = NULL, *line = strtok_r(warn, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+			fprintf(stderr, "warning: %s\n", line);
+	free(warn);
 	st_conf_free(&conf);
 	return 0;
 }
@@ -883,6 +889,8 @@ main(int argc, char **argv)
 	struct ctl_opts o = { .config_path = ST_CONF_DEFAULT_PATH };
 	int opt;
 
+	/* Dumps, their manifests and state files are standin's alone. */
+	umask(077);
 	st_log_open("standinctl", ST_LOG_STDERR);
 	st_log_set_level(ST_LOG_WARNING);
 	while ((opt = getopt_long(argc, argv, "+c:n:hV", longopts, NULL)) != -1) {

@@ -1185,16 +1185,18 @@ start_direction(struct imrepl *r, const char *source, char **error_r)
 	if (st_mkdir_p(r->state_root, 0700, error_r) < 0)
 		return -1;
 	struct im_login base = {
-		.starttls = conf->imap.starttls, .ca_file = conf->imap.ca_file,
+		.ca_file = conf->imap.ca_file,
 		.admin_user = conf->imap.admin_user, .separator = conf->imap.master_separator,
 		.login = conf->imap.login,
 		.password = r->password, .timeout_ms = conf->imap.timeout_ms,
 	};
 	r->src_login = base;
 	r->src_login.node = conf->nodes[si].name;
+	r->src_login.starttls = st_conf_starttls(conf, ST_SVC_IMAP, si);
 	r->src_login.ep = &r->src_ep;
 	r->tgt_login = base;
 	r->tgt_login.node = conf->nodes[ti].name;
+	r->tgt_login.starttls = st_conf_starttls(conf, ST_SVC_IMAP, ti);
 	r->tgt_login.ep = &r->tgt_ep;
 	snprintf(r->source, sizeof(r->source), "%s", source);
 	r->env = (struct im_env){ .src = &r->src_login, .tgt = &r->tgt_login, .state_root = r->state_root,

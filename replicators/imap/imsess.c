@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <sys/select.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +250,14 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 			s->error = xasprintf("%s: the server does not offer STARTTLS, and [imap] starttls = demand",
 					     s->desc);
 			goto out_err;
+		} else {
+			/* starttls = try: never in silence (the first time a warning). */
+			static atomic_bool warned;
+			if (!atomic_exchange(&warned, true))
+				st_warn("%s: the server does not offer STARTTLS; going on in plaintext "
+					"([imap] starttls = try; later ones are logged at debug)", s->desc);
+			else
+				st_debug("%s: no STARTTLS; plaintext (starttls = try)", s->desc);
 		}
 	}
 	/*

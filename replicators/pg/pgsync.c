@@ -472,7 +472,7 @@ run_tool(const struct st_conf *conf, const char *node, bool replica, char *const
 	env[n++] = xasprintf("PGPORT=%s", port);
 	env[n++] = xasprintf("PGUSER=%s", conf->pg.user);
 	env[n++] = xasprintf("PGDATABASE=%s", conf->pg.dbname);
-	env[n++] = xasprintf("PGSSLMODE=%s", st_conf_sslmode_name(conf->pg.sslmode));
+	env[n++] = xasprintf("PGSSLMODE=%s", st_conf_pg_sslmode(conf, st_conf_node_index(conf, node)));
 	if (conf->pg.passfile != NULL)
 		env[n++] = xasprintf("PGPASSFILE=%s", conf->pg.passfile);
 	if (conf->pg.sslrootcert != NULL)

@@ -12,6 +12,7 @@ The test process stays in the root namespace and reaches every node's
 services at the node's address, through the bridge."""
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -41,17 +42,29 @@ class NetCluster(Cluster):
         self.etcd = etcd
         self.lab = lab
         self.nodes = nodes
+        # Every server speaks TLS with a certificate of a test CA for the
+        # node addresses, and standin.conf leaves sslmode and starttls to
+        # their defaults: between hosts that is verify-full and StartTLS
+        # demanded, so the default path is the one tested here.
+        ca, cert, key = sh.make_test_ca(harness.path("tls"), "standin netns",
+                                        [lab.addr(n) for n in nodes])
+        self.tls = {n: self._node_tls(harness, n, ca, cert, key) for n in nodes}
         pw = "pw-" + os.urandom(6).hex()
-        self.pg = {n: harness.start_pg(n, fsync=False, password=pw, preload_ddl=True, netlab=lab)
+        self.pg = {n: harness.start_pg(n, fsync=False, password=pw, preload_ddl=True, netlab=lab,
+                                       extra_conf=(f"ssl = on\nssl_cert_file = '{self.tls[n]['pg_cert']}'\n"
+                                                   f"ssl_key_file = '{self.tls[n]['pg_key']}'\n"))
                    for n in nodes}
         for s in self.pg.values():
             s.create_database("groupware")
         ldap_pw = "pw-" + os.urandom(6).hex()
         self.ldap = {n: harness.start_slapd(n, "master" if n == nodes[0] else "standby",
-                                            password=ldap_pw, server_id=i + 1, netlab=lab)
+                                            password=ldap_pw, server_id=i + 1, netlab=lab,
+                                            tls_cert=self.tls[n]["cert"], tls_key=self.tls[n]["key"],
+                                            tls_ca=self.tls[n]["ca"])
                      for i, n in enumerate(nodes)}
         imap_pw = "pw-" + os.urandom(6).hex()
-        self.imap = {n: harness.start_dovecot(n, master_password=imap_pw, netlab=lab)
+        self.imap = {n: harness.start_dovecot(n, master_password=imap_pw, netlab=lab, extra_conf=(
+                         f"ssl = yes\nssl_cert = <{self.tls[n]['cert']}\nssl_key = <{self.tls[n]['key']}\n"))
                      for n in nodes}
         self.base = harness.base_dir
         self.dirs = {n: harness.mkdir(n, "standin") for n in nodes}
@@ -72,6 +85,26 @@ class NetCluster(Cluster):
         for n in nodes:
             for prog in (PGREPL, LDAPREPL, IMAPREPL, PROXY, FAILOVERD):
                 self.start(n, prog)
+
+    @staticmethod
+    def _node_tls(harness, node, ca, cert, key):
+        """Copies of the CA, certificate and key in NODE's own directory (the
+        other nodes' are hidden from it); PostgreSQL's key owned by postgres."""
+        d = harness.mkdir(node, "tls", mode=0o755)
+        pgd = harness.mkdir(node, "tls", "pg", owner="postgres", group="postgres", mode=0o700)
+        out = {}
+        for name, src, dst, owner in (("ca", ca, d, None), ("cert", cert, d, None), ("key", key, d, None),
+                                      ("pg_cert", cert, pgd, "postgres"), ("pg_key", key, pgd, "postgres")):
+            path = os.path.join(dst, os.path.basename(src))
+            with open(src, "rb") as f:
+                data = f.read()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if "key" in name else 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if owner:
+                shutil.chown(path, owner, owner)
+            out[name] = path
+        return out
 
     def write_conf(self):
         raise NotImplementedError("each node has its own standin.conf: write_node_conf()")
@@ -107,16 +140,18 @@ class NetCluster(Cluster):
         text += "[pg]\n" + "".join(f"endpoint.{n} = {s.host}:{s.port}\n"
                                    for n, s in self.pg.items())
         text += (f"dbname = groupware\nuser = {self.pg[node].user}\npassfile = {pgpass}\n"
-                 "sslmode = disable\n")
+                 f"sslrootcert = {self.tls[node]['ca']}\n")
         la = self.ldap[node]
         text += "[ldap]\n" + "".join(f"endpoint.{n} = {s.uri}\n" for n, s in self.ldap.items())
         text += (f"suffix = {la.suffix}\nbind_dn = {la.rootdn}\npassword_file = {ldap_pw}\n"
-                 f"config_bind_dn = cn=config\nconfig_password_file = {ldap_pw}\n")
+                 f"config_bind_dn = cn=config\nconfig_password_file = {ldap_pw}\n"
+                 f"ca_file = {self.tls[node]['ca']}\n")
         ia = self.imap[node]
         text += "[imap]\n" + "".join(f"endpoint.{n} = imap://{s.host}:{s.port}\n"
                                      for n, s in self.imap.items())
         text += (f"admin_user = {ia.master_user}\npassword_file = {imap_pw}\n"
                  f"users_file = {users}\nworkers = 2\nfull_pass_interval = 30s\n"
+                 f"ca_file = {self.tls[node]['ca']}\n"
                  f"kick_command = {kick} %n\n")
         text += "[proxy]\n"
         for n in self.nodes:
@@ -249,6 +284,33 @@ def test_each_node_sees_only_its_own_files_and_network(cluster):
     c.pg["a"].psql("INSERT INTO w (id) VALUES (-7)", db="groupware")
     sh.wait_until(lambda: c.pg["b"].psql("SELECT count(*) FROM w WHERE id = -7",
                                           db="groupware") == "1", 60, "a's row on b")
+
+
+def test_between_nodes_every_connection_is_verified_tls(cluster):
+    """Issue 30: standin.conf sets no sslmode and no starttls, only the test
+    CA, and the node addresses are not loopback: so by default every
+    connection standin makes to a server is TLS with the certificate checked
+    (PostgreSQL sees SSL on each of standin's sessions, slapd a StartTLS,
+    Dovecot a TLS login), and no daemon warns of a plaintext server."""
+    c = cluster
+    c.wait_streaming("b")
+
+    def pg_sessions():
+        rows = c.pg["a"].psql("SELECT a.application_name || '|' || s.ssl FROM pg_stat_ssl s "
+                              "JOIN pg_stat_activity a USING (pid) "
+                              "WHERE a.application_name LIKE 'standin%'").splitlines()
+        return rows if rows else None
+    rows = sh.wait_until(pg_sessions, 30, "standin's sessions on a's PostgreSQL")
+    assert rows and all(r.endswith("|true") for r in rows), rows
+    ldap_log = c.ldap["a"].log()
+    assert "STARTTLS" in ldap_log and "TLS established" in ldap_log, ldap_log[-2000:]
+    def imap_logins():
+        return [line for line in c.imap["a"].log().splitlines() if "imap-login: Info: Login:" in line]
+    logins = sh.wait_until(imap_logins, 60, "standin's IMAP logins on a")
+    assert all(", TLS" in line for line in logins), logins[:5]
+    for (node, prog), d in c.daemons.items():
+        out = d.output()
+        assert "reached in plaintext" not in out and "not checked" not in out, (node, prog, out[-2000:])
 
 
 def test_switchover_there_and_back_between_namespaces(cluster):

@@ -282,15 +282,17 @@ def run(cmd, *, input=None, user=None, env=None, cwd=None, timeout=60, check=Tru
 
 def make_test_ca(dirname, name, host=LOOPBACK):
     """A throw-away CA and a server certificate for `host` (an IP address,
-    as subjectAltName IP) signed by it, made with openssl in `dirname`.
+    as subjectAltName IP; or a list of them, all in one certificate) signed
+    by it, made with openssl in `dirname`.
     Returns (ca.pem, server.pem, server.key); the key is 0600."""
+    hosts = [host] if isinstance(host, str) else list(host)
     os.makedirs(dirname, exist_ok=True)
     p = lambda f: os.path.join(dirname, f)  # noqa: E731
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
          f"/CN={name} test CA", "-keyout", p("ca.key"), "-out", p("ca.pem")])
-    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={hosts[0]}",
          "-keyout", p("server.key"), "-out", p("server.csr")])
-    _write_file(p("ext"), f"subjectAltName = IP:{host}\n")
+    _write_file(p("ext"), "subjectAltName = " + ", ".join(f"IP:{h}" for h in hosts) + "\n")
     run(["openssl", "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
          "-CAcreateserial", "-days", "2", "-extfile", p("ext"), "-out", p("server.pem")])
     os.chmod(p("server.key"), 0o600)

@@ -134,7 +134,11 @@ START_TEST(test_minimal)
 	ck_assert(!conf->service_enabled[ST_SVC_LDAP]);
 	ck_assert_str_eq(conf->pg.endpoint[0], "127.0.0.1:5432");
 	ck_assert_str_eq(conf->pg.endpoint[1], "127.0.0.2:5432");
-	ck_assert_str_eq(st_conf_sslmode_name(conf->pg.sslmode), "prefer");
+	ck_assert_str_eq(st_conf_sslmode_name(conf->pg.sslmode), "auto");
+	/* Both endpoints are loopback addresses: TLS if offered, nothing to warn about. */
+	ck_assert_str_eq(st_conf_pg_sslmode(conf, 0), "prefer");
+	ck_assert_str_eq(st_conf_pg_sslmode(conf, 1), "prefer");
+	ck_assert_ptr_null(st_conf_tls_warnings(conf, ~0u));
 	ck_assert_int_eq(conf->pg.connect_timeout_ms, 10000);
 	ck_assert_int_eq(conf->pg.conflicts, ST_PG_CONFLICTS_STOP);
 	ck_assert_str_eq(st_conf_pg_conflicts_name(conf->pg.conflicts), "stop");
@@ -411,6 +415,80 @@ START_TEST(test_imap_users_source)
 }
 END_TEST
 
+START_TEST(test_loopback_hosts)
+{
+	const char *yes[] = { "127.0.0.1", "127.1.2.3", "localhost", "LocalHost", "::1", "[::1]",
+			      "::ffff:127.0.0.1", "/var/run/postgresql" };
+	const char *no[] = { "", "128.0.0.1", "10.0.0.1", "192.0.2.10", "::2", "[2001:db8::1]",
+			     "mail.example.com", "localhost.example.com", "127.0.0.1.example.com" };
+
+	for (size_t i = 0; i < ST_ARRAY_SIZE(yes); i++)
+		ck_assert_msg(st_host_is_loopback(yes[i]), "%s", yes[i]);
+	for (size_t i = 0; i < ST_ARRAY_SIZE(no); i++)
+		ck_assert_msg(!st_host_is_loopback(no[i]), "%s", no[i]);
+	ck_assert(!st_host_is_loopback(NULL));
+}
+END_TEST
+
+/* TLS is verified by default to another host, optional to loopback; what is not is named. */
+START_TEST(test_tls_defaults)
+{
+	const char *nodes = "[cluster]\nname = t\netcd = http://127.0.0.1:2379, http://192.0.2.12:2379\n"
+			    "[node a]\naddress = 127.0.0.1\n[node b]\naddress = 192.0.2.11\n";
+	char *text = xasprintf("%s[pg]\nendpoint.a = 127.0.0.1:5432\nendpoint.b = 192.0.2.11:5432\n"
+			       "dbname = g\nuser = s\n"
+			       "[ldap]\nendpoint.a = ldap://localhost\nendpoint.b = ldap://ldap-b.example.com\n"
+			       "suffix = dc=x\nbind_dn = cn=a,dc=x\npassword_file = %s\n"
+			       "[imap]\nendpoint.a = imap://[::1]\nendpoint.b = imaps://192.0.2.11\n"
+			       "admin_user = s\npassword_file = %s\nusers_file = /dev/null\n",
+			       nodes, secret_ok, secret_ok);
+	char *errors = NULL, *warn;
+	struct st_conf *conf = parse(text, &errors);
+
+	ck_assert_msg(conf != NULL, "%s", errors);
+	ck_assert_str_eq(st_conf_pg_sslmode(conf, 0), "prefer");
+	ck_assert_str_eq(st_conf_pg_sslmode(conf, 1), "verify-full");
+	ck_assert_int_eq(st_conf_starttls(conf, ST_SVC_LDAP, 0), ST_TLS_NO);
+	ck_assert_int_eq(st_conf_starttls(conf, ST_SVC_LDAP, 1), ST_TLS_DEMAND);
+	ck_assert_int_eq(st_conf_starttls(conf, ST_SVC_IMAP, 0), ST_TLS_NO);
+	/* Only the plaintext etcd URL to another host is left to say. */
+	warn = st_conf_tls_warnings(conf, ~0u);
+	ck_assert_str_eq(warn, "[cluster] etcd http://192.0.2.12:2379 is plaintext to another host: "
+			       "use https:// and etcd_ca\n");
+	free(warn);
+	st_conf_free(&conf);
+	free(text);
+
+	/* Explicit weaker settings are taken, and each connection they leave unverified is named. */
+	text = xasprintf("%s[pg]\nendpoint.a = 127.0.0.1:5432\nendpoint.b = 192.0.2.11:5432\n"
+			 "dbname = g\nuser = s\nsslmode = require\n"
+			 "[ldap]\nendpoint.a = ldap://localhost\nendpoint.b = ldap://ldap-b.example.com\n"
+			 "suffix = dc=x\nbind_dn = cn=a,dc=x\npassword_file = %s\nstarttls = try\n"
+			 "[imap]\nendpoint.a = imap://[::1]\nendpoint.b = imap://192.0.2.11\n"
+			 "admin_user = s\npassword_file = %s\nusers_file = /dev/null\nstarttls = no\n",
+			 "[cluster]\nname = t\n[node a]\naddress = 127.0.0.1\n[node b]\naddress = 192.0.2.11\n",
+			 secret_ok, secret_ok);
+	conf = parse(text, &errors);
+	ck_assert_msg(conf != NULL, "%s", errors);
+	ck_assert_str_eq(st_conf_pg_sslmode(conf, 0), "require");
+	ck_assert_int_eq(st_conf_starttls(conf, ST_SVC_LDAP, 0), ST_TLS_TRY);
+	warn = st_conf_tls_warnings(conf, ~0u);
+	ck_assert_str_eq(warn,
+		"[pg] sslmode = require: node b's PostgreSQL (192.0.2.11) is encrypted but its certificate "
+		"is not checked\n"
+		"[ldap] starttls = try: node b's LDAP server (ldap-b.example.com) is reached in plaintext "
+		"if StartTLS fails\n"
+		"[imap] starttls = no: node b's IMAP server (192.0.2.11) is reached in plaintext\n");
+	free(warn);
+	/* Only the services asked for. */
+	warn = st_conf_tls_warnings(conf, 1u << ST_SVC_IMAP);
+	ck_assert_str_eq(warn, "[imap] starttls = no: node b's IMAP server (192.0.2.11) is reached in plaintext\n");
+	free(warn);
+	st_conf_free(&conf);
+	free(text);
+}
+END_TEST
+
 START_TEST(test_syntax)
 {
 	expect_base_error("this is not ini\n", "t.conf:14: syntax error");
@@ -662,6 +740,8 @@ conf_suite(void)
 	tcase_add_test(tc, test_secret_missing);
 	tcase_add_test(tc, test_same_endpoints);
 	tcase_add_test(tc, test_imap_users_source);
+	tcase_add_test(tc, test_loopback_hosts);
+	tcase_add_test(tc, test_tls_defaults);
 	tcase_add_test(tc, test_syntax);
 	tcase_add_test(tc, test_continuation);
 	tcase_add_test(tc, test_long_line);

@@ -10,6 +10,7 @@
 #include <ev.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 static char *tmpdir;
@@ -63,7 +64,20 @@ START_TEST(test_secret_read)
 	tu_write(path, "x", 0600);
 	ck_assert_int_eq(symlink(path, link), 0);
 	ck_assert_int_eq(st_secret_read(link, &secret, &error), -1);	/* O_NOFOLLOW */
+	ck_assert_ptr_nonnull(strstr(error, "is a symbolic link (not followed"));
+	/* The configuration check says the same as the reader. */
+	ck_assert_int_eq(st_secret_check(link, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "is a symbolic link (not followed"));
+	ck_assert_int_eq(st_secret_check(path, &error), 0);
 	free(link);
+	/* A FIFO in the file's place is refused at once, not waited on for a writer. */
+	char *fifo = xasprintf("%s/fifo", tmpdir);
+	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+	ck_assert_int_eq(st_secret_read(fifo, &secret, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "not a regular file"));
+	ck_assert_int_eq(st_secret_check(fifo, &error), -1);
+	unlink(fifo);
+	free(fifo);
 	free(error);
 	free(path);
 }

@@ -146,6 +146,14 @@ def wait_socket(d):
     return sh.wait_until(ready, 20, f"{d.name} status socket")
 
 
+def stopped_cleanly(d):
+    """D stops on SIGTERM with status 0 (a sanitizer's finding would not)."""
+    assert d.running()
+    rc = d.stop()
+    out = d.output()
+    assert rc == 0 and "runtime error" not in out and "Sanitizer" not in out, out[-3000:]
+
+
 def refused(reply, command, uid):
     """REPLY is the one-line refusal of COMMAND for UID."""
     assert reply.count("\n") == 1, reply
@@ -227,6 +235,7 @@ def test_monitoring_user_reads_the_proxy_but_cannot_switch_it(who, base):
         assert d.status()["services"]["pg"]["paused"] is False
         assert f"runs a changing command command=pause args=pg peer_uid=0 peer_pid=" \
             in d.output()
+        stopped_cleanly(d)
     finally:
         d.stop()
 
@@ -257,6 +266,7 @@ def test_monitoring_user_cannot_order_the_replicator(who, base):
         # Root's drain is run (and answers: not streaming, nothing applied).
         reply = json.loads(query(d.sock, "drain 0/16B3748"))
         assert reply["drained"] is False, reply
+        stopped_cleanly(d)
     finally:
         d.stop()
 
@@ -302,6 +312,11 @@ def test_the_daemons_own_user_may_change(who, base):
                 f"peer_uid={who.other} peer_pid={pid} ") in out, out
         assert (f"runs a changing command command=fail args=\"by the daemon's user\" "
                 f"peer_uid={who.nobody} ") in out, out
+        proc.terminate()
+        assert proc.wait(10) == 0
+        log.seek(0)
+        out = log.read()
+        assert "runtime error" not in out and "Sanitizer" not in out, out
     finally:
         proc.terminate()
         proc.wait(10)

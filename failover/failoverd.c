@@ -882,9 +882,9 @@ fo_metrics(struct st_daemon *d, struct st_buf *out)
 }
 
 static const struct st_ctl_command fo_commands[] = {
-	{ "fence", cmd_fence, "fence EPOCH: this node's PostgreSQL read-only, client sessions ended" },
-	{ "unfence", cmd_unfence, "unfence EPOCH: this node's PostgreSQL writable again" },
-	{ NULL, NULL, NULL },
+	{ "fence", ST_CTL_CHANGES, cmd_fence, "fence EPOCH: this node's PostgreSQL read-only, client sessions ended" },
+	{ "unfence", ST_CTL_CHANGES, cmd_unfence, "unfence EPOCH: this node's PostgreSQL writable again" },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct st_daemon_ops fo_ops = {

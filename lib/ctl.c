@@ -1,5 +1,9 @@
 /*
  * ctl.c: status/admin socket server on libev, and its blocking client.
+ *
+ * The socket's mode and group decide who may connect; the peer's uid, taken
+ * from the kernel (SO_PEERCRED) when it connects, decides who may run a
+ * changing command.  Both are checked here, once, for every daemon.
  */
 #include "config.h"
 
@@ -12,6 +16,7 @@
 #include <grp.h>
 #include <jansson.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -36,6 +41,9 @@ struct ctl_client {
 	bool writing;
 	bool draining;		/* reply sent early: discard input until EOF */
 	struct st_ctl_held *held;	/* the reply comes later (st_ctl_hold) */
+	bool cred_known;	/* SO_PEERCRED answered */
+	uid_t peer_uid;
+	pid_t peer_pid;
 };
 
 /* A client whose reply comes later; C is NULL once it is gone. */
@@ -55,6 +63,8 @@ struct st_ctl_server {
 	char *epoch_file;		/* the node's cluster.state, for "@EPOCH COMMAND" */
 	ev_timer retry;			/* accept again after running out of descriptors */
 	bool starved;			/* said once per episode */
+	uid_t self_uid;			/* this daemon's (effective) uid */
+	char *allowed;			/* who may change, in words (allowed_text) */
 };
 
 /* A drain that waits (st_ctl_drain): checked every DRAIN_POLL_MS. */
@@ -92,12 +102,86 @@ client_free(struct ctl_client *c)
 	free(c);
 }
 
+bool
+st_ctl_permitted(enum st_ctl_access access, uid_t peer, uid_t self)
+{
+	switch (access) {
+	case ST_CTL_READ_ONLY:
+		return true;
+	case ST_CTL_CHANGES:
+		return peer == 0 || peer == self;
+	case ST_CTL_UNCLASSED:
+		break;
+	}
+	return false;
+}
+
+/* "help" is the server's own, and only reports. */
+static const struct st_ctl_command help_command = {
+	"help", ST_CTL_READ_ONLY, NULL, "this list, each command under its class",
+};
+
+/* The commands in two groups, so whoever reads it knows what they may run. */
 static void
 builtin_help(struct st_ctl_server *srv, struct st_buf *reply)
 {
-	st_buf_puts(reply, "help: this list\n");
+	st_buf_puts(reply, "read-only, for every client the socket lets in:\n");
+	st_buf_printf(reply, "  %s: %s\n", help_command.name, help_command.help);
 	for (const struct st_ctl_command *cmd = srv->commands; cmd->name != NULL; cmd++)
-		st_buf_printf(reply, "%s: %s\n", cmd->name, cmd->help);
+		if (cmd->access == ST_CTL_READ_ONLY)
+			st_buf_printf(reply, "  %s: %s\n", cmd->name, cmd->help);
+	bool heading = false;
+	for (const struct st_ctl_command *cmd = srv->commands; cmd->name != NULL; cmd++) {
+		if (cmd->access == ST_CTL_READ_ONLY)
+			continue;
+		if (!heading)
+			st_buf_printf(reply, "changing, only for %s:\n", srv->allowed);
+		heading = true;
+		st_buf_printf(reply, "  %s: %s\n", cmd->name, cmd->help);
+	}
+}
+
+static const struct st_ctl_command *
+find_command(const struct st_ctl_command *commands, const char *name)
+{
+	if (strcmp(name, help_command.name) == 0)
+		return &help_command;
+	for (const struct st_ctl_command *cmd = commands; cmd->name != NULL; cmd++)
+		if (strcmp(cmd->name, name) == 0)
+			return cmd;
+	return NULL;
+}
+
+/*
+ * Whether C may run CMD; if not, the refusal is its reply and the log says
+ * who asked.  A changing command that is run is logged too: who switched,
+ * paused or fenced is in the daemon's log.
+ */
+static bool
+client_may(struct ctl_client *c, const struct st_ctl_command *cmd, const char *args)
+{
+	struct st_ctl_server *srv = c->srv;
+	char uid[32];
+
+	if (c->cred_known)
+		snprintf(uid, sizeof(uid), "%u", (unsigned)c->peer_uid);
+	else
+		snprintf(uid, sizeof(uid), "unknown");
+	if (cmd->access == ST_CTL_READ_ONLY)
+		return true;
+	if (c->cred_known && st_ctl_permitted(cmd->access, c->peer_uid, srv->self_uid)) {
+		st_info("status socket runs a changing command command=%s args=%s peer_uid=%s "
+			"peer_pid=%ld path=%s", cmd->name, st_q(args), uid, (long)c->peer_pid,
+			st_q(srv->path));
+		return true;
+	}
+	st_notice("status socket refused a changing command command=%s peer_uid=%s peer_pid=%ld "
+		  "allowed=%s path=%s", cmd->name, uid, c->cred_known ? (long)c->peer_pid : -1L,
+		  st_q(srv->allowed), st_q(srv->path));
+	st_ctl_reply_error(&c->reply, "refused: %s is a changing command, only for %s; "
+			   "this client is uid %s (read-only commands: see help)", cmd->name,
+			   srv->allowed, uid);
+	return false;
 }
 
 /* End LINE's first word; what follows it (spaces skipped), or "". */
@@ -129,13 +213,27 @@ dispatch(struct ctl_client *c)
 	args = split_word(line);
 	/* "@EPOCH COMMAND ARGS": an order of the cluster at EPOCH, refused
 	 * when this node's state is at a higher one (a late or stale order). */
+	bool ordered = false;
+	unsigned long long epoch = 0;
 	if (line[0] == '@') {
 		char *end;
-		unsigned long long epoch = strtoull(line + 1, &end, 10);
+		epoch = strtoull(line + 1, &end, 10);
 		if (line[1] < '0' || line[1] > '9' || *end != '\0' || *args == '\0') {
 			st_ctl_reply_error(&c->reply, "usage: @EPOCH COMMAND [ARGS]");
 			return;
 		}
+		ordered = true;
+		line = args;
+		args = split_word(line);
+	}
+	const struct st_ctl_command *cmd = find_command(srv->commands, line);
+	if (cmd == NULL) {
+		st_buf_puts(&c->reply, "{\"ok\":false,\"error\":\"unknown command; try help\"}\n");
+		return;
+	}
+	if (!client_may(c, cmd, args))
+		return;
+	if (ordered) {
 		struct st_cstate cs;
 		char *err = NULL;
 		if (srv->epoch_file != NULL && st_cstate_load(srv->epoch_file, &cs, &err) == 0 &&
@@ -145,20 +243,11 @@ dispatch(struct ctl_client *c)
 			return;
 		}
 		free(err);
-		line = args;
-		args = split_word(line);
 	}
-	if (strcmp(line, "help") == 0) {
+	if (cmd == &help_command)
 		builtin_help(srv, &c->reply);
-		return;
-	}
-	for (const struct st_ctl_command *cmd = srv->commands; cmd->name != NULL; cmd++) {
-		if (strcmp(cmd->name, line) == 0) {
-			cmd->fn(srv->ctx, args, &c->reply);
-			return;
-		}
-	}
-	st_buf_printf(&c->reply, "{\"ok\":false,\"error\":\"unknown command; try help\"}\n");
+	else
+		cmd->fn(srv->ctx, args, &c->reply);
 }
 
 static void
@@ -310,6 +399,21 @@ accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		}
 		c = xcalloc(1, sizeof(*c));
 		c->srv = srv;
+		/* Who connected, as the kernel saw it at connect(): a client
+		 * cannot claim another uid, and one we cannot tell gets the
+		 * read-only commands only. */
+		struct ucred cred;
+		socklen_t cred_len = sizeof(cred);
+		int rc = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len);
+		if (rc == 0 && cred_len == sizeof(cred)) {
+			c->cred_known = true;
+			c->peer_uid = cred.uid;
+			c->peer_pid = cred.pid;
+		} else {
+			st_warn("status socket cannot tell a client's uid (SO_PEERCRED) path=%s "
+				"error=%s", st_q(srv->path),
+				st_q(rc < 0 ? strerror(errno) : "short answer"));
+		}
 		st_buf_init(&c->reply);
 		ev_io_init(&c->io, client_cb, fd, EV_READ);
 		ev_timer_init(&c->timer, client_timeout_cb, CTL_CLIENT_TIMEOUT, 0.);
@@ -450,6 +554,18 @@ st_ctl_reply_error(struct st_buf *reply, const char *fmt, ...)
 	free(msg);
 }
 
+/* Who may run changing commands on a daemon of uid SELF, said in words. */
+static char *
+allowed_text(uid_t self)
+{
+	if (self == 0)
+		return xstrdup("root");
+	struct passwd *pw = getpwuid(self);
+	if (pw == NULL)
+		return xasprintf("root and this daemon's uid %u", (unsigned)self);
+	return xasprintf("root and this daemon's user %s (uid %u)", pw->pw_name, (unsigned)self);
+}
+
 struct st_ctl_server *
 st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 	      const struct st_ctl_command *commands, void *ctx, char **error_r)
@@ -459,6 +575,18 @@ st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 	mode_t old_umask;
 	int fd;
 
+	for (const struct st_ctl_command *cmd = commands; cmd->name != NULL; cmd++) {
+		if (cmd->access != ST_CTL_READ_ONLY && cmd->access != ST_CTL_CHANGES) {
+			st_set_error(error_r, "admin command %s is neither read-only nor changing "
+				     "(its entry in the command table lacks the class)", cmd->name);
+			return NULL;
+		}
+		if (find_command(commands, cmd->name) != cmd) {
+			st_set_error(error_r, "admin command %s is in the command table twice, or "
+				     "is the built-in help", cmd->name);
+			return NULL;
+		}
+	}
 	if (fill_sockaddr(path, &sun, error_r) < 0)
 		return NULL;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -518,6 +646,8 @@ st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 	srv->path = xstrdup(path);
 	srv->commands = commands;
 	srv->ctx = ctx;
+	srv->self_uid = geteuid();
+	srv->allowed = allowed_text(srv->self_uid);
 	ev_io_init(&srv->io, accept_cb, fd, EV_READ);
 	ev_io_start(loop, &srv->io);
 	ev_timer_init(&srv->retry, accept_retry_cb, CTL_ACCEPT_RETRY, 0.);
@@ -553,6 +683,7 @@ st_ctl_close(struct st_ctl_server **srvp)
 	unlink(srv->path);
 	free(srv->path);
 	free(srv->epoch_file);
+	free(srv->allowed);
 	free(srv);
 	*srvp = NULL;
 }

@@ -7,6 +7,12 @@
  * the reply and closes the connection.  "status" answers one JSON line;
  * "metrics" answers Prometheus text format.  Usable by hand:
  *     echo status | socat - UNIX-CONNECT:/run/standin/standin-pgrepl.sock
+ *
+ * Whoever may open the socket may monitor; not everyone who monitors may
+ * split the cluster.  Each command says in its table entry whether it only
+ * reports or changes something, and a changing command is run only for a
+ * client whose uid (SO_PEERCRED) is root's or the daemon's own (the standin
+ * user under systemd).  Anyone else is refused, and the refusal logged.
  */
 #ifndef STANDIN_CTL_H
 #define STANDIN_CTL_H
@@ -37,11 +43,34 @@ char *st_ctl_socket_path(const struct st_node *node, const char *program);
 /* Fill REPLY (the handler adds the final newline).  ARGS is "" when none. */
 typedef void st_ctl_fn(void *ctx, const char *args, struct st_buf *reply);
 
+/*
+ * What a command may do, written beside it in the command table.  A
+ * read-only command reports and changes nothing (status, metrics, help,
+ * position): open to every client the socket lets in (its group).  A
+ * changing command acts on the cluster or starts work (switch, pause, fence,
+ * drain, reverse, pass...): root and the daemon's own user only.  Zero is no
+ * class at all, and st_ctl_listen() refuses a table with such an entry, so a
+ * new command cannot be added without saying which it is.
+ */
+enum st_ctl_access {
+	ST_CTL_UNCLASSED = 0,
+	ST_CTL_READ_ONLY,
+	ST_CTL_CHANGES,
+};
+
 struct st_ctl_command {
 	const char *name;
+	enum st_ctl_access access;
 	st_ctl_fn *fn;
 	const char *help;
 };
+
+/*
+ * Whether a client of uid PEER may run a command of class ACCESS on a daemon
+ * that runs as uid SELF: a read-only command always; a changing one when PEER
+ * is 0 or SELF.  Anything but the two classes is refused.
+ */
+bool st_ctl_permitted(enum st_ctl_access access, uid_t peer, uid_t self);
 
 struct st_ctl_server;
 
@@ -60,7 +89,8 @@ void st_ctl_reply_later(struct st_ctl_held *held, const char *text);
 /*
  * Listen on PATH.  A stale socket file (nobody listening) is replaced; a
  * live one is an error (another daemon has it).  COMMANDS ends with a
- * {NULL} entry; CTX is passed to every handler.
+ * {NULL} entry, each command with its class; CTX is passed to every handler.
+ * Changing commands are allowed to root and to this process's effective uid.
  */
 struct st_ctl_server *st_ctl_listen(struct ev_loop *loop, const char *path, const char *group,
 				    const struct st_ctl_command *commands, void *ctx,

@@ -489,8 +489,10 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 	for (const struct st_ctl_command *c = ops->commands; c != NULL && c->name != NULL; c++)
 		n_extra++;
 	commands = xcalloc(n_extra + 3, sizeof(*commands));
-	commands[0] = (struct st_ctl_command){ "status", cmd_status, "one JSON line of status" };
-	commands[1] = (struct st_ctl_command){ "metrics", cmd_metrics, "Prometheus text format" };
+	commands[0] = (struct st_ctl_command){ "status", ST_CTL_READ_ONLY, cmd_status,
+					       "one JSON line of status" };
+	commands[1] = (struct st_ctl_command){ "metrics", ST_CTL_READ_ONLY, cmd_metrics,
+					       "Prometheus text format" };
 	for (size_t i = 0; i < n_extra; i++)
 		commands[2 + i] = ops->commands[i];
 	d.socket_path = st_ctl_socket_path(d.node, ops->program);

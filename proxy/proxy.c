@@ -353,11 +353,11 @@ cmd_drop(void *ctx, const char *args, struct st_buf *reply)
 }
 
 static const struct st_ctl_command commands[] = {
-	{ "pause", cmd_pause, "pause SERVICE|all: hold new clients until resume" },
-	{ "resume", cmd_resume, "resume SERVICE|all: forward held and new clients" },
-	{ "switch", cmd_switch, "switch SERVICE NODE: send clients to NODE (until the state changes)" },
-	{ "drop", cmd_drop, "drop SERVICE|all: close every client session of the service" },
-	{ NULL, NULL, NULL },
+	{ "pause", ST_CTL_CHANGES, cmd_pause, "pause SERVICE|all: hold new clients until resume" },
+	{ "resume", ST_CTL_CHANGES, cmd_resume, "resume SERVICE|all: forward held and new clients" },
+	{ "switch", ST_CTL_CHANGES, cmd_switch, "switch SERVICE NODE: send clients to NODE (until the state changes)" },
+	{ "drop", ST_CTL_CHANGES, cmd_drop, "drop SERVICE|all: close every client session of the service" },
+	{ NULL, 0, NULL, NULL },
 };
 
 /* ------------------------------------------------------------ status */

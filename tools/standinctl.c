@@ -782,56 +782,69 @@ cmd_help(const struct ctl_opts *o, int argc, char **argv)
 	return 0;
 }
 
-/* A synopsis and what it does ('\n' continues the text on a new line). */
+/*
+ * Whether a command only reads the cluster or changes it; the changing ones
+ * are for root or the standin user (a daemon refuses its changing socket
+ * commands to anyone else, lib/ctl.h).
+ */
+enum effect {
+	READS = 1,
+	CHANGES,
+};
+
+/* A synopsis, what it does ('\n' continues the text on a new line), and
+ * whether it changes the cluster. */
 struct usage_line {
+	enum effect effect;
 	const char *synopsis, *what;
 };
 
 static const struct command {
 	const char *name;
 	int (*fn)(const struct ctl_opts *o, int argc, char **argv);
-	struct usage_line lines[5];	/* ends with { NULL } */
+	struct usage_line lines[5];	/* ends with { 0 } */
 } commands[] = {
 	{ "status", cmd_status, {
-		{ "status [--json]", "roles, replicators, lag and errors of every node" } } },
+		{ READS, "status [--json]", "roles, replicators, lag and errors of every node" } } },
 	{ "switchover", cmd_switchover, {
-		{ "switchover [--to NODE] [--service S] [--max-lag SECONDS] [--timeout SECONDS] [--dry-run]",
+		{ CHANGES, "switchover [--to NODE] [--service S] [--max-lag SECONDS] [--timeout SECONDS] [--dry-run]",
 		  "move the master to NODE with nothing lost: check (agents alive, epochs agree, "
 		  "the target caught up), then each node's steps through etcd; a failure before "
 		  "the new epoch rolls back. --dry-run: the checks and the plan only" } } },
 	{ "failover", cmd_failover, {
-		{ "failover --to NODE [--force] [--timeout SECONDS]",
+		{ CHANGES, "failover --to NODE [--force] [--timeout SECONDS]",
 		  "the master is lost: fence it with [failover] fence_command (STONITH), then "
 		  "NODE the master at the next epoch; --force without a fence, with its agent "
 		  "alive, or with etcd away (then run it on NODE)" } } },
 	{ "config", cmd_config, {
-		{ "config check", "validate the configuration (exit 0 good, 2 bad)" },
-		{ "config show", "print the effective configuration" } } },
+		{ READS, "config check", "validate the configuration (exit 0 good, 2 bad)" },
+		{ READS, "config show", "print the effective configuration" } } },
 	{ "state", cmd_state, {
-		{ "state show [--json] [--etcd]",
+		{ READS, "state show [--json] [--etcd]",
 		  "this node's cluster state (epoch, master, directions), or etcd's" },
-		{ "state init --master NODE [--force]",
+		{ CHANGES, "state init --master NODE [--force]",
 		  "create this node's first cluster state (epoch 1)" },
-		{ "state set --master NODE",
+		{ CHANGES, "state set --master NODE",
 		  "the next epoch with NODE the master (by hand; in etcd when [cluster] etcd is set)" },
-		{ "state pull", "take etcd's cluster state into this node's copy if its epoch is higher" } } },
+		{ CHANGES, "state pull",
+		  "take etcd's cluster state into this node's copy if its epoch is higher" } } },
 	{ "proxy", cmd_proxy, {
-		{ "proxy status", "this node's standin-proxy, as JSON" },
-		{ "proxy pause|resume SERVICE|all", "hold new clients / forward them again" },
-		{ "proxy switch SERVICE NODE", "send clients of SERVICE to NODE" },
-		{ "proxy drop SERVICE|all", "close the service's client sessions" } } },
+		{ READS, "proxy status", "this node's standin-proxy, as JSON" },
+		{ CHANGES, "proxy pause|resume SERVICE|all", "hold new clients / forward them again" },
+		{ CHANGES, "proxy switch SERVICE NODE", "send clients of SERVICE to NODE" },
+		{ CHANGES, "proxy drop SERVICE|all", "close the service's client sessions" } } },
 	{ "pg", cmd_pg, {
-		{ "pg ddl-done LSN", "go on past a DDL statement the standby could not\n"
-				     "apply, once it is applied there by hand" } } },
+		{ CHANGES, "pg ddl-done LSN", "go on past a DDL statement the standby could not\n"
+					      "apply, once it is applied there by hand" } } },
 	{ "dump", cmd_dump, {
-		{ "dump pg|ldap|all [--from master|standby] [-v]",
+		{ READS, "dump pg|ldap|all [--from master|standby] [-v]",
 		  "dump, verify the files and prune old dumps (cron)" } } },
 	{ "dump-verify", cmd_dump_verify, {
-		{ "dump-verify [--restore [--node NODE]] DUMP",
+		{ READS, "dump-verify [--restore [--node NODE]] DUMP",
 		  "check a dump: manifest, then pg_restore --list\n"
 		  "(or a scratch restore) or an LDIF parse" } } },
-	{ "version", cmd_version, { { "version", "print the version" } } },
-	{ "help", cmd_help, { { "help", "this help" } } },
+	{ "version", cmd_version, { { READS, "version", "print the version" } } },
+	{ "help", cmd_help, { { READS, "help", "this help" } } },
 };
 
 #define SYNOPSIS_WIDTH 32
@@ -851,13 +864,23 @@ print_line(FILE *out, const struct usage_line *l)
 }
 
 static void
+print_lines(FILE *out, enum effect effect)
+{
+	for (size_t i = 0; i < ST_ARRAY_SIZE(commands); i++)
+		for (const struct usage_line *l = commands[i].lines; l->synopsis != NULL; l++)
+			if (l->effect == effect)
+				print_line(out, l);
+}
+
+static void
 usage(FILE *out)
 {
 	fprintf(out, "standinctl: administer a standin cluster\n\n"
-		     "Usage: standinctl [-c FILE] [-n NODE] COMMAND [ARGS]\n\nCommands:\n");
-	for (size_t i = 0; i < ST_ARRAY_SIZE(commands); i++)
-		for (const struct usage_line *l = commands[i].lines; l->synopsis != NULL; l++)
-			print_line(out, l);
+		     "Usage: standinctl [-c FILE] [-n NODE] COMMAND [ARGS]\n\n"
+		     "Commands that leave the cluster as it is:\n");
+	print_lines(out, READS);
+	fprintf(out, "\nCommands that change the cluster (root or the standin user only):\n");
+	print_lines(out, CHANGES);
 	fprintf(out, "\nOptions:\n"
 		     "  -c FILE   cluster configuration (default %s)\n"
 		     "  -n NODE   this node's name (default: $STANDIN_NODE, else by host name)\n"

@@ -1664,12 +1664,12 @@ cmd_pass(void *ctx, const char *args, struct st_buf *reply)
 }
 
 static const struct st_ctl_command imrepl_commands[] = {
-	{ "drain", cmd_drain, "drain [MS [TIMEOUT_MS]]: tell (or wait until) everything the master had at MS is on the standby" },
-	{ "position", cmd_position, "position: the time (ms) up to which everything is on the standby" },
-	{ "sequences", cmd_sequences, "sequences: nothing to do (IMAP has none)" },
-	{ "pass", cmd_pass, "pass: start a full pass now" },
-	{ "reverse", cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master: nothing to prepare for IMAP" },
-	{ NULL, NULL, NULL },
+	{ "drain", ST_CTL_CHANGES, cmd_drain, "drain [MS [TIMEOUT_MS]]: tell (or wait until) everything the master had at MS is on the standby" },
+	{ "position", ST_CTL_READ_ONLY, cmd_position, "position: the time (ms) up to which everything is on the standby" },
+	{ "sequences", ST_CTL_CHANGES, cmd_sequences, "sequences: nothing to do (IMAP has none)" },
+	{ "pass", ST_CTL_CHANGES, cmd_pass, "pass: start a full pass now" },
+	{ "reverse", ST_CTL_CHANGES, cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master: nothing to prepare for IMAP" },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct st_daemon_ops imrepl_ops = {

@@ -1702,11 +1702,11 @@ ldrepl_reload(struct st_daemon *d, struct st_conf *conf, char **error_r)
 }
 
 static const struct st_ctl_command ldrepl_commands[] = {
-	{ "drain", cmd_drain, "drain CSN [TIMEOUT_MS]: tell (or wait until) the master's contextCSN CSN is applied here" },
-	{ "position", cmd_position, "position: the master's CSN applied and durable here" },
-	{ "sequences", cmd_sequences, "sequences: nothing to do (LDAP has none)" },
-	{ "reverse", cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master, start the reverse direction from NODE's contextCSN" },
-	{ NULL, NULL, NULL },
+	{ "drain", ST_CTL_CHANGES, cmd_drain, "drain CSN [TIMEOUT_MS]: tell (or wait until) the master's contextCSN CSN is applied here" },
+	{ "position", ST_CTL_READ_ONLY, cmd_position, "position: the master's CSN applied and durable here" },
+	{ "sequences", ST_CTL_CHANGES, cmd_sequences, "sequences: nothing to do (LDAP has none)" },
+	{ "reverse", ST_CTL_CHANGES, cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master, start the reverse direction from NODE's contextCSN" },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct st_daemon_ops ldrepl_ops = {

@@ -1113,12 +1113,12 @@ cmd_reverse(void *ctx, const char *args, struct st_buf *reply)
 }
 
 static const struct st_ctl_command pgrepl_commands[] = {
-	{ "reverse", cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master, once fenced and drained, make NODE feed this node" },
-	{ "drain", cmd_drain, "drain LSN [TIMEOUT_MS]: tell (or wait until) the standby has applied up to LSN" },
-	{ "position", cmd_position, "position: the master's LSN applied and durable here" },
-	{ "sequences", cmd_sequences, "copy the master's sequences to the standby now" },
-	{ "ddl-done", cmd_ddl_done, "ddl-done LSN: go on past the DDL at LSN, applied by hand" },
-	{ NULL, NULL, NULL },
+	{ "reverse", ST_CTL_CHANGES, cmd_reverse, "reverse NODE [TIMEOUT_MS]: on the master, once fenced and drained, make NODE feed this node" },
+	{ "drain", ST_CTL_CHANGES, cmd_drain, "drain LSN [TIMEOUT_MS]: tell (or wait until) the standby has applied up to LSN" },
+	{ "position", ST_CTL_READ_ONLY, cmd_position, "position: the master's LSN applied and durable here" },
+	{ "sequences", ST_CTL_CHANGES, cmd_sequences, "copy the master's sequences to the standby now" },
+	{ "ddl-done", ST_CTL_CHANGES, cmd_ddl_done, "ddl-done LSN: go on past the DDL at LSN, applied by hand" },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct st_daemon_ops pgrepl_ops = {

@@ -158,8 +158,11 @@ def test_last_error_is_one_log_line(daemon_env):
     query(d.sock, "fail table \"x\" broke\rhere")
     st = json.loads(query(d.sock, "status"))
     assert st["state"] == "failed" and st["last_error"] == "table \"x\" broke\rhere"
+    # The error's line, and before it the socket's line saying who ran the
+    # changing command "fail" with what: each one line, the CR escaped.
     lines = [l for l in d.output().splitlines() if "broke" in l]
-    assert len(lines) == 1 and "\\x0dhere" in lines[0]
+    assert len(lines) == 2 and all("\\x0dhere" in l for l in lines), lines
+    assert "status socket runs a changing command command=fail" in lines[0]
 
 
 def test_kill9_then_restart(daemon_env):

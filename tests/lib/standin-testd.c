@@ -57,8 +57,8 @@ cmd_fail(void *ctx, const char *args, struct st_buf *reply)
 }
 
 static const struct st_ctl_command testd_commands[] = {
-	{ "fail", cmd_fail, "set the last error to the argument" },
-	{ NULL, NULL, NULL },
+	{ "fail", ST_CTL_CHANGES, cmd_fail, "set the last error to the argument" },
+	{ NULL, 0, NULL, NULL },
 };
 
 static struct st_daemon_ops testd_ops = {

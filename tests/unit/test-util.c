@@ -168,8 +168,9 @@ done_cb(struct ev_loop *loop, ev_async *w, int revents)
 START_TEST(test_ctl_server)
 {
 	static const struct st_ctl_command cmds[] = {
-		{ "echo", echo_cmd, "say it back" },
-		{ NULL, NULL, NULL },
+		{ "echo", ST_CTL_CHANGES, echo_cmd, "say it back" },
+		{ "look", ST_CTL_READ_ONLY, echo_cmd, "say it back, read-only" },
+		{ NULL, 0, NULL, NULL },
 	};
 	struct ctl_test t = { 0 };
 	struct st_ctl_server *srv;
@@ -198,7 +199,20 @@ START_TEST(test_ctl_server)
 	ck_assert_msg(t.replies[0] != NULL, "%s", t.errors[0]);
 	ck_assert_str_eq(t.replies[0], "{\"args\":\"hello world\"}\n");
 	ck_assert_str_eq(t.replies[1], "{\"ok\":false,\"error\":\"unknown command; try help\"}\n");
-	ck_assert_str_eq(t.replies[2], "help: this list\necho: say it back\n");
+	/* This process is root or the daemon's own user: the changing echo ran
+	 * (replies[0]).  Help puts each command under its class and says who
+	 * may run the changing ones. */
+	const char *help = "read-only, for every client the socket lets in:\n"
+			   "  help: this list, each command under its class\n"
+			   "  look: say it back, read-only\n"
+			   "changing, only for root";
+	const char *tail = ":\n  echo: say it back\n";
+	size_t len = strlen(t.replies[2]);
+	ck_assert_msg(strncmp(t.replies[2], help, strlen(help)) == 0, "%s", t.replies[2]);
+	ck_assert_msg(len > strlen(tail) && strcmp(t.replies[2] + len - strlen(tail), tail) == 0,
+		      "%s", t.replies[2]);
+	if (geteuid() == 0)
+		ck_assert_int_eq(len, strlen(help) + strlen(tail));
 	ck_assert_msg(t.replies[3] != NULL, "%s", t.errors[3]);
 	ck_assert_str_eq(t.replies[3], "{\"ok\":false,\"error\":\"command line too long\"}\n");
 	ck_assert_str_eq(t.replies[4], "{\"args\":\"x\"}\n");
@@ -237,6 +251,75 @@ START_TEST(test_ctl_server)
 }
 END_TEST
 
+/* The rule of the admin socket, as a table: who may run what. */
+START_TEST(test_ctl_permitted)
+{
+	static const struct {
+		enum st_ctl_access access;
+		uid_t peer, self;
+		bool permitted;
+	} cases[] = {
+		{ ST_CTL_READ_ONLY, 1001, 998, true },	/* a monitoring user: status */
+		{ ST_CTL_READ_ONLY, 0, 998, true },
+		{ ST_CTL_READ_ONLY, 998, 998, true },
+		{ ST_CTL_CHANGES, 1001, 998, false },	/* a monitoring user: switch */
+		{ ST_CTL_CHANGES, 65534, 998, false },
+		{ ST_CTL_CHANGES, 0, 998, true },	/* root */
+		{ ST_CTL_CHANGES, 998, 998, true },	/* the standin user itself */
+		{ ST_CTL_CHANGES, 0, 0, true },		/* a daemon run as root */
+		{ ST_CTL_CHANGES, 998, 0, false },	/* ...is changed by root only */
+		{ ST_CTL_CHANGES, (uid_t)-1, 998, false },
+		{ ST_CTL_UNCLASSED, 0, 0, false },	/* no class: nobody */
+		{ (enum st_ctl_access)7, 0, 0, false },
+	};
+
+	for (size_t i = 0; i < ST_ARRAY_SIZE(cases); i++)
+		ck_assert_msg(st_ctl_permitted(cases[i].access, cases[i].peer, cases[i].self) ==
+			      cases[i].permitted, "case %zu", i);
+}
+END_TEST
+
+/* A command table with an entry that says no class, or a name twice, is
+ * refused before anything listens. */
+START_TEST(test_ctl_table_checked)
+{
+	static const struct st_ctl_command unclassed[] = {
+		{ "status", ST_CTL_READ_ONLY, echo_cmd, "fine" },
+		{ "switch", 0, echo_cmd, "forgot its class" },
+		{ NULL, 0, NULL, NULL },
+	};
+	static const struct st_ctl_command twice[] = {
+		{ "drop", ST_CTL_CHANGES, echo_cmd, "one" },
+		{ "drop", ST_CTL_READ_ONLY, echo_cmd, "the same, read-only" },
+		{ NULL, 0, NULL, NULL },
+	};
+	static const struct st_ctl_command help[] = {
+		{ "help", ST_CTL_CHANGES, echo_cmd, "the built-in one's name" },
+		{ NULL, 0, NULL, NULL },
+	};
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char *path = xasprintf("%s/t.sock", tmpdir), *error = NULL;
+	struct stat sb;
+
+	ck_assert_ptr_null(st_ctl_listen(loop, path, NULL, unclassed, NULL, &error));
+	ck_assert_str_eq(error, "admin command switch is neither read-only nor changing "
+			 "(its entry in the command table lacks the class)");
+	free(error);
+	error = NULL;
+	ck_assert_ptr_null(st_ctl_listen(loop, path, NULL, twice, NULL, &error));
+	ck_assert_ptr_nonnull(strstr(error, "drop is in the command table twice"));
+	free(error);
+	error = NULL;
+	ck_assert_ptr_null(st_ctl_listen(loop, path, NULL, help, NULL, &error));
+	ck_assert_ptr_nonnull(strstr(error, "help is in the command table twice, or is the "
+				     "built-in help"));
+	free(error);
+	ck_assert_int_eq(stat(path, &sb), -1);	/* no socket was made */
+	free(path);
+	ev_loop_destroy(loop);
+}
+END_TEST
+
 static Suite *
 util_suite(void)
 {
@@ -248,6 +331,8 @@ util_suite(void)
 	tcase_add_test(tc, test_quote);
 	tcase_add_test(tc, test_buf);
 	tcase_add_test(tc, test_ctl_server);
+	tcase_add_test(tc, test_ctl_permitted);
+	tcase_add_test(tc, test_ctl_table_checked);
 	suite_add_tcase(s, tc);
 	return s;
 }

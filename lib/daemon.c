@@ -75,6 +75,8 @@ pidfile_open(const char *path, char **error_r)
 		close(fd);
 		return -1;
 	}
+	/* Readable by all, whatever the umask: monitoring reads the pid and tests the lock. */
+	(void)fchmod(fd, 0644);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		n = (int)read(fd, buf, sizeof(buf) - 1);
 		buf[n > 0 ? n : 0] = '\0';

@@ -125,6 +125,32 @@ def test_status_metrics_pidfile_and_stop(daemon_env):
     assert "stopping signal=Terminated" in d.output()
 
 
+def test_unsafe_run_dir_and_pidfile_are_refused(daemon_env):
+    """Issue 30: a run_dir others may write to, or a pidfile that is a
+    symbolic link, stops the daemon with a message that says what to fix;
+    what the daemon makes itself has exact modes (umask 077 otherwise)."""
+    tmp, conf, start = daemon_env
+    run_dir = os.path.join(tmp, "a", "run")
+    os.makedirs(run_dir, exist_ok=True)
+    os.chmod(run_dir, 0o777)
+    r = run(TESTD, "-c", conf, "-n", "a")
+    assert r.returncode == 1
+    assert f"run_dir {run_dir} is writable by group or others (mode 0777); run: chmod go-w" in r.stderr
+    os.chmod(run_dir, 0o755)
+    pidfile = os.path.join(run_dir, "standin-testd.pid")
+    os.symlink(os.path.join(tmp, "elsewhere"), pidfile)
+    r = run(TESTD, "-c", conf, "-n", "a")
+    assert r.returncode == 1 and f"pidfile {pidfile}: is a symbolic link (refused)" in r.stderr
+    assert not os.path.exists(os.path.join(tmp, "elsewhere"))
+    os.unlink(pidfile)
+    d = start()
+    d.wait_ready()
+    assert stat.S_IMODE(os.stat(pidfile).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(d.sock).st_mode) == 0o660
+    if os.geteuid() == 0:
+        assert "running as root" in d.output()
+
+
 def test_sighup_reload(daemon_env):
     tmp, conf, start = daemon_env
     d = start()

@@ -99,6 +99,9 @@ static const struct option options[] = {
 	  "Name of the cluster, shown in status and used in metric labels." },
 	{ "cluster", "log_level", OT_ENUM, 0, C(log_level), "info", log_levels, 0, 0,
 	  "Lowest level logged: debug, info, notice, warning or error." },
+	{ "cluster", "log_data", OT_BOOL, 0, C(log_data), "no", NULL, 0, 0,
+	  "Show row keys and values in logs and status (yes), or only a hash of each (no; "
+	  "log_level = debug shows them too)." },
 	{ "cluster", "log", OT_ENUM, 0, C(log_dest), "auto", log_dests, 0, 0,
 	  "Where daemons log: auto (stderr in the foreground, syslog when detached), stderr or syslog." },
 	{ "cluster", "admin_group", OT_NAME, 0, C(admin_group), NULL, NULL, 0, 0,

@@ -185,6 +185,7 @@ struct st_conf {
 	/* [cluster] */
 	char *cluster_name;
 	int log_level;			/* enum st_log_level */
+	bool log_data;			/* row keys and values in logs and status (st_log_set_data) */
 	int log_dest;			/* enum st_log_dest */
 	char *admin_group;
 	struct st_conf_etcd etcd;

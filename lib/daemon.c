@@ -241,6 +241,7 @@ reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	d->node = node;
 	d->reloads++;
 	st_log_set_level((enum st_log_level)conf->log_level);
+	st_log_set_data(conf->log_data);
 	st_info("configuration reloaded path=%s", st_q(d->config_path));
 	notify("READY=1");
 }
@@ -443,6 +444,7 @@ st_daemon_main(int argc, char **argv, const struct st_daemon_ops *ops, void *pri
 	d.node_name = xstrdup(d.node->name);
 	if (level_arg == NULL)
 		st_log_set_level((enum st_log_level)d.conf->log_level);
+	st_log_set_data(d.conf->log_data);
 
 	if (detach_opt) {
 		if (detach(&error) < 0) {

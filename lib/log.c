@@ -5,7 +5,9 @@
 
 #include "lib/log.h"
 
+#include <openssl/evp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +51,38 @@ st_log_close(void)
 	if (log_target == ST_LOG_SYSLOG)
 		closelog();
 	log_target = ST_LOG_STDERR;
+}
+
+static atomic_bool log_show_data;
+
+void
+st_log_set_data(bool show)
+{
+	atomic_store(&log_show_data, show);
+}
+
+bool
+st_log_data(void)
+{
+	return atomic_load(&log_show_data) || log_min == ST_LOG_DEBUG;
+}
+
+void
+st_log_datum(struct st_buf *b, const char *value, size_t len, size_t max)
+{
+	if (st_log_data()) {
+		st_buf_append(b, value, len > max ? max : len);
+		if (len > max)
+			st_buf_puts(b, "...");
+		return;
+	}
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	if (EVP_Digest(value, len, md, &n, EVP_sha256(), NULL) != 1 || n < 4) {
+		st_buf_puts(b, "#hidden");
+		return;
+	}
+	st_buf_printf(b, "#%02x%02x%02x%02x", md[0], md[1], md[2], md[3]);
 }
 
 void

@@ -50,4 +50,15 @@ _Noreturn void st_fatal_at(const char *file, int line, const char *fmt, ...) ST_
  */
 const char *st_q(const char *s);
 
+/*
+ * Data (row keys and values, attribute values) in messages: shown when
+ * [cluster] log_data = yes (st_log_set_data) or at level debug, otherwise
+ * replaced by st_log_datum(): "#" and 8 hex digits of the value's SHA-256,
+ * enough to tell two values apart, not to read them.
+ */
+void st_log_set_data(bool show);
+bool st_log_data(void);
+/* Append VALUE (LEN bytes) to B as the log may show it (at most MAX bytes, then "..."). */
+void st_log_datum(struct st_buf *b, const char *value, size_t len, size_t max);
+
 #endif

@@ -47,6 +47,14 @@ pgc_result_error(const PGresult *res)
 		primary = PQresultErrorMessage(res);
 	if (primary == NULL || *primary == '\0')
 		primary = PQresStatus(PQresultStatus(res));
+	/*
+	 * Integrity and data errors (classes 23 and 22) quote the row or the
+	 * value in their detail ("Key (id)=(7) already exists."): hidden
+	 * unless [cluster] log_data or debug, the primary message says enough.
+	 */
+	if (detail != NULL && state != NULL && (strncmp(state, "23", 2) == 0 || strncmp(state, "22", 2) == 0) &&
+	    !st_log_data())
+		detail = "detail with the row's data hidden: [cluster] log_data = yes shows it";
 	char *msg = detail != NULL ? xasprintf("%s (%s) [SQLSTATE %s]", primary, detail,
 					       state != NULL ? state : "?")
 				   : xasprintf("%s [SQLSTATE %s]", primary,

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "replicators/pg/pgsql.h"
+#include "lib/log.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -32,14 +33,10 @@ pgq_describe_row(const struct pga_rel *r, const struct pgo_tuple *t, bool key_on
 		if (!first)
 			st_buf_puts(&b, ", ");
 		first = false;
-		if (t->cols[i].kind == PGO_VAL_NULL) {
+		if (t->cols[i].kind == PGO_VAL_NULL)
 			st_buf_puts(&b, "NULL");
-		} else {
-			size_t n = t->cols[i].len;
-			st_buf_append(&b, t->cols[i].data, n > 64 ? 64 : n);
-			if (n > 64)
-				st_buf_puts(&b, "...");
-		}
+		else	/* hidden unless [cluster] log_data or debug */
+			st_log_datum(&b, t->cols[i].data, t->cols[i].len, 64);
 	}
 	st_buf_puts(&b, ")");
 	char *s = st_buf_steal(&b);

@@ -124,7 +124,9 @@ def write_pg_conf(base, pg_pair, name="itest", extra=""):
     with os.fdopen(fd, "w") as f:
         for s in pg_pair:
             f.write(f"{s.host}:{s.port}:*:{s.user}:{s.password}\n")
-    text = f"[cluster]\nname = {name}\n"
+    # Row keys in messages: the tests name them (the default hides them,
+    # test_pgrepl.test_conflict_stops_with_a_clear_error_and_resumes_when_fixed).
+    text = f"[cluster]\nname = {name}\nlog_data = yes\n"
     for s in pg_pair:
         os.makedirs(os.path.join(base, s.node, "state"), exist_ok=True)
         os.makedirs(os.path.join(base, s.node, "run"), exist_ok=True)

@@ -5,6 +5,7 @@
  * descriptions that errors carry.
  */
 #include "replicators/pg/pgsql.h"
+#include "lib/log.h"
 
 #include "testutil.h"
 
@@ -191,7 +192,17 @@ START_TEST(test_row_descriptions)
 
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
+	/* By default ([cluster] log_data = no) a value is a hash: SHA-256("7") starts 7902699b. */
+	st_log_set_data(false);
 	char *d = pgq_describe_row(&r, &t, true);
+	ck_assert_str_eq(d, "Odd \"Schema\".t key (id)=(#7902699b)");
+	free(d);
+	d = pgq_describe_row(&r, &t, false);
+	ck_assert_ptr_null(strstr(d, "xxxx"));
+	ck_assert_ptr_nonnull(strstr(d, "(#7902699b, NULL, #"));
+	free(d);
+	st_log_set_data(true);
+	d = pgq_describe_row(&r, &t, true);
 	ck_assert_str_eq(d, "Odd \"Schema\".t key (id)=(7)");
 	free(d);
 	d = pgq_describe_row(&r, &t, false);

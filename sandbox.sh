@@ -113,7 +113,10 @@ endpoint.b = $STANDIN_PG_B_HOST:$STANDIN_PG_B_PORT
 dbname = groupware
 user = $STANDIN_PG_A_USER
 passfile = $d/pgpass
-sslmode = disable
+# Every server here speaks TLS with a certificate of the sandbox's test CA;
+# the defaults would not ask for it on loopback: demand it, as between hosts.
+sslmode = verify-full
+sslrootcert = $STANDIN_TLS_CA
 
 [ldap]
 endpoint.a = $STANDIN_LDAP_A_URI
@@ -124,6 +127,8 @@ password_file = $d/ldap.secret
 # A switchover makes the old master's slapd read-only over cn=config.
 config_bind_dn = cn=config
 config_password_file = $d/ldap.secret
+starttls = demand
+ca_file = $STANDIN_TLS_CA
 
 [imap]
 endpoint.a = imap://$STANDIN_IMAP_A_HOST:$STANDIN_IMAP_A_PORT
@@ -133,6 +138,8 @@ password_file = $d/imap.secret
 users_file = $d/imap-users
 workers = 2
 kick_command = $d/kick %n
+starttls = demand
+ca_file = $STANDIN_TLS_CA
 # Which users changed: each node's Dovecot names them on its FIFO (the
 # replication plugin); the master's standin-imaprepl relays them through etcd.
 changes = dovecot
@@ -547,7 +554,7 @@ start() {
 		"$py" "$harness" down "$box" >/dev/null || true
 	fi
 	# The servers load standin_ddl (DDL capture) from this build.
-	STANDIN_BUILDDIR=$build "$py" "$harness" up "$box" --no-fsync --etcd --dovecot-notices
+	STANDIN_BUILDDIR=$build "$py" "$harness" up "$box" --no-fsync --etcd --dovecot-notices --tls
 	write_config
 	say "configuration $conf"
 	"$ctl" -c "$conf" config check

@@ -1,11 +1,13 @@
 """The server harness itself: the six real servers start on free loopback
 ports, accept a write, stop, survive kill -9, and are always stopped, also
 when a test fails or the run is interrupted."""
+import imaplib
 import json
 import os
 import pathlib
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -171,7 +173,7 @@ def test_command_line_up_status_down():
     def cli(*args):
         return subprocess.run([sys.executable, HARNESS_PY, *args], capture_output=True,
                               text=True, timeout=300)
-    up = cli("up", str(base), "--no-fsync")
+    up = cli("up", str(base), "--no-fsync", "--tls")
     try:
         assert up.returncode == 0, up.stderr
         description = json.loads((base / "servers.json").read_text())
@@ -179,6 +181,23 @@ def test_command_line_up_status_down():
         assert oct(os.stat(base / "servers.json").st_mode & 0o777) == "0o600"
         env = (base / "servers.env").read_text()
         assert f"STANDIN_PG_A_PORT={description['nodes']['a']['pg']['port']}" in env
+        # --tls (the sandbox's): each server's certificate checks out against the test CA.
+        ca = description["tls"]["ca"]
+        assert f"STANDIN_TLS_CA={ca}" in env
+        pg = description["nodes"]["a"]["pg"]
+        r = subprocess.run(["psql", "-X", "-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                            f"host={pg['host']} port={pg['port']} user={pg['user']} dbname=postgres "
+                            f"passfile={pg['passfile']} sslmode=verify-full sslrootcert={ca}"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.strip() == "t", r.stderr
+        ldap = description["nodes"]["b"]["ldap"]
+        r = subprocess.run(["ldapsearch", "-x", "-ZZ", "-H", ldap["uri"], "-b", "", "-s", "base", "1.1"],
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, LDAPTLS_CACERT=ca, LDAPTLS_REQCERT="demand"))
+        assert r.returncode == 0, r.stderr
+        imap = description["nodes"]["b"]["imap"]
+        with imaplib.IMAP4(imap["host"], imap["port"], timeout=30) as m:
+            m.starttls(ssl.create_default_context(cafile=ca))
         status = cli("status", str(base))
         assert status.returncode == 0 and status.stdout.count(": running") == 6, status.stdout
         again = cli("up", str(base))

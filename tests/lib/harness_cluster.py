@@ -18,9 +18,9 @@ import shutil
 import signal
 import sys
 
-from harness_core import (NODES, CommandError, Harness, HarnessError, WaitTimeout, _check_traversable,
-                          _new_password, _read_pidfile, _signal_pids, _wait_pids_gone, _write_file,
-                          pid_alive, process_tree, run)
+from harness_core import (LOOPBACK, NODES, CommandError, Harness, HarnessError, WaitTimeout,
+                          _check_traversable, _new_password, _read_pidfile, _signal_pids, _wait_pids_gone,
+                          _write_file, make_test_ca, pid_alive, process_tree, run)
 from harness_imap import DOVEADM, DOVECOT
 from harness_ldap import LDAP_BINDIR, SLAPD
 from harness_pg import PG_BINDIR, PG_OS_USER
@@ -169,9 +169,31 @@ def _servers_in(description):
     return ([description["etcd"]] if "etcd" in description else []) + servers
 
 
+def _tls_options(h):
+    """`up --tls`: a test CA and a certificate for the loopback address, and
+    the options that give it to every server (PostgreSQL ssl = on with its own
+    copy of the key, slapd StartTLS, Dovecot ssl = yes).  Returns (ca.pem,
+    pg_options, ldap_options, Dovecot extra_conf)."""
+    ca, cert, key = make_test_ca(h.path("tls"), "standin sandbox", LOOPBACK)
+    pgd = h.mkdir("tls", "pg", owner=PG_OS_USER, group=PG_OS_USER, mode=0o700)
+    pg_files = []
+    for src in (cert, key):
+        dst = os.path.join(pgd, os.path.basename(src))
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o600)
+        shutil.chown(dst, PG_OS_USER, PG_OS_USER)
+        pg_files.append(dst)
+    pg = {"extra_conf": f"ssl = on\nssl_cert_file = '{pg_files[0]}'\nssl_key_file = '{pg_files[1]}'\n"}
+    ldap = {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
+    imap = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+    return ca, pg, ldap, imap
+
+
 def _env_lines(description):
     """servers.env: shell assignments such as STANDIN_PG_A_PORT=5433."""
     lines = [f"STANDIN_SANDBOX={shlex.quote(description['base_dir'])}"]
+    if "tls" in description:
+        lines.append(f"STANDIN_TLS_CA={shlex.quote(description['tls']['ca'])}")
     if "etcd" in description:
         lines.append(f"STANDIN_ETCD_URL={shlex.quote(description['etcd']['url'])}")
     for node, kinds in description["nodes"].items():
@@ -211,7 +233,7 @@ def _cmd_up(args):
             print(f"servers of {json_path} are still running: run `down` first", file=sys.stderr)
             return 1
         for entry in list(old["nodes"]) + (["etcd"] if "etcd" in old else []) + \
-                ["servers.json", "servers.env"]:   # an old sandbox
+                ["servers.json", "servers.env", "tls"]:   # an old sandbox
             p = os.path.join(base, entry)
             shutil.rmtree(p) if os.path.isdir(p) else os.path.exists(p) and os.unlink(p)
     os.makedirs(base, exist_ok=True)
@@ -219,10 +241,18 @@ def _cmd_up(args):
     h = Harness(base_dir=base)
     try:
         from harness_imap import DOVECOT_NOTICES_CONF
+        imap_conf, pg_options, ldap_options, ca = "", {}, {}, None
+        if args.dovecot_notices:
+            imap_conf += DOVECOT_NOTICES_CONF
+        if args.tls:
+            ca, pg_options, ldap_options, tls_imap = _tls_options(h)
+            imap_conf += tls_imap
         cluster = start_pairs(h, ldap_base=args.ldap_base, fsync=not args.no_fsync,
-                              etcd=args.etcd,
-                              imap_options={"extra_conf": DOVECOT_NOTICES_CONF} if args.dovecot_notices else None)
+                              etcd=args.etcd, pg_options=pg_options, ldap_options=ldap_options,
+                              imap_options={"extra_conf": imap_conf} if imap_conf else None)
         description = cluster.describe()
+        if ca is not None:
+            description["tls"] = {"ca": ca}
         _write_file(json_path + ".tmp", json.dumps(description, indent=2) + "\n", 0o600)
         os.replace(json_path + ".tmp", json_path)
         _write_file(os.path.join(base, "servers.env"), _env_lines(description), 0o600)
@@ -281,6 +311,9 @@ def main(argv=None):
                     help="where to load the base LDAP entries (default: master)")
     up.add_argument("--no-fsync", action="store_true", help="run PostgreSQL with fsync off")
     up.add_argument("--etcd", action="store_true", help="also a one-member etcd on loopback")
+    up.add_argument("--tls", action="store_true",
+                    help="every server speaks TLS with a certificate for 127.0.0.1 from a test CA "
+                         "(DIR/tls/ca.pem, STANDIN_TLS_CA in servers.env)")
     up.add_argument("--dovecot-notices", action="store_true",
                     help="Dovecots with the replication plugin writing to the FIFO standin-imaprepl reads "
                          "([imap] changes = dovecot)")

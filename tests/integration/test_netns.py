@@ -313,6 +313,36 @@ def test_between_nodes_every_connection_is_verified_tls(cluster):
         assert "reached in plaintext" not in out and "not checked" not in out, (node, prog, out[-2000:])
 
 
+def test_a_certificate_of_another_ca_is_refused_on_every_connection(cluster, harness):
+    """Issue 30: node b's replicators told to trust another CA (sslrootcert,
+    both ca_file) do not talk to a's PostgreSQL, slapd or Dovecot: each stops
+    at the certificate and says so in its status."""
+    c = cluster
+    other_ca, _, _ = sh.make_test_ca(harness.path("tls-other"), "other")
+    mine = os.path.join(os.path.dirname(c.tls["b"]["ca"]), "other-ca.pem")   # where b sees it
+    shutil.copyfile(other_ca, mine)
+    with open(c.confs["b"]) as f:
+        text = f.read()
+    assert text.count(c.tls["b"]["ca"]) == 3, text
+    path = c.confs["b"] + ".other-ca"
+    with open(path, "w") as f:
+        f.write(text.replace(c.tls["b"]["ca"], mine))
+    for prog in (PGREPL, LDAPREPL, IMAPREPL):
+        d = c.daemons[("b", os.path.basename(prog))]
+        d.stop()
+        d.conf = path
+        d.start()
+
+    def refused(prog):
+        def check():
+            st = c.daemons[("b", os.path.basename(prog))].status()
+            err = (st.get("last_error") or "").lower()
+            return err if "certificate" in err or "verify" in err else None
+        return sh.wait_until(check, 60, f"{os.path.basename(prog)} on b to refuse a's certificate")
+    for prog in (PGREPL, LDAPREPL, IMAPREPL):
+        refused(prog)
+
+
 def test_switchover_there_and_back_between_namespaces(cluster):
     """standinctl switchover a -> b and back, run in node a, while clients
     write through node a's proxy at a's address: every acknowledged write is

@@ -1,12 +1,16 @@
 /*
  * test-imstate: standin-imaprepl's durable folder state (imstate.c): the
  * state file, the journal and its torn last line, a crash between the
- * checkpoint and the journal truncation, the reverse direction, names.
+ * checkpoint and the journal truncation, the reverse direction, names;
+ * mailbox names on the wire and long folder names' state files (imname.c).
  */
 #include "config.h"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 
+#include "replicators/imap/imname.h"
 #include "replicators/imap/imstate.h"
 #include "tests/unit/testutil.h"
 
@@ -244,6 +248,149 @@ START_TEST(names_and_keys)
 }
 END_TEST
 
+/* What im_mailbox_put writes for NAME (NULL: refused, *WHY_R says why). */
+static char *
+put(const char *name, size_t literal_max, const char **why_r)
+{
+	struct st_buf b;
+	char *out = NULL;
+
+	st_buf_init(&b);
+	st_buf_puts(&b, "");
+	*why_r = NULL;
+	if (im_mailbox_put(&b, name, literal_max, why_r) == 0)
+		out = st_buf_steal(&b);
+	else
+		ck_assert_uint_eq(b.len, 0);
+	st_buf_free(&b);
+	return out;
+}
+
+START_TEST(mailbox_names_on_the_wire)
+{
+	static const struct {
+		const char *name, *wire;
+	} ok[] = {
+		{ "INBOX", "\"INBOX\"" },
+		{ "", "\"\"" },
+		{ "Say \"hi\" \\ there", "\"Say \\\"hi\\\" \\\\ there\"" },
+		{ "{5}", "\"{5}\"" },
+		{ "a) (b %*", "\"a) (b %*\"" },
+		{ "Entw&APw-rfe", "\"Entw&APw-rfe\"" },
+		/* 8-bit and control characters: a non-synchronising literal. */
+		{ "Entw\xc3\xbcrfe", "{9+}\r\nEntw\xc3\xbcrfe" },
+		{ "tab\there", "{8+}\r\ntab\there" },
+	};
+	const char *why;
+
+	for (size_t i = 0; i < ST_ARRAY_SIZE(ok); i++) {
+		char *w = put(ok[i].name, SIZE_MAX, &why);
+		ck_assert_msg(w != NULL, "%s refused: %s", ok[i].name, why);
+		ck_assert_str_eq(w, ok[i].wire);
+		ck_assert_ptr_null(im_mailbox_refusal(ok[i].name));
+		free(w);
+	}
+	/* The captured injection, and CR or LF alone: refused, whatever the server takes. */
+	static const char *const bad[] = { "foo\r\nX1 DELETE INBOX\r\n", "a\rb", "a\nb", "\r\n", "x\n" };
+	for (size_t i = 0; i < ST_ARRAY_SIZE(bad); i++) {
+		ck_assert_ptr_null(put(bad[i], SIZE_MAX, &why));
+		ck_assert_ptr_nonnull(why);
+		ck_assert_ptr_nonnull(strstr(why, strchr(bad[i], '\r') ? "CR" : "LF"));
+		ck_assert_ptr_nonnull(im_mailbox_refusal(bad[i]));
+	}
+	/* 8-bit where the server takes no LITERAL+ (or too long for LITERAL-): refused, not sent raw. */
+	ck_assert_ptr_null(put("Entw\xc3\xbcrfe", 0, &why));
+	ck_assert_ptr_nonnull(strstr(why, "LITERAL+"));
+	char *w = put("Entw\xc3\xbcrfe", 4096, &why);
+	ck_assert_ptr_nonnull(w);
+	free(w);
+	/* Too long to keep in a state file line. */
+	char *huge = xmalloc(IM_MAILBOX_MAX + 2);
+	memset(huge, 'a', IM_MAILBOX_MAX + 1);
+	huge[IM_MAILBOX_MAX + 1] = '\0';
+	ck_assert_ptr_nonnull(im_mailbox_refusal(huge));
+	huge[IM_MAILBOX_MAX] = '\0';
+	ck_assert_ptr_null(im_mailbox_refusal(huge));
+	free(huge);
+}
+END_TEST
+
+/* A name of N bytes. */
+static char *
+long_name(size_t n, char c)
+{
+	char *s = xmalloc(n + 1);
+
+	memset(s, c, n);
+	s[n] = '\0';
+	return s;
+}
+
+START_TEST(long_folder_names_hashed_state_files)
+{
+	/* Up to 123 bytes: the hex name of earlier versions, unchanged (their states are found). */
+	char *n123 = long_name(123, 'a'), *n124 = long_name(124, 'a'), *n300 = long_name(300, 'b');
+	char *f = im_state_file_name(n123), *hex = im_name_hex(n123);
+	ck_assert_str_eq(f, hex);
+	ck_assert(!im_state_file_hashed(n123));
+	ck_assert_uint_le(strlen(f) + strlen(".journal"), NAME_MAX);
+	free(f);
+	free(hex);
+	f = im_state_file_name(n124);
+	ck_assert(im_state_file_hashed(n124));
+	ck_assert_uint_eq(strlen(f), 65);
+	ck_assert_int_eq(f[0], 'h');
+	free(f);
+	char *d = im_state_dir_name("alice"), *d2 = im_state_dir_name(n300);
+	ck_assert_str_eq(d, "x616c696365");
+	ck_assert_uint_eq(strlen(d2), 65);
+	free(d);
+	free(d2);
+
+	/* The state of a 300-byte name: the name is kept inside, and checked. */
+	char *dir = tu_mkdtemp(), *file = im_state_file_name(n300), *base = xasprintf("%s/%s", dir, file);
+	char *err = NULL;
+	struct im_state st;
+	im_state_init(&st);
+	st.name = xstrdup(n300);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "V 5 6"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 1 1"), 0);
+	ck_assert_int_eq(im_state_checkpoint(&st, &err), 0);
+	im_state_free(&st);
+	/* Read back without knowing the name (the tree pass's listing of states). */
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_ptr_nonnull(st.name);
+	ck_assert_str_eq(st.name, n300);
+	ck_assert_uint_eq(st.n_map, 1);
+	im_state_free(&st);
+	/* Expected to be another folder's: refused. */
+	im_state_init(&st);
+	st.name = xstrdup(n124);
+	ck_assert_int_lt(im_state_load(&st, base, "a", &err), 0);
+	free(err);
+	err = NULL;
+	im_state_free(&st);
+	ck_assert_int_eq(im_state_remove(base, &err), 0);
+
+	/* Short names keep no name line: files that earlier versions read. */
+	size_t len;
+	im_state_init(&st);
+	char *text = im_state_format(&st, &len);
+	ck_assert_ptr_null(strstr(text, "name "));
+	free(text);
+	im_state_free(&st);
+	free(base);
+	free(file);
+	tu_rmdir(dir);
+	free(dir);
+	free(n123);
+	free(n124);
+	free(n300);
+}
+END_TEST
+
 START_TEST(map_operations)
 {
 	struct im_state st;
@@ -310,6 +457,8 @@ imstate_suite(void)
 	tcase_add_test(tc, reverse_direction);
 	tcase_add_test(tc, names_and_keys);
 	tcase_add_test(tc, map_operations);
+	tcase_add_test(tc, mailbox_names_on_the_wire);
+	tcase_add_test(tc, long_folder_names_hashed_state_files);
 	tcase_add_test(tc, dovecot_notice_lines);
 	suite_add_tcase(s, tc);
 	return s;

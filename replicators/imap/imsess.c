@@ -9,8 +9,12 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <sys/select.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -125,7 +129,12 @@ im_sess_has(const struct im_sess *s, const char *capability)
  * Debian's libetpan does TLS with GnuTLS and checks no certificate, so the
  * check is done here, before LOGIN: the server's certificate (libetpan
  * gives the leaf only, so intermediates belong in [imap] ca_file) must
- * chain to ca_file (or the system's CAs) and name the endpoint's host.
+ * chain to ca_file (or the system's CAs), be fit for a TLS server (purpose
+ * sslserver: an extended key usage, where there is one, that allows
+ * serverAuth), and name the endpoint's host as OpenSSL's own client checks
+ * it (SSL_set1_host): an IP address against the certificate's IP entries,
+ * a name against its DNS entries, with a wildcard only as a whole
+ * left-most label (no "f*.example.com") and never the subject's CN.
  */
 static void
 tls_setup(struct mailstream_ssl_context *ctx, void *data)
@@ -163,10 +172,22 @@ tls_verify(struct im_sess *s)
 		why = "out of memory";
 		goto out;
 	}
-	/* An IP address is checked against the certificate's IP entries, a name against its DNS names. */
 	X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(ctx);
-	if (X509_VERIFY_PARAM_set1_ip_asc(param, s->login->ep->host) != 1)
-		X509_VERIFY_PARAM_set1_host(param, s->login->ep->host, 0);
+	const char *host = s->login->ep->host;
+	unsigned char addr[sizeof(struct in6_addr)];
+	bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
+	X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+					       X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+	if (X509_VERIFY_PARAM_set_purpose(param, X509_PURPOSE_SSL_SERVER) != 1) {
+		why = "cannot set the certificate purpose (sslserver)";
+		goto out;
+	}
+	if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1
+		  : host[0] == '\0' || X509_VERIFY_PARAM_set1_host(param, host, 0) != 1) {
+		why = is_ip ? "cannot check the certificate against the endpoint's IP address"
+			    : "cannot check the certificate against the endpoint's host name";
+		goto out;
+	}
 	if (X509_verify_cert(ctx) != 1) {
 		why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
 		goto out;
@@ -175,8 +196,8 @@ tls_verify(struct im_sess *s)
 out:
 	if (rc < 0) {
 		free(s->error);
-		s->error = xasprintf("%s: TLS certificate not accepted: %s (CA file %s)", s->desc,
-				     why ? why : "unknown reason",
+		s->error = xasprintf("%s: TLS certificate not accepted for %s: %s (CA file %s)", s->desc,
+				     st_q(s->login->ep->host), why ? why : "unknown reason",
 				     s->login->ca_file ? s->login->ca_file : "the system's");
 		s->broken = true;
 	}

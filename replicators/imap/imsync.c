@@ -41,6 +41,7 @@
 
 #include "lib/durable.h"
 #include "lib/log.h"
+#include "replicators/imap/imname.h"
 #include "replicators/imap/imsync.h"
 
 #define BATCH_MSGS 64
@@ -53,6 +54,7 @@ im_tree_free(struct im_tree *t)
 	for (size_t i = 0; i < t->n; i++)
 		free(t->v[i].folder);
 	free(t->v);
+	free(t->refused);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -1202,6 +1204,34 @@ out:
 	return rc;
 }
 
+/*
+ * Drop from F the folders whose names cannot be sent (imname.h); with
+ * REFUSED, say which and why there (the master's folders: they are not
+ * replicated).  The standby's are only left alone.
+ */
+static void
+drop_refused(struct im_folders *f, const char *user, const char *what, struct st_buf *refused)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < f->n; i++) {
+		const char *why = im_mailbox_refusal(f->v[i].name);
+		if (why == NULL) {
+			f->v[o++] = f->v[i];
+			continue;
+		}
+		if (refused != NULL)
+			st_buf_printf(refused, "%suser %s folder %s on the master is not replicated: its name %s",
+				      refused->len ? "; " : "", st_q(user), st_q(f->v[i].name), why);
+		else
+			st_debug("user %s: %s %s left alone: its name %s", st_q(user), what,
+				 st_q(f->v[i].name), why);
+		free(f->v[i].name);
+		free(f->v[i].special);
+	}
+	f->n = o;
+}
+
 static int
 tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, const char *user,
 	  struct im_tree *out, char **error_r)
@@ -1226,6 +1256,26 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 	}
 	if (load_known(env, user, &known, &n_known, &err) < 0)
 		goto out;
+	/* Names no command may carry: said for the master's folders, which are not replicated. */
+	struct st_buf refused;
+	st_buf_init(&refused);
+	drop_refused(&sl, user, "folder", &refused);
+	drop_refused(&ss, user, "the master's subscription to", NULL);
+	drop_refused(&tl, user, "the standby's folder", NULL);
+	drop_refused(&ts, user, "the standby's subscription to", NULL);
+	for (size_t k = 0; k < n_known;) {
+		if (im_mailbox_refusal(known[k].name) == NULL) {
+			k++;
+			continue;
+		}
+		st_warn("user %s: a state is kept for folder %s, whose name no command may carry; ignored",
+			st_q(user), st_q(known[k].name));
+		free(known[k].name);
+		known[k] = known[--n_known];
+	}
+	if (refused.len > 0)
+		out->refused = st_buf_steal(&refused);
+	st_buf_free(&refused);
 
 	/* STATUS of every selectable source folder. */
 	stat = xcalloc(sl.n + 1, sizeof(*stat));
@@ -1244,8 +1294,11 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 		}
 	}
 
-	/* What a later quick check compares with, once everything listed is copied. */
-	if (!listing_digest(&sl, &ss, stat, out->digest))
+	/*
+	 * What a later quick check compares with, once everything listed is
+	 * copied; none while a folder is refused, so that every pass says so.
+	 */
+	if (!listing_digest(&sl, &ss, stat, out->digest) || out->refused != NULL)
 		out->digest[0] = '\0';
 
 	/* Folders gone from the source: renamed, or deleted. */

@@ -92,7 +92,7 @@ int im_listing_save(const struct im_env *env, const char *user, const char *dige
 int im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,
 		   char **error_r) ST_WARN_UNUSED;
 
-/* STATE_ROOT/USERHEX/FOLDERHEX, without suffix. */
+/* STATE_ROOT/USERDIR/FOLDERFILE, without suffix (imname.h). */
 char *im_state_path(const char *root, const char *user, const char *folder);
 
 #endif

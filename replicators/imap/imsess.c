@@ -9,9 +9,6 @@
  */
 #include "config.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -25,14 +22,12 @@
 
 #include <libetpan/libetpan.h>
 #include <openssl/evp.h>
-#include <openssl/x509.h>
-#include <openssl/x509_vfy.h>
-#include <openssl/x509v3.h>
 
 #include "lib/conf.h"
 #include "lib/log.h"
 #include "replicators/imap/imname.h"
 #include "replicators/imap/imsess.h"
+#include "replicators/imap/imtls.h"
 
 struct im_sess {
 	mailimap *imap;
@@ -210,14 +205,9 @@ im_sess_has(const struct im_sess *s, const char *capability)
 
 /*
  * Debian's libetpan does TLS with GnuTLS and checks no certificate, so the
- * check is done here, before LOGIN: the server's certificate (libetpan
- * gives the leaf only, so intermediates belong in [imap] ca_file) must
- * chain to ca_file (or the system's CAs), be fit for a TLS server (purpose
- * sslserver: an extended key usage, where there is one, that allows
- * serverAuth), and name the endpoint's host as OpenSSL's own client checks
- * it (SSL_set1_host): an IP address against the certificate's IP entries,
- * a name against its DNS entries, with a wildcard only as a whole
- * left-most label (no "f*.example.com") and never the subject's CN.
+ * check is done here, before LOGIN, by im_tls_check (imtls.h): libetpan
+ * gives the server's certificate only, so intermediates belong in [imap]
+ * ca_file.
  */
 static void
 tls_setup(struct mailstream_ssl_context *ctx, void *data)
@@ -232,51 +222,10 @@ tls_verify(struct im_sess *s)
 {
 	unsigned char *der = NULL;
 	ssize_t n = s->imap->imap_stream ? mailstream_ssl_get_certificate(s->imap->imap_stream, &der) : -1;
-	const unsigned char *p = der;
-	X509 *leaf = n > 0 ? d2i_X509(NULL, &p, (long)n) : NULL;
-	X509_STORE *store = NULL;
-	X509_STORE_CTX *ctx = NULL;
 	const char *why = NULL;
-	int rc = -1;
+	int rc = im_tls_check(der, n > 0 ? (size_t)n : 0, s->login->ca_file, s->login->ep->host, &why);
 
 	free(der);
-	if (leaf == NULL) {
-		why = "the server sent no certificate";
-		goto out;
-	}
-	store = X509_STORE_new();
-	ctx = X509_STORE_CTX_new();
-	if (s->login->ca_file ? X509_STORE_load_file(store, s->login->ca_file) != 1
-			      : X509_STORE_set_default_paths(store) != 1) {
-		why = "cannot load the CA certificates ([imap] ca_file)";
-		goto out;
-	}
-	if (X509_STORE_CTX_init(ctx, store, leaf, NULL) != 1) {
-		why = "out of memory";
-		goto out;
-	}
-	X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(ctx);
-	const char *host = s->login->ep->host;
-	unsigned char addr[sizeof(struct in6_addr)];
-	bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
-	X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
-					       X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
-	if (X509_VERIFY_PARAM_set_purpose(param, X509_PURPOSE_SSL_SERVER) != 1) {
-		why = "cannot set the certificate purpose (sslserver)";
-		goto out;
-	}
-	if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1
-		  : host[0] == '\0' || X509_VERIFY_PARAM_set1_host(param, host, 0) != 1) {
-		why = is_ip ? "cannot check the certificate against the endpoint's IP address"
-			    : "cannot check the certificate against the endpoint's host name";
-		goto out;
-	}
-	if (X509_verify_cert(ctx) != 1) {
-		why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
-		goto out;
-	}
-	rc = 0;
-out:
 	if (rc < 0) {
 		free(s->error);
 		s->error = xasprintf("%s: TLS certificate not accepted for %s: %s (CA file %s)", s->desc,
@@ -284,9 +233,6 @@ out:
 				     s->login->ca_file ? s->login->ca_file : "the system's");
 		s->broken = true;
 	}
-	X509_STORE_CTX_free(ctx);
-	X509_STORE_free(store);
-	X509_free(leaf);
 	return rc;
 }
 

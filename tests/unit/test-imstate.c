@@ -2,16 +2,20 @@
  * test-imstate: standin-imaprepl's durable folder state (imstate.c): the
  * state file, the journal and its torn last line, a crash between the
  * checkpoint and the journal truncation, the reverse direction, names;
- * mailbox names on the wire and long folder names' state files (imname.c).
+ * mailbox names on the wire and long folder names' state files (imname.c);
+ * the server certificate check (imtls.c) on certificates made with openssl.
  */
 #include "config.h"
 
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdint.h>
 
+#include "lib/durable.h"
 #include "replicators/imap/imname.h"
 #include "replicators/imap/imstate.h"
+#include "replicators/imap/imtls.h"
 #include "tests/unit/testutil.h"
 
 static const char KEY[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -391,6 +395,105 @@ START_TEST(long_folder_names_hashed_state_files)
 }
 END_TEST
 
+/* openssl, quietly, in DIR; the command from FMT. */
+static void
+sh(const char *dir, const char *fmt, ...) ST_PRINTF(2, 3);
+
+static void
+sh(const char *dir, const char *fmt, ...)
+{
+	va_list ap;
+	char *what, *cmd;
+
+	va_start(ap, fmt);
+	what = xvasprintf(fmt, ap);
+	va_end(ap);
+	cmd = xasprintf("cd '%s' && %s >/dev/null 2>&1", dir, what);
+	ck_assert_msg(system(cmd) == 0, "failed: %s", what);
+	free(cmd);
+	free(what);
+}
+
+/* A key and certificate NAME signed by CA (in DIR) with the extensions EXT; its DER bytes. */
+static unsigned char *
+make_cert(const char *dir, const char *ca, const char *name, const char *cn, const char *ext, size_t *len_r)
+{
+	char *extfile = xasprintf("%s/%s.ext", dir, name), *der = xasprintf("%s/%s.der", dir, name);
+	char *text = NULL, *err = NULL;
+	size_t len = 0;
+
+	tu_write(extfile, ext, 0600);
+	sh(dir, "openssl req -newkey rsa:2048 -nodes -subj /CN=%s -keyout %s.key -out %s.csr", cn, name, name);
+	sh(dir, "openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial -days 2 -extfile %s.ext "
+		"-outform DER -out %s.der", name, ca, ca, name, name);
+	ck_assert_int_eq(st_read_file(der, 1 << 20, &text, &len, &err), 0);
+	free(extfile);
+	free(der);
+	*len_r = len;
+	return (unsigned char *)text;
+}
+
+START_TEST(server_certificate_checks)
+{
+	char *dir = tu_mkdtemp(), *ca = xasprintf("%s/ca.pem", dir), *other = xasprintf("%s/other.pem", dir);
+	const char *why;
+	size_t n = 0;
+
+	sh(dir, "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=test CA' -keyout ca.key -out ca.pem");
+	sh(dir, "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=other CA' -keyout other.key "
+		"-out other.pem");
+	static const struct {
+		const char *name, *cn, *ext, *host, *why;	/* why NULL: accepted */
+	} cases[] = {
+		{ "good", "imap.example.com", "subjectAltName = DNS:imap.example.com, IP:192.0.2.7, IP:2001:db8::7\n",
+		  "imap.example.com", NULL },
+		{ "good", NULL, NULL, "192.0.2.7", NULL },
+		{ "good", NULL, NULL, "2001:db8::7", NULL },
+		{ "good", NULL, NULL, "other.example.com", "hostname mismatch" },
+		{ "good", NULL, NULL, "192.0.2.8", "IP address mismatch" },
+		{ "good", NULL, NULL, "", "cannot check the certificate against the endpoint's host name" },
+		/* A whole left-most label is a wildcard; a part of one is not (f*.example.com). */
+		{ "wild", "x", "subjectAltName = DNS:*.example.com\n", "imap.example.com", NULL },
+		{ "wild", NULL, NULL, "a.imap.example.com", "hostname mismatch" },
+		{ "partial", "x", "subjectAltName = DNS:imap*.example.com\n", "imap1.example.com", "hostname mismatch" },
+		/* The CN is never looked at, even without DNS entries. */
+		{ "cn", "imap.example.com", "basicConstraints = CA:FALSE\n", "imap.example.com", "hostname mismatch" },
+		{ "cnip", "192.0.2.7", "basicConstraints = CA:FALSE\n", "192.0.2.7", "IP address mismatch" },
+		/* Not for a TLS server. */
+		{ "client", "imap.example.com", "subjectAltName = DNS:imap.example.com\nextendedKeyUsage = clientAuth\n",
+		  "imap.example.com", "unsuitable certificate purpose" },
+		{ "server", "imap.example.com", "subjectAltName = DNS:imap.example.com\nextendedKeyUsage = serverAuth\n",
+		  "imap.example.com", NULL },
+	};
+	unsigned char *der = NULL;
+
+	for (size_t i = 0; i < ST_ARRAY_SIZE(cases); i++) {
+		if (cases[i].ext != NULL) {
+			free(der);
+			der = make_cert(dir, "ca", cases[i].name, cases[i].cn, cases[i].ext, &n);
+		}
+		int rc = im_tls_check(der, n, ca, cases[i].host, &why);
+		if (cases[i].why == NULL)
+			ck_assert_msg(rc == 0, "%s for %s refused: %s", cases[i].name, cases[i].host, why);
+		else
+			ck_assert_msg(rc < 0 && strcmp(why, cases[i].why) == 0, "%s for %s: %d %s", cases[i].name,
+				      cases[i].host, rc, why ? why : "accepted");
+	}
+	/* Another CA's. */
+	ck_assert_int_lt(im_tls_check(der, n, other, "imap.example.com", &why), 0);
+	ck_assert_str_eq(why, "unable to get local issuer certificate");
+	/* None at all, or garbage. */
+	ck_assert_int_lt(im_tls_check(NULL, 0, ca, "imap.example.com", &why), 0);
+	ck_assert_str_eq(why, "the server sent no certificate");
+	ck_assert_int_lt(im_tls_check((const unsigned char *)"xyz", 3, ca, "imap.example.com", &why), 0);
+	free(der);
+	free(ca);
+	free(other);
+	tu_rmdir(dir);
+	free(dir);
+}
+END_TEST
+
 START_TEST(map_operations)
 {
 	struct im_state st;
@@ -459,6 +562,7 @@ imstate_suite(void)
 	tcase_add_test(tc, map_operations);
 	tcase_add_test(tc, mailbox_names_on_the_wire);
 	tcase_add_test(tc, long_folder_names_hashed_state_files);
+	tcase_add_test(tc, server_certificate_checks);
 	tcase_add_test(tc, dovecot_notice_lines);
 	suite_add_tcase(s, tc);
 	return s;

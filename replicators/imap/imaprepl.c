@@ -786,7 +786,15 @@ worker_main(void *arg)
 				j->u->behind = behind;
 				j->u->messages = tree.messages;
 				j->u->n_folders = tree.folders;
-				note_error(r, j->u, NULL);
+				/*
+				 * Folders refused by name: the rest goes on, the user stays
+				 * in error; logged when it changes, not at every poll.
+				 */
+				if (tree.refused != NULL && (j->u->error == NULL || strcmp(j->u->error, tree.refused) != 0))
+					st_error("%s", tree.refused);
+				else if (tree.refused != NULL)
+					st_debug("%s", tree.refused);
+				note_error(r, j->u, tree.refused);
 				free(j->u->digest);
 				j->u->digest = tree.digest[0] ? xstrdup(tree.digest) : NULL;
 				j->u->digest_ok = true;

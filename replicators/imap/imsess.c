@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <sys/select.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -22,13 +23,12 @@
 
 #include <libetpan/libetpan.h>
 #include <openssl/evp.h>
-#include <openssl/x509.h>
-#include <openssl/x509_vfy.h>
-#include <openssl/x509v3.h>
 
 #include "lib/conf.h"
 #include "lib/log.h"
+#include "replicators/imap/imname.h"
 #include "replicators/imap/imsess.h"
+#include "replicators/imap/imtls.h"
 
 struct im_sess {
 	mailimap *imap;
@@ -97,10 +97,92 @@ fail(struct im_sess *s, int r, const char *fmt, ...)
 		s->error = xasprintf("%s: %s: %s", s->desc, what, etpan_error(r));
 	free(what);
 	if (r == MAILIMAP_ERROR_STREAM || r == MAILIMAP_ERROR_PARSE || r == MAILIMAP_ERROR_PROTOCOL ||
-	    r == MAILIMAP_ERROR_MEMORY)
+	    r == MAILIMAP_ERROR_MEMORY || r == MAILIMAP_ERROR_FATAL)
 		s->broken = true;
 	return -1;
 }
+
+/* -- commands that carry a mailbox name ---------------------------------- */
+
+/*
+ * libetpan writes mailbox names itself with CR and LF as they are (issue
+ * 30): every command that carries one is written by standin instead, the
+ * name through im_mailbox_put (imname.h), and sent and answered here with
+ * libetpan's lower-level calls: its tag, then the command, then its parser
+ * for the answer, which fills imap_response_info (and imap_selection_info
+ * where there is one) as for its own commands.
+ */
+
+/* The longest non-synchronising literal the server takes (RFC 7888). */
+static size_t
+literal_max(const struct im_sess *s)
+{
+	if (im_sess_has(s, "LITERAL+"))
+		return SIZE_MAX;
+	return im_sess_has(s, "LITERAL-") ? 4096 : 0;
+}
+
+/* MAILBOX into CMD, or the session's error (not a broken one) saying why it cannot be sent. */
+static int
+put_name(struct im_sess *s, struct st_buf *cmd, const char *verb, const char *mailbox)
+{
+	const char *why = NULL;
+
+	if (im_mailbox_put(cmd, mailbox, literal_max(s), &why) == 0)
+		return 0;
+	free(s->error);
+	s->error = xasprintf("%s: %s %s not sent: the folder name %s", s->desc, verb, st_q(mailbox), why);
+	return -1;
+}
+
+/* The tag, then LEN bytes of CMD (no CRLF), flushed. */
+static int
+send_tagged(struct im_sess *s, const char *cmd, size_t len)
+{
+	mailstream *fd = s->imap->imap_stream;
+	int r;
+
+	if (fd == NULL)
+		return MAILIMAP_ERROR_STREAM;
+	r = mailimap_send_current_tag(s->imap);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	if (mailstream_write(fd, cmd, len) != (ssize_t)len || mailstream_flush(fd) == -1)
+		return MAILIMAP_ERROR_STREAM;
+	return MAILIMAP_NO_ERROR;
+}
+
+/* Parse the answer from the line already read on: OK, refused (NO) or a libetpan error. */
+static int
+parse_done(struct im_sess *s)
+{
+	struct mailimap_response *resp = NULL;
+	int r = mailimap_parse_response(s->imap, &resp), code;
+
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	code = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+	mailimap_response_free(resp);
+	return code == MAILIMAP_RESP_COND_STATE_OK ? MAILIMAP_NO_ERROR : MAILIMAP_ERROR_CUSTOM_COMMAND;
+}
+
+/* Send CMD (built here: names by put_name) and read its answer. */
+static int
+run_cmd(struct im_sess *s, struct st_buf *cmd)
+{
+	int r;
+
+	st_buf_puts(cmd, "\r\n");
+	r = send_tagged(s, cmd->data, cmd->len);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	if (mailimap_read_line(s->imap) == NULL)
+		return MAILIMAP_ERROR_STREAM;
+	return parse_done(s);
+}
+
+/* The APPENDUID of the last answer: its UIDVALIDITY, and up to N UIDs into UIDS (*GOT_R: how many, N + 1: more). */
+static void appenduid(struct im_sess *s, uint32_t *uidvalidity_r, uint32_t *uids, size_t n, size_t *got_r);
 
 const char *
 im_sess_error(const struct im_sess *s)
@@ -124,9 +206,9 @@ im_sess_has(const struct im_sess *s, const char *capability)
 
 /*
  * Debian's libetpan does TLS with GnuTLS and checks no certificate, so the
- * check is done here, before LOGIN: the server's certificate (libetpan
- * gives the leaf only, so intermediates belong in [imap] ca_file) must
- * chain to ca_file (or the system's CAs) and name the endpoint's host.
+ * check is done here, before LOGIN, by im_tls_check (imtls.h): libetpan
+ * gives the server's certificate only, so intermediates belong in [imap]
+ * ca_file.
  */
 static void
 tls_setup(struct mailstream_ssl_context *ctx, void *data)
@@ -141,49 +223,17 @@ tls_verify(struct im_sess *s)
 {
 	unsigned char *der = NULL;
 	ssize_t n = s->imap->imap_stream ? mailstream_ssl_get_certificate(s->imap->imap_stream, &der) : -1;
-	const unsigned char *p = der;
-	X509 *leaf = n > 0 ? d2i_X509(NULL, &p, (long)n) : NULL;
-	X509_STORE *store = NULL;
-	X509_STORE_CTX *ctx = NULL;
 	const char *why = NULL;
-	int rc = -1;
+	int rc = im_tls_check(der, n > 0 ? (size_t)n : 0, s->login->ca_file, s->login->ep->host, &why);
 
 	free(der);
-	if (leaf == NULL) {
-		why = "the server sent no certificate";
-		goto out;
-	}
-	store = X509_STORE_new();
-	ctx = X509_STORE_CTX_new();
-	if (s->login->ca_file ? X509_STORE_load_file(store, s->login->ca_file) != 1
-			      : X509_STORE_set_default_paths(store) != 1) {
-		why = "cannot load the CA certificates ([imap] ca_file)";
-		goto out;
-	}
-	if (X509_STORE_CTX_init(ctx, store, leaf, NULL) != 1) {
-		why = "out of memory";
-		goto out;
-	}
-	/* An IP address is checked against the certificate's IP entries, a name against its DNS names. */
-	X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(ctx);
-	if (X509_VERIFY_PARAM_set1_ip_asc(param, s->login->ep->host) != 1)
-		X509_VERIFY_PARAM_set1_host(param, s->login->ep->host, 0);
-	if (X509_verify_cert(ctx) != 1) {
-		why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
-		goto out;
-	}
-	rc = 0;
-out:
 	if (rc < 0) {
 		free(s->error);
-		s->error = xasprintf("%s: TLS certificate not accepted: %s (CA file %s)", s->desc,
-				     why ? why : "unknown reason",
+		s->error = xasprintf("%s: TLS certificate not accepted for %s: %s (CA file %s)", s->desc,
+				     st_q(s->login->ep->host), why ? why : "unknown reason",
 				     s->login->ca_file ? s->login->ca_file : "the system's");
 		s->broken = true;
 	}
-	X509_STORE_CTX_free(ctx);
-	X509_STORE_free(store);
-	X509_free(leaf);
 	return rc;
 }
 
@@ -457,47 +507,78 @@ same_mailbox(const char *a, const char *b)
 int
 im_status(struct im_sess *s, const char *mailbox, struct im_status *st)
 {
-	struct mailimap_status_att_list *atts = mailimap_status_att_list_new_empty();
-	struct mailimap_mailbox_data_status *res = NULL;
+	struct mailimap_mailbox_data_status *res;
+	struct st_buf cmd;
 	int r;
 
 	memset(st, 0, sizeof(*st));
-	/* The selected mailbox would be answered from this session's view. */
-	if (s->selected && same_mailbox(s->selected_name, mailbox) && im_unselect(s) < 0) {
-		mailimap_status_att_list_free(atts);
+	st_buf_init(&cmd);
+	st_buf_puts(&cmd, "STATUS ");
+	if (put_name(s, &cmd, "STATUS", mailbox) < 0) {
+		st_buf_free(&cmd);
 		return -1;
 	}
-	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_MESSAGES);
-	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDNEXT);
-	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDVALIDITY);
-	if (mailimap_has_condstore(s->imap))
-		mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
-	r = mailimap_status(s->imap, mailbox, atts, &res);
-	mailimap_status_att_list_free(atts);
+	st_buf_printf(&cmd, " (MESSAGES UIDNEXT UIDVALIDITY%s)",
+		      mailimap_has_condstore(s->imap) ? " HIGHESTMODSEQ" : "");
+	/* The selected mailbox would be answered from this session's view. */
+	if (s->selected && same_mailbox(s->selected_name, mailbox) && im_unselect(s) < 0) {
+		st_buf_free(&cmd);
+		return -1;
+	}
+	r = run_cmd(s, &cmd);
+	st_buf_free(&cmd);
 	if (r != MAILIMAP_NO_ERROR)
-		return fail(s, r, "STATUS \"%s\"", mailbox);
+		return fail(s, r, "STATUS %s", st_q(mailbox));
+	res = s->imap->imap_response_info ? s->imap->imap_response_info->rsp_status : NULL;
+	if (res == NULL)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "STATUS %s gave no STATUS answer", st_q(mailbox));
 	status_from_info(res->st_info_list, st);
-	mailimap_mailbox_data_status_free(res);
 	return 0;
 }
 
 int
 im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_status *st)
 {
+	const char *verb = readonly ? "EXAMINE" : "SELECT";
 	uint64_t modseq = 0;
+	struct st_buf cmd;
 	int r;
 
 	memset(st, 0, sizeof(*st));
+	st_buf_init(&cmd);
+	st_buf_printf(&cmd, "%s ", verb);
+	if (put_name(s, &cmd, verb, mailbox) < 0) {
+		st_buf_free(&cmd);
+		return -1;
+	}
 	if (mailimap_has_condstore(s->imap))
-		r = readonly ? mailimap_examine_condstore(s->imap, mailbox, &modseq)
-			     : mailimap_select_condstore(s->imap, mailbox, &modseq);
-	else
-		r = readonly ? mailimap_examine(s->imap, mailbox) : mailimap_select(s->imap, mailbox);
+		st_buf_puts(&cmd, " (CONDSTORE)");
+	/* libetpan's parser keeps what the answer says of the mailbox here. */
+	if (s->imap->imap_selection_info != NULL)
+		mailimap_selection_info_free(s->imap->imap_selection_info);
+	s->imap->imap_selection_info = mailimap_selection_info_new();
+	r = run_cmd(s, &cmd);
+	st_buf_free(&cmd);
+	for (clistiter *it = r == MAILIMAP_NO_ERROR && s->imap->imap_response_info
+				     ? clist_begin(s->imap->imap_response_info->rsp_extension_list) : NULL;
+	     it; it = clist_next(it)) {
+		struct mailimap_extension_data *ext = clist_content(it);
+		if (ext->ext_extension->ext_id != MAILIMAP_EXTENSION_CONDSTORE ||
+		    ext->ext_type != MAILIMAP_CONDSTORE_TYPE_RESP_TEXT_CODE)
+			continue;
+		struct mailimap_condstore_resptextcode *code = ext->ext_data;
+		modseq = code->cs_type == MAILIMAP_CONDSTORE_RESPTEXTCODE_HIGHESTMODSEQ ? code->cs_data.cs_modseq_value : 0;
+	}
 	s->selected = r == MAILIMAP_NO_ERROR;
+	s->imap->imap_state = s->selected ? MAILIMAP_STATE_SELECTED : MAILIMAP_STATE_AUTHENTICATED;
+	if (!s->selected && s->imap->imap_selection_info != NULL) {
+		mailimap_selection_info_free(s->imap->imap_selection_info);
+		s->imap->imap_selection_info = NULL;
+	}
 	free(s->selected_name);
 	s->selected_name = s->selected ? xstrdup(mailbox) : NULL;
 	if (r != MAILIMAP_NO_ERROR)
-		return fail(s, r, "%s \"%s\"", readonly ? "EXAMINE" : "SELECT", mailbox);
+		return fail(s, r, "%s %s", verb, st_q(mailbox));
 	struct mailimap_selection_info *si = s->imap->imap_selection_info;
 	if (si) {
 		st->uidvalidity = si->sel_uidvalidity;
@@ -506,8 +587,7 @@ im_select(struct im_sess *s, const char *mailbox, bool readonly, struct im_statu
 	}
 	st->highestmodseq = modseq;
 	if (st->uidvalidity == 0)
-		return fail(s, MAILIMAP_ERROR_PROTOCOL, "%s \"%s\" gave no UIDVALIDITY",
-			    readonly ? "EXAMINE" : "SELECT", mailbox);
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "%s %s gave no UIDVALIDITY", verb, st_q(mailbox));
 	return 0;
 }
 
@@ -751,19 +831,6 @@ date_to_epoch(const struct mailimap_date_time *dt, int *zone_r)
 	return (int64_t)timegm(&tm) - off;
 }
 
-static struct mailimap_date_time *
-epoch_to_date(int64_t epoch, int zone)
-{
-	int az = zone < 0 ? -zone : zone;
-	int64_t off = (int64_t)((az / 100) * 3600 + (az % 100) * 60) * (zone < 0 ? -1 : 1);
-	time_t local = (time_t)(epoch + off);
-	struct tm tm;
-
-	gmtime_r(&local, &tm);
-	return mailimap_date_time_new(tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-				      tm.tm_sec, zone);
-}
-
 void
 im_msgs_free(struct im_msgs *m)
 {
@@ -954,27 +1021,6 @@ im_vanished(struct im_sess *s, uint64_t modseq, uint32_t uidnext, struct im_uids
 
 /* -- changing ----------------------------------------------------------- */
 
-int
-im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m, uint32_t *uidvalidity_r,
-	  uint32_t *uid_r)
-{
-	struct mailimap_flag_list *fl = flag_list_from(m->flags);
-	struct mailimap_date_time *dt = epoch_to_date(m->date, m->zone);
-	uint32_t validity = 0, uid = 0;
-	int r = mailimap_uidplus_append(s->imap, mailbox, fl, dt, m->body, m->body_len, &validity, &uid);
-
-	mailimap_flag_list_free(fl);
-	mailimap_date_time_free(dt);
-	if (r != MAILIMAP_NO_ERROR)
-		return fail(s, r, "APPEND to \"%s\" (%zu bytes)", mailbox, m->body_len);
-	if (uid == 0)
-		return fail(s, MAILIMAP_ERROR_PROTOCOL, "APPEND to \"%s\" gave no APPENDUID (the server "
-			    "needs UIDPLUS)", mailbox);
-	*uidvalidity_r = validity;
-	*uid_r = uid;
-	return 0;
-}
-
 /* An IMAP atom as a flag: "\\Seen", "$Label1"; nothing that needs quoting. */
 static bool
 flag_is_atom(const char *t, size_t len)
@@ -1000,26 +1046,85 @@ flags_are_atoms(const char *flags)
 	return true;
 }
 
-/* MAILBOX as an astring: quoted when it can be, else a LITERAL+ literal. */
-static void
-astring_to_buf(struct st_buf *b, const char *mailbox)
-{
-	bool quotable = true;
+static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+				     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
 
-	for (const unsigned char *p = (const unsigned char *)mailbox; *p; p++)
-		if (*p < ' ' || *p >= 0x7f)
-			quotable = false;
-	if (!quotable) {
-		st_buf_printf(b, "{%zu+}\r\n%s", strlen(mailbox), mailbox);
-		return;
+/* " (FLAGS) \"INTERNALDATE\"" of M for an APPEND: its atoms, without \Recent. */
+static void
+flags_date_to_buf(struct st_buf *b, const struct im_msg *m)
+{
+	int zone = m->zone, az = zone < 0 ? -zone : zone;
+	int64_t off = (int64_t)((az / 100) * 3600 + (az % 100) * 60) * (zone < 0 ? -1 : 1);
+	time_t local = (time_t)(m->date + off);
+	bool first = true;
+	struct tm tm;
+
+	gmtime_r(&local, &tm);
+	st_buf_puts(b, " (");
+	for (const char *p = m->flags ? m->flags : ""; *p;) {
+		size_t len = strcspn(p, " ");
+		if (len > 0 && flag_is_atom(p, len) && !(len == 7 && strncasecmp(p, "\\Recent", 7) == 0)) {
+			if (!first)
+				st_buf_puts(b, " ");
+			st_buf_append(b, p, len);
+			first = false;
+		}
+		p += len;
+		p += strspn(p, " ");
 	}
-	st_buf_puts(b, "\"");
-	for (const char *p = mailbox; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			st_buf_puts(b, "\\");
-		st_buf_append(b, p, 1);
+	st_buf_printf(b, ") \"%02d-%s-%04d %02d:%02d:%02d %c%04d\"", tm.tm_mday, months[tm.tm_mon],
+		      tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, zone < 0 ? '-' : '+', az);
+}
+
+/*
+ * One APPEND, written here (the mailbox name by put_name) with a
+ * synchronising literal for the message: the server's "+" first, then the
+ * message with bare LFs made CRLF, as libetpan's own APPEND sends it.
+ */
+int
+im_append(struct im_sess *s, const char *mailbox, const struct im_msg *m, uint32_t *uidvalidity_r,
+	  uint32_t *uid_r)
+{
+	mailstream *fd = s->imap->imap_stream;
+	struct st_buf cmd;
+	uint32_t validity = 0, uid = 0;
+	size_t got = 0;
+	int r;
+
+	st_buf_init(&cmd);
+	st_buf_puts(&cmd, "APPEND ");
+	if (put_name(s, &cmd, "APPEND to", mailbox) < 0) {
+		st_buf_free(&cmd);
+		return -1;
 	}
-	st_buf_puts(b, "\"");
+	flags_date_to_buf(&cmd, m);
+	st_buf_printf(&cmd, " {%zu}\r\n", mailstream_get_data_crlf_size(m->body, m->body_len));
+	r = send_tagged(s, cmd.data, cmd.len);
+	st_buf_free(&cmd);
+	if (r == MAILIMAP_NO_ERROR && mailimap_read_line(s->imap) == NULL)
+		r = MAILIMAP_ERROR_STREAM;
+	if (r == MAILIMAP_NO_ERROR && s->imap->imap_stream_buffer->str[0] != '+') {
+		/* No go-ahead: the answer (NO or BAD) is in the line read. */
+		r = parse_done(s);
+		if (r == MAILIMAP_NO_ERROR)
+			r = MAILIMAP_ERROR_PROTOCOL;
+	} else if (r == MAILIMAP_NO_ERROR) {
+		if (mailstream_send_data_crlf(fd, m->body, m->body_len, 0, NULL) < 0 ||
+		    mailstream_write(fd, "\r\n", 2) != 2 || mailstream_flush(fd) == -1 ||
+		    mailimap_read_line(s->imap) == NULL)
+			r = MAILIMAP_ERROR_STREAM;
+		else
+			r = parse_done(s);
+	}
+	if (r != MAILIMAP_NO_ERROR)
+		return fail(s, r, "APPEND to %s (%zu bytes)", st_q(mailbox), m->body_len);
+	appenduid(s, &validity, &uid, 1, &got);
+	if (got != 1 || uid == 0)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "APPEND to %s gave no APPENDUID (the server "
+			    "needs UIDPLUS)", st_q(mailbox));
+	*uidvalidity_r = validity;
+	*uid_r = uid;
+	return 0;
 }
 
 static void
@@ -1047,8 +1152,6 @@ int
 im_append_many(struct im_sess *s, const char *mailbox, const struct im_msg *v, size_t n,
 	       uint32_t *uidvalidity_r, uint32_t *uids_r)
 {
-	static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-					"Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
 	struct st_buf cmd;
 	uint64_t bytes = 0;
 	size_t got = 0;
@@ -1063,60 +1166,51 @@ im_append_many(struct im_sess *s, const char *mailbox, const struct im_msg *v, s
 	}
 	st_buf_init(&cmd);
 	st_buf_puts(&cmd, "APPEND ");
-	astring_to_buf(&cmd, mailbox);
-	for (size_t i = 0; i < n; i++) {
-		const struct im_msg *m = &v[i];
-		int zone = m->zone, az = zone < 0 ? -zone : zone;
-		int64_t off = (int64_t)((az / 100) * 3600 + (az % 100) * 60) * (zone < 0 ? -1 : 1);
-		time_t local = (time_t)(m->date + off);
-		struct tm tm;
-
-		gmtime_r(&local, &tm);
-		st_buf_puts(&cmd, " (");
-		for (const char *p = m->flags ? m->flags : ""; *p;) {
-			size_t len = strcspn(p, " ");
-			if (len > 0 && !(len == 7 && strncasecmp(p, "\\Recent", 7) == 0)) {
-				if (cmd.data[cmd.len - 1] != '(')
-					st_buf_puts(&cmd, " ");
-				st_buf_append(&cmd, p, len);
-			}
-			p += len;
-			p += strspn(p, " ");
-		}
-		st_buf_printf(&cmd, ") \"%02d-%s-%04d %02d:%02d:%02d %c%04d\" {%zu+}\r\n", tm.tm_mday,
-			      months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
-			      zone < 0 ? '-' : '+', az, m->body_len);
-		st_buf_append(&cmd, m->body, m->body_len);
+	if (put_name(s, &cmd, "APPEND to", mailbox) < 0) {
+		st_buf_free(&cmd);
+		return -1;
 	}
-	/* libetpan sends "TAG " CMD " " CRLF: the space at the end is harmless. */
-	r = mailimap_custom_command(s->imap, cmd.data);
+	for (size_t i = 0; i < n; i++) {
+		flags_date_to_buf(&cmd, &v[i]);
+		st_buf_printf(&cmd, " {%zu+}\r\n", v[i].body_len);
+		st_buf_append(&cmd, v[i].body, v[i].body_len);
+	}
+	r = run_cmd(s, &cmd);
 	st_buf_free(&cmd);
 	if (r == MAILIMAP_ERROR_CUSTOM_COMMAND) {
 		/* NO or BAD: RFC 3502 says nothing was stored. */
-		st_warn("%s: MULTIAPPEND of %zu messages to \"%s\" refused (server said: %s); appending one "
-			"by one from now on", s->desc, n, mailbox,
+		st_warn("%s: MULTIAPPEND of %zu messages to %s refused (server said: %s); appending one "
+			"by one from now on", s->desc, n, st_q(mailbox),
 			s->imap->imap_response ? s->imap->imap_response : "nothing");
 		s->no_multiappend = true;
 		return 1;
 	}
 	if (r != MAILIMAP_NO_ERROR)
-		return fail(s, r, "APPEND of %zu messages to \"%s\" (%" PRIu64 " bytes)", n, mailbox, bytes);
+		return fail(s, r, "APPEND of %zu messages to %s (%" PRIu64 " bytes)", n, st_q(mailbox), bytes);
+	appenduid(s, uidvalidity_r, uids_r, n, &got);
+	if (got != n)
+		return fail(s, MAILIMAP_ERROR_PROTOCOL, "APPEND of %zu messages to %s gave %s APPENDUID "
+			    "(the server needs UIDPLUS)", n, st_q(mailbox), got == 0 ? "no" : "a wrong");
+	return 0;
+}
+
+static void
+appenduid(struct im_sess *s, uint32_t *uidvalidity_r, uint32_t *uids, size_t n, size_t *got_r)
+{
 	*uidvalidity_r = 0;
-	for (clistiter *it = clist_begin(s->imap->imap_response_info->rsp_extension_list); it;
-	     it = clist_next(it)) {
+	*got_r = 0;
+	for (clistiter *it = s->imap->imap_response_info ? clist_begin(s->imap->imap_response_info->rsp_extension_list)
+							   : NULL;
+	     it; it = clist_next(it)) {
 		struct mailimap_extension_data *ext = clist_content(it);
 		if (ext->ext_extension != &mailimap_extension_uidplus || ext->ext_type != MAILIMAP_UIDPLUS_RESP_CODE_APND)
 			continue;
 		const struct mailimap_uidplus_resp_code_apnd *apnd = ext->ext_data;
 		*uidvalidity_r = apnd->uid_uidvalidity;
 		if (apnd->uid_set)
-			uids_from_set(apnd->uid_set, uids_r, n, &got);
+			uids_from_set(apnd->uid_set, uids, n, got_r);
 		break;
 	}
-	if (got != n)
-		return fail(s, MAILIMAP_ERROR_PROTOCOL, "APPEND of %zu messages to \"%s\" gave %s APPENDUID "
-			    "(the server needs UIDPLUS)", n, mailbox, got == 0 ? "no" : "a wrong");
-	return 0;
 }
 
 int
@@ -1157,53 +1251,75 @@ im_expunge_uids(struct im_sess *s, const uint32_t *uids, size_t n)
 	return 0;
 }
 
+/* VERB NAME [NAME2] [TAIL], the names written by put_name. */
+static int
+name_cmd(struct im_sess *s, const char *verb, const char *name, const char *name2, const char *tail)
+{
+	struct st_buf cmd;
+	int r;
+
+	st_buf_init(&cmd);
+	st_buf_printf(&cmd, "%s ", verb);
+	if (put_name(s, &cmd, verb, name) < 0) {
+		st_buf_free(&cmd);
+		return -1;
+	}
+	if (name2 != NULL) {
+		st_buf_puts(&cmd, " ");
+		if (put_name(s, &cmd, verb, name2) < 0) {
+			st_buf_free(&cmd);
+			return -1;
+		}
+	}
+	if (tail != NULL)
+		st_buf_printf(&cmd, " %s", tail);
+	r = run_cmd(s, &cmd);
+	st_buf_free(&cmd);
+	if (r == MAILIMAP_NO_ERROR)
+		return 0;
+	if (name2 != NULL)
+		return fail(s, r, "%s %s %s", verb, st_q(name), st_q(name2));
+	return fail(s, r, "%s %s%s%s", verb, st_q(name), tail ? " " : "", tail ? tail : "");
+}
+
 int
 im_create(struct im_sess *s, const char *mailbox)
 {
-	int r = mailimap_create(s->imap, mailbox);
-	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "CREATE \"%s\"", mailbox);
+	return name_cmd(s, "CREATE", mailbox, NULL, NULL);
 }
 
 int
 im_create_special(struct im_sess *s, const char *mailbox, const char *special, bool *set_r)
 {
-	struct st_buf cmd;
 	int r;
 
 	*set_r = false;
 	if (special == NULL || !im_sess_has(s, "CREATE-SPECIAL-USE") || !flags_are_atoms(special))
 		return im_create(s, mailbox);
-	st_buf_init(&cmd);
-	st_buf_puts(&cmd, "CREATE ");
-	astring_to_buf(&cmd, mailbox);
-	st_buf_printf(&cmd, " (USE (%s))", special);
-	r = mailimap_custom_command(s->imap, cmd.data);
-	st_buf_free(&cmd);
-	if (r != MAILIMAP_NO_ERROR)
-		return fail(s, r, "CREATE \"%s\" (USE (%s))", mailbox, special);
-	*set_r = true;
-	return 0;
+	char *tail = xasprintf("(USE (%s))", special);
+	r = name_cmd(s, "CREATE", mailbox, NULL, tail);
+	free(tail);
+	if (r == 0)
+		*set_r = true;
+	return r;
 }
 
 int
 im_delete(struct im_sess *s, const char *mailbox)
 {
-	int r = mailimap_delete(s->imap, mailbox);
-	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "DELETE \"%s\"", mailbox);
+	return name_cmd(s, "DELETE", mailbox, NULL, NULL);
 }
 
 int
 im_rename(struct im_sess *s, const char *from, const char *to)
 {
-	int r = mailimap_rename(s->imap, from, to);
-	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "RENAME \"%s\" \"%s\"", from, to);
+	return name_cmd(s, "RENAME", from, to, NULL);
 }
 
 int
 im_subscribe(struct im_sess *s, const char *mailbox, bool on)
 {
-	int r = on ? mailimap_subscribe(s->imap, mailbox) : mailimap_unsubscribe(s->imap, mailbox);
-	return r == MAILIMAP_NO_ERROR ? 0 : fail(s, r, "%s \"%s\"", on ? "SUBSCRIBE" : "UNSUBSCRIBE", mailbox);
+	return name_cmd(s, on ? "SUBSCRIBE" : "UNSUBSCRIBE", mailbox, NULL, NULL);
 }
 
 /* -- IDLE --------------------------------------------------------------- */

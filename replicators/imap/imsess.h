@@ -5,6 +5,13 @@
  * pipeline), bounded by the session's timeout, and returns 0 or -1 with
  * im_sess_error() naming the server, the user, the command and the
  * server's answer.  Used from worker threads, one session per thread.
+ *
+ * Every command that carries a mailbox name (STATUS, SELECT, EXAMINE,
+ * APPEND, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE) is written by
+ * standin, the name quoted or sent as a literal by im_mailbox_put
+ * (imname.h), never by libetpan; a name that cannot be sent (CR or LF in
+ * it) fails the call with an error that says so, and the session stays
+ * usable.  LIST and LSUB carry only the constant pattern "" "*".
  */
 #ifndef STANDIN_IMSESS_H
 #define STANDIN_IMSESS_H

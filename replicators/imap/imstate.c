@@ -14,11 +14,14 @@
 #include <unistd.h>
 
 #include "lib/durable.h"
+#include "replicators/imap/imname.h"
 #include "replicators/imap/imstate.h"
 
 #define STATE_MAGIC "standin-imaprepl-folder 1"
 #define STATE_MAX (256u << 20)
 #define LINE_MAX_LEN 512
+/* A state file's lines: the "name" line holds up to IM_MAILBOX_MAX bytes in hex. */
+#define STATE_LINE_MAX (2 * IM_MAILBOX_MAX + 16)
 
 void
 im_state_init(struct im_state *st)
@@ -33,6 +36,7 @@ im_state_free(struct im_state *st)
 	if (st->jfd >= 0)
 		close(st->jfd);
 	free(st->src_node);
+	free(st->name);
 	free(st->map);
 	free(st->intents);
 	free(st->path);
@@ -302,16 +306,16 @@ apply_record(struct im_state *st, const char *line)
 }
 
 /*
- * Split TEXT into lines and call FN on each; a last line without a newline
- * is given to FN only when LAST_COMPLETE.  Returns the failing line number
+ * Split TEXT into lines of at most MAX bytes and call FN on each; a last
+ * line without a newline is given to FN only when LAST_COMPLETE.  Returns the failing line number
  * (1-based) or 0.
  */
 static size_t
-for_lines(const char *text, size_t len, bool last_complete, void *ctx,
+for_lines(const char *text, size_t len, bool last_complete, size_t max, void *ctx,
 	  int (*fn)(void *ctx, const char *line, size_t lineno))
 {
-	size_t lineno = 0, pos = 0;
-	char buf[LINE_MAX_LEN + 1];
+	size_t lineno = 0, pos = 0, bad = 0;
+	char *buf = xmalloc(max + 1);
 
 	while (pos < len) {
 		const char *nl = memchr(text + pos, '\n', len - pos);
@@ -320,15 +324,20 @@ for_lines(const char *text, size_t len, bool last_complete, void *ctx,
 		lineno++;
 		if (!nl && !last_complete)
 			break;
-		if (n > LINE_MAX_LEN || memchr(text + pos, '\0', n) != NULL)
-			return lineno;
+		if (n > max || memchr(text + pos, '\0', n) != NULL) {
+			bad = lineno;
+			break;
+		}
 		memcpy(buf, text + pos, n);
 		buf[n] = '\0';
-		if (fn(ctx, buf, lineno) < 0)
-			return lineno;
+		if (fn(ctx, buf, lineno) < 0) {
+			bad = lineno;
+			break;
+		}
 		pos += n + (nl ? 1 : 0);
 	}
-	return 0;
+	free(buf);
+	return bad;
 }
 
 struct parse_ctx {
@@ -336,6 +345,7 @@ struct parse_ctx {
 	int section;		/* 0 header, 1 map, 2 intents, 3 after end */
 	uint64_t map_left;
 	bool saw_end;
+	bool saw_name;
 };
 
 static int
@@ -350,6 +360,8 @@ parse_line(void *ctx_, const char *line, size_t lineno)
 		return -1;
 	if (lineno == 1)
 		return strcmp(line, STATE_MAGIC) == 0 ? 0 : -1;
+	if (ctx->section != 1 && strlen(line) > LINE_MAX_LEN && !st_str_has_prefix(line, "name "))
+		return -1;
 	if (ctx->section == 1) {
 		uint32_t a, b;
 
@@ -368,6 +380,18 @@ parse_line(void *ctx_, const char *line, size_t lineno)
 		if (*p == '\0' || strchr(p, ' ') != NULL || st->src_node != NULL)
 			return -1;
 		st->src_node = xstrdup(p);
+		return 0;
+	}
+	if (st_str_has_prefix(line, "name ")) {
+		char *name = im_name_unhex(line + 5);
+		bool same = name != NULL && (st->name == NULL || strcmp(st->name, name) == 0);
+		if (!same || ctx->saw_name) {
+			free(name);
+			return -1;
+		}
+		free(st->name);
+		st->name = name;
+		ctx->saw_name = true;
 		return 0;
 	}
 	if (st_str_has_prefix(line, "uidvalidity ")) {
@@ -407,7 +431,7 @@ int
 im_state_parse(struct im_state *st, const char *text, size_t len, char **error_r)
 {
 	struct parse_ctx ctx = { .st = st };
-	size_t bad = for_lines(text, len, true, &ctx, parse_line);
+	size_t bad = for_lines(text, len, true, STATE_LINE_MAX, &ctx, parse_line);
 
 	if (bad == 0 && (!ctx.saw_end || ctx.section == 1))
 		bad = (size_t)-1;
@@ -431,7 +455,7 @@ replay_line(void *ctx, const char *line, size_t lineno)
 int
 im_state_replay(struct im_state *st, const char *text, size_t len, char **error_r)
 {
-	size_t bad = for_lines(text, len, false, st, replay_line);
+	size_t bad = for_lines(text, len, false, LINE_MAX_LEN, st, replay_line);
 
 	if (bad != 0) {
 		st_set_error(error_r, "journal line %zu is not valid", bad);
@@ -449,6 +473,11 @@ im_state_format(const struct im_state *st, size_t *len_r)
 	st_buf_printf(&b, "%s\n", STATE_MAGIC);
 	if (st->src_node)
 		st_buf_printf(&b, "src %s\n", st->src_node);
+	if (st->name) {
+		char *hex = im_name_hex(st->name);
+		st_buf_printf(&b, "name %s\n", hex);
+		free(hex);
+	}
 	st_buf_printf(&b, "uidvalidity %" PRIu32 " %" PRIu32 "\nuidnext %" PRIu32 "\nmodseq %" PRIu64 "\n",
 		      st->src_uidvalidity, st->tgt_uidvalidity, st->src_uidnext, st->src_modseq);
 	st_buf_printf(&b, "map %zu\n", st->n_map);

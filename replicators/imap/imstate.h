@@ -6,7 +6,9 @@
  * which flags are applied, the map source UID -> target UID, and the
  * pending intents: the messages of the APPEND batch in progress.
  *
- * It lives in two files: NAME.state, rewritten whole (st_durable_write) at
+ * It lives in two files (NAME from imname.h: the folder name's hex, or for
+ * a long name the hex of its SHA-256, the name then kept in the state file
+ * on a "name HEX" line): NAME.state, rewritten whole (st_durable_write) at
  * the end of a folder pass, and NAME.journal, appended one line per change
  * and fdatasync'd at the points that matter (before an APPEND batch, after
  * its APPENDUIDs).  Loading reads the state file and replays the journal;
@@ -48,6 +50,7 @@ struct im_intent {
 
 struct im_state {
 	char *src_node;		/* the node the "src" side refers to */
+	char *name;		/* the folder's name, kept in a hashed state file (imname.h); else NULL */
 	uint32_t src_uidvalidity, tgt_uidvalidity;
 	uint32_t src_uidnext;
 	uint64_t src_modseq;
@@ -89,7 +92,10 @@ char *im_state_format(const struct im_state *st, size_t *len_r);
 
 /*
  * Open PATH.state and PATH.journal (creating neither if absent: an absent
- * state is an empty one), load and replay them.  NODE is the current
+ * state is an empty one), load and replay them.  A state file may name its
+ * folder ("name HEX", written for ST->name): where ST->name is set before
+ * the load, a file naming another folder is an error; where it is not, it
+ * is taken from the file.  NODE is the current
  * source node: a state written for the other direction is turned around
  * (see im_state_reverse).  Returns 0 or -1 with a message.
  */

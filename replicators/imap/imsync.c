@@ -41,6 +41,7 @@
 
 #include "lib/durable.h"
 #include "lib/log.h"
+#include "replicators/imap/imname.h"
 #include "replicators/imap/imsync.h"
 
 #define BATCH_MSGS 64
@@ -53,13 +54,14 @@ im_tree_free(struct im_tree *t)
 	for (size_t i = 0; i < t->n; i++)
 		free(t->v[i].folder);
 	free(t->v);
+	free(t->refused);
 	memset(t, 0, sizeof(*t));
 }
 
 char *
 im_state_path(const char *root, const char *user, const char *folder)
 {
-	char *u = im_name_hex(user), *f = folder ? im_name_hex(folder) : NULL;
+	char *u = im_state_dir_name(user), *f = folder ? im_state_file_name(folder) : NULL;
 	char *p = f ? xasprintf("%s/%s/%s", root, u, f) : xasprintf("%s/%s", root, u);
 
 	free(u);
@@ -710,6 +712,9 @@ folder_pass(struct pass *p)
 
 	rc = st_mkdir_p(dir, 0700, &err);
 	free(dir);
+	/* A hashed state file keeps the folder's name, and must be this folder's. */
+	if (im_state_file_hashed(p->folder))
+		p->st.name = xstrdup(p->folder);
 	if (rc == 0)
 		rc = im_state_load(&p->st, path, p->env->src_node, &err);
 	free(path);
@@ -899,7 +904,7 @@ im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, c
 /* -- the folder tree ----------------------------------------------------- */
 
 struct known {
-	char *name;		/* folder name (from the state file's name) */
+	char *name;		/* folder name (from the state file's name, or from inside a hashed one) */
 	uint32_t src_uidvalidity, tgt_uidvalidity;
 	uint32_t src_uidnext;
 	uint64_t src_modseq;
@@ -913,6 +918,17 @@ known_free(struct known *k, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(k[i].name);
 	free(k);
+}
+
+/* Whether FILE (no suffix) is the state file name of folder NAME. */
+static bool
+name_is_file(const char *name, const char *file)
+{
+	char *f = im_state_file_name(name);
+	bool same = strcmp(f, file) == 0;
+
+	free(f);
+	return same;
 }
 
 static int
@@ -934,8 +950,11 @@ load_known(const struct im_env *env, const char *user, struct known **out, size_
 		size_t len = strlen(e->d_name);
 		if (len < 7 || strcmp(e->d_name + len - 6, ".state") != 0)
 			continue;
+		/* "x" and the name in hex, or "h" and its SHA-256 with the name inside (imname.h). */
 		char *hex = xstrndup(e->d_name, len - 6), *name = im_name_unhex(hex);
-		if (name == NULL) {
+		bool hashed = hex[0] == 'h' && len - 6 == 1 + IM_DIGEST_HEX - 1 &&
+			      strspn(hex + 1, "0123456789abcdef") == IM_DIGEST_HEX - 1;
+		if (name == NULL && !hashed) {
 			free(hex);
 			continue;
 		}
@@ -946,7 +965,16 @@ load_known(const struct im_env *env, const char *user, struct known **out, size_
 			st_set_error(error_r, "user %s: %s", st_q(user), err);
 			free(err);
 			rc = -1;
+		} else if (hashed && (st.name == NULL || !name_is_file(st.name, hex))) {
+			st_set_error(error_r, "user %s: %s.state names no folder, or another folder than its "
+				     "file name says (remove it: the folder is paired by content again)",
+				     st_q(user), path);
+			rc = -1;
 		} else {
+			if (hashed) {
+				name = st.name;
+				st.name = NULL;
+			}
 			if (n == cap) {
 				cap = cap ? 2 * cap : 16;
 				v = xrealloc(v, cap * sizeof(*v));
@@ -1030,12 +1058,58 @@ cmp_depth_desc(const void *a, const void *b)
 	return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/*
+ * A state file that keeps its folder's name (a hashed one, imname.h) cannot
+ * be renamed: FROM's state is loaded (its journal replayed), written for TO
+ * (a stale journal of TO removed first), and FROM's files removed.  A
+ * crash in between leaves both, and FROM's is dropped by the next tree
+ * pass as a folder gone from the master and the standby.
+ */
+static int
+rewrite_state(const struct im_env *env, const char *user, const char *from, const char *to, const char *a,
+	      const char *b, char **error_r)
+{
+	struct im_state st;
+	char *bs = xasprintf("%s.state", b), *bj = xasprintf("%s.journal", b), *text = NULL;
+	size_t len;
+	int rc = -1;
+
+	im_state_init(&st);
+	if (im_state_file_hashed(from))
+		st.name = xstrdup(from);
+	if (im_state_load(&st, a, env->src_node, error_r) < 0)
+		goto out;
+	free(st.name);
+	st.name = im_state_file_hashed(to) ? xstrdup(to) : NULL;
+	text = im_state_format(&st, &len);
+	if (unlink(bj) < 0 && errno != ENOENT) {
+		st_set_error(error_r, "cannot remove %s: %s", bj, strerror(errno));
+		goto out;
+	}
+	if (st_durable_write(bs, text, len, 0600, error_r) < 0 || im_state_remove(a, error_r) < 0)
+		goto out;
+	st_debug("user %s: state of folder %s now kept as %s", st_q(user), st_q(to), bs);
+	rc = 0;
+out:
+	free(text);
+	free(bs);
+	free(bj);
+	im_state_free(&st);
+	return rc;
+}
+
 static int
 rename_state(const struct im_env *env, const char *user, const char *from, const char *to, char **error_r)
 {
 	char *a = im_state_path(env->state_root, user, from), *b = im_state_path(env->state_root, user, to);
 	int rc = 0;
 
+	if (im_state_file_hashed(from) || im_state_file_hashed(to)) {
+		rc = rewrite_state(env, user, from, to, a, b, error_r);
+		free(a);
+		free(b);
+		return rc;
+	}
 	for (int i = 0; i < 2 && rc == 0; i++) {
 		const char *suffix = i == 0 ? ".journal" : ".state";
 		char *x = xasprintf("%s%s", a, suffix), *y = xasprintf("%s%s", b, suffix);
@@ -1202,6 +1276,34 @@ out:
 	return rc;
 }
 
+/*
+ * Drop from F the folders whose names cannot be sent (imname.h); with
+ * REFUSED, say which and why there (the master's folders: they are not
+ * replicated).  The standby's are only left alone.
+ */
+static void
+drop_refused(struct im_folders *f, const char *user, const char *what, struct st_buf *refused)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < f->n; i++) {
+		const char *why = im_mailbox_refusal(f->v[i].name);
+		if (why == NULL) {
+			f->v[o++] = f->v[i];
+			continue;
+		}
+		if (refused != NULL)
+			st_buf_printf(refused, "%suser %s folder %s on the master is not replicated: its name %s",
+				      refused->len ? "; " : "", st_q(user), st_q(f->v[i].name), why);
+		else
+			st_debug("user %s: %s %s left alone: its name %s", st_q(user), what,
+				 st_q(f->v[i].name), why);
+		free(f->v[i].name);
+		free(f->v[i].special);
+	}
+	f->n = o;
+}
+
 static int
 tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, const char *user,
 	  struct im_tree *out, char **error_r)
@@ -1226,6 +1328,26 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 	}
 	if (load_known(env, user, &known, &n_known, &err) < 0)
 		goto out;
+	/* Names no command may carry: said for the master's folders, which are not replicated. */
+	struct st_buf refused;
+	st_buf_init(&refused);
+	drop_refused(&sl, user, "folder", &refused);
+	drop_refused(&ss, user, "the master's subscription to", NULL);
+	drop_refused(&tl, user, "the standby's folder", NULL);
+	drop_refused(&ts, user, "the standby's subscription to", NULL);
+	for (size_t k = 0; k < n_known;) {
+		if (im_mailbox_refusal(known[k].name) == NULL) {
+			k++;
+			continue;
+		}
+		st_warn("user %s: a state is kept for folder %s, whose name no command may carry; ignored",
+			st_q(user), st_q(known[k].name));
+		free(known[k].name);
+		known[k] = known[--n_known];
+	}
+	if (refused.len > 0)
+		out->refused = st_buf_steal(&refused);
+	st_buf_free(&refused);
 
 	/* STATUS of every selectable source folder. */
 	stat = xcalloc(sl.n + 1, sizeof(*stat));
@@ -1244,8 +1366,11 @@ tree_pass(const struct im_env *env, struct im_sess *src, struct im_sess *tgt, co
 		}
 	}
 
-	/* What a later quick check compares with, once everything listed is copied. */
-	if (!listing_digest(&sl, &ss, stat, out->digest))
+	/*
+	 * What a later quick check compares with, once everything listed is
+	 * copied; none while a folder is refused, so that every pass says so.
+	 */
+	if (!listing_digest(&sl, &ss, stat, out->digest) || out->refused != NULL)
 		out->digest[0] = '\0';
 
 	/* Folders gone from the source: renamed, or deleted. */

@@ -43,6 +43,7 @@ struct im_tree {
 	size_t folders;			/* selectable folders on the source */
 	bool unchanged;			/* the quick check found the saved listing: V is empty */
 	char digest[IM_DIGEST_HEX];	/* the source's listing digest ("": unusable) */
+	char *refused;			/* the master's folders whose names cannot be sent, and why; NULL: none */
 };
 void im_tree_free(struct im_tree *t);
 
@@ -66,7 +67,8 @@ void im_conns_close(struct im_conns *c);
 /*
  * Mirror USER's folder tree and subscriptions, then STATUS every source
  * folder: OUT lists them, with changed set where the folder's state says a
- * folder pass is due.  Returns 0 or -1 with a message naming the server,
+ * folder pass is due.  A master's folder whose name no command may carry
+ * (imname.h) is left out and named in out->refused: the rest is done.  Returns 0 or -1 with a message naming the server,
  * user and folder.
  *
  * With QUICK, first the quick check: on the master's session only, LIST,
@@ -90,7 +92,7 @@ int im_listing_save(const struct im_env *env, const char *user, const char *dige
 int im_sync_folder(const struct im_env *env, struct im_conns *c, const char *user, const char *folder,
 		   char **error_r) ST_WARN_UNUSED;
 
-/* STATE_ROOT/USERHEX/FOLDERHEX, without suffix. */
+/* STATE_ROOT/USERDIR/FOLDERFILE, without suffix (imname.h). */
 char *im_state_path(const char *root, const char *user, const char *folder);
 
 #endif

@@ -1,13 +1,21 @@
 /*
  * test-imstate: standin-imaprepl's durable folder state (imstate.c): the
  * state file, the journal and its torn last line, a crash between the
- * checkpoint and the journal truncation, the reverse direction, names.
+ * checkpoint and the journal truncation, the reverse direction, names;
+ * mailbox names on the wire and long folder names' state files (imname.c);
+ * the server certificate check (imtls.c) on certificates made with openssl.
  */
 #include "config.h"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
 
+#include "lib/durable.h"
+#include "replicators/imap/imname.h"
 #include "replicators/imap/imstate.h"
+#include "replicators/imap/imtls.h"
 #include "tests/unit/testutil.h"
 
 static const char KEY[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -244,6 +252,248 @@ START_TEST(names_and_keys)
 }
 END_TEST
 
+/* What im_mailbox_put writes for NAME (NULL: refused, *WHY_R says why). */
+static char *
+put(const char *name, size_t literal_max, const char **why_r)
+{
+	struct st_buf b;
+	char *out = NULL;
+
+	st_buf_init(&b);
+	st_buf_puts(&b, "");
+	*why_r = NULL;
+	if (im_mailbox_put(&b, name, literal_max, why_r) == 0)
+		out = st_buf_steal(&b);
+	else
+		ck_assert_uint_eq(b.len, 0);
+	st_buf_free(&b);
+	return out;
+}
+
+START_TEST(mailbox_names_on_the_wire)
+{
+	static const struct {
+		const char *name, *wire;
+	} ok[] = {
+		{ "INBOX", "\"INBOX\"" },
+		{ "", "\"\"" },
+		{ "Say \"hi\" \\ there", "\"Say \\\"hi\\\" \\\\ there\"" },
+		{ "{5}", "\"{5}\"" },
+		{ "a) (b %*", "\"a) (b %*\"" },
+		{ "Entw&APw-rfe", "\"Entw&APw-rfe\"" },
+		/* 8-bit and control characters: a non-synchronising literal. */
+		{ "Entw\xc3\xbcrfe", "{9+}\r\nEntw\xc3\xbcrfe" },
+		{ "tab\there", "{8+}\r\ntab\there" },
+	};
+	const char *why;
+
+	for (size_t i = 0; i < ST_ARRAY_SIZE(ok); i++) {
+		char *w = put(ok[i].name, SIZE_MAX, &why);
+		ck_assert_msg(w != NULL, "%s refused: %s", ok[i].name, why);
+		ck_assert_str_eq(w, ok[i].wire);
+		ck_assert_ptr_null(im_mailbox_refusal(ok[i].name));
+		free(w);
+	}
+	/* The captured injection, and CR or LF alone: refused, whatever the server takes. */
+	static const char *const bad[] = { "foo\r\nX1 DELETE INBOX\r\n", "a\rb", "a\nb", "\r\n", "x\n" };
+	for (size_t i = 0; i < ST_ARRAY_SIZE(bad); i++) {
+		ck_assert_ptr_null(put(bad[i], SIZE_MAX, &why));
+		ck_assert_ptr_nonnull(why);
+		ck_assert_ptr_nonnull(strstr(why, strchr(bad[i], '\r') ? "CR" : "LF"));
+		ck_assert_ptr_nonnull(im_mailbox_refusal(bad[i]));
+	}
+	/* 8-bit where the server takes no LITERAL+ (or too long for LITERAL-): refused, not sent raw. */
+	ck_assert_ptr_null(put("Entw\xc3\xbcrfe", 0, &why));
+	ck_assert_ptr_nonnull(strstr(why, "LITERAL+"));
+	char *w = put("Entw\xc3\xbcrfe", 4096, &why);
+	ck_assert_ptr_nonnull(w);
+	free(w);
+	/* Too long to keep in a state file line. */
+	char *huge = xmalloc(IM_MAILBOX_MAX + 2);
+	memset(huge, 'a', IM_MAILBOX_MAX + 1);
+	huge[IM_MAILBOX_MAX + 1] = '\0';
+	ck_assert_ptr_nonnull(im_mailbox_refusal(huge));
+	huge[IM_MAILBOX_MAX] = '\0';
+	ck_assert_ptr_null(im_mailbox_refusal(huge));
+	free(huge);
+}
+END_TEST
+
+/* A name of N bytes. */
+static char *
+long_name(size_t n, char c)
+{
+	char *s = xmalloc(n + 1);
+
+	memset(s, c, n);
+	s[n] = '\0';
+	return s;
+}
+
+START_TEST(long_folder_names_hashed_state_files)
+{
+	/* Up to 123 bytes: the hex name of earlier versions, unchanged (their states are found). */
+	char *n123 = long_name(123, 'a'), *n124 = long_name(124, 'a'), *n300 = long_name(300, 'b');
+	char *f = im_state_file_name(n123), *hex = im_name_hex(n123);
+	ck_assert_str_eq(f, hex);
+	ck_assert(!im_state_file_hashed(n123));
+	ck_assert_uint_le(strlen(f) + strlen(".journal"), NAME_MAX);
+	free(f);
+	free(hex);
+	f = im_state_file_name(n124);
+	ck_assert(im_state_file_hashed(n124));
+	ck_assert_uint_eq(strlen(f), 65);
+	ck_assert_int_eq(f[0], 'h');
+	free(f);
+	char *d = im_state_dir_name("alice"), *d2 = im_state_dir_name(n300);
+	ck_assert_str_eq(d, "x616c696365");
+	ck_assert_uint_eq(strlen(d2), 65);
+	free(d);
+	free(d2);
+
+	/* The state of a 300-byte name: the name is kept inside, and checked. */
+	char *dir = tu_mkdtemp(), *file = im_state_file_name(n300), *base = xasprintf("%s/%s", dir, file);
+	char *err = NULL;
+	struct im_state st;
+	im_state_init(&st);
+	st.name = xstrdup(n300);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "V 5 6"), 0);
+	ck_assert_int_eq(im_state_log(&st, &err, "M 1 1"), 0);
+	ck_assert_int_eq(im_state_checkpoint(&st, &err), 0);
+	im_state_free(&st);
+	/* Read back without knowing the name (the tree pass's listing of states). */
+	im_state_init(&st);
+	ck_assert_int_eq(im_state_load(&st, base, "a", &err), 0);
+	ck_assert_ptr_nonnull(st.name);
+	ck_assert_str_eq(st.name, n300);
+	ck_assert_uint_eq(st.n_map, 1);
+	im_state_free(&st);
+	/* Expected to be another folder's: refused. */
+	im_state_init(&st);
+	st.name = xstrdup(n124);
+	ck_assert_int_lt(im_state_load(&st, base, "a", &err), 0);
+	free(err);
+	err = NULL;
+	im_state_free(&st);
+	ck_assert_int_eq(im_state_remove(base, &err), 0);
+
+	/* Short names keep no name line: files that earlier versions read. */
+	size_t len;
+	im_state_init(&st);
+	char *text = im_state_format(&st, &len);
+	ck_assert_ptr_null(strstr(text, "name "));
+	free(text);
+	im_state_free(&st);
+	free(base);
+	free(file);
+	tu_rmdir(dir);
+	free(dir);
+	free(n123);
+	free(n124);
+	free(n300);
+}
+END_TEST
+
+/* openssl, quietly, in DIR; the command from FMT. */
+static void
+sh(const char *dir, const char *fmt, ...) ST_PRINTF(2, 3);
+
+static void
+sh(const char *dir, const char *fmt, ...)
+{
+	va_list ap;
+	char *what, *cmd;
+
+	va_start(ap, fmt);
+	what = xvasprintf(fmt, ap);
+	va_end(ap);
+	cmd = xasprintf("cd '%s' && %s >/dev/null 2>&1", dir, what);
+	ck_assert_msg(system(cmd) == 0, "failed: %s", what);
+	free(cmd);
+	free(what);
+}
+
+/* A key and certificate NAME signed by CA (in DIR) with the extensions EXT; its DER bytes. */
+static unsigned char *
+make_cert(const char *dir, const char *ca, const char *name, const char *cn, const char *ext, size_t *len_r)
+{
+	char *extfile = xasprintf("%s/%s.ext", dir, name), *der = xasprintf("%s/%s.der", dir, name);
+	char *text = NULL, *err = NULL;
+	size_t len = 0;
+
+	tu_write(extfile, ext, 0600);
+	sh(dir, "openssl req -newkey rsa:2048 -nodes -subj /CN=%s -keyout %s.key -out %s.csr", cn, name, name);
+	sh(dir, "openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial -days 2 -extfile %s.ext "
+		"-outform DER -out %s.der", name, ca, ca, name, name);
+	ck_assert_int_eq(st_read_file(der, 1 << 20, &text, &len, &err), 0);
+	free(extfile);
+	free(der);
+	*len_r = len;
+	return (unsigned char *)text;
+}
+
+START_TEST(server_certificate_checks)
+{
+	char *dir = tu_mkdtemp(), *ca = xasprintf("%s/ca.pem", dir), *other = xasprintf("%s/other.pem", dir);
+	const char *why;
+	size_t n = 0;
+
+	sh(dir, "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=test CA' -keyout ca.key -out ca.pem");
+	sh(dir, "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=other CA' -keyout other.key "
+		"-out other.pem");
+	static const struct {
+		const char *name, *cn, *ext, *host, *why;	/* why NULL: accepted */
+	} cases[] = {
+		{ "good", "imap.example.com", "subjectAltName = DNS:imap.example.com, IP:192.0.2.7, IP:2001:db8::7\n",
+		  "imap.example.com", NULL },
+		{ "good", NULL, NULL, "192.0.2.7", NULL },
+		{ "good", NULL, NULL, "2001:db8::7", NULL },
+		{ "good", NULL, NULL, "other.example.com", "hostname mismatch" },
+		{ "good", NULL, NULL, "192.0.2.8", "IP address mismatch" },
+		{ "good", NULL, NULL, "", "cannot check the certificate against the endpoint's host name" },
+		/* A whole left-most label is a wildcard; a part of one is not (f*.example.com). */
+		{ "wild", "x", "subjectAltName = DNS:*.example.com\n", "imap.example.com", NULL },
+		{ "wild", NULL, NULL, "a.imap.example.com", "hostname mismatch" },
+		{ "partial", "x", "subjectAltName = DNS:imap*.example.com\n", "imap1.example.com", "hostname mismatch" },
+		/* The CN is never looked at, even without DNS entries. */
+		{ "cn", "imap.example.com", "basicConstraints = CA:FALSE\n", "imap.example.com", "hostname mismatch" },
+		{ "cnip", "192.0.2.7", "basicConstraints = CA:FALSE\n", "192.0.2.7", "IP address mismatch" },
+		/* Not for a TLS server. */
+		{ "client", "imap.example.com", "subjectAltName = DNS:imap.example.com\nextendedKeyUsage = clientAuth\n",
+		  "imap.example.com", "unsuitable certificate purpose" },
+		{ "server", "imap.example.com", "subjectAltName = DNS:imap.example.com\nextendedKeyUsage = serverAuth\n",
+		  "imap.example.com", NULL },
+	};
+	unsigned char *der = NULL;
+
+	for (size_t i = 0; i < ST_ARRAY_SIZE(cases); i++) {
+		if (cases[i].ext != NULL) {
+			free(der);
+			der = make_cert(dir, "ca", cases[i].name, cases[i].cn, cases[i].ext, &n);
+		}
+		int rc = im_tls_check(der, n, ca, cases[i].host, &why);
+		if (cases[i].why == NULL)
+			ck_assert_msg(rc == 0, "%s for %s refused: %s", cases[i].name, cases[i].host, why);
+		else
+			ck_assert_msg(rc < 0 && strcmp(why, cases[i].why) == 0, "%s for %s: %d %s", cases[i].name,
+				      cases[i].host, rc, why ? why : "accepted");
+	}
+	/* Another CA's. */
+	ck_assert_int_lt(im_tls_check(der, n, other, "imap.example.com", &why), 0);
+	ck_assert_str_eq(why, "unable to get local issuer certificate");
+	/* None at all, or garbage. */
+	ck_assert_int_lt(im_tls_check(NULL, 0, ca, "imap.example.com", &why), 0);
+	ck_assert_str_eq(why, "the server sent no certificate");
+	ck_assert_int_lt(im_tls_check((const unsigned char *)"xyz", 3, ca, "imap.example.com", &why), 0);
+	free(der);
+	free(ca);
+	free(other);
+	tu_rmdir(dir);
+	free(dir);
+}
+END_TEST
+
 START_TEST(map_operations)
 {
 	struct im_state st;
@@ -310,6 +560,9 @@ imstate_suite(void)
 	tcase_add_test(tc, reverse_direction);
 	tcase_add_test(tc, names_and_keys);
 	tcase_add_test(tc, map_operations);
+	tcase_add_test(tc, mailbox_names_on_the_wire);
+	tcase_add_test(tc, long_folder_names_hashed_state_files);
+	tcase_add_test(tc, server_certificate_checks);
 	tcase_add_test(tc, dovecot_notice_lines);
 	suite_add_tcase(s, tc);
 	return s;

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,6 +48,7 @@
 #define BATCH_MSGS 64
 #define BATCH_BYTES (16u << 20)
 #define META_SLICE 2048		/* messages whose sizes are fetched at a time */
+#define INTENT_SETTLE_MS 5000	/* resolve_intents: how long a cut batch may take to land */
 
 void
 im_tree_free(struct im_tree *t)
@@ -326,6 +328,33 @@ resolve_intents(struct pass *p)
 	if (im_search_from(p->tgt, p->st.intent_tgt_uidnext, &cand) < 0) {
 		sess_fail(p, p->tgt);
 		goto out;
+	}
+	/*
+	 * The batch may not be on the standby yet although it was sent whole:
+	 * a daemon killed during a MULTIAPPEND leaves the standby's server
+	 * finishing the command (it commits, then finds the client gone).
+	 * Copying again before that lands would copy twice.  So while fewer
+	 * messages than intents are there, the folder is watched for
+	 * INTENT_SETTLE_MS (UID SEARCH every 250 ms) for more to appear.
+	 */
+	for (long waited = 0, total = 0; cand.n < p->st.n_intents && waited < INTENT_SETTLE_MS &&
+	     total < 6 * INTENT_SETTLE_MS; waited += 250, total += 250) {
+		struct im_uids again = { 0 };
+
+		if (atomic_load(p->env->stopping)) {
+			pass_fail(p, "stopping");
+			goto out;
+		}
+		struct timespec ts = { 0, 250 * 1000000L };
+		nanosleep(&ts, NULL);
+		if (im_search_from(p->tgt, p->st.intent_tgt_uidnext, &again) < 0) {
+			sess_fail(p, p->tgt);
+			goto out;
+		}
+		if (again.n != cand.n)
+			waited = 0;	/* it moves: the interrupted command is landing */
+		im_uids_free(&cand);
+		cand = again;
 	}
 	for (size_t i = 0; i < cand.n; i++)
 		if (!in_sorted(mapped, p->st.n_map, cand.v[i]))

@@ -36,6 +36,33 @@ CEILINGS = {
     "standin-dump@.service": 1.2,
 }
 
+# The checks each unit still fails (a line "\u2717 NAME ..." of the report), and
+# why.  The score moves in steps of 0.1 and hides a lost setting of weight
+# 0.1, so the findings are compared too: one more is a failure.
+EVERY_UNIT = {
+    "RootDirectory=/RootImage=",                # the host's /usr: pg_dump, slapcat, libraries
+    "RestrictAddressFamilies=~AF_UNIX",          # admin socket, journal, sd_notify
+    "RestrictAddressFamilies=~AF_(INET|INET6)",  # the servers, etcd, the proxy's clients
+    "PrivateNetwork=",                           # idem
+    "IPAddressDeny=",                            # the servers' addresses are in standin.conf
+    "DeviceAllow=",                              # char-rtc:r, which ProtectClock=yes adds
+    "SystemCallFilter=~@privileged",             # chown: the admin socket to admin_group (zstd)
+}
+FINDINGS = {
+    # PrivateUsers: chown to an admin_group outside the user namespace fails.
+    # ProtectHome=tmpfs, not yes: libpq (~/.postgresql/postgresql.crt).
+    "standin-pgrepl.service": {"PrivateUsers=", "ProtectHome="},
+    "standin-ldaprepl.service": {"PrivateUsers="},
+    "standin-imaprepl.service": {"PrivateUsers="},
+    # The capability must hold in the host's network namespace: no PrivateUsers.
+    "standin-proxy.service": {"PrivateUsers=", "AmbientCapabilities=",
+                              "CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)"},
+    # kick_command may be any program, and may be given CAP_KILL (host processes).
+    "standin-failoverd.service": {"PrivateUsers=", "ProtectHome=", "MemoryDenyWriteExecute=",
+                                  "ProtectProc=", "ProcSubset=", "SystemCallFilter=~@resources"},
+    "standin-dump@.service": {"ProtectHome="},
+}
+
 # /usr/sbin/NAME in the units -> this build's program.
 PROGRAMS = {
     "standinctl": "tools/standinctl",
@@ -76,7 +103,7 @@ def unit_settings(name):
 
 def test_every_unit_has_a_ceiling():
     units = sorted(f for f in os.listdir(UNIT_DIR) if f.endswith(".service"))
-    assert units == sorted(CEILINGS)
+    assert units == sorted(CEILINGS) == sorted(FINDINGS)
 
 
 @pytest.mark.parametrize("unit", sorted(CEILINGS))
@@ -89,9 +116,11 @@ def test_exposure(unit):
     assert m, r.stdout[-2000:]
     score = float(m.group(2))
     print(f"{unit}: {score} {m.group(3)}")
+    failed = [line for line in r.stdout.splitlines() if line.startswith("\u2717")]
     assert score <= CEILINGS[unit], (
-        f"{unit}: exposure {score} is above its ceiling {CEILINGS[unit]}:\n"
-        + "\n".join(line for line in r.stdout.splitlines() if line.startswith("\u2717")))
+        f"{unit}: exposure {score} is above its ceiling {CEILINGS[unit]}:\n" + "\n".join(failed))
+    names = {line.split()[1] for line in failed}
+    assert names - EVERY_UNIT - FINDINGS[unit] == set(), "\n".join(failed)
 
 
 @pytest.mark.parametrize("unit", sorted(CEILINGS))

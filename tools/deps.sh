@@ -9,6 +9,7 @@ STANDIN_PACKAGES=(
 	libssl-dev libsystemd-dev libcurl4-gnutls-dev etcd-server
 	postgresql-15 postgresql-client-15 slapd ldap-utils dovecot-core dovecot-imapd
 	python3 python3-pytest clang libclang-rt-14-dev socat man-db iproute2 util-linux procps
+	systemd
 )
 
 # standin_install_missing LOGFILE: apt-get install the packages not yet

@@ -150,7 +150,8 @@ def _diverged_report(harness, mb):
                     r"changes\) that this node committed as master *\n$", head), head
     assert begins == commits == 1 + small_txns
     assert ids == list(range(1001, 1001 + rows))
-    return size, took, vm
+    assert d_a.stop() == 0
+    assert "Sanitizer" not in d_a.output(), d_a.output()[-3000:]
 
 
 def test_1gb_report_under_a_memory_limit(harness):

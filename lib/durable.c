@@ -89,6 +89,70 @@ fail:
 }
 
 int
+st_durable_create(struct st_durable_file *f, const char *path, mode_t mode, char **error_r)
+{
+	f->path = xstrdup(path);
+	f->tmp = xasprintf("%s.tmp.XXXXXX", path);
+	f->fd = mkostemp(f->tmp, O_CLOEXEC);
+	if (f->fd < 0) {
+		st_set_error(error_r, "cannot create temporary file for %s: %s", path,
+			     strerror(errno));
+		free(f->path);
+		free(f->tmp);
+		f->path = f->tmp = NULL;
+		return -1;
+	}
+	if (fchmod(f->fd, mode) < 0) {
+		st_set_error(error_r, "chmod %s: %s", f->tmp, strerror(errno));
+		st_durable_abort(f);
+		return -1;
+	}
+	return 0;
+}
+
+int
+st_durable_commit(struct st_durable_file *f, char **error_r)
+{
+	int fd = f->fd;
+
+	f->fd = -1;
+	if (fsync(fd) < 0) {
+		st_set_error(error_r, "fsync %s: %s", f->tmp, strerror(errno));
+		close(fd);
+		goto fail;
+	}
+	if (close(fd) < 0) {
+		st_set_error(error_r, "close %s: %s", f->tmp, strerror(errno));
+		goto fail;
+	}
+	if (rename(f->tmp, f->path) < 0) {
+		st_set_error(error_r, "rename %s to %s: %s", f->tmp, f->path, strerror(errno));
+		goto fail;
+	}
+	int rc = st_fsync_parent_dir(f->path, error_r);
+	free(f->path);
+	free(f->tmp);
+	f->path = f->tmp = NULL;
+	return rc;
+fail:
+	st_durable_abort(f);
+	return -1;
+}
+
+void
+st_durable_abort(struct st_durable_file *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = -1;
+	if (f->tmp != NULL)
+		unlink(f->tmp);
+	free(f->path);
+	free(f->tmp);
+	f->path = f->tmp = NULL;
+}
+
+int
 st_read_file(const char *path, size_t max, char **data_r, size_t *len_r, char **error_r)
 {
 	struct stat sb;

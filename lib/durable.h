@@ -16,6 +16,24 @@
 int st_durable_write(const char *path, const void *data, size_t len, mode_t mode,
 		     char **error_r) ST_WARN_UNUSED;
 
+/*
+ * The same guarantee for a file written in pieces, too big to hold in
+ * memory: st_durable_create() opens a temporary file beside PATH (mode
+ * MODE); the caller writes it through f->fd (write, pwrite, ftruncate);
+ * st_durable_commit() fsyncs it, renames it to PATH and fsyncs the
+ * directory, st_durable_abort() removes it.  Either one closes the file
+ * and frees the names; after a failed commit the temporary file is gone.
+ */
+struct st_durable_file {
+	int fd;				/* -1 when none is open */
+	char *path;
+	char *tmp;
+};
+int st_durable_create(struct st_durable_file *f, const char *path, mode_t mode,
+		      char **error_r) ST_WARN_UNUSED;
+int st_durable_commit(struct st_durable_file *f, char **error_r) ST_WARN_UNUSED;
+void st_durable_abort(struct st_durable_file *f);
+
 /* fsync the directory that holds PATH. */
 int st_fsync_parent_dir(const char *path, char **error_r) ST_WARN_UNUSED;
 

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static char *tmpdir;
@@ -281,6 +282,45 @@ START_TEST(test_durable_write_errors)
 }
 END_TEST
 
+/* A file written in pieces: nothing at PATH until the commit, no
+ * temporary file left after an abort or a commit. */
+START_TEST(test_durable_pieces)
+{
+	struct st_durable_file f;
+	char *error = NULL, *path = xasprintf("%s/pieces", tmpdir), *data = NULL;
+	size_t len;
+
+	ck_assert_int_eq(st_durable_create(&f, "/nonexistent/dir/file", 0600, &error), -1);
+	ck_assert_ptr_nonnull(strstr(error, "cannot create temporary file for /nonexistent/dir/file"));
+	ck_assert_int_eq(st_durable_create(&f, path, 0640, &error), 0);
+	ck_assert_int_eq(write(f.fd, "discarded", 9), 9);
+	st_durable_abort(&f);
+	ck_assert_int_eq(f.fd, -1);
+	ck_assert_int_eq(access(path, F_OK), -1);
+
+	ck_assert_int_eq(st_durable_create(&f, path, 0640, &error), 0);
+	ck_assert_int_eq(write(f.fd, "hello, world", 12), 12);
+	ck_assert_int_eq(ftruncate(f.fd, 5), 0);
+	ck_assert_int_eq(pwrite(f.fd, "J", 1, 0), 1);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_int_eq(st_durable_commit(&f, &error), 0);
+	ck_assert_int_eq(st_read_file(path, 100, &data, &len, &error), 0);
+	ck_assert_str_eq(data, "Jello");
+	struct stat sb;
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 0777, 0640);
+	DIR *d = opendir(tmpdir);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL)
+		ck_assert_ptr_null(strstr(de->d_name, "pieces.tmp"));
+	closedir(d);
+	unlink(path);
+	free(data);
+	free(path);
+	free(error);
+}
+END_TEST
+
 /* The follower's one rule: first state taken, then only a higher epoch. */
 START_TEST(test_follower_rule)
 {
@@ -420,6 +460,7 @@ cstate_suite(void)
 	tcase_add_test(tc, test_kill9_during_writes);
 	tcase_add_test(tc, test_lock);
 	tcase_add_test(tc, test_durable_write_errors);
+	tcase_add_test(tc, test_durable_pieces);
 	tcase_add_test(tc, test_follower_rule);
 	tcase_add_test(tc, test_follower_watch);
 	suite_add_tcase(s, tc);

@@ -297,8 +297,8 @@ im_sess_open(const struct im_login *login, const char *user, char **error_r)
 				goto out_err;
 		} else if (login->starttls == ST_TLS_DEMAND) {
 			free(s->error);
-			s->error = xasprintf("%s: the server does not offer STARTTLS, and [imap] starttls = demand",
-					     s->desc);
+			s->error = xasprintf("%s: the server does not offer STARTTLS, and [imap] starttls demands it "
+					     "(demand, or auto to another host): no login in plaintext", s->desc);
 			goto out_err;
 		} else {
 			/* starttls = try: never in silence (the first time a warning). */

@@ -343,6 +343,53 @@ def test_a_certificate_of_another_ca_is_refused_on_every_connection(cluster, har
         refused(prog)
 
 
+# An IMAP server in plaintext only: a greeting and capabilities without STARTTLS.
+PLAIN_IMAP = ("import socket, sys, threading\n"
+              "srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+              "srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(16)\n"
+              "def serve(c):\n"
+              "    f = c.makefile('rwb')\n"
+              "    f.write(b'* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] plaintext only\\r\\n'); f.flush()\n"
+              "    for line in f:\n"
+              "        tag = line.split(b' ', 1)[0]\n"
+              "        if b'CAPABILITY' in line.upper():\n"
+              "            f.write(b'* CAPABILITY IMAP4rev1 AUTH=PLAIN\\r\\n')\n"
+              "        f.write(tag + b' OK done\\r\\n'); f.flush()\n"
+              "while True:\n"
+              "    c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n")
+
+
+def test_a_plaintext_server_of_another_host_is_refused_by_default(cluster, harness):
+    """Issue 30: with [imap] starttls left to its default, b's standin-imaprepl
+    does not log in to an IMAP server at a's address that offers no STARTTLS
+    (a plaintext server, or a man in the middle that strips it): it says why,
+    and sends no password."""
+    c = cluster
+    port = c.lab.free_port()
+    fake = subprocess.Popen(c.lab.prefix("a") + ["/usr/bin/python3", "-c", PLAIN_IMAP, c.lab.addr("a"),
+                                                 str(port)], stdout=subprocess.DEVNULL)
+    harness.add_cleanup(lambda: (fake.kill(), fake.wait()))
+    sh.wait_until(lambda: connect_from(c, "b", f"{c.lab.addr('a')}:{port}").get(
+        f"{c.lab.addr('a')}:{port}") == "ok", 30, "the plaintext IMAP server on a")
+    with open(c.confs["b"]) as f:
+        text = f.read()
+    a_imap = f"endpoint.a = imap://{c.imap['a'].host}:{c.imap['a'].port}\n"
+    assert a_imap in text and "starttls" not in text, text
+    path = c.confs["b"] + ".plain"
+    with open(path, "w") as f:
+        f.write(text.replace(a_imap, f"endpoint.a = imap://{c.lab.addr('a')}:{port}\n"))
+    d = c.daemons[("b", "standin-imaprepl")]
+    d.stop()
+    d.conf = path
+    d.start()
+
+    def refused():
+        err = d.status().get("last_error") or ""
+        return err if "does not offer STARTTLS" in err else None
+    err = sh.wait_until(refused, 60, "b's standin-imaprepl to refuse the plaintext server")
+    assert "starttls" in err, err
+
+
 def test_switchover_there_and_back_between_namespaces(cluster):
     """standinctl switchover a -> b and back, run in node a, while clients
     write through node a's proxy at a's address: every acknowledged write is

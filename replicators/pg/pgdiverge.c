@@ -221,8 +221,11 @@ render_change(struct render *r, const struct pgo_msg *m, char **error_r)
 		r->txn_rows++;
 		return 0;
 	case PGO_MESSAGE:
-		if (strcmp(m->u.message.prefix, "standin.ddl") == 0)
+		/* A DDL statement the new master never got is a divergence too. */
+		if (strcmp(m->u.message.prefix, "standin.ddl") == 0) {
 			render_ddl(b, m->u.message.content);
+			r->txn_rows++;
+		}
 		return 0;
 	default:
 		return 0;

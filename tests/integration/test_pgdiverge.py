@@ -62,8 +62,9 @@ def _diverged_report(harness, mb):
 
     # Node a goes on alone: half the rows in one transaction (one
     # transaction larger than memory), half in small ones.
-    # A transaction that changes no row, rendered larger than the flush size
-    # (a DDL message, 400 kB): written to the file, then cut off it again.
+    # A transaction that changes no row but runs DDL, rendered larger than
+    # the flush size (a DDL message, 400 kB): in the report, like any change
+    # the new master never got.
     # (Committed synchronously: a slot is read only as far as WAL is flushed.)
     pg.a.psql(f"SET synchronous_commit = on; "
               f"COMMENT ON TABLE t IS 'no row changed {'c' * 400000}'", db="groupware")
@@ -129,7 +130,7 @@ def _diverged_report(harness, mb):
         assert size > 1.5 * (LIMIT_MB << 20)
 
     # Complete: every transaction, every row once, each statement whole.
-    begins = commits = 0
+    begins = commits = ddl = 0
     ids = []
     insert = re.compile(r"""INSERT INTO "public"\."t" \("id", "v"\) OVERRIDING SYSTEM VALUE """
                         r"""VALUES \('(\d+)', '([0-9a-f]{%d})'\);$""" % (VALUE_CHARS // 32 * 32))
@@ -144,11 +145,14 @@ def _diverged_report(harness, mb):
                 m = insert.match(line)
                 assert m, line[:200]
                 ids.append(int(m.group(1)))
+            elif line.startswith("COMMENT ON TABLE"):
+                ddl += 1
+                assert line.endswith("'no row changed " + "c" * 400000 + "';\n"), line[:200]
             else:
                 assert line.startswith("--") or line == "\n", line[:200]
-    assert re.match(rf"-- standin divergence report: {1 + small_txns} transactions \({rows} "
+    assert re.match(rf"-- standin divergence report: {2 + small_txns} transactions \({rows + 1} "
                     r"changes\) that this node committed as master *\n$", head), head
-    assert begins == commits == 1 + small_txns
+    assert begins == commits == 2 + small_txns and ddl == 1
     assert ids == list(range(1001, 1001 + rows))
     assert d_a.stop() == 0
     assert "Sanitizer" not in d_a.output(), d_a.output()[-3000:]

@@ -1064,6 +1064,8 @@ def test_divergence_report_after_unplanned_failover(pg):
     pg.sql_a("INSERT INTO t VALUES (11, 'lost?')")
     pg.sql_a("UPDATE t SET v = 'changed on a' WHERE id = 1")
     pg.sql_a("DELETE FROM t WHERE id = 2")
+    # DDL alone in its transaction is a divergence too.
+    pg.sql_a("COMMENT ON TABLE t IS 'commented on a'")
     # Failover: b is the master now, and takes writes.
     for node in ("a", "b"):
         r = run(STANDINCTL, "-c", pg.conf, "-n", node, "state", "set", "--master", "b")
@@ -1082,7 +1084,8 @@ def test_divergence_report_after_unplanned_failover(pg):
     path = os.path.join(state_a, reports[0])
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     text = open(path).read()
-    assert "3 transactions (3 changes)" in text, text
+    assert "4 transactions (4 changes)" in text, text
+    assert "COMMENT ON TABLE" in text and "'commented on a'" in text, text
     assert """INSERT INTO "public"."t" ("id", "v") OVERRIDING SYSTEM VALUE VALUES ('11', 'lost?');""" \
         in text, text
     # The key did not change: it is in the WHERE only.
